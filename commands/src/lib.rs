@@ -1,0 +1,13 @@
+//! What can be asked of Chronicle: every command as a type, and the validated values inside
+//! them. Untrusted JSON goes in; a command or precise field errors come out. Pure: no IO.
+//!
+//! Layout:
+//! - [`validation`]: field errors, collected rather than stopping at the first.
+//! - [`values`]: validated values (capability, priority, retry policy, tags, …).
+//! - [`task`]: the task requests (`NewTaskRequest` → [`task::TaskSpec`]).
+
+pub mod task;
+pub mod validation;
+pub mod values;
+
+pub use validation::{FieldError, ValidationErrors};

@@ -1,0 +1,148 @@
+//! Task requests: the raw shape a client sends and the validated [`TaskSpec`].
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::values::{Capability, Priority, RetryPolicy, Tags, TimeoutSecs};
+use crate::ValidationErrors;
+
+/// `POST /api/tasks` as the client sends it. Types are checked by serde; rules by
+/// [`NewTaskRequest::validate`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTaskRequest {
+    pub capability: String,
+    #[serde(default)]
+    pub input: serde_json::Value,
+    pub priority: Option<i64>,
+    pub timeout_secs: Option<i64>,
+    pub max_attempts: Option<i64>,
+    pub retry: Option<RetryRequest>,
+    pub agent_id: Option<Uuid>,
+    pub tags: Option<Vec<String>>,
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    pub initial_backoff_ms: i64,
+    pub max_backoff_ms: i64,
+}
+
+/// A task as it may be created: every value within its rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub capability: Capability,
+    pub input: serde_json::Value,
+    pub priority: Priority,
+    pub timeout_secs: TimeoutSecs,
+    pub retry: RetryPolicy,
+    pub pinned_agent_id: Option<Uuid>,
+    pub tags: Tags,
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+impl NewTaskRequest {
+    pub fn validate(self) -> Result<TaskSpec, ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        let capability = errors.check("capability", Capability::parse(&self.capability));
+        let priority = match self.priority {
+            Some(raw) => errors.check("priority", Priority::new(raw)),
+            None => Some(Priority::DEFAULT),
+        };
+        let timeout_secs = match self.timeout_secs {
+            Some(raw) => errors.check("timeout_secs", TimeoutSecs::new(raw)),
+            None => Some(TimeoutSecs::DEFAULT),
+        };
+        let default_retry = RetryPolicy::default();
+        let retry = RetryPolicy::new(
+            self.max_attempts
+                .unwrap_or(i64::from(default_retry.max_attempts)),
+            self.retry.as_ref().map_or(
+                default_retry.initial_backoff_ms as i64,
+                |r| r.initial_backoff_ms,
+            ),
+            self.retry
+                .as_ref()
+                .map_or(default_retry.max_backoff_ms as i64, |r| r.max_backoff_ms),
+        );
+        let retry = match retry {
+            Ok(retry) => Some(retry),
+            Err(problems) => {
+                for (field, message) in problems {
+                    errors.push(field, message);
+                }
+                None
+            }
+        };
+        let tags = errors.check("tags", Tags::new(self.tags.unwrap_or_default()));
+        let input = self.input;
+        let pinned_agent_id = self.agent_id;
+        let not_before = self.not_before;
+        match (capability, priority, timeout_secs, retry, tags) {
+            (Some(capability), Some(priority), Some(timeout_secs), Some(retry), Some(tags))
+                if errors.is_empty() =>
+            {
+                Ok(TaskSpec {
+                    capability,
+                    input,
+                    priority,
+                    timeout_secs,
+                    retry,
+                    pinned_agent_id,
+                    tags,
+                    not_before,
+                })
+            }
+            _ => Err(errors),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(body: serde_json::Value) -> NewTaskRequest {
+        serde_json::from_value(body).unwrap()
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let spec = request(json!({"capability": "browser.navigate", "input": {"url": "x"}}))
+            .validate()
+            .unwrap();
+        assert_eq!(spec.priority, Priority::DEFAULT);
+        assert_eq!(spec.timeout_secs, TimeoutSecs::DEFAULT);
+        assert_eq!(spec.retry, RetryPolicy::default());
+        assert!(spec.tags.as_slice().is_empty());
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let errors = request(json!({
+            "capability": "NOPE",
+            "priority": 12,
+            "timeout_secs": -1,
+            "max_attempts": 0,
+            "tags": [""],
+        }))
+        .validate()
+        .unwrap_err();
+        let fields: Vec<&str> = errors.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["capability", "priority", "timeout_secs", "max_attempts", "tags"]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let parsed: Result<NewTaskRequest, _> =
+            serde_json::from_value(json!({"capability": "a.b", "colour": "red"}));
+        assert!(parsed.is_err());
+    }
+}
