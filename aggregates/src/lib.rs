@@ -3,9 +3,19 @@
 //!
 //! Layout:
 //! - [`task`]: the Task aggregate — its commands, events, errors and state machine.
+//! - [`agent`]: the Agent aggregate — registration, recorded heartbeats, drain, deregister.
+//! - [`user`]: the User aggregate — an account, its password hash and roles.
+//! - [`email_claim`]: one aggregate per email, so an address belongs to one user.
+//! - [`session`]: refresh-token families — rotation and reuse detection.
+//! - [`api_key`]: a user's API keys — issue, rotate, revoke; stored only as hashes.
 //! - [`error`]: how a domain refusal is classified for the edges (missing, conflict, invalid).
 
+pub mod agent;
+pub mod api_key;
+pub mod email_claim;
 pub mod error;
+pub mod session;
 pub mod task;
+pub mod user;
 
 pub use error::{DomainError, RefusalKind};

@@ -4,8 +4,12 @@
 //! Layout:
 //! - [`validation`]: field errors, collected rather than stopping at the first.
 //! - [`values`]: validated values (capability, priority, retry policy, tags, …).
+//! - [`agent`]: the agent registration (`RegisterAgentRequest` → [`agent::AgentSpec`]).
 //! - [`task`]: the task requests (`NewTaskRequest` → [`task::TaskSpec`]).
+//! - [`auth`]: registration, login, refresh and API-key requests; email, role, hashes.
 
+pub mod agent;
+pub mod auth;
 pub mod task;
 pub mod validation;
 pub mod values;

@@ -60,10 +60,11 @@ impl NewTaskRequest {
         let retry = RetryPolicy::new(
             self.max_attempts
                 .unwrap_or(i64::from(default_retry.max_attempts)),
-            self.retry.as_ref().map_or(
-                default_retry.initial_backoff_ms as i64,
-                |r| r.initial_backoff_ms,
-            ),
+            self.retry
+                .as_ref()
+                .map_or(default_retry.initial_backoff_ms as i64, |r| {
+                    r.initial_backoff_ms
+                }),
             self.retry
                 .as_ref()
                 .map_or(default_retry.max_backoff_ms as i64, |r| r.max_backoff_ms),
@@ -102,6 +103,7 @@ impl NewTaskRequest {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -135,7 +137,13 @@ mod tests {
         let fields: Vec<&str> = errors.0.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["capability", "priority", "timeout_secs", "max_attempts", "tags"]
+            [
+                "capability",
+                "priority",
+                "timeout_secs",
+                "max_attempts",
+                "tags"
+            ]
         );
     }
 

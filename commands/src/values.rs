@@ -216,6 +216,7 @@ impl Tags {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use rstest::rstest;
@@ -226,7 +227,10 @@ mod tests {
     #[case("http.request")]
     #[case("a.b_c.d-e")]
     fn capability_accepts(#[case] raw: &str) {
-        assert_eq!(Capability::parse(raw).map(|c| c.to_string()), Ok(raw.into()));
+        assert_eq!(
+            Capability::parse(raw).map(|c| c.to_string()),
+            Ok(raw.into())
+        );
     }
 
     #[rstest]

@@ -1,11 +1,13 @@
 //! Task events: what has happened to a task. Type strings and versions are written out,
 //! never derived from Rust names, so renaming a variant cannot orphan stored events.
 
-use chrono::{DateTime, Utc};
 use chronicle_commands::values::{Capability, Priority, RetryPolicy, Tags, TimeoutSecs};
+use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use super::state::TaskFailure;
 
 /// Serialized externally tagged; the store keeps the tag in `event_type` and the inner
 /// object as `payload`, so each `rename` must equal its `event_type()`.
@@ -15,6 +17,22 @@ pub enum TaskEvent {
     TaskCreated(TaskCreated),
     #[serde(rename = "TaskCancelled")]
     TaskCancelled(TaskCancelled),
+    #[serde(rename = "TaskLeased")]
+    TaskLeased(TaskLeased),
+    #[serde(rename = "TaskStarted")]
+    TaskStarted(TaskStarted),
+    #[serde(rename = "TaskProgressed")]
+    TaskProgressed(TaskProgressed),
+    #[serde(rename = "LeaseExtended")]
+    LeaseExtended(LeaseExtended),
+    #[serde(rename = "TaskSucceeded")]
+    TaskSucceeded(TaskSucceeded),
+    #[serde(rename = "TaskAttemptFailed")]
+    TaskAttemptFailed(TaskAttemptFailed),
+    #[serde(rename = "TaskRequeued")]
+    TaskRequeued(TaskRequeued),
+    #[serde(rename = "TaskReprioritised")]
+    TaskReprioritised(TaskReprioritised),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,18 +61,122 @@ pub struct TaskCancelled {
     pub at: DateTime<Utc>,
 }
 
+/// An agent holds the task until `lease_expires_at` unless it reports or is renewed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskLeased {
+    pub agent_id: Uuid,
+    pub lease_id: Uuid,
+    /// 1 on the first lease; each lease is one attempt.
+    pub attempt: u32,
+    pub lease_expires_at: DateTime<Utc>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskStarted {
+    pub lease_id: Uuid,
+    pub at: DateTime<Utc>,
+}
+
+/// A progress report; it also renews the lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskProgressed {
+    pub lease_id: Uuid,
+    pub progress: serde_json::Value,
+    pub lease_expires_at: DateTime<Utc>,
+    pub at: DateTime<Utc>,
+}
+
+/// A heartbeat renewed the lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseExtended {
+    pub lease_id: Uuid,
+    pub lease_expires_at: DateTime<Utc>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSucceeded {
+    pub lease_id: Uuid,
+    pub agent_id: Uuid,
+    pub output: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
+/// Why an attempt ended without a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptFailureCause {
+    /// The agent reported the failure.
+    Reported,
+    /// Nothing was heard before the lease ran out.
+    LeaseExpired,
+}
+
+/// One attempt failed, whether the agent said so or its lease ran out (`cause`). The task
+/// is `retry_scheduled` until `retry_at` when it is set, `failed` for good when it is not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskAttemptFailed {
+    pub lease_id: Uuid,
+    pub agent_id: Uuid,
+    pub attempt: u32,
+    pub error: TaskFailure,
+    pub cause: AttemptFailureCause,
+    pub retry_at: Option<DateTime<Utc>>,
+    pub at: DateTime<Utc>,
+}
+
+/// A failed or cancelled task was put back in the queue by hand, its attempts reset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRequeued {
+    pub at: DateTime<Utc>,
+}
+
+/// The owner changed how the task is served; both values are the new, whole values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskReprioritised {
+    pub priority: Priority,
+    pub tags: Tags,
+    pub at: DateTime<Utc>,
+}
+
 impl DomainEvent for TaskEvent {
     fn event_type(&self) -> String {
         match self {
             Self::TaskCreated(_) => "TaskCreated",
             Self::TaskCancelled(_) => "TaskCancelled",
+            Self::TaskLeased(_) => "TaskLeased",
+            Self::TaskStarted(_) => "TaskStarted",
+            Self::TaskProgressed(_) => "TaskProgressed",
+            Self::LeaseExtended(_) => "LeaseExtended",
+            Self::TaskSucceeded(_) => "TaskSucceeded",
+            Self::TaskAttemptFailed(_) => "TaskAttemptFailed",
+            Self::TaskRequeued(_) => "TaskRequeued",
+            Self::TaskReprioritised(_) => "TaskReprioritised",
         }
         .to_owned()
     }
 
     fn event_version(&self) -> String {
         match self {
-            Self::TaskCreated(_) | Self::TaskCancelled(_) => "1.0",
+            Self::TaskCreated(_) => "1.0",
+            Self::TaskCancelled(_) => "1.0",
+            Self::TaskLeased(_) => "1.0",
+            Self::TaskStarted(_) => "1.0",
+            Self::TaskProgressed(_) => "1.0",
+            Self::LeaseExtended(_) => "1.0",
+            Self::TaskSucceeded(_) => "1.0",
+            Self::TaskAttemptFailed(_) => "1.0",
+            Self::TaskRequeued(_) => "1.0",
+            Self::TaskReprioritised(_) => "1.0",
         }
         .to_owned()
     }

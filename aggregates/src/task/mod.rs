@@ -1,90 +1,32 @@
 //! The Task aggregate: one unit of work for an agent, from creation to a terminal state.
+//!
+//! `queued → leased → running → succeeded | failed | cancelled`, with `retry_scheduled`
+//! between attempts. Each lease is one attempt. Lease-holder commands name their lease:
+//! any lease but the live one is refused as stale, except that the result which ended a
+//! lease, delivered again, is accepted with no second effect.
 
 mod error;
 mod events;
+mod lease;
+mod lifecycle;
+mod rules;
+mod state;
 
-use chrono::{DateTime, Utc};
 use chronicle_commands::task::TaskSpec;
-use chronicle_commands::values::{Capability, Priority, RetryPolicy, Tags, TimeoutSecs};
+use chronicle_commands::values::{Priority, Tags};
+use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use error::TaskError;
-pub use events::{TaskCancelled, TaskCreated, TaskEvent};
-
-/// Where a task is in its life. `Succeeded`, `Failed` and `Cancelled` are terminal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskStatus {
-    Queued,
-    RetryScheduled,
-    Leased,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl TaskStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::RetryScheduled => "retry_scheduled",
-            Self::Leased => "leased",
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
-    }
-}
-
-impl std::fmt::Display for TaskStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Why an attempt failed: `{message, code?, details?}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskFailure {
-    pub message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub details: Option<serde_json::Value>,
-}
-
-/// Everything known about a task that exists.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskState {
-    pub id: Uuid,
-    pub owner_id: Uuid,
-    pub capability: Capability,
-    pub input: serde_json::Value,
-    pub output: Option<serde_json::Value>,
-    pub error: Option<TaskFailure>,
-    pub status: TaskStatus,
-    pub priority: Priority,
-    pub attempt: u32,
-    pub retry: RetryPolicy,
-    pub timeout_secs: TimeoutSecs,
-    pub agent_id: Option<Uuid>,
-    pub pinned_agent_id: Option<Uuid>,
-    pub workflow_run_id: Option<Uuid>,
-    pub tags: Tags,
-    pub not_before: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-}
+pub use events::{
+    AttemptFailureCause, LeaseExtended, TaskAttemptFailed, TaskCancelled, TaskCreated, TaskEvent,
+    TaskLeased, TaskProgressed, TaskReprioritised, TaskRequeued, TaskStarted, TaskSucceeded,
+};
+pub use rules::{is_ready, lease_alive, lease_expiry, retry_at};
+pub use state::{EndedLease, LeaseOutcome, TaskFailure, TaskState, TaskStatus};
 
 /// The aggregate: empty until `TaskCreated`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -99,7 +41,7 @@ impl Task {
     }
 }
 
-/// What can be asked of a task. Time and identities come in the command.
+/// What can be asked of a task. Time, identities and jitter come in the command.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskCommand {
     CreateTask {
@@ -109,10 +51,114 @@ pub enum TaskCommand {
         workflow_run_id: Option<Uuid>,
         at: DateTime<Utc>,
     },
+    /// From queued, or retry_scheduled, once `not_before` is reached; a pinned task only
+    /// to its agent. The lease runs out `timeout_secs` after `at`.
+    LeaseTask {
+        agent_id: Uuid,
+        lease_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    StartTask {
+        lease_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    /// Records progress and renews the lease.
+    ReportProgress {
+        lease_id: Uuid,
+        progress: serde_json::Value,
+        at: DateTime<Utc>,
+    },
+    /// A heartbeat: renews the lease for `timeout_secs` from `at`.
+    ExtendLease {
+        lease_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    CompleteTask {
+        lease_id: Uuid,
+        output: serde_json::Value,
+        at: DateTime<Utc>,
+    },
+    /// Retried after the policy's backoff (scaled by `jitter` in `[0, 1]`) while attempts
+    /// remain, else failed.
+    FailTask {
+        lease_id: Uuid,
+        error: TaskFailure,
+        jitter: f64,
+        at: DateTime<Utc>,
+    },
+    /// From the expiry timer; accepted only once `at` reaches the lease's expiry, then a
+    /// failed attempt like `FailTask` with the code `lease_expired`.
+    ExpireLease {
+        lease_id: Uuid,
+        jitter: f64,
+        at: DateTime<Utc>,
+    },
     CancelTask {
         reason: Option<String>,
         at: DateTime<Utc>,
     },
+    /// By hand: a failed or cancelled task is queued again with its attempts reset.
+    RetryTask {
+        at: DateTime<Utc>,
+    },
+    /// Absent values are kept.
+    Reprioritise {
+        priority: Option<Priority>,
+        tags: Option<Tags>,
+        at: DateTime<Utc>,
+    },
+}
+
+/// At most one event: `None` means the command is accepted and changes nothing.
+type Decision = Result<Option<TaskEvent>, TaskError>;
+
+fn existing(state: Option<&TaskState>) -> Result<&TaskState, TaskError> {
+    state.ok_or(TaskError::NotFound)
+}
+
+fn decide(state: Option<&TaskState>, command: TaskCommand) -> Decision {
+    match command {
+        TaskCommand::CreateTask {
+            task_id,
+            owner_id,
+            spec,
+            workflow_run_id,
+            at,
+        } => lifecycle::create(state, task_id, owner_id, spec, workflow_run_id, at),
+        TaskCommand::LeaseTask {
+            agent_id,
+            lease_id,
+            at,
+        } => lease::lease(state, agent_id, lease_id, at),
+        TaskCommand::StartTask { lease_id, at } => lease::start(state, lease_id, at),
+        TaskCommand::ReportProgress {
+            lease_id,
+            progress,
+            at,
+        } => lease::progress(state, lease_id, progress, at),
+        TaskCommand::ExtendLease { lease_id, at } => lease::extend(state, lease_id, at),
+        TaskCommand::CompleteTask {
+            lease_id,
+            output,
+            at,
+        } => lease::complete(state, lease_id, output, at),
+        TaskCommand::FailTask {
+            lease_id,
+            error,
+            jitter,
+            at,
+        } => lease::fail(state, lease_id, error, jitter, at),
+        TaskCommand::ExpireLease {
+            lease_id,
+            jitter,
+            at,
+        } => lease::expire(state, lease_id, jitter, at),
+        TaskCommand::CancelTask { reason, at } => lifecycle::cancel(state, reason, at),
+        TaskCommand::RetryTask { at } => lifecycle::retry(state, at),
+        TaskCommand::Reprioritise { priority, tags, at } => {
+            lifecycle::reprioritise(state, priority, tags, at)
+        }
+    }
 }
 
 impl Aggregate for Task {
@@ -128,93 +174,23 @@ impl Aggregate for Task {
         _services: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        match command {
-            TaskCommand::CreateTask {
-                task_id,
-                owner_id,
-                spec,
-                workflow_run_id,
-                at,
-            } => {
-                if self.state.is_some() {
-                    return Err(TaskError::AlreadyExists);
-                }
-                let event = TaskEvent::TaskCreated(TaskCreated {
-                    task_id,
-                    owner_id,
-                    capability: spec.capability,
-                    input: spec.input,
-                    priority: spec.priority,
-                    timeout_secs: spec.timeout_secs,
-                    retry: spec.retry,
-                    pinned_agent_id: spec.pinned_agent_id,
-                    workflow_run_id,
-                    tags: spec.tags,
-                    not_before: spec.not_before,
-                    at,
-                });
-                sink.write(event, self).await;
-            }
-            TaskCommand::CancelTask { reason, at } => {
-                let state = self.state.as_ref().ok_or(TaskError::NotFound)?;
-                match state.status {
-                    TaskStatus::Cancelled => {}
-                    status if status.is_terminal() => {
-                        return Err(TaskError::IllegalTransition {
-                            from: status,
-                            action: "cancel",
-                        });
-                    }
-                    _ => {
-                        let event = TaskEvent::TaskCancelled(TaskCancelled {
-                            reason,
-                            agent_id: state.agent_id,
-                            at,
-                        });
-                        sink.write(event, self).await;
-                    }
-                }
-            }
+        if let Some(event) = decide(self.state.as_ref(), command)? {
+            sink.write(event, self).await;
         }
         Ok(())
     }
 
     fn apply(&mut self, event: Self::Event) {
-        match event {
-            TaskEvent::TaskCreated(created) => {
-                self.state = Some(TaskState {
-                    id: created.task_id,
-                    owner_id: created.owner_id,
-                    capability: created.capability,
-                    input: created.input,
-                    output: None,
-                    error: None,
-                    status: TaskStatus::Queued,
-                    priority: created.priority,
-                    attempt: 0,
-                    retry: created.retry,
-                    timeout_secs: created.timeout_secs,
-                    agent_id: None,
-                    pinned_agent_id: created.pinned_agent_id,
-                    workflow_run_id: created.workflow_run_id,
-                    tags: created.tags,
-                    not_before: created.not_before,
-                    created_at: created.at,
-                    updated_at: created.at,
-                    started_at: None,
-                    finished_at: None,
-                });
-            }
-            TaskEvent::TaskCancelled(cancelled) => {
-                if let Some(state) = self.state.as_mut() {
-                    state.status = TaskStatus::Cancelled;
-                    state.updated_at = cancelled.at;
-                    state.finished_at = Some(cancelled.at);
-                }
-            }
+        match (event, self.state.as_mut()) {
+            (TaskEvent::TaskCreated(created), _) => self.state = Some(TaskState::created(created)),
+            (event, Some(state)) => state.apply(event),
+            // Only a corrupt stream has events before its `TaskCreated`; there is nothing
+            // for them to change.
+            (_, None) => {}
         }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

@@ -1,0 +1,40 @@
+//! EmailClaim events. Type strings and versions are written out, never derived from Rust
+//! names, so renaming a variant cannot orphan stored events.
+
+use chronicle_commands::auth::Email;
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Serialized externally tagged; the store keeps the tag in `event_type` and the inner
+/// object as `payload`, so each `rename` must equal its `event_type()`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EmailClaimEvent {
+    #[serde(rename = "EmailClaimed")]
+    EmailClaimed(EmailClaimed),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailClaimed {
+    pub email: Email,
+    pub user_id: Uuid,
+    pub at: DateTime<Utc>,
+}
+
+impl DomainEvent for EmailClaimEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::EmailClaimed(_) => "EmailClaimed",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        match self {
+            Self::EmailClaimed(_) => "1.0",
+        }
+        .to_owned()
+    }
+}

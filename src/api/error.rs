@@ -1,0 +1,197 @@
+//! The one error type at the HTTP edge, answered as `application/problem+json` (RFC 9457).
+//! Internal causes are logged, never sent.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chronicle_aggregates::{DomainError, RefusalKind};
+use chronicle_commands::{FieldError, ValidationErrors};
+use serde::Serialize;
+
+use crate::bus::CommandError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("forbidden")]
+    Forbidden,
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("conflict: {detail}")]
+    Conflict { code: &'static str, detail: String },
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("unprocessable: {detail}")]
+    Unprocessable { code: &'static str, detail: String },
+    #[error("store unavailable")]
+    Unavailable(#[source] StoreError),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [FieldError]>,
+}
+
+impl ApiError {
+    pub fn validation(field: &str, message: impl Into<String>) -> Self {
+        Self::Validation(ValidationErrors::single(field, message).0)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Validation(_) | Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn slug(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad-request",
+            Self::Validation(_) => "validation",
+            Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not-found",
+            Self::MethodNotAllowed => "method-not-allowed",
+            Self::Conflict { .. } => "conflict",
+            Self::PreconditionFailed(_) => "precondition-failed",
+            Self::PayloadTooLarge => "payload-too-large",
+            Self::Unprocessable { .. } => "unprocessable",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Self::BadRequest(detail)
+            | Self::Conflict { detail, .. }
+            | Self::Unprocessable { detail, .. }
+            | Self::PreconditionFailed(detail) => detail.clone(),
+            Self::Validation(errors) => match errors.as_slice() {
+                [one] => format!("`{}` {}", one.field, one.message),
+                many => format!("{} fields are invalid", many.len()),
+            },
+            Self::UnsupportedMediaType => "send the body as application/json".into(),
+            Self::Forbidden => "your role does not allow this".into(),
+            Self::NotFound => "no such resource".into(),
+            Self::MethodNotAllowed => "this route does not accept that method".into(),
+            Self::PayloadTooLarge => "the request body is over the limit".into(),
+            Self::Unavailable(_) => "the event store is unavailable; try again shortly".into(),
+            Self::Internal(_) => "an internal error occurred; it has been logged".into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            Self::Internal(cause) => {
+                tracing::error!(error = %cause, source = ?cause.source(), "internal error")
+            }
+            Self::Unavailable(cause) => tracing::warn!(error = %cause, "store unavailable"),
+            _ => {}
+        }
+        let code = match &self {
+            Self::Conflict { code, .. } | Self::Unprocessable { code, .. } => Some(*code),
+            _ => None,
+        };
+        let errors = match &self {
+            Self::Validation(errors) => Some(errors.as_slice()),
+            _ => None,
+        };
+        let problem = Problem {
+            kind: format!("urn:chronicle:problem:{}", self.slug()),
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.detail(),
+            code,
+            errors,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<ValidationErrors> for ApiError {
+    fn from(errors: ValidationErrors) -> Self {
+        Self::Validation(errors.0)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict => Self::Conflict {
+                code: "store.conflict",
+                detail: "the resource was changed concurrently; retry".into(),
+            },
+            error if error.is_unavailable() => Self::Unavailable(error),
+            other => Self::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl<E: DomainError + Send + Sync + 'static> From<CommandError<E>> for ApiError {
+    fn from(error: CommandError<E>) -> Self {
+        match error {
+            CommandError::Refused(refusal) => match refusal.kind() {
+                RefusalKind::NotFound => Self::NotFound,
+                RefusalKind::Conflict => Self::Conflict {
+                    code: refusal.code(),
+                    detail: refusal.to_string(),
+                },
+                RefusalKind::Invalid => Self::Unprocessable {
+                    code: refusal.code(),
+                    detail: refusal.to_string(),
+                },
+            },
+            CommandError::Conflict => Self::Conflict {
+                code: "store.conflict",
+                detail: "the resource kept changing concurrently; retry".into(),
+            },
+            CommandError::PreconditionFailed { current, .. } => Self::PreconditionFailed(format!(
+                "If-Match does not match the current version \"{current}\""
+            )),
+            CommandError::Store(store) => Self::from(store),
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! `/api/health` and `/api/status`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use serde_json::json;
+
+use super::AppState;
+
+pub async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+#[derive(Serialize)]
+struct StoreStatus {
+    backend: &'static str,
+    ok: bool,
+    latency_ms: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Status {
+    version: &'static str,
+    uptime_secs: u64,
+    store: StoreStatus,
+    projections: Vec<serde_json::Value>,
+    agents_online: u64,
+    queue_depth: u64,
+}
+
+/// 200 while the store answers, 503 when it does not.
+pub async fn status(State(state): State<AppState>) -> Response {
+    let ping = state.store.ping().await;
+    let ok = ping.is_ok();
+    if let Err(error) = &ping {
+        tracing::warn!(%error, "store ping failed");
+    }
+    let counts = if ok {
+        state.status_counts().await
+    } else {
+        Default::default()
+    };
+    let body = Status {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_secs: state.started_at.elapsed().as_secs(),
+        store: StoreStatus {
+            backend: state.store.backend_name(),
+            ok,
+            latency_ms: ping.ok().map(|d| d.as_secs_f64() * 1000.0),
+        },
+        projections: Vec::new(),
+        agents_online: counts.agents_online,
+        queue_depth: counts.queue_depth,
+    };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}

@@ -1,0 +1,133 @@
+//! The JSON shapes of API.md: `Task`, `Event`.
+
+use chronicle_aggregates::task::{TaskFailure, TaskState, TaskStatus};
+use chronicle_commands::values::RetryPolicy;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::store::chain::{HASH, PREV_HASH};
+use crate::store::RecordedEvent;
+
+#[derive(Debug, Serialize)]
+pub struct TaskView {
+    pub id: Uuid,
+    pub capability: String,
+    pub input: Value,
+    pub output: Option<Value>,
+    pub error: Option<TaskFailure>,
+    pub status: TaskStatus,
+    pub priority: u8,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub timeout_secs: u32,
+    pub retry: RetryView,
+    pub agent_id: Option<Uuid>,
+    pub pinned_agent_id: Option<Uuid>,
+    pub workflow_run_id: Option<Uuid>,
+    pub tags: Vec<String>,
+    pub not_before: Option<DateTime<Utc>>,
+    pub owner_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub version: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RetryView {
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl TaskView {
+    pub fn new(state: &TaskState, version: usize) -> Self {
+        let RetryPolicy {
+            max_attempts,
+            initial_backoff_ms,
+            max_backoff_ms,
+        } = state.retry;
+        Self {
+            id: state.id,
+            capability: state.capability.to_string(),
+            input: state.input.clone(),
+            output: state.output.clone(),
+            error: state.error.clone(),
+            status: state.status,
+            priority: state.priority.get(),
+            attempt: state.attempt,
+            max_attempts,
+            timeout_secs: state.timeout_secs.get(),
+            retry: RetryView {
+                initial_backoff_ms,
+                max_backoff_ms,
+            },
+            agent_id: state.agent_id,
+            pinned_agent_id: state.pinned_agent_id,
+            workflow_run_id: state.workflow_run_id,
+            tags: state.tags.as_slice().to_vec(),
+            not_before: state.not_before,
+            owner_id: state.owner_id,
+            created_at: state.created_at,
+            updated_at: state.updated_at,
+            started_at: state.started_at,
+            finished_at: state.finished_at,
+            version,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    pub position: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: Value,
+    pub metadata: EventMetadataView,
+    pub hash: Option<String>,
+    pub prev_hash: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventMetadataView {
+    pub actor: Option<String>,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+    pub request_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl From<RecordedEvent> for EventView {
+    fn from(event: RecordedEvent) -> Self {
+        let text = |key: &str| event.metadata_str(key).map(str::to_owned);
+        let metadata = EventMetadataView {
+            actor: text("actor"),
+            correlation_id: text("correlation_id"),
+            causation_id: text("causation_id"),
+            request_id: text("request_id"),
+            idempotency_key: text("idempotency_key"),
+            recorded_at: event.recorded_at,
+        };
+        let hash = text(HASH);
+        let prev_hash = text(PREV_HASH);
+        Self {
+            position: event.position,
+            aggregate_type: event.aggregate_type,
+            aggregate_id: event.aggregate_id,
+            sequence: event.sequence,
+            event_type: event.event_type,
+            event_version: event.event_version,
+            payload: event.payload,
+            metadata,
+            hash,
+            prev_hash,
+        }
+    }
+}

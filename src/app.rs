@@ -1,0 +1,117 @@
+//! Start-up and shutdown: connect and migrate the store, bind, serve until SIGTERM/Ctrl-C.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+
+use crate::api::{router, AppState, SHUTDOWN_GRACE};
+use crate::config::Settings;
+use crate::store::{Store, StoreOptions};
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects to the store, applies migrations and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let store = connect_store(&settings).await?;
+        let listener = TcpListener::bind(settings.bind)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.bind))?;
+        let state = AppState::new(store, settings);
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then stops accepting and lets in-flight requests
+    /// finish (up to a grace period).
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `stop` resolves; for tests and embedding.
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let addr = self.local_addr()?;
+        tracing::info!(%addr, backend = self.state.store.backend_name(), "serving");
+        let app = router(self.state);
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+            stop.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            let _ = stopped_tx.send(());
+        });
+        let serve = tokio::spawn(async move { serve.await });
+        let mut serve = serve;
+        tokio::select! {
+            result = &mut serve => result??,
+            _ = async {
+                let _ = stopped_rx.await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!("grace period over; dropping remaining connections");
+                serve.abort();
+            }
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Connects to the configured store and applies its migrations.
+pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
+    let options = StoreOptions {
+        snapshot_every: settings.store.snapshot_every,
+        max_connections: settings.store.max_connections,
+    };
+    let store = Store::connect(&settings.database_url, options)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the event store: {e}"))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot migrate the event store: {e}"))?;
+    Ok(store)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,135 @@
+//! The `chronicle` command line: serve (the default), migrate, audit, export, bench.
+
+mod bench;
+mod export;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::{connect_store, Application};
+use crate::config::Settings;
+use crate::store::AggregateFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "chronicle",
+    version,
+    about = "Event-sourced orchestration engine"
+)]
+struct Cli {
+    /// Configuration file (default: ./chronicle.toml if present).
+    #[arg(long, global = true, env = "CHRONICLE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Check the tamper-evident history.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Move events in and out.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Measure throughput and latency.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute every hash chain; exit 1 and name the first broken link of each aggregate.
+    Verify {
+        #[arg(long)]
+        aggregate_type: Option<String>,
+        #[arg(long)]
+        aggregate_id: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Write the global feed as NDJSON to stdout.
+    Export {
+        /// Start after this position.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+}
+
+/// Parses arguments, runs the command, and turns any error into one line on stderr.
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("chronicle: configuration error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(settings.log.format);
+    match run(cli.command.unwrap_or(Command::Serve), settings).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("chronicle: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve => {
+            Application::build(settings)
+                .await?
+                .run_until_stopped()
+                .await?;
+        }
+        Command::Migrate => {
+            connect_store(&settings).await?;
+            eprintln!("migrations applied");
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    aggregate_type,
+                    aggregate_id,
+                },
+        } => {
+            let store = connect_store(&settings).await?;
+            let filter = AggregateFilter {
+                aggregate_type,
+                aggregate_id,
+            };
+            let report = store.verify(&filter).await?;
+            let mut stdout = std::io::stdout().lock();
+            serde_json::to_writer_pretty(&mut stdout, &report)?;
+            writeln!(stdout)?;
+            if !report.ok {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Events {
+            command: EventsCommand::Export { after },
+        } => {
+            let store = connect_store(&settings).await?;
+            export::export(&store, after).await?;
+        }
+        Command::Bench { command } => bench::run(command, settings).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,281 @@
+//! Settings: built-in defaults → `chronicle.toml` (or `--config` / `CHRONICLE_CONFIG`) →
+//! `CHRONICLE_*` environment variables, `__` for nesting. The variable names are a contract
+//! with operators (API.md, Configuration).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    Open,
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RateLimitSettings {
+    pub per_minute: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CorsSettings {
+    #[serde(deserialize_with = "comma_separated")]
+    pub origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LlmSettings {
+    pub provider: Option<String>,
+    pub base_url: Option<String>,
+    #[serde(skip_serializing)]
+    pub api_key: Option<SecretString>,
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbeddingSettings {
+    pub provider: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LogSettings {
+    /// `pretty` on a terminal, `json` otherwise, unless set.
+    pub format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreSettings {
+    /// Connections to PostgreSQL.
+    pub max_connections: u32,
+    /// A snapshot every this many events of one aggregate; 0 turns them off.
+    pub snapshot_every: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    #[serde(skip_serializing)]
+    pub jwt_secret: Option<SecretString>,
+    pub profile: Profile,
+    pub registration: Registration,
+    pub rate_limit: RateLimitSettings,
+    pub cors: CorsSettings,
+    pub llm: LlmSettings,
+    pub embeddings: EmbeddingSettings,
+    pub log: LogSettings,
+    pub store: StoreSettings,
+    /// Largest request body in bytes.
+    pub body_limit: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://data/chronicle.db".into(),
+            data_dir: PathBuf::from("data"),
+            jwt_secret: None,
+            profile: Profile::Development,
+            registration: Registration::Open,
+            rate_limit: RateLimitSettings { per_minute: 600 },
+            cors: CorsSettings {
+                origins: vec![
+                    "chrome-extension://*".into(),
+                    "http://localhost".into(),
+                    "http://127.0.0.1".into(),
+                ],
+            },
+            llm: LlmSettings::default(),
+            embeddings: EmbeddingSettings {
+                provider: "builtin".into(),
+            },
+            log: LogSettings::default(),
+            store: StoreSettings {
+                max_connections: 32,
+                snapshot_every: 50,
+            },
+            body_limit: 2 * 1024 * 1024,
+        }
+    }
+}
+
+/// A setting that stops start-up, with the variable or key that holds it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Reads the layers. `file` wins over `CHRONICLE_CONFIG`; a missing default
+    /// `chronicle.toml` is fine, a missing named file is not.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let named = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("CHRONICLE_CONFIG").map(PathBuf::from));
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        match &named {
+            Some(path) if !path.is_file() => {
+                return Err(ConfigError::Invalid(format!(
+                    "configuration file {} does not exist",
+                    path.display()
+                )))
+            }
+            Some(path) => figment = figment.merge(Toml::file(path)),
+            None => figment = figment.merge(Toml::file("chronicle.toml")),
+        }
+        let figment = figment.merge(Env::prefixed("CHRONICLE_").split("__").ignore(&["config"]));
+        let settings: Settings = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(&e)))?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let url = self.database_url.as_str();
+        let known = ["sqlite:", "postgres://", "postgresql://"];
+        if !known.iter().any(|scheme| url.starts_with(scheme)) {
+            return Err(ConfigError::Invalid(format!(
+                "CHRONICLE_DATABASE_URL: `{}` is not a sqlite://… or postgres://… URL",
+                crate::store::redact_url(url)
+            )));
+        }
+        if self.rate_limit.per_minute == 0 {
+            return Err(ConfigError::Invalid(
+                "CHRONICLE_RATE_LIMIT__PER_MINUTE: must be at least 1".into(),
+            ));
+        }
+        if self.profile == Profile::Production && self.jwt_secret.is_none() {
+            return Err(ConfigError::Invalid(
+                "CHRONICLE_JWT_SECRET: required when CHRONICLE_PROFILE=production".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// figment's message, with the key spelled as the environment variable an operator sets.
+fn describe(error: &figment::Error) -> String {
+    let key = error.path.join(".");
+    let variable = format!("CHRONICLE_{}", error.path.join("__").to_uppercase());
+    if key.is_empty() {
+        error.to_string()
+    } else {
+        format!("{variable} (`{key}`): {}", error.kind)
+    }
+}
+
+fn comma_separated<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        OneOrMany::Many(list) => list,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn environment_overrides_defaults() {
+        Jail::expect_with(|jail| {
+            jail.set_env("CHRONICLE_BIND", "0.0.0.0:9000");
+            jail.set_env("CHRONICLE_RATE_LIMIT__PER_MINUTE", "42");
+            jail.set_env(
+                "CHRONICLE_CORS__ORIGINS",
+                "chrome-extension://abc, http://x",
+            );
+            let settings = Settings::load(None).expect("valid settings");
+            assert_eq!(settings.bind.port(), 9000);
+            assert_eq!(settings.rate_limit.per_minute, 42);
+            assert_eq!(
+                settings.cors.origins,
+                ["chrome-extension://abc", "http://x"]
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "chronicle.toml",
+                "registration = \"closed\"\nbind = \"127.0.0.1:1\"",
+            )?;
+            jail.set_env("CHRONICLE_BIND", "127.0.0.1:2");
+            let settings = Settings::load(None).expect("valid settings");
+            assert_eq!(settings.registration, Registration::Closed);
+            assert_eq!(settings.bind.port(), 2);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        Jail::expect_with(|jail| {
+            jail.set_env("CHRONICLE_BIND", "not an address");
+            let error = Settings::load(None).unwrap_err().to_string();
+            assert!(error.contains("CHRONICLE_BIND"), "{error}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("CHRONICLE_PROFILE", "staging");
+            let error = Settings::load(None).unwrap_err().to_string();
+            assert!(error.contains("CHRONICLE_PROFILE"), "{error}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("CHRONICLE_DATABASE_URL", "mysql://x");
+            let error = Settings::load(None).unwrap_err().to_string();
+            assert!(error.starts_with("CHRONICLE_DATABASE_URL"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn production_requires_a_jwt_secret() {
+        Jail::expect_with(|jail| {
+            jail.set_env("CHRONICLE_PROFILE", "production");
+            assert!(Settings::load(None).is_err());
+            jail.set_env("CHRONICLE_JWT_SECRET", "a-long-secret");
+            assert!(Settings::load(None).is_ok());
+            Ok(())
+        });
+    }
+}

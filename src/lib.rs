@@ -1,0 +1,21 @@
+//! Chronicle's runtime: configuration, telemetry, the event store backends, the command
+//! bus, the HTTP API and the command line.
+//!
+//! Layout:
+//! - [`config`]: settings from defaults, `chronicle.toml` and `CHRONICLE_*`.
+//! - [`telemetry`]: pretty or JSON logs.
+//! - [`store`]: the event store on PostgreSQL or SQLite — metadata, hash chain, global feed.
+//! - [`bus`]: load → decide → append, with bounded retries on conflicts.
+//! - [`actor`]: who is acting.
+//! - [`api`]: the axum routes, extractors and `problem+json` errors.
+//! - [`app`]: start-up and graceful shutdown.
+//! - [`cli`]: the `chronicle` subcommands, including the benchmark.
+
+pub mod actor;
+pub mod api;
+pub mod app;
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,43 @@
+//! How domain events become stored rows and back.
+//!
+//! Event enums serialise externally tagged (`{"TaskCreated": {...}}`); the store keeps the
+//! tag in `event_type` and only the inner object as `payload`, so a stored payload reads
+//! as the event itself and the type is never written twice.
+
+use cqrs_es::{Aggregate, DomainEvent};
+use serde_json::{Map, Value};
+
+use super::StoreError;
+
+/// `(event_type, event_version, payload)` of one domain event.
+pub fn encode<A: Aggregate>(event: &A::Event) -> Result<(String, String, Value), StoreError> {
+    let event_type = event.event_type();
+    let event_version = event.event_version();
+    let payload = match serde_json::to_value(event)? {
+        Value::Object(mut map) if map.len() == 1 => map.remove(&event_type).ok_or_else(|| {
+            StoreError::Codec(format!(
+                "{}: serde tag differs from event_type {event_type}",
+                A::TYPE
+            ))
+        })?,
+        _ => {
+            return Err(StoreError::Codec(format!(
+                "{}: events must serialise externally tagged",
+                A::TYPE
+            )))
+        }
+    };
+    Ok((event_type, event_version, payload))
+}
+
+/// The domain event stored as `event_type` with `payload` (already upcast).
+pub fn decode<A: Aggregate>(event_type: &str, payload: Value) -> Result<A::Event, StoreError> {
+    let mut tagged = Map::with_capacity(1);
+    tagged.insert(event_type.to_owned(), payload);
+    serde_json::from_value(Value::Object(tagged)).map_err(|error| {
+        StoreError::Codec(format!(
+            "{} event {event_type} does not decode: {error}",
+            A::TYPE
+        ))
+    })
+}

@@ -1,0 +1,454 @@
+//! The event store: two backends (PostgreSQL through postgres-es, SQLite of our own) behind
+//! one interface, with event metadata, the per-aggregate hash chain and the global feed.
+//!
+//! Layout:
+//! - [`aggregate_store`]: cqrs-es's `EventStore` for one aggregate type — load (snapshot +
+//!   replay + upcast), commit (sequence, metadata, hash chain, snapshot).
+//! - [`postgres`], [`sqlite`]: the backends; each is a cqrs-es `PersistedEventRepository`
+//!   plus the reads cqrs-es has no word for (global feed, history, audit scan).
+//! - [`chain`]: the hash chain. [`codec`]: events to stored rows and back.
+//! - [`verify`]: recomputes every chain and names the first broken link.
+
+pub mod aggregate_store;
+pub mod chain;
+pub mod codec;
+pub mod postgres;
+pub mod sqlite;
+pub mod verify;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use cqrs_es::persist::{
+    EventUpcaster, PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent,
+    SerializedSnapshot,
+};
+use cqrs_es::Aggregate;
+use futures::stream::BoxStream;
+use serde::Serialize;
+use serde_json::Value;
+
+pub use aggregate_store::{AggregateStore, Loaded};
+pub use verify::{BrokenLink, VerifyReport};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer appended to the aggregate first.
+    #[error("the aggregate was changed concurrently")]
+    Conflict,
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] BoxError),
+    #[error("database error: {0}")]
+    Database(#[source] BoxError),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data does not decode: {0}")]
+    Codec(String),
+    #[error("unsupported database URL `{0}`: use sqlite://… or postgres://…")]
+    UnsupportedUrl(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict,
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(Box::new(error)),
+            _ => Self::Database(Box::new(error)),
+        }
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(error: serde_json::Error) -> Self {
+        Self::Codec(error.to_string())
+    }
+}
+
+impl From<PersistenceError> for StoreError {
+    fn from(error: PersistenceError) -> Self {
+        match error {
+            PersistenceError::OptimisticLockError => Self::Conflict,
+            PersistenceError::ConnectionError(e) => Self::Unavailable(e),
+            PersistenceError::DeserializationError(e) => Self::Codec(e.to_string()),
+            PersistenceError::UnknownError(e) => match e.downcast::<sqlx::Error>() {
+                Ok(sqlx_error) => Self::from(*sqlx_error),
+                Err(e) => match e.downcast::<StoreError>() {
+                    Ok(store_error) => *store_error,
+                    Err(other) => Self::Database(other),
+                },
+            },
+        }
+    }
+}
+
+impl StoreError {
+    /// True when the database could not be reached (as opposed to refusing something).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// One stored event with everything the store knows about it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordedEvent {
+    /// Global order of insertion (not of commit on PostgreSQL; see [`FeedCursor`]).
+    pub position: i64,
+    #[serde(skip)]
+    pub transaction_id: u64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: Value,
+    pub metadata: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl RecordedEvent {
+    pub fn metadata_str(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).and_then(Value::as_str)
+    }
+
+    /// Where a feed reader stands after reading this event.
+    pub fn cursor(&self) -> FeedCursor {
+        FeedCursor {
+            transaction_id: self.transaction_id,
+            position: self.position,
+        }
+    }
+}
+
+/// A place in the global feed. On PostgreSQL the feed is ordered by
+/// `(transaction_id, position)`; on SQLite `transaction_id` is always 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct FeedCursor {
+    pub transaction_id: u64,
+    pub position: i64,
+}
+
+/// Which aggregates an audit or history read covers.
+#[derive(Debug, Clone, Default)]
+pub struct AggregateFilter {
+    pub aggregate_type: Option<String>,
+    pub aggregate_id: Option<String>,
+}
+
+/// Options that shape how aggregates are stored.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// Take a snapshot every this many events of an aggregate; 0 turns snapshots off.
+    pub snapshot_every: usize,
+    /// Connections to PostgreSQL (SQLite uses one writer and a few readers).
+    pub max_connections: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            snapshot_every: 50,
+            max_connections: 32,
+        }
+    }
+}
+
+pub enum Backend {
+    Postgres(postgres::PgBackend),
+    Sqlite(sqlite::SqliteBackend),
+}
+
+struct Inner {
+    backend: Backend,
+    upcasters: Vec<Box<dyn EventUpcaster>>,
+    options: StoreOptions,
+}
+
+/// The event store, cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://…` or `postgres://…`) without migrating.
+    pub async fn connect(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres(postgres::PgBackend::connect(url, options.max_connections).await?)
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite(sqlite::SqliteBackend::connect(url).await?)
+        } else {
+            return Err(StoreError::UnsupportedUrl(redact_url(url)));
+        };
+        Ok(Self::from_backend(backend, options, Vec::new()))
+    }
+
+    pub fn from_backend(
+        backend: Backend,
+        options: StoreOptions,
+        upcasters: Vec<Box<dyn EventUpcaster>>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                backend,
+                upcasters,
+                options,
+            }),
+        }
+    }
+
+    /// The same store with these upcasters applied to events on load.
+    pub fn with_upcasters(self, upcasters: Vec<Box<dyn EventUpcaster>>) -> Result<Self, Self> {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => Ok(Self::from_backend(inner.backend, inner.options, upcasters)),
+            Err(inner) => Err(Self { inner }),
+        }
+    }
+
+    /// Applies the backend's migrations (safe to run from several nodes at once: sqlx takes
+    /// a lock).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend() {
+            Backend::Postgres(pg) => pg.migrate().await,
+            Backend::Sqlite(lite) => lite.migrate().await,
+        }
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend() {
+            Backend::Postgres(_) => "postgres",
+            Backend::Sqlite(_) => "sqlite",
+        }
+    }
+
+    pub fn options(&self) -> StoreOptions {
+        self.inner.options
+    }
+
+    pub(crate) fn upcasters(&self) -> &[Box<dyn EventUpcaster>] {
+        &self.inner.upcasters
+    }
+
+    /// The typed store for one aggregate, a cqrs-es `EventStore`.
+    pub fn aggregate<A: Aggregate>(&self) -> AggregateStore<A> {
+        AggregateStore::new(self.clone())
+    }
+
+    /// Round-trip time of a trivial query.
+    pub async fn ping(&self) -> Result<Duration, StoreError> {
+        let started = Instant::now();
+        match self.backend() {
+            Backend::Postgres(pg) => pg.ping().await?,
+            Backend::Sqlite(lite) => lite.ping().await?,
+        }
+        Ok(started.elapsed())
+    }
+
+    /// Up to `limit` events after `after`, in feed order, never skipping one that commits
+    /// later (see ARCHITECTURE.md, Storage).
+    pub async fn feed(
+        &self,
+        after: FeedCursor,
+        limit: u32,
+        filter: &AggregateFilter,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        match self.backend() {
+            Backend::Postgres(pg) => pg.feed(after, limit, filter).await,
+            Backend::Sqlite(lite) => lite.feed(after, limit, filter).await,
+        }
+    }
+
+    /// A mark that the feed passes once every event committed before this call is readable.
+    pub async fn feed_watermark(&self) -> Result<u64, StoreError> {
+        match self.backend() {
+            Backend::Postgres(pg) => Ok(pg.horizon().await?.1),
+            Backend::Sqlite(_) => Ok(0),
+        }
+    }
+
+    /// Has the feed's horizon passed `watermark`? Until then an empty page may only mean
+    /// that an older transaction — in any database of the cluster — is still open.
+    pub async fn feed_reached(&self, watermark: u64) -> Result<bool, StoreError> {
+        match self.backend() {
+            Backend::Postgres(pg) => Ok(pg.horizon().await?.0 >= watermark),
+            Backend::Sqlite(_) => Ok(true),
+        }
+    }
+
+    /// The feed cursor just after the event at `position`, if there is one.
+    pub async fn cursor_after(&self, position: i64) -> Result<Option<FeedCursor>, StoreError> {
+        if position <= 0 {
+            return Ok(Some(FeedCursor::default()));
+        }
+        match self.backend() {
+            Backend::Postgres(pg) => pg.cursor_at(position).await,
+            Backend::Sqlite(_) => Ok(Some(FeedCursor {
+                transaction_id: 0,
+                position,
+            })),
+        }
+    }
+
+    /// Every event of one aggregate, in sequence order, as stored (not upcast).
+    pub async fn history(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        match self.backend() {
+            Backend::Postgres(pg) => pg.history(aggregate_type, aggregate_id).await,
+            Backend::Sqlite(lite) => lite.history(aggregate_type, aggregate_id).await,
+        }
+    }
+
+    /// Every event matching `filter`, ordered by aggregate then sequence, streamed.
+    pub fn scan<'a>(
+        &'a self,
+        filter: &'a AggregateFilter,
+    ) -> BoxStream<'a, Result<RecordedEvent, StoreError>> {
+        match self.backend() {
+            Backend::Postgres(pg) => pg.scan(filter),
+            Backend::Sqlite(lite) => lite.scan(filter),
+        }
+    }
+
+    /// Recomputes every hash chain that `filter` covers.
+    pub async fn verify(&self, filter: &AggregateFilter) -> Result<VerifyReport, StoreError> {
+        verify::verify(self.scan(filter)).await
+    }
+}
+
+/// Dispatches cqrs-es's repository calls to the configured backend.
+impl PersistedEventRepository for Backend {
+    async fn get_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        match self {
+            Self::Postgres(pg) => pg.repo().get_events::<A>(aggregate_id).await,
+            Self::Sqlite(lite) => lite.get_events::<A>(aggregate_id).await,
+        }
+    }
+
+    async fn get_last_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        last_sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        match self {
+            Self::Postgres(pg) => {
+                pg.repo()
+                    .get_last_events::<A>(aggregate_id, last_sequence)
+                    .await
+            }
+            Self::Sqlite(lite) => lite.get_last_events::<A>(aggregate_id, last_sequence).await,
+        }
+    }
+
+    async fn get_snapshot<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+        match self {
+            Self::Postgres(pg) => pg.repo().get_snapshot::<A>(aggregate_id).await,
+            Self::Sqlite(lite) => lite.get_snapshot::<A>(aggregate_id).await,
+        }
+    }
+
+    async fn persist<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+        snapshot_update: Option<(String, Value, usize)>,
+    ) -> Result<(), PersistenceError> {
+        match self {
+            Self::Postgres(pg) => pg.repo().persist::<A>(events, snapshot_update).await,
+            Self::Sqlite(lite) => lite.persist::<A>(events, snapshot_update).await,
+        }
+    }
+
+    async fn stream_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<ReplayStream, PersistenceError> {
+        match self {
+            Self::Postgres(pg) => pg.repo().stream_events::<A>(aggregate_id).await,
+            Self::Sqlite(lite) => lite.stream_events::<A>(aggregate_id).await,
+        }
+    }
+
+    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
+        match self {
+            Self::Postgres(pg) => pg.repo().stream_all_events::<A>().await,
+            Self::Sqlite(lite) => lite.stream_all_events::<A>().await,
+        }
+    }
+}
+
+/// The URL with any password replaced, fit for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl From<StoreError> for PersistenceError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict => Self::OptimisticLockError,
+            StoreError::Unavailable(e) => Self::ConnectionError(e),
+            StoreError::Codec(message) => Self::DeserializationError(message.into()),
+            other => Self::UnknownError(Box::new(other)),
+        }
+    }
+}
+
+impl Store {
+    /// Tasks created and not touched since: the queue depth while the task vocabulary is
+    /// only created/cancelled. The orchestration issue replaces this with the queue read
+    /// model.
+    pub async fn count_queued_tasks(&self) -> Result<u64, StoreError> {
+        const SQL: &str = "SELECT count(*) FROM events e
+             WHERE e.aggregate_type = 'task' AND e.sequence = 1
+               AND NOT EXISTS (SELECT 1 FROM events f
+                                WHERE f.aggregate_type = 'task'
+                                  AND f.aggregate_id = e.aggregate_id AND f.sequence = 2)";
+        let count: i64 = match self.backend() {
+            Backend::Postgres(pg) => sqlx::query_scalar(SQL).fetch_one(pg.pool()).await?,
+            Backend::Sqlite(lite) => sqlx::query_scalar(SQL).fetch_one(lite.reader()).await?,
+        };
+        Ok(u64::try_from(count).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://me:secret@db:5432/x"),
+            "postgres://me:***@db:5432/x"
+        );
+        assert_eq!(redact_url("postgres://me@db/x"), "postgres://me@db/x");
+        assert_eq!(redact_url("sqlite://data/c.db"), "sqlite://data/c.db");
+    }
+}

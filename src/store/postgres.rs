@@ -1,0 +1,182 @@
+//! PostgreSQL backend: postgres-es's `PostgresEventRepository` appends and loads; the
+//! global feed, histories and audit scans are read here with the xid8 rule.
+
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use postgres_es::PostgresEventRepository;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+
+use super::{AggregateFilter, FeedCursor, RecordedEvent, StoreError};
+
+/// `SELECT <every column> FROM events ` followed by the rest of the statement. The text
+/// form of `transaction_id` gets its own name: an output column named `transaction_id`
+/// would make `ORDER BY transaction_id` sort as text ("10000" < "9999").
+macro_rules! select_events {
+    ($($rest:literal),*) => {
+        concat!(
+            "SELECT position, transaction_id::text AS xid, aggregate_type, \
+             aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at \
+             FROM events ",
+            $($rest),*
+        )
+    };
+}
+
+pub struct PgBackend {
+    pool: PgPool,
+    repo: PostgresEventRepository,
+}
+
+impl PgBackend {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        Ok(Self::from_pool(pool))
+    }
+
+    pub fn from_pool(pool: PgPool) -> Self {
+        let repo = PostgresEventRepository::new(pool.clone());
+        Self { pool, repo }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub(super) fn repo(&self) -> &PostgresEventRepository {
+        &self.repo
+    }
+
+    pub(super) async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations/postgres")
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Reads in `(transaction_id, position)` order and only events of transactions older
+    /// than every transaction still in flight: an event whose transaction commits later
+    /// has a transaction id at or above that horizon, so it cannot be passed over.
+    pub(super) async fn feed(
+        &self,
+        after: FeedCursor,
+        limit: u32,
+        filter: &AggregateFilter,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = select_events!(
+            "WHERE (transaction_id, position) > ($1::text::xid8, $2)
+               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+               AND ($3::text IS NULL OR aggregate_type = $3)
+               AND ($4::text IS NULL OR aggregate_id = $4)
+             ORDER BY transaction_id, position
+             LIMIT $5"
+        );
+        let rows = sqlx::query(sql)
+            .bind(after.transaction_id.to_string())
+            .bind(after.position)
+            .bind(filter.aggregate_type.as_deref())
+            .bind(filter.aggregate_id.as_deref())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// `(horizon, watermark)`: every transaction below the horizon has ended; every one that
+    /// committed before now is below the watermark.
+    pub(super) async fn horizon(&self) -> Result<(u64, u64), StoreError> {
+        let row = sqlx::query(
+            "SELECT pg_snapshot_xmin(s)::text AS xmin, pg_snapshot_xmax(s)::text AS xmax
+               FROM pg_current_snapshot() AS s",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let parse = |column: &str| -> Result<u64, StoreError> {
+            let text: String = row.try_get(column)?;
+            text.parse()
+                .map_err(|_| StoreError::Codec(format!("snapshot {column} `{text}`")))
+        };
+        Ok((parse("xmin")?, parse("xmax")?))
+    }
+
+    pub(super) async fn cursor_at(&self, position: i64) -> Result<Option<FeedCursor>, StoreError> {
+        let row = sqlx::query(
+            "SELECT position, transaction_id::text AS xid FROM events WHERE position = $1",
+        )
+        .bind(position)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(FeedCursor {
+                transaction_id: parse_xid(&row)?,
+                position: row.try_get("position")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub(super) async fn history(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql =
+            select_events!("WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence");
+        let rows = sqlx::query(sql)
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    pub(super) fn scan<'a>(
+        &'a self,
+        filter: &'a AggregateFilter,
+    ) -> BoxStream<'a, Result<RecordedEvent, StoreError>> {
+        let sql = select_events!(
+            "WHERE ($1::text IS NULL OR aggregate_type = $1)
+               AND ($2::text IS NULL OR aggregate_id = $2)
+             ORDER BY aggregate_type, aggregate_id, sequence"
+        );
+        sqlx::query(sql)
+            .bind(filter.aggregate_type.as_deref())
+            .bind(filter.aggregate_id.as_deref())
+            .fetch(&self.pool)
+            .map_err(StoreError::from)
+            .and_then(|row| futures::future::ready(decode(&row)))
+            .boxed()
+    }
+}
+
+fn parse_xid(row: &PgRow) -> Result<u64, StoreError> {
+    let text: String = row.try_get("xid")?;
+    text.parse()
+        .map_err(|_| StoreError::Codec(format!("transaction id `{text}` is not a number")))
+}
+
+fn decode(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+    Ok(RecordedEvent {
+        position: row.try_get("position")?,
+        transaction_id: parse_xid(row)?,
+        aggregate_type: row.try_get("aggregate_type")?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        sequence: row.try_get("sequence")?,
+        event_type: row.try_get("event_type")?,
+        event_version: row.try_get("event_version")?,
+        payload: row.try_get("payload")?,
+        metadata: row.try_get("metadata")?,
+        recorded_at: row.try_get("recorded_at")?,
+    })
+}

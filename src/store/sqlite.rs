@@ -1,0 +1,371 @@
+//! SQLite backend: our own cqrs-es `PersistedEventRepository` with postgres-es's semantics,
+//! in WAL mode with one writer connection (so `position` order is commit order) and a few
+//! readers, plus the global feed, histories and audit scans.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::persist::{
+    PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
+};
+use cqrs_es::Aggregate;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use serde_json::Value;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::Row;
+
+use super::{AggregateFilter, FeedCursor, RecordedEvent, StoreError};
+
+macro_rules! select_events {
+    ($($rest:literal),*) => {
+        concat!(
+            "SELECT position, aggregate_type, aggregate_id, sequence, event_type, \
+             event_version, payload, metadata, recorded_at FROM events ",
+            $($rest),*
+        )
+    };
+}
+
+pub struct SqliteBackend {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteBackend {
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // An event store must survive a power cut, not only a crash of the process.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let filename = options.get_filename().to_owned();
+        let in_memory = filename.as_os_str().is_empty() || filename == Path::new(":memory:");
+        if !in_memory {
+            if let Some(parent) = filename.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    StoreError::Unavailable(
+                        format!("cannot create {}: {e}", parent.display()).into(),
+                    )
+                })?;
+            }
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await?;
+        let reader = if in_memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options.read_only(true))
+                .await?
+        };
+        Ok(Self { writer, reader })
+    }
+
+    pub fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    pub fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    pub(super) async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    pub(super) async fn feed(
+        &self,
+        after: FeedCursor,
+        limit: u32,
+        filter: &AggregateFilter,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(select_events!(
+            "WHERE position > ?1
+               AND (?2 IS NULL OR aggregate_type = ?2)
+               AND (?3 IS NULL OR aggregate_id = ?3)
+             ORDER BY position LIMIT ?4"
+        ))
+        .bind(after.position)
+        .bind(filter.aggregate_type.as_deref())
+        .bind(filter.aggregate_id.as_deref())
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    pub(super) async fn history(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(select_events!(
+            "WHERE aggregate_type = ?1 AND aggregate_id = ?2 ORDER BY sequence"
+        ))
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    pub(super) fn scan<'a>(
+        &'a self,
+        filter: &'a AggregateFilter,
+    ) -> BoxStream<'a, Result<RecordedEvent, StoreError>> {
+        sqlx::query(select_events!(
+            "WHERE (?1 IS NULL OR aggregate_type = ?1)
+               AND (?2 IS NULL OR aggregate_id = ?2)
+             ORDER BY aggregate_type, aggregate_id, sequence"
+        ))
+        .bind(filter.aggregate_type.as_deref())
+        .bind(filter.aggregate_id.as_deref())
+        .fetch(&self.reader)
+        .map_err(StoreError::from)
+        .and_then(|row| futures::future::ready(decode(&row)))
+        .boxed()
+    }
+
+    async fn select_serialized(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after_sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+                    metadata
+               FROM events
+              WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND sequence > ?3
+              ORDER BY sequence",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(after_sequence as i64)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SerializedEvent::new(
+                    row.try_get("aggregate_id")?,
+                    to_usize(row.try_get("sequence")?)?,
+                    row.try_get("aggregate_type")?,
+                    row.try_get("event_type")?,
+                    row.try_get("event_version")?,
+                    json_column(row, "payload")?,
+                    json_column(row, "metadata")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn write(
+        &self,
+        aggregate_type: &str,
+        events: &[SerializedEvent],
+        snapshot_update: Option<(String, Value, usize)>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let mut last_sequence = 0;
+        for event in events {
+            last_sequence = event.sequence;
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                     event_version, payload, metadata)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .bind(aggregate_type)
+            .bind(&event.aggregate_id)
+            .bind(event.sequence as i64)
+            .bind(&event.event_type)
+            .bind(&event.event_version)
+            .bind(serde_json::to_string(&event.payload)?)
+            .bind(serde_json::to_string(&event.metadata)?)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some((aggregate_id, payload, current_snapshot)) = snapshot_update {
+            let payload = serde_json::to_string(&payload)?;
+            let written = if current_snapshot == 1 {
+                sqlx::query(
+                    "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence,
+                                            current_snapshot, payload)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .bind(aggregate_type)
+                .bind(&aggregate_id)
+                .bind(last_sequence as i64)
+                .bind(current_snapshot as i64)
+                .bind(payload)
+                .execute(&mut *tx)
+                .await?
+            } else {
+                sqlx::query(
+                    "UPDATE snapshots SET last_sequence = ?3, current_snapshot = ?4, payload = ?5
+                      WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND current_snapshot = ?6",
+                )
+                .bind(aggregate_type)
+                .bind(&aggregate_id)
+                .bind(last_sequence as i64)
+                .bind(current_snapshot as i64)
+                .bind(payload)
+                .bind(current_snapshot as i64 - 1)
+                .execute(&mut *tx)
+                .await?
+            };
+            if written.rows_affected() != 1 {
+                return Err(StoreError::Conflict);
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl PersistedEventRepository for SqliteBackend {
+    async fn get_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        Ok(self.select_serialized(A::TYPE, aggregate_id, 0).await?)
+    }
+
+    async fn get_last_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        last_sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        Ok(self
+            .select_serialized(A::TYPE, aggregate_id, last_sequence)
+            .await?)
+    }
+
+    async fn get_snapshot<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+        let row = sqlx::query(
+            "SELECT aggregate_id, last_sequence, current_snapshot, payload
+               FROM snapshots WHERE aggregate_type = ?1 AND aggregate_id = ?2",
+        )
+        .bind(A::TYPE)
+        .bind(aggregate_id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(StoreError::from)?;
+        let Some(row) = row else { return Ok(None) };
+        let snapshot = (|| -> Result<SerializedSnapshot, StoreError> {
+            Ok(SerializedSnapshot {
+                aggregate_id: row.try_get("aggregate_id")?,
+                aggregate: json_column(&row, "payload")?,
+                current_sequence: to_usize(row.try_get("last_sequence")?)?,
+                current_snapshot: to_usize(row.try_get("current_snapshot")?)?,
+            })
+        })()?;
+        Ok(Some(snapshot))
+    }
+
+    async fn persist<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+        snapshot_update: Option<(String, Value, usize)>,
+    ) -> Result<(), PersistenceError> {
+        Ok(self.write(A::TYPE, events, snapshot_update).await?)
+    }
+
+    async fn stream_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<ReplayStream, PersistenceError> {
+        let events = self.get_events::<A>(aggregate_id).await?;
+        Ok(replay(events))
+    }
+
+    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
+        let rows = sqlx::query(
+            "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+                    metadata
+               FROM events WHERE aggregate_type = ?1 ORDER BY position",
+        )
+        .bind(A::TYPE)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(StoreError::from)?;
+        let events = rows
+            .iter()
+            .map(|row| {
+                Ok(SerializedEvent::new(
+                    row.try_get("aggregate_id")?,
+                    to_usize(row.try_get("sequence")?)?,
+                    row.try_get("aggregate_type")?,
+                    row.try_get("event_type")?,
+                    row.try_get("event_version")?,
+                    json_column(row, "payload")?,
+                    json_column(row, "metadata")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(replay(events))
+    }
+}
+
+fn replay(events: Vec<SerializedEvent>) -> ReplayStream {
+    let (mut feed, stream) = ReplayStream::new(events.len().max(1));
+    tokio::spawn(async move {
+        for event in events {
+            if feed.push(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+    });
+    stream
+}
+
+fn to_usize(value: i64) -> Result<usize, StoreError> {
+    usize::try_from(value).map_err(|_| StoreError::Codec(format!("negative sequence {value}")))
+}
+
+fn json_column(row: &SqliteRow, column: &str) -> Result<Value, StoreError> {
+    let text: String = row.try_get(column)?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn decode(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
+    let recorded_at: String = row.try_get("recorded_at")?;
+    let recorded_at = DateTime::parse_from_rfc3339(&recorded_at)
+        .map_err(|e| StoreError::Codec(format!("recorded_at `{recorded_at}`: {e}")))?
+        .with_timezone(&Utc);
+    Ok(RecordedEvent {
+        position: row.try_get("position")?,
+        transaction_id: 0,
+        aggregate_type: row.try_get("aggregate_type")?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        sequence: row.try_get("sequence")?,
+        event_type: row.try_get("event_type")?,
+        event_version: row.try_get("event_version")?,
+        payload: json_column(row, "payload")?,
+        metadata: json_column(row, "metadata")?,
+        recorded_at,
+    })
+}

@@ -1,0 +1,12 @@
+//! Chronicle's integration and black-box tests, one binary to keep link time down.
+//!
+//! PostgreSQL comes from `CHRONICLE_TEST_PG_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); every test creates and drops its own
+//! database. A missing PostgreSQL fails the tests, it never skips them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod crash;
+mod helpers;
+mod store;
