@@ -53,6 +53,11 @@ impl Actor {
         self.roles.contains(&role)
     }
 
+    /// May this actor see every user's resources?
+    pub fn can_read_all(&self) -> bool {
+        self.has_role(Role::Admin) || self.has_role(Role::Auditor)
+    }
+
     /// May this actor see a resource owned by `owner`?
     pub fn can_read(&self, owner: Uuid) -> bool {
         owner == self.id || self.has_role(Role::Admin) || self.has_role(Role::Auditor)

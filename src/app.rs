@@ -6,6 +6,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{router, AppState, SHUTDOWN_GRACE};
 use crate::config::Settings;
+use crate::read_side::ReadSide;
 use crate::store::{Store, StoreOptions};
 
 pub struct Application {
@@ -20,7 +21,10 @@ impl Application {
         let listener = TcpListener::bind(settings.bind)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.bind))?;
-        let state = AppState::new(store, settings);
+        let read = ReadSide::start(&store)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the projections: {e}"))?;
+        let state = AppState::new(store, read, settings);
         Ok(Self { listener, state })
     }
 
@@ -49,6 +53,8 @@ impl Application {
     ) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
         tracing::info!(%addr, backend = self.state.store.backend_name(), "serving");
+        let read = self.state.read.clone();
+        let projections = read.spawn();
         let app = router(self.state);
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
@@ -68,6 +74,10 @@ impl Application {
                 serve.abort();
             }
         }
+        for projection in projections {
+            projection.abort();
+        }
+        read.flush().await;
         tracing::info!("stopped");
         Ok(())
     }

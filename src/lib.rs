@@ -7,6 +7,7 @@
 //! - [`store`]: the event store on PostgreSQL or SQLite — metadata, hash chain, global feed.
 //! - [`bus`]: load → decide → append, with bounded retries on conflicts.
 //! - [`actor`]: who is acting.
+//! - [`read_side`]: the projections at run time — start-up catch-up, background runs, lag.
 //! - [`api`]: the axum routes, extractors and `problem+json` errors.
 //! - [`app`]: start-up and graceful shutdown.
 //! - [`cli`]: the `chronicle` subcommands, including the benchmark.
@@ -17,5 +18,6 @@ pub mod app;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod read_side;
 pub mod store;
 pub mod telemetry;

@@ -8,10 +8,12 @@
 //! - [`email_claim`]: one aggregate per email, so an address belongs to one user.
 //! - [`session`]: refresh-token families — rotation and reuse detection.
 //! - [`api_key`]: a user's API keys — issue, rotate, revoke; stored only as hashes.
+//! - [`codec`]: events to `(event_type, event_version, payload)` and back.
 //! - [`error`]: how a domain refusal is classified for the edges (missing, conflict, invalid).
 
 pub mod agent;
 pub mod api_key;
+pub mod codec;
 pub mod email_claim;
 pub mod error;
 pub mod session;

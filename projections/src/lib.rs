@@ -1,2 +1,19 @@
-//! What Chronicle serves to read: projectors and read models built from the global event
-//! feed. Filled in by the read-side issues; the event feed types live in the runtime's store.
+//! What Chronicle serves to read: projectors that fold the global event feed into read
+//! models, with checkpoints, in one transaction per batch. A projection never issues a
+//! command.
+//!
+//! Layout:
+//! - [`feed`]: the event feed as projections see it, and the `EventSource` they read from
+//!   (implemented by the runtime's store).
+//! - [`db`]: the read-model database, PostgreSQL or SQLite, one SQL text for both.
+//! - [`runner`]: the `Projection` trait and checkpointed catch-up.
+//! - [`task_view`]: the task list read model.
+
+pub mod db;
+pub mod feed;
+pub mod runner;
+pub mod task_view;
+
+pub use db::{ReadDb, ReadTx};
+pub use feed::{EventSource, FeedCursor, RecordedEvent};
+pub use runner::{Projection, ProjectionError, ProjectionStatus, Projector};

@@ -93,6 +93,25 @@ fn check_value(value: &Value, depth: usize, path: &str) -> Result<(), ApiError> 
     }
 }
 
+/// A query string: unknown or malformed parameters → 422 naming the parameter.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(ApiQuery)
+            .map_err(|error| {
+                let field = error.path().to_string();
+                ApiError::validation(&field, error.inner().to_string())
+            })
+    }
+}
+
 /// A UUID path segment; anything else is a resource that does not exist (404).
 pub struct IdPath(pub Uuid);
 

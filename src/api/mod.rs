@@ -18,6 +18,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::bus::CommandBus;
 use crate::config::Settings;
+use crate::read_side::ReadSide;
 use crate::store::Store;
 use error::ApiError;
 
@@ -26,37 +27,19 @@ use error::ApiError;
 pub struct AppState {
     pub store: Store,
     pub bus: CommandBus,
+    pub read: ReadSide,
     pub settings: Arc<Settings>,
     pub started_at: Instant,
 }
 
-/// Counts for `/api/status`.
-#[derive(Debug, Default)]
-pub struct StatusCounts {
-    pub agents_online: u64,
-    pub queue_depth: u64,
-}
-
 impl AppState {
-    pub fn new(store: Store, settings: Settings) -> Self {
+    pub fn new(store: Store, read: ReadSide, settings: Settings) -> Self {
         Self {
             bus: CommandBus::new(store.clone()),
             store,
+            read,
             settings: Arc::new(settings),
             started_at: Instant::now(),
-        }
-    }
-
-    pub async fn status_counts(&self) -> StatusCounts {
-        match self.store.count_queued_tasks().await {
-            Ok(queue_depth) => StatusCounts {
-                agents_online: 0,
-                queue_depth,
-            },
-            Err(error) => {
-                tracing::warn!(%error, "status counts unavailable");
-                StatusCounts::default()
-            }
         }
     }
 }
@@ -69,7 +52,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/health", get(system::health))
         .route("/status", get(system::status))
-        .route("/tasks", post(tasks::create))
+        .route("/tasks", post(tasks::create).get(tasks::list))
         .route("/tasks/{id}", get(tasks::get).delete(tasks::cancel))
         .route("/tasks/{id}/events", get(tasks::events));
     Router::new()

@@ -7,6 +7,9 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::json;
 
+use chronicle_projections::task_view::TaskView as TaskViewModel;
+use chronicle_projections::ProjectionStatus;
+
 use super::AppState;
 
 pub async fn health() -> Json<serde_json::Value> {
@@ -25,7 +28,7 @@ struct Status {
     version: &'static str,
     uptime_secs: u64,
     store: StoreStatus,
-    projections: Vec<serde_json::Value>,
+    projections: Vec<ProjectionStatus>,
     agents_online: u64,
     queue_depth: u64,
 }
@@ -37,10 +40,20 @@ pub async fn status(State(state): State<AppState>) -> Response {
     if let Err(error) = &ping {
         tracing::warn!(%error, "store ping failed");
     }
-    let counts = if ok {
-        state.status_counts().await
+    let (projections, queue_depth) = if ok {
+        let projections = state.read.status().await.unwrap_or_else(|error| {
+            tracing::warn!(%error, "projection status unavailable");
+            Vec::new()
+        });
+        let queue_depth = TaskViewModel::queue_depth(&state.read.db)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "queue depth unavailable");
+                0
+            });
+        (projections, queue_depth)
     } else {
-        Default::default()
+        (Vec::new(), 0)
     };
     let body = Status {
         version: env!("CARGO_PKG_VERSION"),
@@ -50,9 +63,10 @@ pub async fn status(State(state): State<AppState>) -> Response {
             ok,
             latency_ms: ping.ok().map(|d| d.as_secs_f64() * 1000.0),
         },
-        projections: Vec::new(),
-        agents_online: counts.agents_online,
-        queue_depth: counts.queue_depth,
+        projections,
+        // No agent can register before the orchestration work lands.
+        agents_online: 0,
+        queue_depth,
     };
     let code = if ok {
         StatusCode::OK

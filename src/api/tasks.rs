@@ -4,18 +4,29 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chronicle_aggregates::task::{Task, TaskCommand};
+use chronicle_aggregates::task::{Task, TaskCommand, TaskStatus};
 use chronicle_commands::task::NewTaskRequest;
-use chrono::Utc;
+use chronicle_projections::task_view::{TaskFilter, TaskView as TaskViewModel};
+use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::extract::{ApiJson, IdPath, RequestMeta};
+use super::extract::{ApiJson, ApiQuery, IdPath, RequestMeta};
 use super::views::{EventView, TaskView};
 use super::AppState;
 use crate::actor::Actor;
 use crate::bus::Committed;
+
+/// Brings the task views up to a just-committed task so the caller reads its own write;
+/// a failure here only delays the view (the catch-up repairs it), so it is logged.
+async fn committed(state: &AppState, task: &Task, version: usize) {
+    if let Err(error) = TaskViewModel::write_committed(&state.read.db, task, version).await {
+        tracing::warn!(%error, "inline task view write failed; catch-up will repair it");
+    }
+    state.read.notify();
+}
 
 /// A task answer with its version as `ETag`.
 fn task_response(status: StatusCode, task: &Task, version: usize) -> Result<Response, ApiError> {
@@ -57,6 +68,7 @@ pub async fn create(
             })
         })
         .await?;
+    committed(&state, &aggregate, version).await;
     task_response(StatusCode::CREATED, &aggregate, version)
 }
 
@@ -105,6 +117,7 @@ pub async fn cancel(
             },
         )
         .await?;
+    committed(&state, &aggregate, version).await;
     task_response(StatusCode::OK, &aggregate, version)
 }
 
@@ -125,4 +138,73 @@ pub async fn events(
     }
     let history = state.store.history(Task::TYPE, &id.to_string()).await?;
     Ok(Json(history.into_iter().map(EventView::from).collect()))
+}
+
+/// `GET /api/tasks` query: filters, `limit` (default 50, max 500) and an opaque `cursor`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub status: Option<TaskStatus>,
+    pub capability: Option<String>,
+    pub agent_id: Option<Uuid>,
+    pub tag: Option<String>,
+    pub workflow_run_id: Option<Uuid>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// Tasks the caller may read, newest first.
+#[tracing::instrument(skip_all)]
+pub async fn list(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<Page<TaskView>>, ApiError> {
+    let limit = match query.limit {
+        None => 50,
+        Some(limit @ 1..=500) => limit,
+        Some(_) => return Err(ApiError::validation("limit", "must be from 1 to 500")),
+    };
+    let before_id = query
+        .cursor
+        .as_deref()
+        .map(|cursor| {
+            Uuid::parse_str(cursor)
+                .map_err(|_| ApiError::validation("cursor", "is not a cursor from this API"))
+        })
+        .transpose()?;
+    let filter = TaskFilter {
+        owner_id: (!actor.can_read_all()).then_some(actor.id),
+        status: query.status.map(|s| s.as_str().to_owned()),
+        capability: query.capability,
+        agent_id: query.agent_id,
+        tag: query.tag,
+        workflow_run_id: query.workflow_run_id,
+        created_after: query.created_after,
+        created_before: query.created_before,
+        before_id,
+    };
+    let rows = TaskViewModel::list(&state.read.db, &filter, limit + 1)
+        .await
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let has_more = rows.len() > limit as usize;
+    let items: Vec<TaskView> = rows
+        .iter()
+        .take(limit as usize)
+        .filter_map(|row| row.state().map(|task| TaskView::new(task, row.version)))
+        .collect();
+    let next_cursor = if has_more {
+        items.last().map(|task| task.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(Page { items, next_cursor }))
 }

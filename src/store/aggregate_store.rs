@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::chain::{ChainLink, GENESIS, HASH, PREV_HASH};
-use super::{codec, Store, StoreError};
+use chronicle_aggregates::codec;
+
+use super::{Store, StoreError};
 
 /// An aggregate as loaded: its state, its version (last sequence) and the hash that the
 /// next event must chain to.
@@ -232,7 +234,7 @@ impl<A: Aggregate> EventStore<A> for AggregateStore<A> {
                 aggregate_id: event.aggregate_id,
                 sequence: event.sequence,
                 payload: codec::decode::<A>(&event.event_type, event.payload)
-                    .map_err(to_aggregate_error)?,
+                    .map_err(|e| to_aggregate_error(e.into()))?,
                 metadata,
             });
         }

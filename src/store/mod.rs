@@ -6,12 +6,11 @@
 //!   replay + upcast), commit (sequence, metadata, hash chain, snapshot).
 //! - [`postgres`], [`sqlite`]: the backends; each is a cqrs-es `PersistedEventRepository`
 //!   plus the reads cqrs-es has no word for (global feed, history, audit scan).
-//! - [`chain`]: the hash chain. [`codec`]: events to stored rows and back.
+//! - [`chain`]: the hash chain.
 //! - [`verify`]: recomputes every chain and names the first broken link.
 
 pub mod aggregate_store;
 pub mod chain;
-pub mod codec;
 pub mod postgres;
 pub mod sqlite;
 pub mod verify;
@@ -19,17 +18,16 @@ pub mod verify;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use cqrs_es::persist::{
     EventUpcaster, PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent,
     SerializedSnapshot,
 };
 use cqrs_es::Aggregate;
 use futures::stream::BoxStream;
-use serde::Serialize;
 use serde_json::Value;
 
 pub use aggregate_store::{AggregateStore, Loaded};
+pub use chronicle_projections::feed::{FeedCursor, RecordedEvent};
 pub use verify::{BrokenLink, VerifyReport};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -66,6 +64,12 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+impl From<chronicle_aggregates::codec::CodecError> for StoreError {
+    fn from(error: chronicle_aggregates::codec::CodecError) -> Self {
+        Self::Codec(error.0)
+    }
+}
+
 impl From<serde_json::Error> for StoreError {
     fn from(error: serde_json::Error) -> Self {
         Self::Codec(error.to_string())
@@ -94,45 +98,6 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
     }
-}
-
-/// One stored event with everything the store knows about it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RecordedEvent {
-    /// Global order of insertion (not of commit on PostgreSQL; see [`FeedCursor`]).
-    pub position: i64,
-    #[serde(skip)]
-    pub transaction_id: u64,
-    pub aggregate_type: String,
-    pub aggregate_id: String,
-    pub sequence: i64,
-    pub event_type: String,
-    pub event_version: String,
-    pub payload: Value,
-    pub metadata: Value,
-    pub recorded_at: DateTime<Utc>,
-}
-
-impl RecordedEvent {
-    pub fn metadata_str(&self, key: &str) -> Option<&str> {
-        self.metadata.get(key).and_then(Value::as_str)
-    }
-
-    /// Where a feed reader stands after reading this event.
-    pub fn cursor(&self) -> FeedCursor {
-        FeedCursor {
-            transaction_id: self.transaction_id,
-            position: self.position,
-        }
-    }
-}
-
-/// A place in the global feed. On PostgreSQL the feed is ordered by
-/// `(transaction_id, position)`; on SQLite `transaction_id` is always 0.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct FeedCursor {
-    pub transaction_id: u64,
-    pub position: i64,
 }
 
 /// Which aggregates an audit or history read covers.
@@ -323,9 +288,71 @@ impl Store {
         }
     }
 
+    /// The read-model database: the store's own.
+    pub fn read_db(&self) -> chronicle_projections::ReadDb {
+        match self.backend() {
+            Backend::Postgres(pg) => chronicle_projections::ReadDb::Postgres(pg.pool().clone()),
+            Backend::Sqlite(lite) => chronicle_projections::ReadDb::Sqlite {
+                writer: lite.writer().clone(),
+                reader: lite.reader().clone(),
+            },
+        }
+    }
+
+    /// `event` as current code reads it: old `event_version`s upcast.
+    pub fn upcast(&self, event: RecordedEvent) -> RecordedEvent {
+        let serialized = SerializedEvent::new(
+            event.aggregate_id,
+            usize::try_from(event.sequence).unwrap_or_default(),
+            event.aggregate_type,
+            event.event_type,
+            event.event_version,
+            event.payload,
+            event.metadata,
+        );
+        let upcast = self.upcasters().iter().fold(serialized, |event, upcaster| {
+            if upcaster.can_upcast(&event.event_type, &event.event_version) {
+                upcaster.upcast(event)
+            } else {
+                event
+            }
+        });
+        RecordedEvent {
+            aggregate_id: upcast.aggregate_id,
+            aggregate_type: upcast.aggregate_type,
+            event_type: upcast.event_type,
+            event_version: upcast.event_version,
+            payload: upcast.payload,
+            metadata: upcast.metadata,
+            ..event
+        }
+    }
+
+    /// Events after `cursor` and how long the oldest of them has waited: a reader's lag.
+    pub async fn lag_after(
+        &self,
+        cursor: FeedCursor,
+    ) -> Result<(i64, Option<chrono::DateTime<chrono::Utc>>), StoreError> {
+        match self.backend() {
+            Backend::Postgres(pg) => pg.lag_after(cursor).await,
+            Backend::Sqlite(lite) => lite.lag_after(cursor).await,
+        }
+    }
+
     /// Recomputes every hash chain that `filter` covers.
     pub async fn verify(&self, filter: &AggregateFilter) -> Result<VerifyReport, StoreError> {
         verify::verify(self.scan(filter)).await
+    }
+}
+
+impl chronicle_projections::EventSource for Store {
+    async fn events_after(
+        &self,
+        after: FeedCursor,
+        limit: u32,
+    ) -> Result<Vec<RecordedEvent>, chronicle_projections::feed::BoxError> {
+        let events = self.feed(after, limit, &AggregateFilter::default()).await?;
+        Ok(events.into_iter().map(|event| self.upcast(event)).collect())
     }
 }
 
@@ -417,24 +444,6 @@ impl From<StoreError> for PersistenceError {
             StoreError::Codec(message) => Self::DeserializationError(message.into()),
             other => Self::UnknownError(Box::new(other)),
         }
-    }
-}
-
-impl Store {
-    /// Tasks created and not touched since: the queue depth while the task vocabulary is
-    /// only created/cancelled. The orchestration issue replaces this with the queue read
-    /// model.
-    pub async fn count_queued_tasks(&self) -> Result<u64, StoreError> {
-        const SQL: &str = "SELECT count(*) FROM events e
-             WHERE e.aggregate_type = 'task' AND e.sequence = 1
-               AND NOT EXISTS (SELECT 1 FROM events f
-                                WHERE f.aggregate_type = 'task'
-                                  AND f.aggregate_id = e.aggregate_id AND f.sequence = 2)";
-        let count: i64 = match self.backend() {
-            Backend::Postgres(pg) => sqlx::query_scalar(SQL).fetch_one(pg.pool()).await?,
-            Backend::Sqlite(lite) => sqlx::query_scalar(SQL).fetch_one(lite.reader()).await?,
-        };
-        Ok(u64::try_from(count).unwrap_or_default())
     }
 }
 

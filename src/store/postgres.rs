@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use postgres_es::PostgresEventRepository;
@@ -108,6 +110,21 @@ impl PgBackend {
                 .map_err(|_| StoreError::Codec(format!("snapshot {column} `{text}`")))
         };
         Ok((parse("xmin")?, parse("xmax")?))
+    }
+
+    pub(super) async fn lag_after(
+        &self,
+        cursor: FeedCursor,
+    ) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
+        let row = sqlx::query(
+            "SELECT count(*) AS behind, min(recorded_at) AS oldest FROM events
+              WHERE (transaction_id, position) > ($1::text::xid8, $2)",
+        )
+        .bind(cursor.transaction_id.to_string())
+        .bind(cursor.position)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("behind")?, row.try_get("oldest")?))
     }
 
     pub(super) async fn cursor_at(&self, position: i64) -> Result<Option<FeedCursor>, StoreError> {

@@ -115,6 +115,24 @@ impl SqliteBackend {
         rows.iter().map(decode).collect()
     }
 
+    pub(super) async fn lag_after(
+        &self,
+        cursor: FeedCursor,
+    ) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
+        let row = sqlx::query(
+            "SELECT count(*) AS behind, min(recorded_at) AS oldest FROM events WHERE position > $1",
+        )
+        .bind(cursor.position)
+        .fetch_one(&self.reader)
+        .await?;
+        let oldest: Option<String> = row.try_get("oldest")?;
+        let oldest = oldest
+            .map(|text| DateTime::parse_from_rfc3339(&text).map(|t| t.with_timezone(&Utc)))
+            .transpose()
+            .map_err(|e| StoreError::Codec(e.to_string()))?;
+        Ok((row.try_get("behind")?, oldest))
+    }
+
     pub(super) async fn history(
         &self,
         aggregate_type: &str,

@@ -9,4 +9,5 @@
 mod api;
 mod crash;
 mod helpers;
+mod projections;
 mod store;

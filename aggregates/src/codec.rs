@@ -1,4 +1,4 @@
-//! How domain events become stored rows and back.
+//! How a domain event becomes `(event_type, event_version, payload)` and back.
 //!
 //! Event enums serialise externally tagged (`{"TaskCreated": {...}}`); the store keeps the
 //! tag in `event_type` and only the inner object as `payload`, so a stored payload reads
@@ -7,21 +7,24 @@
 use cqrs_es::{Aggregate, DomainEvent};
 use serde_json::{Map, Value};
 
-use super::StoreError;
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CodecError(pub String);
 
 /// `(event_type, event_version, payload)` of one domain event.
-pub fn encode<A: Aggregate>(event: &A::Event) -> Result<(String, String, Value), StoreError> {
+pub fn encode<A: Aggregate>(event: &A::Event) -> Result<(String, String, Value), CodecError> {
     let event_type = event.event_type();
     let event_version = event.event_version();
-    let payload = match serde_json::to_value(event)? {
+    let value = serde_json::to_value(event).map_err(|e| CodecError(e.to_string()))?;
+    let payload = match value {
         Value::Object(mut map) if map.len() == 1 => map.remove(&event_type).ok_or_else(|| {
-            StoreError::Codec(format!(
+            CodecError(format!(
                 "{}: serde tag differs from event_type {event_type}",
                 A::TYPE
             ))
         })?,
         _ => {
-            return Err(StoreError::Codec(format!(
+            return Err(CodecError(format!(
                 "{}: events must serialise externally tagged",
                 A::TYPE
             )))
@@ -31,11 +34,11 @@ pub fn encode<A: Aggregate>(event: &A::Event) -> Result<(String, String, Value),
 }
 
 /// The domain event stored as `event_type` with `payload` (already upcast).
-pub fn decode<A: Aggregate>(event_type: &str, payload: Value) -> Result<A::Event, StoreError> {
+pub fn decode<A: Aggregate>(event_type: &str, payload: Value) -> Result<A::Event, CodecError> {
     let mut tagged = Map::with_capacity(1);
     tagged.insert(event_type.to_owned(), payload);
     serde_json::from_value(Value::Object(tagged)).map_err(|error| {
-        StoreError::Codec(format!(
+        CodecError(format!(
             "{} event {event_type} does not decode: {error}",
             A::TYPE
         ))

@@ -1,0 +1,68 @@
+//! The read-model database: the same PostgreSQL or SQLite as the event store. Read-model
+//! SQL is written once, with `$n` parameters, in the subset both speak (sqlx binds `$n` on
+//! SQLite too); times are stored as epoch milliseconds so they sort the same on both.
+
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+
+#[derive(Clone, Debug)]
+pub enum ReadDb {
+    Postgres(PgPool),
+    /// Writes go through the store's single writer connection.
+    Sqlite {
+        writer: SqlitePool,
+        reader: SqlitePool,
+    },
+}
+
+/// A transaction on the read-model database.
+pub enum ReadTx {
+    Postgres(Transaction<'static, Postgres>),
+    Sqlite(Transaction<'static, Sqlite>),
+}
+
+impl ReadDb {
+    pub async fn begin(&self) -> Result<ReadTx, sqlx::Error> {
+        Ok(match self {
+            Self::Postgres(pool) => ReadTx::Postgres(pool.begin().await?),
+            Self::Sqlite { writer, .. } => ReadTx::Sqlite(writer.begin().await?),
+        })
+    }
+}
+
+impl ReadTx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Postgres(tx) => tx.commit().await,
+            Self::Sqlite(tx) => tx.commit().await,
+        }
+    }
+}
+
+/// Runs `$body` with `$conn` bound to the connection of a [`ReadTx`]; the same body
+/// compiles for both backends.
+#[macro_export]
+macro_rules! on_tx {
+    ($tx:expr, |$conn:ident| $body:expr) => {
+        match $tx {
+            $crate::db::ReadTx::Postgres(tx) => {
+                let $conn = &mut **tx;
+                $body
+            }
+            $crate::db::ReadTx::Sqlite(tx) => {
+                let $conn = &mut **tx;
+                $body
+            }
+        }
+    };
+}
+
+/// Runs `$body` with `$pool` bound to a pool to read from.
+#[macro_export]
+macro_rules! on_reader {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            $crate::db::ReadDb::Postgres($pool) => $body,
+            $crate::db::ReadDb::Sqlite { reader: $pool, .. } => $body,
+        }
+    };
+}

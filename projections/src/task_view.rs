@@ -1,0 +1,269 @@
+//! The task list read model: one row per task with the columns lists filter and sort on,
+//! and the task's state as JSON. Each row carries the aggregate version it reflects, so the
+//! inline write after a command and the catch-up from the feed converge on the same row.
+
+use chronicle_aggregates::codec;
+use chronicle_aggregates::task::{Task, TaskState};
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use uuid::Uuid;
+
+use crate::db::{ReadDb, ReadTx};
+use crate::feed::RecordedEvent;
+use crate::runner::{Projection, ProjectionError};
+use crate::{on_reader, on_tx};
+
+pub struct TaskView;
+
+/// Filters of `GET /api/tasks`; `None` means any.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub owner_id: Option<Uuid>,
+    pub status: Option<String>,
+    pub capability: Option<String>,
+    pub agent_id: Option<Uuid>,
+    pub tag: Option<String>,
+    pub workflow_run_id: Option<Uuid>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    /// Only tasks older than this one (ids are UUIDv7: they sort by creation).
+    pub before_id: Option<Uuid>,
+}
+
+/// A task as the read model holds it.
+#[derive(Debug, Clone)]
+pub struct TaskRow {
+    pub task: Task,
+    pub version: usize,
+}
+
+impl TaskRow {
+    pub fn state(&self) -> Option<&TaskState> {
+        self.task.state()
+    }
+}
+
+fn millis(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+impl TaskView {
+    /// Writes `task` at `version` unless the row already reflects that version or a later
+    /// one.
+    pub async fn upsert(
+        tx: &mut ReadTx,
+        task: &Task,
+        version: usize,
+    ) -> Result<(), ProjectionError> {
+        let Some(state) = task.state() else {
+            return Ok(());
+        };
+        let json = serde_json::to_string(task).map_err(|e| ProjectionError::Event {
+            aggregate_type: Task::TYPE.into(),
+            aggregate_id: state.id.to_string(),
+            sequence: version as i64,
+            message: e.to_string(),
+        })?;
+        let id = state.id.to_string();
+        let written = on_tx!(tx, |conn| {
+            sqlx::query(
+                "INSERT INTO task_view_v1 (id, owner_id, status, capability, priority, agent_id,
+                        pinned_agent_id, workflow_run_id, not_before, created_at, updated_at,
+                        version, state)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 ON CONFLICT (id) DO UPDATE SET
+                        status = excluded.status, capability = excluded.capability,
+                        priority = excluded.priority, agent_id = excluded.agent_id,
+                        pinned_agent_id = excluded.pinned_agent_id,
+                        workflow_run_id = excluded.workflow_run_id,
+                        not_before = excluded.not_before, updated_at = excluded.updated_at,
+                        version = excluded.version, state = excluded.state
+                  WHERE task_view_v1.version < excluded.version",
+            )
+            .bind(&id)
+            .bind(state.owner_id.to_string())
+            .bind(state.status.as_str())
+            .bind(state.capability.as_str())
+            .bind(i64::from(state.priority.get()))
+            .bind(state.agent_id.map(|a| a.to_string()))
+            .bind(state.pinned_agent_id.map(|a| a.to_string()))
+            .bind(state.workflow_run_id.map(|a| a.to_string()))
+            .bind(state.not_before.map(millis))
+            .bind(millis(state.created_at))
+            .bind(millis(state.updated_at))
+            .bind(version as i64)
+            .bind(&json)
+            .execute(&mut *conn)
+            .await
+            .map(|r| r.rows_affected())
+        })?;
+        if written == 0 {
+            return Ok(());
+        }
+        on_tx!(tx, |conn| {
+            sqlx::query("DELETE FROM task_view_tags_v1 WHERE task_id = $1")
+                .bind(&id)
+                .execute(&mut *conn)
+                .await?;
+            for tag in state.tags.as_slice() {
+                sqlx::query("INSERT INTO task_view_tags_v1 (task_id, tag) VALUES ($1, $2)")
+                    .bind(&id)
+                    .bind(tag)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok::<(), sqlx::Error>(())
+        })?;
+        Ok(())
+    }
+
+    /// Writes a just-committed task in its own transaction, so the caller reads its own
+    /// write; the catch-up repeats it harmlessly.
+    pub async fn write_committed(
+        db: &ReadDb,
+        task: &Task,
+        version: usize,
+    ) -> Result<(), ProjectionError> {
+        let mut tx = db.begin().await?;
+        Self::upsert(&mut tx, task, version).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Newest first, at most `limit`.
+    pub async fn list(
+        db: &ReadDb,
+        filter: &TaskFilter,
+        limit: u32,
+    ) -> Result<Vec<TaskRow>, ProjectionError> {
+        const SQL: &str = "SELECT v.state, v.version FROM task_view_v1 v
+             WHERE ($1 IS NULL OR v.owner_id = $1)
+               AND ($2 IS NULL OR v.status = $2)
+               AND ($3 IS NULL OR v.capability = $3)
+               AND ($4 IS NULL OR v.agent_id = $4)
+               AND ($5 IS NULL OR EXISTS (SELECT 1 FROM task_view_tags_v1 t
+                                           WHERE t.task_id = v.id AND t.tag = $5))
+               AND ($6 IS NULL OR v.workflow_run_id = $6)
+               AND ($7 IS NULL OR v.created_at > $7)
+               AND ($8 IS NULL OR v.created_at < $8)
+               AND ($9 IS NULL OR v.id < $9)
+             ORDER BY v.id DESC
+             LIMIT $10";
+        let rows: Vec<(String, i64)> = on_reader!(db, |pool| {
+            sqlx::query_as(SQL)
+                .bind(filter.owner_id.map(|u| u.to_string()))
+                .bind(filter.status.as_deref())
+                .bind(filter.capability.as_deref())
+                .bind(filter.agent_id.map(|u| u.to_string()))
+                .bind(filter.tag.as_deref())
+                .bind(filter.workflow_run_id.map(|u| u.to_string()))
+                .bind(filter.created_after.map(millis))
+                .bind(filter.created_before.map(millis))
+                .bind(filter.before_id.map(|u| u.to_string()))
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+        })?;
+        rows.into_iter()
+            .map(|(state, version)| {
+                let task: Task =
+                    serde_json::from_str(&state).map_err(|e| ProjectionError::Event {
+                        aggregate_type: Task::TYPE.into(),
+                        aggregate_id: String::new(),
+                        sequence: version,
+                        message: format!("stored task state does not decode: {e}"),
+                    })?;
+                Ok(TaskRow {
+                    task,
+                    version: usize::try_from(version).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    /// Tasks waiting to be leased (queued or scheduled for retry).
+    pub async fn queue_depth(db: &ReadDb) -> Result<u64, ProjectionError> {
+        let count: i64 = on_reader!(db, |pool| {
+            sqlx::query_scalar(
+                "SELECT count(*) FROM task_view_v1 WHERE status IN ('queued', 'retry_scheduled')",
+            )
+            .fetch_one(pool)
+            .await
+        })?;
+        Ok(u64::try_from(count).unwrap_or_default())
+    }
+}
+
+impl Projection for TaskView {
+    const NAME: &'static str = "task_view";
+    const VERSION: i64 = 1;
+
+    async fn setup(&self, tx: &mut ReadTx) -> Result<(), sqlx::Error> {
+        let statements = [
+            "CREATE TABLE IF NOT EXISTS task_view_v1 (
+                id              TEXT PRIMARY KEY,
+                owner_id        TEXT NOT NULL,
+                status          TEXT NOT NULL,
+                capability      TEXT NOT NULL,
+                priority        BIGINT NOT NULL,
+                agent_id        TEXT,
+                pinned_agent_id TEXT,
+                workflow_run_id TEXT,
+                not_before      BIGINT,
+                created_at      BIGINT NOT NULL,
+                updated_at      BIGINT NOT NULL,
+                version         BIGINT NOT NULL,
+                state           TEXT NOT NULL
+            )",
+            "CREATE INDEX IF NOT EXISTS task_view_v1_owner ON task_view_v1 (owner_id, id)",
+            "CREATE INDEX IF NOT EXISTS task_view_v1_queue
+                ON task_view_v1 (status, capability, priority, created_at)",
+            "CREATE TABLE IF NOT EXISTS task_view_tags_v1 (
+                task_id TEXT NOT NULL,
+                tag     TEXT NOT NULL,
+                PRIMARY KEY (task_id, tag)
+            )",
+            "CREATE INDEX IF NOT EXISTS task_view_tags_v1_tag ON task_view_tags_v1 (tag)",
+        ];
+        for statement in statements {
+            on_tx!(&mut *tx, |conn| sqlx::query(statement)
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected()))?;
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, tx: &mut ReadTx, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        if event.aggregate_type != Task::TYPE {
+            return Ok(());
+        }
+        let current: Option<(String, i64)> = on_tx!(&mut *tx, |conn| {
+            sqlx::query_as("SELECT state, version FROM task_view_v1 WHERE id = $1")
+                .bind(&event.aggregate_id)
+                .fetch_optional(conn)
+                .await
+        })?;
+        let (mut task, version) = match current {
+            Some((state, version)) => {
+                let task: Task = serde_json::from_str(&state)
+                    .map_err(|e| ProjectionError::event(event, format!("stored state: {e}")))?;
+                (task, version)
+            }
+            None => (Task::default(), 0),
+        };
+        if event.sequence <= version {
+            return Ok(());
+        }
+        if event.sequence != version + 1 {
+            return Err(ProjectionError::event(
+                event,
+                format!("the view is at version {version}; events are missing"),
+            ));
+        }
+        let domain_event = codec::decode::<Task>(&event.event_type, event.payload.clone())
+            .map_err(|e| ProjectionError::event(event, e.0))?;
+        task.apply(domain_event);
+        Self::upsert(tx, &task, event.sequence as usize).await
+    }
+}
