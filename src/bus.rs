@@ -89,6 +89,39 @@ impl CommandBus {
         aggregate_id: &str,
         context: &CommandContext,
         expected_version: Option<usize>,
+        decide: impl FnMut(&A) -> Result<A::Command, R>,
+    ) -> Result<Committed<A>, R>
+    where
+        A: Aggregate<Services = ()>,
+        R: From<CommandError<A::Error>>,
+    {
+        self.run(aggregate_id, context, expected_version, false, decide)
+            .await
+    }
+
+    /// Like [`execute`](Self::execute) for an aggregate whose id was just minted: the first
+    /// attempt skips loading it (it cannot have events), saving the reads on the hot path
+    /// of creation. Should the id exist after all, the append conflicts and the command
+    /// runs again on the loaded state.
+    pub async fn create<A, R>(
+        &self,
+        aggregate_id: &str,
+        context: &CommandContext,
+        decide: impl FnMut(&A) -> Result<A::Command, R>,
+    ) -> Result<Committed<A>, R>
+    where
+        A: Aggregate<Services = ()>,
+        R: From<CommandError<A::Error>>,
+    {
+        self.run(aggregate_id, context, None, true, decide).await
+    }
+
+    async fn run<A, R>(
+        &self,
+        aggregate_id: &str,
+        context: &CommandContext,
+        expected_version: Option<usize>,
+        assume_new: bool,
         mut decide: impl FnMut(&A) -> Result<A::Command, R>,
     ) -> Result<Committed<A>, R>
     where
@@ -98,10 +131,14 @@ impl CommandBus {
         let store = self.store.aggregate::<A>();
         let metadata = context.metadata();
         for attempt in 1..=MAX_ATTEMPTS {
-            let mut loaded = store
-                .load(aggregate_id)
-                .await
-                .map_err(|e| R::from(CommandError::Store(e)))?;
+            let mut loaded = if assume_new && attempt == 1 {
+                store.assume_new(aggregate_id)
+            } else {
+                store
+                    .load(aggregate_id)
+                    .await
+                    .map_err(|e| R::from(CommandError::Store(e)))?
+            };
             if let Some(expected) = expected_version {
                 if expected != loaded.version {
                     return Err(R::from(CommandError::PreconditionFailed {

@@ -58,7 +58,7 @@ pub async fn create(
         aggregate, version, ..
     } = state
         .bus
-        .execute::<Task, ApiError>(&task_id.to_string(), &meta.context(&actor), None, |_| {
+        .create::<Task, ApiError>(&task_id.to_string(), &meta.context(&actor), |_| {
             Ok(TaskCommand::CreateTask {
                 task_id,
                 owner_id,

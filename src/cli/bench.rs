@@ -2,7 +2,8 @@
 //!
 //! `chronicle bench append --backend postgres --writers 64 --events 50000` appends through
 //! the command bus (each event a full `CreateTask` command: load, decide, append with its
-//! hash-chain link) into the store named by `CHRONICLE_DATABASE_URL`.
+//! hash-chain link) into the store named by `CHRONICLE_DATABASE_URL`. Writers share the
+//! server's connection pool (`CHRONICLE_STORE__MAX_CONNECTIONS`), as requests do.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,7 +43,7 @@ pub enum BenchCommand {
     },
 }
 
-pub async fn run(command: BenchCommand, mut settings: Settings) -> anyhow::Result<()> {
+pub async fn run(command: BenchCommand, settings: Settings) -> anyhow::Result<()> {
     match command {
         BenchCommand::Append {
             backend,
@@ -56,9 +57,7 @@ pub async fn run(command: BenchCommand, mut settings: Settings) -> anyhow::Resul
                     crate::store::redact_url(&settings.database_url)
                 );
             }
-            let writers = writers.max(1);
-            settings.store.max_connections = settings.store.max_connections.max(writers as u32);
-            append(settings, writers, events).await
+            append(settings, writers.max(1), events).await
         }
     }
 }
@@ -91,7 +90,7 @@ async fn append(settings: Settings, writers: usize, events: u64) -> anyhow::Resu
                     ..CommandContext::default()
                 };
                 let sent = Instant::now();
-                bus.execute::<Task, CommandError<_>>(&task_id.to_string(), &context, None, |_| {
+                bus.create::<Task, CommandError<_>>(&task_id.to_string(), &context, |_| {
                     Ok(TaskCommand::CreateTask {
                         task_id,
                         owner_id: actor.id,

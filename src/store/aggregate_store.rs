@@ -54,16 +54,22 @@ impl<A: Aggregate> AggregateStore<A> {
         }
     }
 
-    /// The aggregate as it stands now (default state and version 0 when it has no events).
-    pub async fn load(&self, aggregate_id: &str) -> Result<Loaded<A>, StoreError> {
-        let repo = self.store.backend();
-        let mut loaded = Loaded {
+    /// An aggregate taken to have no events yet, without asking the store: for ids just
+    /// minted. If it does exist after all, appending to it is a conflict.
+    pub fn assume_new(&self, aggregate_id: &str) -> Loaded<A> {
+        Loaded {
             aggregate_id: aggregate_id.to_owned(),
             aggregate: A::default(),
             version: 0,
             last_hash: GENESIS.to_owned(),
             snapshot_count: None,
-        };
+        }
+    }
+
+    /// The aggregate as it stands now (default state and version 0 when it has no events).
+    pub async fn load(&self, aggregate_id: &str) -> Result<Loaded<A>, StoreError> {
+        let repo = self.store.backend();
+        let mut loaded = self.assume_new(aggregate_id);
         if self.store.options().snapshot_every > 0 {
             if let Some(snapshot) = repo.get_snapshot::<A>(aggregate_id).await? {
                 // A snapshot that no longer decodes (the aggregate's shape changed) is only

@@ -92,7 +92,10 @@ async fn lists_filter_and_page_newest_first(#[case] backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(ids(&list(&app, "?status=cancelled").await), [cancelled.as_str()]);
+    assert_eq!(
+        ids(&list(&app, "?status=cancelled").await),
+        [cancelled.as_str()]
+    );
     assert_eq!(ids(&list(&app, "?status=queued").await).len(), 6);
     let listed = list(&app, "?status=cancelled").await;
     assert_eq!(listed["items"][0]["version"], 2);

@@ -208,6 +208,24 @@ async fn a_stale_version_is_a_typed_conflict(#[case] backend: Backend) {
     assert!(matches!(lost, Err(StoreError::Conflict)), "{lost:?}");
     assert_eq!(store.history("counter", "c").await.unwrap().len(), 2);
 
+    // `create` assumes a fresh id; on an existing one the append conflicts and the command
+    // runs again on the loaded state instead of forking the history.
+    let created = bus
+        .create::<Counter, CommandError<Refused>>("c", &context(), |_| Ok(CounterCommand::Add(0)))
+        .await;
+    assert!(
+        matches!(created, Err(CommandError::Refused(Refused))),
+        "decided on loaded state"
+    );
+    let created = bus
+        .create::<Counter, CommandError<Refused>>("c", &context(), |counter| {
+            Ok(CounterCommand::Add(if counter.value == 2 { 1 } else { 0 }))
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.version, 3);
+    assert_eq!(store.history("counter", "c").await.unwrap().len(), 3);
+
     // Through the bus, racing commands are retried on fresh state: all of them land.
     let tasks: Vec<_> = (0..16)
         .map(|_| {
@@ -224,8 +242,8 @@ async fn a_stale_version_is_a_typed_conflict(#[case] backend: Backend) {
         }
     }
     let loaded = counters.load("c").await.unwrap();
-    assert_eq!(loaded.aggregate.value, 2 + landed);
-    assert_eq!(loaded.version as i64, 2 + landed);
+    assert_eq!(loaded.aggregate.value, 3 + landed);
+    assert_eq!(loaded.version as i64, 3 + landed);
     assert!(store.verify(&AggregateFilter::default()).await.unwrap().ok);
 }
 
