@@ -131,7 +131,8 @@ impl CommandBus {
         let store = self.store.aggregate::<A>();
         let metadata = context.metadata();
         for attempt in 1..=MAX_ATTEMPTS {
-            let mut loaded = if assume_new && attempt == 1 {
+            let assumed = assume_new && attempt == 1;
+            let mut loaded = if assumed {
                 store.assume_new(aggregate_id)
             } else {
                 store
@@ -147,13 +148,19 @@ impl CommandBus {
                     }));
                 }
             }
-            let command = decide(&loaded.aggregate)?;
+            let command = match decide(&loaded.aggregate) {
+                Ok(command) => command,
+                // A refusal of an assumed state proves nothing: decide on the real one.
+                Err(_) if assumed => continue,
+                Err(refusal) => return Err(refusal),
+            };
             let sink = EventSink::default();
-            loaded
-                .aggregate
-                .handle(command, &(), &sink)
-                .await
-                .map_err(|e| R::from(CommandError::Refused(e)))?;
+            if let Err(refusal) = loaded.aggregate.handle(command, &(), &sink).await {
+                if assumed {
+                    continue;
+                }
+                return Err(R::from(CommandError::Refused(refusal)));
+            }
             let events = sink.collect().await;
             match store.append(events, loaded, &metadata).await {
                 Ok((events, loaded)) => {
