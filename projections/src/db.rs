@@ -24,7 +24,11 @@ impl ReadDb {
     pub async fn begin(&self) -> Result<ReadTx, sqlx::Error> {
         Ok(match self {
             Self::Postgres(pool) => ReadTx::Postgres(pool.begin().await?),
-            Self::Sqlite { writer, .. } => ReadTx::Sqlite(writer.begin().await?),
+            // IMMEDIATE takes the write lock up front, so another process writing the same
+            // file makes us wait (busy timeout) instead of failing a later lock upgrade.
+            Self::Sqlite { writer, .. } => {
+                ReadTx::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?)
+            }
         })
     }
 }

@@ -204,7 +204,9 @@ impl SqliteBackend {
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
+        // IMMEDIATE: take the write lock first, so a writer in another process makes us wait
+        // rather than fail when a deferred transaction upgrades.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let mut last_sequence = 0;
         for event in events {
             last_sequence = event.sequence;
