@@ -34,6 +34,10 @@ pub struct PgBackend {
 
 impl PgBackend {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        // One direct connection first: a pool would only say "timed out", this says why
+        // (refused, unknown database, authentication).
+        sqlx::Connection::close(<sqlx::PgConnection as sqlx::Connection>::connect(url).await?)
+            .await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(5))
