@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use super::chain::{ChainLink, GENESIS, HASH, PREV_HASH};
 use chronicle_aggregates::codec;
 
-use super::{Store, StoreError};
+use super::{Backend, Store, StoreError};
 
 /// An aggregate as loaded: its state, its version (last sequence) and the hash that the
 /// next event must chain to.
@@ -188,10 +188,12 @@ impl<A: Aggregate> AggregateStore<A> {
             Some((_, _, count)) => Some(*count),
             None => loaded.snapshot_count,
         };
-        self.store
-            .backend()
-            .persist::<A>(&serialized, snapshot_update)
-            .await?;
+        match (self.store.backend(), snapshot_update) {
+            (Backend::Postgres(pg), None) => pg.group().append(A::TYPE, serialized).await?,
+            (backend, snapshot_update) => {
+                backend.persist::<A>(&serialized, snapshot_update).await?
+            }
+        }
         let loaded = Loaded {
             version: new_version,
             last_hash: prev_hash,

@@ -6,11 +6,12 @@
 //!   replay + upcast), commit (sequence, metadata, hash chain, snapshot).
 //! - [`postgres`], [`sqlite`]: the backends; each is a cqrs-es `PersistedEventRepository`
 //!   plus the reads cqrs-es has no word for (global feed, history, audit scan).
-//! - [`chain`]: the hash chain.
+//! - [`chain`]: the hash chain. `group_commit`: PostgreSQL appends batched per transaction.
 //! - [`verify`]: recomputes every chain and names the first broken link.
 
 pub mod aggregate_store;
 pub mod chain;
+mod group_commit;
 pub mod postgres;
 pub mod sqlite;
 pub mod verify;

@@ -11,6 +11,7 @@ use postgres_es::PostgresEventRepository;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
+use super::group_commit::GroupCommit;
 use super::{AggregateFilter, FeedCursor, RecordedEvent, StoreError};
 
 /// `SELECT <every column> FROM events ` followed by the rest of the statement. The text
@@ -30,6 +31,7 @@ macro_rules! select_events {
 pub struct PgBackend {
     pool: PgPool,
     repo: PostgresEventRepository,
+    group: GroupCommit,
 }
 
 impl PgBackend {
@@ -46,9 +48,15 @@ impl PgBackend {
         Ok(Self::from_pool(pool))
     }
 
+    /// Must be called within a tokio runtime: it starts the group-commit workers.
     pub fn from_pool(pool: PgPool) -> Self {
         let repo = PostgresEventRepository::new(pool.clone());
-        Self { pool, repo }
+        let group = GroupCommit::start(pool.clone());
+        Self { pool, repo, group }
+    }
+
+    pub(super) fn group(&self) -> &GroupCommit {
+        &self.group
     }
 
     pub fn pool(&self) -> &PgPool {

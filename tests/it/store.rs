@@ -208,6 +208,28 @@ async fn a_stale_version_is_a_typed_conflict(#[case] backend: Backend) {
     assert!(matches!(lost, Err(StoreError::Conflict)), "{lost:?}");
     assert_eq!(store.history("counter", "c").await.unwrap().len(), 2);
 
+    // A stale append of several events where only the first collides leaves none behind.
+    let first = counters.load("c").await.unwrap();
+    let second = counters.load("c").await.unwrap();
+    counters
+        .append(event(), first, &HashMap::new())
+        .await
+        .unwrap();
+    let many = vec![
+        CounterEvent::Added(Added { amount: 5 }),
+        CounterEvent::Added(Added { amount: 6 }),
+        CounterEvent::Added(Added { amount: 7 }),
+    ];
+    let lost = counters.append(many, second, &HashMap::new()).await;
+    assert!(matches!(lost, Err(StoreError::Conflict)), "{lost:?}");
+    let history = store.history("counter", "c").await.unwrap();
+    assert_eq!(
+        history.len(),
+        3,
+        "no orphan events after a lost multi-event append"
+    );
+    assert!(store.verify(&AggregateFilter::default()).await.unwrap().ok);
+
     // `create` assumes a fresh id; on an existing one the append conflicts and the command
     // runs again on the loaded state instead of forking the history.
     let created = bus
@@ -219,12 +241,12 @@ async fn a_stale_version_is_a_typed_conflict(#[case] backend: Backend) {
     );
     let created = bus
         .create::<Counter, CommandError<Refused>>("c", &context(), |counter| {
-            Ok(CounterCommand::Add(if counter.value == 2 { 1 } else { 0 }))
+            Ok(CounterCommand::Add(if counter.value == 3 { 1 } else { 0 }))
         })
         .await
         .unwrap();
-    assert_eq!(created.version, 3);
-    assert_eq!(store.history("counter", "c").await.unwrap().len(), 3);
+    assert_eq!(created.version, 4);
+    assert_eq!(store.history("counter", "c").await.unwrap().len(), 4);
 
     // Through the bus, racing commands are retried on fresh state: all of them land.
     let tasks: Vec<_> = (0..16)
@@ -242,8 +264,8 @@ async fn a_stale_version_is_a_typed_conflict(#[case] backend: Backend) {
         }
     }
     let loaded = counters.load("c").await.unwrap();
-    assert_eq!(loaded.aggregate.value, 3 + landed);
-    assert_eq!(loaded.version as i64, 3 + landed);
+    assert_eq!(loaded.aggregate.value, 4 + landed);
+    assert_eq!(loaded.version as i64, 4 + landed);
     assert!(store.verify(&AggregateFilter::default()).await.unwrap().ok);
 }
 
