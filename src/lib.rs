@@ -7,6 +7,7 @@
 //! - [`store`]: the event store on PostgreSQL or SQLite — metadata, hash chain, global feed.
 //! - [`bus`]: load → decide → append, with bounded retries on conflicts.
 //! - [`actor`]: who is acting.
+//! - [`auth`]: passwords, access and refresh tokens, API keys, the server secret.
 //! - [`api`]: the axum routes, extractors and `problem+json` errors.
 //! - [`app`]: start-up and graceful shutdown.
 //! - [`cli`]: the `chronicle` subcommands, including the benchmark.
@@ -14,6 +15,7 @@
 pub mod actor;
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod config;
