@@ -138,6 +138,9 @@ impl Default for Settings {
     }
 }
 
+/// The longest token lifetime accepted: ten years.
+const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 60 * 60;
+
 /// A setting that stops start-up, with the variable or key that holds it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -190,9 +193,13 @@ impl Settings {
                 "CHRONICLE_RATE_LIMIT__AUTH_PER_MINUTE: must be at least 1".into(),
             ));
         }
-        if self.auth.access_ttl_secs == 0 || self.auth.refresh_ttl_secs == 0 {
+        // Bounded so that `now + ttl` can never overflow a timestamp.
+        let ttl_range = 1..=MAX_TTL_SECS;
+        if !ttl_range.contains(&self.auth.access_ttl_secs)
+            || !ttl_range.contains(&self.auth.refresh_ttl_secs)
+        {
             return Err(ConfigError::Invalid(
-                "CHRONICLE_AUTH__ACCESS_TTL_SECS and CHRONICLE_AUTH__REFRESH_TTL_SECS: must be at least 1"
+                "CHRONICLE_AUTH__ACCESS_TTL_SECS and CHRONICLE_AUTH__REFRESH_TTL_SECS: must be 1 to 315360000 (10 years)"
                     .into(),
             ));
         }
@@ -293,6 +300,23 @@ mod tests {
             jail.set_env("CHRONICLE_DATABASE_URL", "mysql://x");
             let error = Settings::load(None).unwrap_err().to_string();
             assert!(error.starts_with("CHRONICLE_DATABASE_URL"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn token_lifetimes_are_bounded() {
+        Jail::expect_with(|jail| {
+            jail.set_env("CHRONICLE_AUTH__ACCESS_TTL_SECS", "60");
+            assert_eq!(
+                Settings::load(None).expect("valid").auth.access_ttl_secs,
+                60
+            );
+            jail.set_env("CHRONICLE_AUTH__ACCESS_TTL_SECS", "0");
+            assert!(Settings::load(None).is_err());
+            jail.set_env("CHRONICLE_AUTH__ACCESS_TTL_SECS", "60");
+            jail.set_env("CHRONICLE_AUTH__REFRESH_TTL_SECS", "9223372036854775807");
+            assert!(Settings::load(None).is_err());
             Ok(())
         });
     }
