@@ -4,16 +4,8 @@ use std::fmt;
 
 use uuid::Uuid;
 
-/// What an actor may do beyond its own resources.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Own resources only.
-    User,
-    /// Reads everything, writes nothing.
-    Auditor,
-    /// May do all.
-    Admin,
-}
+/// What an actor may do beyond its own resources: the roles a user holds.
+pub use chronicle_commands::auth::Role;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActorKind {
@@ -31,13 +23,12 @@ pub struct Actor {
 }
 
 impl Actor {
-    /// The single local user that every request acts as until authentication is
-    /// configured (see README, "Development user").
-    pub fn development_user() -> Self {
+    /// A user authenticated with these roles.
+    pub fn user(id: Uuid, roles: impl IntoIterator<Item = Role>) -> Self {
         Self {
-            id: Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_0001),
+            id,
             kind: ActorKind::User,
-            roles: vec![Role::User],
+            roles: roles.into_iter().collect(),
         }
     }
 
@@ -63,9 +54,14 @@ impl Actor {
         owner == self.id || self.has_role(Role::Admin) || self.has_role(Role::Auditor)
     }
 
+    /// May this actor create resources of its own? Auditors write nothing.
+    pub fn can_create(&self) -> bool {
+        !self.has_role(Role::Auditor) || self.has_role(Role::Admin)
+    }
+
     /// May this actor change a resource owned by `owner`?
     pub fn can_write(&self, owner: Uuid) -> bool {
-        (owner == self.id && !self.has_role(Role::Auditor)) || self.has_role(Role::Admin)
+        (owner == self.id && self.can_create()) || self.has_role(Role::Admin)
     }
 }
 
@@ -77,5 +73,26 @@ impl fmt::Display for Actor {
             ActorKind::System => "system",
         };
         write!(f, "{kind}:{}", self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auditors_read_everything_and_write_nothing() {
+        let owner = Uuid::now_v7();
+        let auditor = Actor::user(Uuid::now_v7(), [Role::Auditor]);
+        assert!(auditor.can_read(owner));
+        assert!(!auditor.can_write(owner));
+        assert!(!auditor.can_write(auditor.id));
+        assert!(!auditor.can_create());
+        let user = Actor::user(owner, [Role::User]);
+        assert!(user.can_read(owner) && user.can_write(owner) && user.can_create());
+        let stranger = Actor::user(Uuid::now_v7(), [Role::User]);
+        assert!(!stranger.can_read(owner) && !stranger.can_write(owner));
+        let admin = Actor::user(Uuid::now_v7(), [Role::Admin]);
+        assert!(admin.can_read(owner) && admin.can_write(owner) && admin.can_create());
     }
 }

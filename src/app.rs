@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
 use crate::api::{router, AppState, SHUTDOWN_GRACE};
+use crate::auth::secret::ServerKeys;
 use crate::config::Settings;
 use crate::read_side::ReadSide;
 use crate::store::{Store, StoreOptions};
@@ -17,6 +18,7 @@ pub struct Application {
 impl Application {
     /// Connects to the store, applies migrations and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let keys = ServerKeys::load(&settings)?;
         let store = connect_store(&settings).await?;
         let listener = TcpListener::bind(settings.bind)
             .await
@@ -24,7 +26,8 @@ impl Application {
         let read = ReadSide::start(&store)
             .await
             .map_err(|e| anyhow::anyhow!("cannot start the projections: {e}"))?;
-        let state = AppState::new(store, read, settings);
+        let state = AppState::new(store, read, settings, keys);
+        crate::auth::password::warm_up();
         Ok(Self { listener, state })
     }
 
@@ -57,6 +60,7 @@ impl Application {
         let projections = read.spawn();
         let app = router(self.state);
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
             stop.await;
             tracing::info!("shutting down: finishing in-flight requests");

@@ -34,6 +34,16 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RateLimitSettings {
     pub per_minute: u32,
+    /// Per client IP on `/api/auth/*`, on top of `per_minute`: guessing passwords is slow.
+    pub auth_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthSettings {
+    /// Lifetime of an access token.
+    pub access_ttl_secs: u64,
+    /// A refresh token unused for this long expires; each refresh starts it again.
+    pub refresh_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,6 +90,7 @@ pub struct Settings {
     pub profile: Profile,
     pub registration: Registration,
     pub rate_limit: RateLimitSettings,
+    pub auth: AuthSettings,
     pub cors: CorsSettings,
     pub llm: LlmSettings,
     pub embeddings: EmbeddingSettings,
@@ -98,7 +109,14 @@ impl Default for Settings {
             jwt_secret: None,
             profile: Profile::Development,
             registration: Registration::Open,
-            rate_limit: RateLimitSettings { per_minute: 600 },
+            rate_limit: RateLimitSettings {
+                per_minute: 600,
+                auth_per_minute: 30,
+            },
+            auth: AuthSettings {
+                access_ttl_secs: 15 * 60,
+                refresh_ttl_secs: 30 * 24 * 60 * 60,
+            },
             cors: CorsSettings {
                 origins: vec![
                     "chrome-extension://*".into(),
@@ -119,6 +137,9 @@ impl Default for Settings {
         }
     }
 }
+
+/// The longest token lifetime accepted: ten years.
+const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 60 * 60;
 
 /// A setting that stops start-up, with the variable or key that holds it.
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +186,21 @@ impl Settings {
         if self.rate_limit.per_minute == 0 {
             return Err(ConfigError::Invalid(
                 "CHRONICLE_RATE_LIMIT__PER_MINUTE: must be at least 1".into(),
+            ));
+        }
+        if self.rate_limit.auth_per_minute == 0 {
+            return Err(ConfigError::Invalid(
+                "CHRONICLE_RATE_LIMIT__AUTH_PER_MINUTE: must be at least 1".into(),
+            ));
+        }
+        // Bounded so that `now + ttl` can never overflow a timestamp.
+        let ttl_range = 1..=MAX_TTL_SECS;
+        if !ttl_range.contains(&self.auth.access_ttl_secs)
+            || !ttl_range.contains(&self.auth.refresh_ttl_secs)
+        {
+            return Err(ConfigError::Invalid(
+                "CHRONICLE_AUTH__ACCESS_TTL_SECS and CHRONICLE_AUTH__REFRESH_TTL_SECS: must be 1 to 315360000 (10 years)"
+                    .into(),
             ));
         }
         if self.profile == Profile::Production && self.jwt_secret.is_none() {
@@ -264,6 +300,23 @@ mod tests {
             jail.set_env("CHRONICLE_DATABASE_URL", "mysql://x");
             let error = Settings::load(None).unwrap_err().to_string();
             assert!(error.starts_with("CHRONICLE_DATABASE_URL"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn token_lifetimes_are_bounded() {
+        Jail::expect_with(|jail| {
+            jail.set_env("CHRONICLE_AUTH__ACCESS_TTL_SECS", "60");
+            assert_eq!(
+                Settings::load(None).expect("valid").auth.access_ttl_secs,
+                60
+            );
+            jail.set_env("CHRONICLE_AUTH__ACCESS_TTL_SECS", "0");
+            assert!(Settings::load(None).is_err());
+            jail.set_env("CHRONICLE_AUTH__ACCESS_TTL_SECS", "60");
+            jail.set_env("CHRONICLE_AUTH__REFRESH_TTL_SECS", "9223372036854775807");
+            assert!(Settings::load(None).is_err());
             Ok(())
         });
     }

@@ -8,6 +8,7 @@
 //! - [`bus`]: load → decide → append, with bounded retries on conflicts.
 //! - [`actor`]: who is acting.
 //! - [`read_side`]: the projections at run time — start-up catch-up, background runs, lag.
+//! - [`auth`]: passwords, access and refresh tokens, API keys, the server secret.
 //! - [`api`]: the axum routes, extractors and `problem+json` errors.
 //! - [`app`]: start-up and graceful shutdown.
 //! - [`cli`]: the `chronicle` subcommands, including the benchmark.
@@ -15,6 +16,7 @@
 pub mod actor;
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod config;

@@ -6,6 +6,7 @@
 //! - [`agent`]: the Agent aggregate — registration, recorded heartbeats, drain, deregister.
 //! - [`user`]: the User aggregate — an account, its password hash and roles.
 //! - [`email_claim`]: one aggregate per email, so an address belongs to one user.
+//! - [`first_user`]: one aggregate for the system, so exactly one user is the first.
 //! - [`session`]: refresh-token families — rotation and reuse detection.
 //! - [`api_key`]: a user's API keys — issue, rotate, revoke; stored only as hashes.
 //! - [`codec`]: events to `(event_type, event_version, payload)` and back.
@@ -16,6 +17,7 @@ pub mod api_key;
 pub mod codec;
 pub mod email_claim;
 pub mod error;
+pub mod first_user;
 pub mod session;
 pub mod task;
 pub mod user;

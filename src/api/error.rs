@@ -18,6 +18,9 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    /// No or bad credentials; the detail says which, never why a password was wrong.
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
     #[error("forbidden")]
     Forbidden,
     #[error("not found")]
@@ -30,6 +33,8 @@ pub enum ApiError {
     PreconditionFailed(String),
     #[error("payload too large")]
     PayloadTooLarge,
+    #[error("too many requests")]
+    TooManyRequests { retry_after_secs: u64 },
     #[error("unprocessable: {detail}")]
     Unprocessable { code: &'static str, detail: String },
     #[error("store unavailable")]
@@ -61,12 +66,14 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Validation(_) | Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -77,12 +84,14 @@ impl ApiError {
             Self::BadRequest(_) => "bad-request",
             Self::Validation(_) => "validation",
             Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Conflict { .. } => "conflict",
             Self::PreconditionFailed(_) => "precondition-failed",
             Self::PayloadTooLarge => "payload-too-large",
+            Self::TooManyRequests { .. } => "too-many-requests",
             Self::Unprocessable { .. } => "unprocessable",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
@@ -100,10 +109,14 @@ impl ApiError {
                 many => format!("{} fields are invalid", many.len()),
             },
             Self::UnsupportedMediaType => "send the body as application/json".into(),
+            Self::Unauthorized(detail) => (*detail).into(),
             Self::Forbidden => "your role does not allow this".into(),
             Self::NotFound => "no such resource".into(),
             Self::MethodNotAllowed => "this route does not accept that method".into(),
             Self::PayloadTooLarge => "the request body is over the limit".into(),
+            Self::TooManyRequests { retry_after_secs } => {
+                format!("rate limit reached; retry in {retry_after_secs} s")
+            }
             Self::Unavailable(_) => "the event store is unavailable; try again shortly".into(),
             Self::Internal(_) => "an internal error occurred; it has been logged".into(),
         }
@@ -142,10 +155,18 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let headers = response.headers_mut();
+        match &self {
+            Self::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::TooManyRequests { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            Self::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         response
     }

@@ -12,7 +12,9 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use crate::actor::Actor;
+use crate::auth::Authentication;
 use crate::bus::CommandContext;
+use crate::store::StoreError;
 
 /// Deepest JSON nesting accepted; serde_json stops at 128 on its own, this is our contract.
 pub const MAX_JSON_DEPTH: usize = 64;
@@ -128,12 +130,38 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
     }
 }
 
-/// The caller. Until authentication lands every request acts as the development user.
+/// The authenticated caller; no or bad credentials → 401. The gate middleware
+/// ([`super::limits::gate`]) has already checked the credentials.
 impl<S: Send + Sync> FromRequestParts<S> for Actor {
     type Rejection = ApiError;
 
-    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Actor::development_user())
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match MaybeActor::from_request_parts(parts, state).await? {
+            MaybeActor(Some(actor)) => Ok(actor),
+            MaybeActor(None) => Err(ApiError::Unauthorized(
+                "send Authorization: Bearer <access token or API key>, or X-API-Key",
+            )),
+        }
+    }
+}
+
+/// The caller if credentials were sent, `None` if none were; bad credentials are still 401.
+pub struct MaybeActor(pub Option<Actor>);
+
+impl<S: Send + Sync> FromRequestParts<S> for MaybeActor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<Authentication>() {
+            Some(Authentication::Actor(actor)) => Ok(Self(Some(actor.clone()))),
+            Some(Authentication::Invalid) => Err(ApiError::Unauthorized(
+                "the credentials are not valid or have expired",
+            )),
+            Some(Authentication::Unavailable) => Err(ApiError::Unavailable(
+                StoreError::Unavailable("the credentials could not be checked".into()),
+            )),
+            Some(Authentication::Anonymous) | None => Ok(Self(None)),
+        }
     }
 }
 

@@ -1,9 +1,13 @@
 //! The HTTP API (API.md): routes, shared state and the middleware every request passes.
 
+pub mod auth;
+pub mod cors;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod system;
 pub mod tasks;
+pub mod users;
 pub mod views;
 
 use std::sync::Arc;
@@ -11,16 +15,19 @@ use std::time::{Duration, Instant};
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::auth::secret::ServerKeys;
+use crate::auth::Authenticator;
 use crate::bus::CommandBus;
 use crate::config::Settings;
 use crate::read_side::ReadSide;
 use crate::store::Store;
 use error::ApiError;
+use limits::RateLimits;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -30,14 +37,18 @@ pub struct AppState {
     pub read: ReadSide,
     pub settings: Arc<Settings>,
     pub started_at: Instant,
+    pub auth: Arc<Authenticator>,
+    pub limits: Arc<RateLimits>,
 }
 
 impl AppState {
-    pub fn new(store: Store, read: ReadSide, settings: Settings) -> Self {
+    pub fn new(store: Store, read: ReadSide, settings: Settings, keys: ServerKeys) -> Self {
         Self {
             bus: CommandBus::new(store.clone()),
             store,
             read,
+            auth: Arc::new(Authenticator::new(keys)),
+            limits: Arc::new(RateLimits::new(&settings.rate_limit)),
             settings: Arc::new(settings),
             started_at: Instant::now(),
         }
@@ -54,11 +65,24 @@ pub fn router(state: AppState) -> Router {
         .route("/status", get(system::status))
         .route("/tasks", post(tasks::create).get(tasks::list))
         .route("/tasks/{id}", get(tasks::get).delete(tasks::cancel))
-        .route("/tasks/{id}/events", get(tasks::events));
+        .route("/tasks/{id}/events", get(tasks::events))
+        .route("/auth/register", post(auth::register))
+        .route("/auth/login", post(auth::login))
+        .route("/auth/refresh", post(auth::refresh))
+        .route("/auth/logout", post(auth::logout))
+        .route("/users/me", get(users::me))
+        .route("/users/me/api-keys", post(users::create_key))
+        .route("/users/me/api-keys/{id}", delete(users::revoke_key))
+        .route("/users/me/api-keys/{id}/rotate", post(users::rotate_key));
+    let cors = cors::layer(&state.settings.cors.origins);
     Router::new()
         .nest("/api", api)
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::gate,
+        ))
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(
@@ -76,6 +100,7 @@ pub fn router(state: AppState) -> Router {
                 )
             }),
         )
+        .layer(cors)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }

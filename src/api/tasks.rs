@@ -50,6 +50,9 @@ pub async fn create(
     meta: RequestMeta,
     ApiJson(request): ApiJson<NewTaskRequest>,
 ) -> Result<Response, ApiError> {
+    if !actor.can_create() {
+        return Err(ApiError::Forbidden);
+    }
     let spec = request.validate()?;
     let task_id = Uuid::now_v7();
     tracing::Span::current().record("task_id", tracing::field::display(task_id));

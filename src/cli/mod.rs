@@ -1,7 +1,8 @@
-//! The `chronicle` command line: serve (the default), migrate, audit, export, bench.
+//! The `chronicle` command line: serve (the default), migrate, audit, export, user, bench.
 
 mod bench;
 mod export;
+mod user;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -42,6 +43,11 @@ enum Command {
     Events {
         #[command(subcommand)]
         command: EventsCommand,
+    },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: user::UserCommand,
     },
     /// Measure throughput and latency.
     Bench {
@@ -129,6 +135,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             let store = connect_store(&settings).await?;
             export::export(&store, after).await?;
         }
+        Command::User { command } => user::run(command, settings).await?,
         Command::Bench { command } => bench::run(command, settings).await?,
     }
     Ok(ExitCode::SUCCESS)

@@ -36,7 +36,7 @@ async fn problem(response: reqwest::Response, status: StatusCode) -> Value {
 #[case::postgres(Backend::Postgres)]
 #[tokio::test]
 async fn create_read_cancel_and_history(#[case] backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = spawn_app(backend).await.signed_in().await;
     let response = create_task(
         &app,
         json!({
@@ -136,7 +136,7 @@ async fn create_read_cancel_and_history(#[case] backend: Backend) {
 #[case::postgres(Backend::Postgres)]
 #[tokio::test]
 async fn bad_input_is_a_clear_problem_and_changes_nothing(#[case] backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = spawn_app(backend).await.signed_in().await;
 
     let malformed = app
         .client
@@ -248,7 +248,7 @@ async fn bad_input_is_a_clear_problem_and_changes_nothing(#[case] backend: Backe
 #[case::postgres(Backend::Postgres)]
 #[tokio::test]
 async fn health_status_and_request_ids(#[case] backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = spawn_app(backend).await.signed_in().await;
     let health = app.client.get(app.url("/api/health")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     let generated = health.headers()["x-request-id"]
@@ -288,7 +288,7 @@ async fn health_status_and_request_ids(#[case] backend: Backend) {
 
 #[tokio::test]
 async fn status_is_503_when_the_store_is_down() {
-    let app = spawn_app(Backend::Postgres).await;
+    let app = spawn_app(Backend::Postgres).await.signed_in().await;
     // Take the database away from under the running server.
     let name = app.db.url.rsplit('/').next().unwrap().to_owned();
     let admin = std::env::var("CHRONICLE_TEST_PG_URL")
@@ -318,9 +318,11 @@ async fn status_is_503_when_the_store_is_down() {
 
 #[tokio::test]
 async fn another_users_task_is_not_found() {
-    // The development actor owns every task until auth lands; a task owned by someone else
-    // (written straight through the bus) must be invisible.
-    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    // A task owned by someone else (written straight through the bus) must be invisible.
+    let mut app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    // The first user is an admin, who may see everything; act as the second.
+    app.register_user().await;
+    app.client = app.register_user().await.client;
     let store = app.db.store(Default::default()).await;
     let bus = chronicle::bus::CommandBus::new(store);
     let task_id = uuid::Uuid::now_v7();

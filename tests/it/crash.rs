@@ -63,9 +63,20 @@ async fn a_task_survives_sigkill(#[case] backend: Backend) {
     let db = TestDb::new(backend).await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
 
     let mut server = start(&db, port).await;
+    let registered: Value = reqwest::Client::new()
+        .post(format!("{base}/api/auth/register"))
+        .json(&json!({"email": "ada@example.com", "password": crate::helpers::PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The token must still be good after the restart: the development secret is kept in
+    // the data dir.
+    let client = crate::helpers::bearer_client(registered["access_token"].as_str().unwrap());
     let mut ids = Vec::new();
     for n in 0..5 {
         let task: Value = client
@@ -123,7 +134,9 @@ async fn a_task_survives_sigkill(#[case] backend: Backend) {
     assert!(verify.status.success(), "audit verify failed");
     let report: Value = serde_json::from_slice(&verify.stdout).expect("JSON report");
     assert_eq!(report["ok"], true);
-    assert_eq!(report["checked"], 6);
+    // 6 task events, and the registration's EmailClaimed, FirstUserClaimed, UserRegistered
+    // and SessionStarted.
+    assert_eq!(report["checked"], 10);
 
     let export = chronicle(&db, port)
         .args(["events", "export"])
@@ -136,7 +149,7 @@ async fn a_task_survives_sigkill(#[case] backend: Backend) {
         .lines()
         .map(|line| serde_json::from_str(line).expect("NDJSON line"))
         .collect();
-    assert_eq!(lines.len(), 6);
+    assert_eq!(lines.len(), 10);
     assert!(lines
         .iter()
         .all(|event| event["metadata"]["hash"].is_string()));

@@ -107,6 +107,80 @@ impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
+
+    /// Registers `email` (password [`PASSWORD`]); panics unless the server answers 201.
+    pub async fn register(&self, email: &str) -> TestUser {
+        let response = reqwest::Client::new()
+            .post(self.url("/api/auth/register"))
+            .json(&serde_json::json!({"email": email, "password": PASSWORD}))
+            .send()
+            .await
+            .expect("register request");
+        assert_eq!(
+            response.status(),
+            reqwest::StatusCode::CREATED,
+            "register {email}"
+        );
+        let body: serde_json::Value = response.json().await.expect("register body");
+        TestUser::new(body)
+    }
+
+    /// Registers a fresh user with a random email.
+    pub async fn register_user(&self) -> TestUser {
+        self.register(&format!("user-{}@example.com", Uuid::new_v4().simple()))
+            .await
+    }
+
+    /// This app with `client` acting as a freshly registered user (the first user of the
+    /// app's empty system, so an admin).
+    pub async fn signed_in(mut self) -> Self {
+        let user = self.register_user().await;
+        self.client = user.client;
+        self
+    }
+}
+
+pub const PASSWORD: &str = "correct horse battery";
+
+/// A registered user and a client that sends their access token on every request.
+pub struct TestUser {
+    pub id: String,
+    pub refresh_token: String,
+    pub client: reqwest::Client,
+    pub body: serde_json::Value,
+}
+
+impl TestUser {
+    pub fn new(body: serde_json::Value) -> Self {
+        let access_token = body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned();
+        Self {
+            id: body["user"]["id"].as_str().expect("user.id").to_owned(),
+            refresh_token: body["refresh_token"]
+                .as_str()
+                .expect("refresh_token")
+                .to_owned(),
+            client: bearer_client(&access_token),
+            body,
+        }
+    }
+}
+
+/// A client that sends `Authorization: Bearer <credential>` by default.
+pub fn bearer_client(credential: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {credential}")
+            .parse()
+            .expect("header value"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
 }
 
 impl Drop for TestApp {

@@ -1,0 +1,142 @@
+//! `/api/auth/*`: register, login, refresh, logout.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chronicle_aggregates::email_claim::EmailClaim;
+use chronicle_aggregates::user::{User, UserState};
+use chronicle_commands::auth::{LoginRequest, RefreshRequest, RegisterRequest, Role};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{ApiJson, MaybeActor, RequestMeta};
+use super::AppState;
+use crate::actor::Actor;
+use crate::auth::accounts::{self, RoleChoice};
+use crate::auth::password;
+use crate::auth::sessions::{self, TokenPair};
+use crate::config::Registration;
+
+/// `User` of API.md; never the password hash.
+#[derive(Serialize)]
+pub struct UserView {
+    pub id: Uuid,
+    pub email: String,
+    pub display_name: String,
+    pub roles: Vec<Role>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&UserState> for UserView {
+    fn from(user: &UserState) -> Self {
+        Self {
+            id: user.id,
+            email: user.email.to_string(),
+            display_name: user.display_name.to_string(),
+            roles: user.roles.iter().copied().collect(),
+            created_at: user.created_at,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct SignedIn {
+    #[serde(flatten)]
+    tokens: TokenPair,
+    user: UserView,
+}
+
+/// The first user of an empty system becomes admin; with registration closed, only an
+/// admin may register someone.
+#[tracing::instrument(skip_all)]
+pub async fn register(
+    State(state): State<AppState>,
+    MaybeActor(caller): MaybeActor,
+    meta: RequestMeta,
+    ApiJson(request): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<SignedIn>), ApiError> {
+    let is_admin = caller.as_ref().is_some_and(|c| c.has_role(Role::Admin));
+    if state.settings.registration == Registration::Closed && !is_admin {
+        return Err(ApiError::Forbidden);
+    }
+    let registration = request.validate()?;
+    let mut context = meta.context(caller.as_ref().unwrap_or(&Actor::system()));
+    if caller.is_none() {
+        // The new user is the actor of their own registration.
+        context.actor.clear();
+    }
+    let user =
+        accounts::create_user(&state.bus, registration, RoleChoice::FirstIsAdmin, context).await?;
+    tracing::info!(user_id = %user.id, "user registered");
+    let tokens = sessions::start(&state, &user, &meta).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SignedIn {
+            tokens,
+            user: UserView::from(&user),
+        }),
+    ))
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn login(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    ApiJson(request): ApiJson<LoginRequest>,
+) -> Result<Json<SignedIn>, ApiError> {
+    let login = request.validate()?;
+    let claim = state
+        .store
+        .aggregate::<EmailClaim>()
+        .load(login.email.as_str())
+        .await?;
+    let user = match claim.aggregate.state() {
+        Some(claim) => state
+            .store
+            .aggregate::<User>()
+            .load(&claim.user_id.to_string())
+            .await?
+            .aggregate
+            .state()
+            .cloned(),
+        None => None,
+    };
+    let verified = password::verify(
+        login.password,
+        user.as_ref().map(|u| u.password_hash.clone()),
+    )
+    .await
+    .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let user = match user {
+        Some(user) if verified => user,
+        _ => return Err(ApiError::Unauthorized("invalid email or password")),
+    };
+    let tokens = sessions::start(&state, &user, &meta).await?;
+    Ok(Json(SignedIn {
+        tokens,
+        user: UserView::from(&user),
+    }))
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn refresh(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    ApiJson(request): ApiJson<RefreshRequest>,
+) -> Result<Json<TokenPair>, ApiError> {
+    let raw = request.validate()?;
+    sessions::refresh(&state, &raw, &meta).await.map(Json)
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn logout(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    ApiJson(request): ApiJson<RefreshRequest>,
+) -> Result<StatusCode, ApiError> {
+    let raw = request.validate()?;
+    sessions::end(&state, &raw, &meta).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
