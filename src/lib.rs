@@ -8,6 +8,7 @@
 //! - [`bus`]: load → decide → append, with bounded retries on conflicts.
 //! - [`actor`]: who is acting.
 //! - [`read_side`]: the projections at run time — start-up catch-up, background runs, lag.
+//! - [`process`]: the process manager — dispatch to agents, releasing work, lease timers.
 //! - [`api`]: the axum routes, extractors and `problem+json` errors.
 //! - [`app`]: start-up and graceful shutdown.
 //! - [`cli`]: the `chronicle` subcommands, including the benchmark.
@@ -18,6 +19,7 @@ pub mod app;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod process;
 pub mod read_side;
 pub mod store;
 pub mod telemetry;

@@ -9,5 +9,6 @@
 mod api;
 mod crash;
 mod helpers;
+mod orchestration;
 mod projections;
 mod store;
