@@ -671,6 +671,18 @@ async fn deregistering_returns_leased_tasks_to_the_queue(#[case] backend: Backen
     assert_eq!(taken[0]["attempt"], 2);
 }
 
+/// The test's own read side beside the server's. On SQLite this is a second writer on the
+/// server's file, which can lose the lock to the server while setting up; that is retried.
+async fn read_side(store: &chronicle::store::Store) -> ReadSide {
+    for _ in 0..40 {
+        match ReadSide::start(store).await {
+            Ok(read) => return read,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    ReadSide::start(store).await.unwrap()
+}
+
 #[rstest]
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]
@@ -679,7 +691,7 @@ async fn agents_lease_only_their_owners_tasks(#[case] backend: Backend) {
     let app = spawn_app(backend).await;
     let store = app.db.store(Default::default()).await;
     let bus = CommandBus::new(store.clone());
-    let read = ReadSide::start(&store).await.unwrap();
+    let read = read_side(&store).await;
     let stranger = Uuid::now_v7();
 
     // A stranger's task, written straight through the bus.
@@ -738,15 +750,24 @@ async fn agents_lease_only_their_owners_tasks(#[case] backend: Backend) {
         .await
         .unwrap();
     let their_agent = registered.aggregate.state().unwrap();
-    let granted = chronicle::process::dispatch::lease_ready(
-        &bus,
-        &read,
-        their_agent,
-        5,
-        &CommandContext::default(),
-    )
-    .await
-    .unwrap();
+    // Until the stranger's task reaches the view (the inline write from this second store
+    // may lose the SQLite lock; the server's catch-up then brings it) nothing is offered.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let granted = loop {
+        let granted = chronicle::process::dispatch::lease_ready(
+            &bus,
+            &read,
+            their_agent,
+            5,
+            &CommandContext::default(),
+        )
+        .await
+        .unwrap();
+        if !granted.is_empty() || Instant::now() > deadline {
+            break granted;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let granted: Vec<Uuid> = granted.iter().map(|g| g.task.state().unwrap().id).collect();
     assert_eq!(granted, [theirs], "only the stranger's own task");
     assert_eq!(
