@@ -166,8 +166,17 @@ async fn the_rebuilt_view_equals_the_live_one(#[case] backend: Backend) {
         }
     }
     let store = app.db.store(Default::default()).await;
-    // Let the background catch-up settle, then take the live view.
-    ReadSide::start(&store).await.unwrap();
+    // Let the background catch-up settle, then take the live view. On SQLite this second
+    // writer can lose the lock to the server's projections while setting up; retry.
+    let mut settled = ReadSide::start(&store).await;
+    for _ in 0..40 {
+        if settled.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        settled = ReadSide::start(&store).await;
+    }
+    settled.unwrap();
     let live = view_rows(&app).await;
     assert_eq!(live.len(), 12);
 
@@ -188,7 +197,9 @@ async fn the_rebuilt_view_equals_the_live_one(#[case] backend: Backend) {
     }
     assert!(view_rows(&app).await.is_empty());
     let projector = Projector::new(TaskView, store.clone(), db.clone());
+    // The server's own projector runs too and may apply part of the 16 events first; either
+    // way the rebuilt view must equal the live one.
     let applied = projector.catch_up().await.unwrap();
-    assert_eq!(applied, 16);
+    assert!(applied <= 16, "{applied} events applied; the feed holds 16");
     assert_eq!(view_rows(&app).await, live);
 }
