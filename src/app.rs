@@ -57,7 +57,11 @@ impl Application {
         let addr = self.local_addr()?;
         tracing::info!(%addr, backend = self.state.store.backend_name(), "serving");
         let read = self.state.read.clone();
-        let projections = read.spawn();
+        let mut background = read.spawn();
+        background.push(tokio::spawn(crate::process::timers::run(
+            self.state.bus.clone(),
+            read.clone(),
+        )));
         let app = router(self.state);
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -78,8 +82,8 @@ impl Application {
                 serve.abort();
             }
         }
-        for projection in projections {
-            projection.abort();
+        for task in background {
+            task.abort();
         }
         read.flush().await;
         tracing::info!("stopped");

@@ -9,6 +9,7 @@
 //! - [`actor`]: who is acting.
 //! - [`read_side`]: the projections at run time — start-up catch-up, background runs, lag.
 //! - [`auth`]: passwords, access and refresh tokens, API keys, the server secret.
+//! - [`process`]: the process manager — dispatch to agents, releasing work, lease timers.
 //! - [`api`]: the axum routes, extractors and `problem+json` errors.
 //! - [`app`]: start-up and graceful shutdown.
 //! - [`cli`]: the `chronicle` subcommands, including the benchmark.
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod process;
 pub mod read_side;
 pub mod store;
 pub mod telemetry;

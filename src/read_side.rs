@@ -4,6 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chronicle_aggregates::agent::Agent;
+use chronicle_aggregates::task::{is_ready, Task};
+use chronicle_projections::agent_view::AgentView;
 use chronicle_projections::task_view::TaskView;
 use chronicle_projections::{
     FeedCursor, Projection, ProjectionError, ProjectionStatus, Projector, ReadDb,
@@ -21,7 +24,10 @@ const POLL: Duration = Duration::from_millis(500);
 pub struct ReadSide {
     pub db: ReadDb,
     wake: Arc<Notify>,
+    /// Woken when a task may have become ready to lease: long-polling agents wait on it.
+    queue: Arc<Notify>,
     task_view: Arc<Projector<TaskView, Store>>,
+    agent_view: Arc<Projector<AgentView, Store>>,
     store: Store,
 }
 
@@ -33,19 +39,30 @@ impl ReadSide {
         task_view.setup().await?;
         let applied = task_view.catch_up().await?;
         tracing::info!(projection = TaskView::NAME, applied, "projection caught up");
+        let agent_view = Arc::new(Projector::new(AgentView, store.clone(), db.clone()));
+        agent_view.setup().await?;
+        let applied = agent_view.catch_up().await?;
+        tracing::info!(
+            projection = AgentView::NAME,
+            applied,
+            "projection caught up"
+        );
         Ok(Self {
             db,
             wake: Arc::new(Notify::new()),
+            queue: Arc::new(Notify::new()),
             task_view,
+            agent_view,
             store: store.clone(),
         })
     }
 
     /// Keeps the projections current until the handles are aborted.
     pub fn spawn(&self) -> Vec<JoinHandle<()>> {
-        vec![tokio::spawn(
-            self.task_view.clone().run(self.wake.clone(), POLL),
-        )]
+        vec![
+            tokio::spawn(self.task_view.clone().run(self.wake.clone(), POLL)),
+            tokio::spawn(self.agent_view.clone().run(self.wake.clone(), POLL)),
+        ]
     }
 
     /// Tells the projections that events were appended.
@@ -53,9 +70,47 @@ impl ReadSide {
         self.wake.notify_waiters();
     }
 
+    /// Tells waiting agents that a task may have become ready to lease.
+    pub fn notify_queue(&self) {
+        self.queue.notify_waiters();
+    }
+
+    /// The signal behind [`ReadSide::notify_queue`]; register interest (`enable`) before
+    /// looking at the queue, so a wake-up between the look and the wait is not lost.
+    pub fn queue_signal(&self) -> &Notify {
+        &self.queue
+    }
+
+    /// Brings the task views up to a just-committed task so its caller reads its own write,
+    /// and wakes waiting agents when the task is ready to lease. A failure here only delays
+    /// the view (the catch-up repairs it), so it is logged.
+    pub async fn task_committed(&self, task: &Task, version: usize) {
+        if let Err(error) = TaskView::write_committed(&self.db, task, version).await {
+            tracing::warn!(%error, "inline task view write failed; catch-up will repair it");
+        }
+        self.notify();
+        if task
+            .state()
+            .is_some_and(|state| is_ready(state, Utc::now()))
+        {
+            self.notify_queue();
+        }
+    }
+
+    /// Brings the agent view up to a just-committed agent; see [`ReadSide::task_committed`].
+    pub async fn agent_committed(&self, agent: &Agent, version: usize) {
+        if let Err(error) = AgentView::write_committed(&self.db, agent, version).await {
+            tracing::warn!(%error, "inline agent view write failed; catch-up will repair it");
+        }
+        self.notify();
+    }
+
     /// Applies whatever is left, for a clean shutdown.
     pub async fn flush(&self) {
         if let Err(error) = self.task_view.catch_up().await {
+            tracing::warn!(%error, "final projection catch-up failed");
+        }
+        if let Err(error) = self.agent_view.catch_up().await {
             tracing::warn!(%error, "final projection catch-up failed");
         }
     }
@@ -85,7 +140,8 @@ impl ReadSide {
             let lag_seconds = oldest
                 .map(|at| (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0)
                 .unwrap_or(0.0);
-            let live = name == TaskView::NAME && version == TaskView::VERSION;
+            let live = (name == TaskView::NAME && version == TaskView::VERSION)
+                || (name == AgentView::NAME && version == AgentView::VERSION);
             statuses.push(ProjectionStatus {
                 name,
                 version,

@@ -8,10 +8,14 @@
 //! - [`db`]: the read-model database, PostgreSQL or SQLite, one SQL text for both.
 //! - [`runner`]: the `Projection` trait and checkpointed catch-up.
 //! - [`task_view`]: the task list read model.
+//! - [`task_queue`]: the task view's queue reads — ready tasks, held leases, deadlines.
+//! - [`agent_view`]: the agent registry read model.
 
+pub mod agent_view;
 pub mod db;
 pub mod feed;
 pub mod runner;
+pub mod task_queue;
 pub mod task_view;
 
 pub use db::{ReadDb, ReadTx};

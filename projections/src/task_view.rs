@@ -67,18 +67,19 @@ impl TaskView {
         let id = state.id.to_string();
         let written = on_tx!(tx, |conn| {
             sqlx::query(
-                "INSERT INTO task_view_v1 (id, owner_id, status, capability, priority, agent_id,
+                "INSERT INTO task_view_v2 (id, owner_id, status, capability, priority, agent_id,
                         pinned_agent_id, workflow_run_id, not_before, created_at, updated_at,
-                        version, state)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                        version, state, lease_expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
                  ON CONFLICT (id) DO UPDATE SET
                         status = excluded.status, capability = excluded.capability,
                         priority = excluded.priority, agent_id = excluded.agent_id,
                         pinned_agent_id = excluded.pinned_agent_id,
                         workflow_run_id = excluded.workflow_run_id,
                         not_before = excluded.not_before, updated_at = excluded.updated_at,
-                        version = excluded.version, state = excluded.state
-                  WHERE task_view_v1.version < excluded.version",
+                        version = excluded.version, state = excluded.state,
+                        lease_expires_at = excluded.lease_expires_at
+                  WHERE task_view_v2.version < excluded.version",
             )
             .bind(&id)
             .bind(state.owner_id.to_string())
@@ -93,6 +94,7 @@ impl TaskView {
             .bind(millis(state.updated_at))
             .bind(version as i64)
             .bind(&json)
+            .bind(state.lease_expires_at.map(millis))
             .execute(&mut *conn)
             .await
             .map(|r| r.rows_affected())
@@ -101,12 +103,12 @@ impl TaskView {
             return Ok(());
         }
         on_tx!(tx, |conn| {
-            sqlx::query("DELETE FROM task_view_tags_v1 WHERE task_id = $1")
+            sqlx::query("DELETE FROM task_view_tags_v2 WHERE task_id = $1")
                 .bind(&id)
                 .execute(&mut *conn)
                 .await?;
             for tag in state.tags.as_slice() {
-                sqlx::query("INSERT INTO task_view_tags_v1 (task_id, tag) VALUES ($1, $2)")
+                sqlx::query("INSERT INTO task_view_tags_v2 (task_id, tag) VALUES ($1, $2)")
                     .bind(&id)
                     .bind(tag)
                     .execute(&mut *conn)
@@ -136,12 +138,12 @@ impl TaskView {
         filter: &TaskFilter,
         limit: u32,
     ) -> Result<Vec<TaskRow>, ProjectionError> {
-        const SQL: &str = "SELECT v.state, v.version FROM task_view_v1 v
+        const SQL: &str = "SELECT v.state, v.version FROM task_view_v2 v
              WHERE ($1 IS NULL OR v.owner_id = $1)
                AND ($2 IS NULL OR v.status = $2)
                AND ($3 IS NULL OR v.capability = $3)
                AND ($4 IS NULL OR v.agent_id = $4)
-               AND ($5 IS NULL OR EXISTS (SELECT 1 FROM task_view_tags_v1 t
+               AND ($5 IS NULL OR EXISTS (SELECT 1 FROM task_view_tags_v2 t
                                            WHERE t.task_id = v.id AND t.tag = $5))
                AND ($6 IS NULL OR v.workflow_run_id = $6)
                AND ($7 IS NULL OR v.created_at > $7)
@@ -185,7 +187,7 @@ impl TaskView {
     pub async fn queue_depth(db: &ReadDb) -> Result<u64, ProjectionError> {
         let count: i64 = on_reader!(db, |pool| {
             sqlx::query_scalar(
-                "SELECT count(*) FROM task_view_v1 WHERE status IN ('queued', 'retry_scheduled')",
+                "SELECT count(*) FROM task_view_v2 WHERE status IN ('queued', 'retry_scheduled')",
             )
             .fetch_one(pool)
             .await
@@ -196,11 +198,12 @@ impl TaskView {
 
 impl Projection for TaskView {
     const NAME: &'static str = "task_view";
-    const VERSION: i64 = 1;
+    /// 2 adds `lease_expires_at`, for the lease timers.
+    const VERSION: i64 = 2;
 
     async fn setup(&self, tx: &mut ReadTx) -> Result<(), sqlx::Error> {
         let statements = [
-            "CREATE TABLE IF NOT EXISTS task_view_v1 (
+            "CREATE TABLE IF NOT EXISTS task_view_v2 (
                 id              TEXT PRIMARY KEY,
                 owner_id        TEXT NOT NULL,
                 status          TEXT NOT NULL,
@@ -213,17 +216,21 @@ impl Projection for TaskView {
                 created_at      BIGINT NOT NULL,
                 updated_at      BIGINT NOT NULL,
                 version         BIGINT NOT NULL,
-                state           TEXT NOT NULL
+                state           TEXT NOT NULL,
+                lease_expires_at BIGINT
             )",
-            "CREATE INDEX IF NOT EXISTS task_view_v1_owner ON task_view_v1 (owner_id, id)",
-            "CREATE INDEX IF NOT EXISTS task_view_v1_queue
-                ON task_view_v1 (status, capability, priority, created_at)",
-            "CREATE TABLE IF NOT EXISTS task_view_tags_v1 (
+            "CREATE INDEX IF NOT EXISTS task_view_v2_held
+                ON task_view_v2 (status, lease_expires_at)",
+            "CREATE INDEX IF NOT EXISTS task_view_v2_agent ON task_view_v2 (agent_id, status)",
+            "CREATE INDEX IF NOT EXISTS task_view_v2_owner ON task_view_v2 (owner_id, id)",
+            "CREATE INDEX IF NOT EXISTS task_view_v2_queue
+                ON task_view_v2 (status, capability, priority, created_at)",
+            "CREATE TABLE IF NOT EXISTS task_view_tags_v2 (
                 task_id TEXT NOT NULL,
                 tag     TEXT NOT NULL,
                 PRIMARY KEY (task_id, tag)
             )",
-            "CREATE INDEX IF NOT EXISTS task_view_tags_v1_tag ON task_view_tags_v1 (tag)",
+            "CREATE INDEX IF NOT EXISTS task_view_tags_v2_tag ON task_view_tags_v2 (tag)",
         ];
         for statement in statements {
             on_tx!(&mut *tx, |conn| sqlx::query(statement)
@@ -239,7 +246,7 @@ impl Projection for TaskView {
             return Ok(());
         }
         let current: Option<(String, i64)> = on_tx!(&mut *tx, |conn| {
-            sqlx::query_as("SELECT state, version FROM task_view_v1 WHERE id = $1")
+            sqlx::query_as("SELECT state, version FROM task_view_v2 WHERE id = $1")
                 .bind(&event.aggregate_id)
                 .fetch_optional(conn)
                 .await

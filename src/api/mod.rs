@@ -1,11 +1,15 @@
 //! The HTTP API (API.md): routes, shared state and the middleware every request passes.
 
+pub mod agents;
 pub mod auth;
 pub mod cors;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
+pub mod lease;
 pub mod limits;
 pub mod system;
+pub mod task_updates;
 pub mod tasks;
 pub mod users;
 pub mod views;
@@ -64,8 +68,20 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(system::health))
         .route("/status", get(system::status))
         .route("/tasks", post(tasks::create).get(tasks::list))
-        .route("/tasks/{id}", get(tasks::get).delete(tasks::cancel))
+        .route(
+            "/tasks/{id}",
+            get(tasks::get)
+                .delete(tasks::cancel)
+                .patch(task_updates::patch),
+        )
         .route("/tasks/{id}/events", get(tasks::events))
+        .route("/tasks/{id}/retry", post(task_updates::retry))
+        .route("/agents", get(agents::list))
+        .route("/agents/register", post(agents::register))
+        .route("/agents/{id}", get(agents::get).delete(agents::deregister))
+        .route("/agents/{id}/heartbeat", post(agents::heartbeat))
+        .route("/agents/{id}/lease", post(lease::lease))
+        .route("/agents/{id}/execute", post(lease::execute))
         .route("/auth/register", post(auth::register))
         .route("/auth/login", post(auth::login))
         .route("/auth/refresh", post(auth::refresh))

@@ -7,10 +7,12 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::json;
 
+use chronicle_projections::agent_view::AgentView as AgentViewModel;
 use chronicle_projections::task_view::TaskView as TaskViewModel;
 use chronicle_projections::ProjectionStatus;
 
 use super::AppState;
+use crate::process::offline_after;
 
 pub async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
@@ -40,7 +42,7 @@ pub async fn status(State(state): State<AppState>) -> Response {
     if let Err(error) = &ping {
         tracing::warn!(%error, "store ping failed");
     }
-    let (projections, queue_depth) = if ok {
+    let (projections, queue_depth, agents_online) = if ok {
         let projections = state.read.status().await.unwrap_or_else(|error| {
             tracing::warn!(%error, "projection status unavailable");
             Vec::new()
@@ -51,9 +53,16 @@ pub async fn status(State(state): State<AppState>) -> Response {
                 tracing::warn!(%error, "queue depth unavailable");
                 0
             });
-        (projections, queue_depth)
+        let agents_online =
+            AgentViewModel::count_online(&state.read.db, chrono::Utc::now(), offline_after())
+                .await
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%error, "online agents unavailable");
+                    0
+                });
+        (projections, queue_depth, agents_online)
     } else {
-        (Vec::new(), 0)
+        (Vec::new(), 0, 0)
     };
     let body = Status {
         version: env!("CARGO_PKG_VERSION"),
@@ -64,8 +73,7 @@ pub async fn status(State(state): State<AppState>) -> Response {
             latency_ms: ping.ok().map(|d| d.as_secs_f64() * 1000.0),
         },
         projections,
-        // No agent can register before the orchestration work lands.
-        agents_online: 0,
+        agents_online,
         queue_depth,
     };
     let code = if ok {

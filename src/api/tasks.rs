@@ -1,9 +1,10 @@
-//! `/api/tasks`: create, read (with `ETag`), cancel, history.
+//! `/api/tasks`: create, read (with `ETag`, or as of a version or time), cancel, history.
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use chronicle_aggregates::codec;
 use chronicle_aggregates::task::{Task, TaskCommand, TaskStatus};
 use chronicle_commands::task::NewTaskRequest;
 use chronicle_projections::task_view::{TaskFilter, TaskView as TaskViewModel};
@@ -14,22 +15,23 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, IdPath, RequestMeta};
+use super::idempotency::{keyed_task_id, same_request};
 use super::views::{EventView, TaskView};
 use super::AppState;
 use crate::actor::Actor;
 use crate::bus::Committed;
 
-/// Brings the task views up to a just-committed task so the caller reads its own write;
-/// a failure here only delays the view (the catch-up repairs it), so it is logged.
-async fn committed(state: &AppState, task: &Task, version: usize) {
-    if let Err(error) = TaskViewModel::write_committed(&state.read.db, task, version).await {
-        tracing::warn!(%error, "inline task view write failed; catch-up will repair it");
-    }
-    state.read.notify();
+/// Brings the read side up to a just-committed task (see `ReadSide::task_committed`).
+pub(crate) async fn committed(state: &AppState, task: &Task, version: usize) {
+    state.read.task_committed(task, version).await;
 }
 
 /// A task answer with its version as `ETag`.
-fn task_response(status: StatusCode, task: &Task, version: usize) -> Result<Response, ApiError> {
+pub(crate) fn task_response(
+    status: StatusCode,
+    task: &Task,
+    version: usize,
+) -> Result<Response, ApiError> {
     let state = task.state().ok_or(ApiError::NotFound)?;
     let mut response = (status, Json(TaskView::new(state, version))).into_response();
     let etag = HeaderValue::from_str(&format!("\"{version}\""))
@@ -43,7 +45,9 @@ fn task_response(status: StatusCode, task: &Task, version: usize) -> Result<Resp
     Ok(response)
 }
 
-#[tracing::instrument(skip_all)]
+/// Creates a task; with `Idempotency-Key`, the same key and request again answer the first
+/// answer with no second effect (see [`super::idempotency`]).
+#[tracing::instrument(skip_all, fields(task_id))]
 pub async fn create(
     State(state): State<AppState>,
     actor: Actor,
@@ -54,12 +58,13 @@ pub async fn create(
         return Err(ApiError::Forbidden);
     }
     let spec = request.validate()?;
-    let task_id = Uuid::now_v7();
+    let task_id = match &meta.idempotency_key {
+        Some(key) => keyed_task_id(actor.id, key),
+        None => Uuid::now_v7(),
+    };
     tracing::Span::current().record("task_id", tracing::field::display(task_id));
     let owner_id = actor.id;
-    let Committed {
-        aggregate, version, ..
-    } = state
+    let result = state
         .bus
         .create::<Task, ApiError>(&task_id.to_string(), &meta.context(&actor), |_| {
             Ok(TaskCommand::CreateTask {
@@ -70,9 +75,39 @@ pub async fn create(
                 at: Utc::now(),
             })
         })
-        .await?;
-    committed(&state, &aggregate, version).await;
-    task_response(StatusCode::CREATED, &aggregate, version)
+        .await;
+    match result {
+        Ok(Committed {
+            aggregate, version, ..
+        }) => {
+            committed(&state, &aggregate, version).await;
+            task_response(StatusCode::CREATED, &aggregate, version)
+        }
+        Err(ApiError::Conflict {
+            code: "task.already_exists",
+            ..
+        }) if meta.idempotency_key.is_some() => {
+            let (first, version) = replay(&state, task_id, None, Some(1)).await?;
+            match first.state() {
+                Some(created) if created.owner_id == owner_id && same_request(created, &spec) => {
+                    task_response(StatusCode::CREATED, &first, version)
+                }
+                _ => Err(ApiError::Unprocessable {
+                    code: "idempotency_key.reused",
+                    detail: "this Idempotency-Key was used for another request".into(),
+                }),
+            }
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// `GET /api/tasks/{id}` query: the task as it stood at a version or a time.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetQuery {
+    pub as_of: Option<DateTime<Utc>>,
+    pub as_of_version: Option<u64>,
 }
 
 #[tracing::instrument(skip_all, fields(task_id = %id))]
@@ -80,6 +115,7 @@ pub async fn get(
     State(state): State<AppState>,
     actor: Actor,
     IdPath(id): IdPath,
+    ApiQuery(query): ApiQuery<GetQuery>,
 ) -> Result<Response, ApiError> {
     let loaded = state
         .store
@@ -90,7 +126,52 @@ pub async fn get(
         Some(task) if actor.can_read(task.owner_id) => {}
         _ => return Err(ApiError::NotFound),
     }
-    task_response(StatusCode::OK, &loaded.aggregate, loaded.version)
+    match (query.as_of, query.as_of_version) {
+        (None, None) => task_response(StatusCode::OK, &loaded.aggregate, loaded.version),
+        (Some(_), Some(_)) => Err(ApiError::validation(
+            "as_of",
+            "give as_of or as_of_version, not both",
+        )),
+        (_, Some(0)) => Err(ApiError::validation("as_of_version", "must be at least 1")),
+        (as_of, as_of_version) => {
+            let (task, version) = replay(&state, id, as_of, as_of_version).await?;
+            task_response(StatusCode::OK, &task, version)
+        }
+    }
+}
+
+/// The task rebuilt from its history up to a version or a time; 404 when it did not exist
+/// yet (or has no such version).
+async fn replay(
+    state: &AppState,
+    id: Uuid,
+    as_of: Option<DateTime<Utc>>,
+    as_of_version: Option<u64>,
+) -> Result<(Task, usize), ApiError> {
+    let history = state.store.history(Task::TYPE, &id.to_string()).await?;
+    let current = history.last().map_or(0, |event| event.sequence);
+    if as_of_version.is_some_and(|wanted| i64::try_from(wanted).map_or(true, |w| w > current)) {
+        return Err(ApiError::NotFound);
+    }
+    let mut task = Task::default();
+    let mut version = 0;
+    for event in history {
+        let too_late = as_of_version
+            .is_some_and(|wanted| i64::try_from(wanted).is_ok_and(|w| event.sequence > w))
+            || as_of.is_some_and(|at| event.recorded_at > at);
+        if too_late {
+            break;
+        }
+        let event = state.store.upcast(event);
+        version = usize::try_from(event.sequence).unwrap_or_default();
+        let decoded = codec::decode::<Task>(&event.event_type, event.payload)
+            .map_err(|e| ApiError::Internal(Box::new(e)))?;
+        task.apply(decoded);
+    }
+    if version == 0 {
+        return Err(ApiError::NotFound);
+    }
+    Ok((task, version))
 }
 
 /// Cancels the task; cancelling a cancelled task answers the task as it is.

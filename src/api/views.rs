@@ -1,12 +1,15 @@
-//! The JSON shapes of API.md: `Task`, `Event`.
+//! The JSON shapes of API.md: `Task`, `LeasedTask`, `Agent`, `Event`.
 
+use chronicle_aggregates::agent::{AgentState, AgentStatus};
 use chronicle_aggregates::task::{TaskFailure, TaskState, TaskStatus};
+use chronicle_commands::agent::AgentKind;
 use chronicle_commands::values::RetryPolicy;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::process::offline_after;
 use crate::store::chain::{HASH, PREV_HASH};
 use crate::store::RecordedEvent;
 
@@ -130,4 +133,51 @@ impl From<RecordedEvent> for EventView {
             prev_hash,
         }
     }
+}
+
+/// `Agent` of API.md. `status` is as of the answer; `running` counts the tasks it holds.
+#[derive(Debug, Serialize)]
+pub struct AgentView {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: AgentKind,
+    pub capabilities: Vec<String>,
+    pub max_concurrency: u32,
+    pub status: AgentStatus,
+    pub running: u32,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    pub owner_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub metadata: Map<String, Value>,
+}
+
+impl AgentView {
+    pub fn new(state: &AgentState, now: DateTime<Utc>, running: u32) -> Self {
+        Self {
+            id: state.id,
+            name: state.name.as_str().to_owned(),
+            kind: state.kind,
+            capabilities: state
+                .capabilities
+                .iter()
+                .map(|c| c.as_str().to_owned())
+                .collect(),
+            max_concurrency: state.max_concurrency.get(),
+            status: state.status_at(now, offline_after()),
+            running,
+            last_heartbeat_at: state.last_heartbeat_at,
+            owner_id: state.owner_id,
+            created_at: state.created_at,
+            metadata: state.metadata.clone(),
+        }
+    }
+}
+
+/// `LeasedTask` of API.md: the task (its `attempt` included) and the lease to name.
+#[derive(Debug, Serialize)]
+pub struct LeasedTaskView {
+    #[serde(flatten)]
+    pub task: TaskView,
+    pub lease_id: Uuid,
+    pub lease_expires_at: Option<DateTime<Utc>>,
 }

@@ -10,5 +10,6 @@ mod api;
 mod auth;
 mod crash;
 mod helpers;
+mod orchestration;
 mod projections;
 mod store;

@@ -1,0 +1,176 @@
+//! The queue side of the task view: what an agent may lease, what it holds, and which
+//! leases and retry delays run out when — the reads of the dispatcher and the timers.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::db::ReadDb;
+use crate::on_reader;
+use crate::runner::ProjectionError;
+use crate::task_view::TaskView;
+
+/// Which ready tasks an agent may be offered.
+#[derive(Debug, Clone)]
+pub struct ReadyQuery<'a> {
+    /// Only this owner's tasks; `None` for a built-in agent that serves every user.
+    pub owner_id: Option<Uuid>,
+    /// The agent asking: tasks pinned to another agent are not offered.
+    pub agent_id: Uuid,
+    /// The agent's capabilities; a task is offered only for one of them.
+    pub capabilities: &'a [String],
+    pub now: DateTime<Utc>,
+    pub limit: u32,
+}
+
+/// Most capabilities one agent may have (commands::agent allows 64).
+const MAX_CAPABILITIES: usize = 64;
+
+fn parse_ids(rows: Vec<String>) -> Vec<Uuid> {
+    rows.iter()
+        .filter_map(|id| Uuid::parse_str(id).ok())
+        .collect()
+}
+
+impl TaskView {
+    /// Ready tasks for `query`, best first: priority 9 first, then oldest. Queued or
+    /// scheduled for retry, and `not_before` (if any) reached.
+    pub async fn ready_for(
+        db: &ReadDb,
+        query: &ReadyQuery<'_>,
+    ) -> Result<Vec<Uuid>, ProjectionError> {
+        let capabilities = &query.capabilities[..query.capabilities.len().min(MAX_CAPABILITIES)];
+        if capabilities.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Only placeholders are formatted in; every value is bound.
+        let placeholders: Vec<String> = (0..capabilities.len())
+            .map(|n| format!("${}", n + 5))
+            .collect();
+        let sql = format!(
+            "SELECT id FROM task_view_v2
+              WHERE status IN ('queued', 'retry_scheduled')
+                AND (not_before IS NULL OR not_before <= $3)
+                AND ($1 IS NULL OR owner_id = $1)
+                AND (pinned_agent_id IS NULL OR pinned_agent_id = $2)
+                AND capability IN ({})
+              ORDER BY priority DESC, created_at, id
+              LIMIT $4",
+            placeholders.join(", ")
+        );
+        let rows: Vec<String> = on_reader!(db, |pool| {
+            let mut statement = sqlx::query_scalar(&sql)
+                .bind(query.owner_id.map(|u| u.to_string()))
+                .bind(query.agent_id.to_string())
+                .bind(query.now.timestamp_millis())
+                .bind(i64::from(query.limit));
+            for capability in capabilities {
+                statement = statement.bind(capability.as_str());
+            }
+            statement.fetch_all(pool).await
+        })?;
+        Ok(parse_ids(rows))
+    }
+
+    /// The tasks `agent_id` holds a lease on (leased or running).
+    pub async fn held_by(db: &ReadDb, agent_id: Uuid) -> Result<Vec<Uuid>, ProjectionError> {
+        let rows: Vec<String> = on_reader!(db, |pool| {
+            sqlx::query_scalar(
+                "SELECT id FROM task_view_v2
+                  WHERE agent_id = $1 AND status IN ('leased', 'running')
+                  ORDER BY id",
+            )
+            .bind(agent_id.to_string())
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(parse_ids(rows))
+    }
+
+    /// How many tasks each agent holds a lease on; agents holding none are absent.
+    pub async fn held_counts(db: &ReadDb) -> Result<HashMap<Uuid, u32>, ProjectionError> {
+        let rows: Vec<(String, i64)> = on_reader!(db, |pool| {
+            sqlx::query_as(
+                "SELECT agent_id, count(*) FROM task_view_v2
+                  WHERE agent_id IS NOT NULL AND status IN ('leased', 'running')
+                  GROUP BY agent_id",
+            )
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, count)| {
+                Some((Uuid::parse_str(&id).ok()?, u32::try_from(count).ok()?))
+            })
+            .collect())
+    }
+
+    /// Held tasks whose lease ran out at or before `now`, the longest overdue first.
+    pub async fn expired_leases(
+        db: &ReadDb,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, ProjectionError> {
+        let rows: Vec<String> = on_reader!(db, |pool| {
+            sqlx::query_scalar(
+                "SELECT id FROM task_view_v2
+                  WHERE status IN ('leased', 'running') AND lease_expires_at <= $1
+                  ORDER BY lease_expires_at, id
+                  LIMIT $2",
+            )
+            .bind(now.timestamp_millis())
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(parse_ids(rows))
+    }
+
+    /// The next moment after `now` at which a lease runs out or a waiting task becomes
+    /// ready, if any is known.
+    pub async fn next_deadline(
+        db: &ReadDb,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, ProjectionError> {
+        let (lease, ready): (Option<i64>, Option<i64>) = on_reader!(db, |pool| {
+            sqlx::query_as(
+                "SELECT
+                    (SELECT min(lease_expires_at) FROM task_view_v2
+                      WHERE status IN ('leased', 'running') AND lease_expires_at > $1),
+                    (SELECT min(not_before) FROM task_view_v2
+                      WHERE status IN ('queued', 'retry_scheduled') AND not_before > $1)",
+            )
+            .bind(now.timestamp_millis())
+            .fetch_one(pool)
+            .await
+        })?;
+        Ok([lease, ready]
+            .into_iter()
+            .flatten()
+            .min()
+            .and_then(DateTime::from_timestamp_millis))
+    }
+
+    /// Whether a waiting task's `not_before` fell in `(after, upto]`: it became ready then.
+    pub async fn became_ready(
+        db: &ReadDb,
+        after: DateTime<Utc>,
+        upto: DateTime<Utc>,
+    ) -> Result<bool, ProjectionError> {
+        let found: Option<String> = on_reader!(db, |pool| {
+            sqlx::query_scalar(
+                "SELECT id FROM task_view_v2
+                  WHERE status IN ('queued', 'retry_scheduled')
+                    AND not_before > $1 AND not_before <= $2
+                  LIMIT 1",
+            )
+            .bind(after.timestamp_millis())
+            .bind(upto.timestamp_millis())
+            .fetch_optional(pool)
+            .await
+        })?;
+        Ok(found.is_some())
+    }
+}

@@ -1,0 +1,340 @@
+//! `/api/agents`: register, list, read, heartbeat, deregister. Leasing and `execute` are in
+//! [`super::lease`].
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use chronicle_aggregates::agent::{Agent, AgentCommand, AgentLifecycle, AgentState, AgentStatus};
+use chronicle_aggregates::task::{Task, TaskCommand, TaskError};
+use chronicle_commands::agent::RegisterAgentRequest;
+use chronicle_projections::agent_view::{AgentFilter, AgentView as AgentViewModel};
+use chronicle_projections::task_view::TaskView as TaskViewModel;
+use chrono::Utc;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{parse_json, ApiJson, ApiQuery, IdPath, RequestMeta};
+use super::tasks::Page;
+use super::views::AgentView;
+use super::AppState;
+use crate::actor::Actor;
+use crate::bus::{CommandContext, CommandError, Committed};
+use crate::process::dispatch::{forget_agent, DispatchError};
+use crate::process::release::release_agent_tasks;
+use crate::process::{heartbeat_resolution, offline_after};
+
+impl From<DispatchError> for ApiError {
+    fn from(error: DispatchError) -> Self {
+        match error {
+            DispatchError::Store(store) => Self::from(store),
+            DispatchError::Read(read) => Self::Internal(Box::new(read)),
+        }
+    }
+}
+
+/// The agent if the caller may change it: 404 when it may not even see it, 403 when it may
+/// only look.
+pub(crate) fn writable<'a>(actor: &Actor, agent: &'a Agent) -> Result<&'a AgentState, ApiError> {
+    match agent.state() {
+        Some(state) if actor.can_write(state.owner_id) => Ok(state),
+        Some(state) if actor.can_read(state.owner_id) => Err(ApiError::Forbidden),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// The events of an agent's own calls name the agent as their actor.
+pub(crate) fn agent_context(meta: &RequestMeta, actor: &Actor, agent_id: Uuid) -> CommandContext {
+    CommandContext {
+        actor: format!("agent:{agent_id}"),
+        ..meta.context(actor)
+    }
+}
+
+/// An optional JSON body: nothing at all means the defaults.
+pub(crate) fn optional_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        parse_json(body)
+    }
+}
+
+/// An agent answer with its version as `ETag`.
+pub(crate) async fn agent_response(
+    state: &AppState,
+    status: StatusCode,
+    agent: &Agent,
+    version: usize,
+) -> Result<Response, ApiError> {
+    let agent_state = agent.state().ok_or(ApiError::NotFound)?;
+    let running = TaskViewModel::held_by(&state.read.db, agent_state.id)
+        .await
+        .map_err(|e| ApiError::Internal(Box::new(e)))?
+        .len();
+    let body = AgentView::new(
+        agent_state,
+        Utc::now(),
+        u32::try_from(running).unwrap_or(u32::MAX),
+    );
+    let mut response = (status, Json(body)).into_response();
+    let etag = HeaderValue::from_str(&format!("\"{version}\""))
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    response.headers_mut().insert(header::ETAG, etag);
+    if status == StatusCode::CREATED {
+        let location = HeaderValue::from_str(&format!("/api/agents/{}", agent_state.id))
+            .map_err(|e| ApiError::Internal(Box::new(e)))?;
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+#[tracing::instrument(skip_all, fields(agent_id))]
+pub async fn register(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    ApiJson(request): ApiJson<RegisterAgentRequest>,
+) -> Result<Response, ApiError> {
+    if !actor.can_write(actor.id) {
+        return Err(ApiError::Forbidden);
+    }
+    let spec = request.validate()?;
+    let agent_id = Uuid::now_v7();
+    tracing::Span::current().record("agent_id", tracing::field::display(agent_id));
+    let owner_id = actor.id;
+    let Committed {
+        aggregate, version, ..
+    } = state
+        .bus
+        .execute::<Agent, ApiError>(
+            &agent_id.to_string(),
+            &agent_context(&meta, &actor, agent_id),
+            None,
+            |_| {
+                Ok(AgentCommand::RegisterAgent {
+                    agent_id,
+                    owner_id,
+                    spec: spec.clone(),
+                    at: Utc::now(),
+                })
+            },
+        )
+        .await?;
+    state.read.agent_committed(&aggregate, version).await;
+    agent_response(&state, StatusCode::CREATED, &aggregate, version).await
+}
+
+/// `GET /api/agents` query: filters, `limit` (default 50, max 500) and an opaque `cursor`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub capability: Option<String>,
+    pub status: Option<AgentStatus>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// Agents the caller may read, newest first.
+#[tracing::instrument(skip_all)]
+pub async fn list(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<Page<AgentView>>, ApiError> {
+    let limit = match query.limit {
+        None => 50,
+        Some(limit @ 1..=500) => limit,
+        Some(_) => return Err(ApiError::validation("limit", "must be from 1 to 500")),
+    };
+    let before_id = query
+        .cursor
+        .as_deref()
+        .map(|cursor| {
+            Uuid::parse_str(cursor)
+                .map_err(|_| ApiError::validation("cursor", "is not a cursor from this API"))
+        })
+        .transpose()?;
+    let filter = AgentFilter {
+        owner_id: (!actor.can_read_all()).then_some(actor.id),
+        capability: query.capability,
+        status: query.status,
+        before_id,
+    };
+    let now = Utc::now();
+    let internal = |e| ApiError::Internal(Box::new(e));
+    let rows = AgentViewModel::list(&state.read.db, &filter, now, offline_after(), limit + 1)
+        .await
+        .map_err(internal)?;
+    let held = TaskViewModel::held_counts(&state.read.db)
+        .await
+        .map_err(internal)?;
+    let has_more = rows.len() > limit as usize;
+    let items: Vec<AgentView> = rows
+        .iter()
+        .take(limit as usize)
+        .filter_map(|row| {
+            let agent = row.state()?;
+            let running = held.get(&agent.id).copied().unwrap_or_default();
+            Some(AgentView::new(agent, now, running))
+        })
+        .collect();
+    let next_cursor = if has_more {
+        items.last().map(|agent| agent.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(Page { items, next_cursor }))
+}
+
+#[tracing::instrument(skip_all, fields(agent_id = %id))]
+pub async fn get(
+    State(state): State<AppState>,
+    actor: Actor,
+    IdPath(id): IdPath,
+) -> Result<Response, ApiError> {
+    let loaded = state
+        .store
+        .aggregate::<Agent>()
+        .load(&id.to_string())
+        .await?;
+    match loaded.aggregate.state() {
+        Some(agent) if actor.can_read(agent.owner_id) => {}
+        _ => return Err(ApiError::NotFound),
+    }
+    agent_response(&state, StatusCode::OK, &loaded.aggregate, loaded.version).await
+}
+
+/// `POST /api/agents/{id}/heartbeat` body; without `running_task_ids` every lease the agent
+/// holds is renewed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub running_task_ids: Option<Vec<Uuid>>,
+}
+
+/// Most task ids one heartbeat may name.
+const MAX_HEARTBEAT_TASKS: usize = 1_000;
+
+/// Records the heartbeat (at most one event per resolution) and renews the agent's leases.
+#[tracing::instrument(skip_all, fields(agent_id = %id))]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    IdPath(id): IdPath,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: HeartbeatRequest = optional_body(&body)?;
+    if request
+        .running_task_ids
+        .as_ref()
+        .is_some_and(|ids| ids.len() > MAX_HEARTBEAT_TASKS)
+    {
+        return Err(ApiError::validation(
+            "running_task_ids",
+            "must name at most 1000 tasks",
+        ));
+    }
+    let context = agent_context(&meta, &actor, id);
+    let Committed {
+        aggregate, version, ..
+    } = state
+        .bus
+        .execute::<Agent, ApiError>(&id.to_string(), &context, None, |agent| {
+            writable(&actor, agent)?;
+            Ok(AgentCommand::RecordHeartbeat {
+                at: Utc::now(),
+                resolution: heartbeat_resolution(),
+            })
+        })
+        .await?;
+    state.read.agent_committed(&aggregate, version).await;
+    let tasks = match request.running_task_ids {
+        Some(ids) => ids,
+        None => TaskViewModel::held_by(&state.read.db, id)
+            .await
+            .map_err(|e| ApiError::Internal(Box::new(e)))?,
+    };
+    for task_id in tasks {
+        extend_lease(&state, &context, id, task_id).await?;
+    }
+    agent_response(&state, StatusCode::OK, &aggregate, version).await
+}
+
+/// Renews the agent's lease on one task; a task it does not hold is skipped.
+async fn extend_lease(
+    state: &AppState,
+    context: &CommandContext,
+    agent_id: Uuid,
+    task_id: Uuid,
+) -> Result<(), ApiError> {
+    let result = state
+        .bus
+        .execute::<Task, CommandError<TaskError>>(&task_id.to_string(), context, None, |task| {
+            match task.state() {
+                Some(held) if held.agent_id == Some(agent_id) && held.status.is_held() => {
+                    Ok(TaskCommand::ExtendLease {
+                        lease_id: held
+                            .lease_id
+                            .ok_or(CommandError::Refused(TaskError::StaleLease))?,
+                        at: Utc::now(),
+                    })
+                }
+                _ => Err(CommandError::Refused(TaskError::StaleLease)),
+            }
+        })
+        .await;
+    match result {
+        Ok(Committed {
+            aggregate, version, ..
+        }) => {
+            state.read.task_committed(&aggregate, version).await;
+            Ok(())
+        }
+        Err(CommandError::Store(error)) => Err(error.into()),
+        Err(error) => {
+            tracing::debug!(%task_id, %error, "no lease to renew");
+            Ok(())
+        }
+    }
+}
+
+/// Deregisters the agent and returns its leased tasks to the queue (see
+/// `process::release`). Idempotent: deleting a deregistered agent releases anything left
+/// and answers 204 again.
+#[tracing::instrument(skip_all, fields(agent_id = %id))]
+pub async fn deregister(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    IdPath(id): IdPath,
+) -> Result<Response, ApiError> {
+    let context = agent_context(&meta, &actor, id);
+    let loaded = state
+        .store
+        .aggregate::<Agent>()
+        .load(&id.to_string())
+        .await?;
+    let already_gone =
+        writable(&actor, &loaded.aggregate)?.lifecycle == AgentLifecycle::Deregistered;
+    if !already_gone {
+        let Committed {
+            aggregate, version, ..
+        } = state
+            .bus
+            .execute::<Agent, ApiError>(&id.to_string(), &context, meta.if_match, |agent| {
+                writable(&actor, agent)?;
+                Ok(AgentCommand::DeregisterAgent { at: Utc::now() })
+            })
+            .await?;
+        state.read.agent_committed(&aggregate, version).await;
+    }
+    let released = release_agent_tasks(&state.bus, &state.read, id, &context).await?;
+    tracing::info!(released, "agent deregistered");
+    forget_agent(id);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

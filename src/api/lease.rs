@@ -1,0 +1,217 @@
+//! Work for agents: `POST /api/agents/{id}/lease` (long-poll) and
+//! `POST /api/agents/{id}/execute` (a task pinned to one agent).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Json;
+use bytes::Bytes;
+use chronicle_aggregates::agent::{Agent, AgentCommand, AgentLifecycle};
+use chronicle_aggregates::task::{Task, TaskCommand};
+use chronicle_commands::task::NewTaskRequest;
+use chronicle_commands::values::Capability;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::agents::{agent_context, optional_body, writable};
+use super::error::ApiError;
+use super::extract::{ApiJson, IdPath, RequestMeta};
+use super::tasks::{committed, task_response};
+use super::views::{LeasedTaskView, TaskView};
+use super::AppState;
+use crate::actor::Actor;
+use crate::bus::Committed;
+use crate::process::dispatch::{lease_ready, Granted, MAX_TASKS_PER_LEASE};
+use crate::process::heartbeat_resolution;
+
+/// Longest long-poll a client may ask for.
+pub const MAX_WAIT_SECS: i64 = 30;
+
+/// Even with no wake-up, a waiting poll looks at the queue this often: a task created on
+/// another node, or a missed signal, is found within this time.
+const RECHECK: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    pub max_tasks: Option<i64>,
+    pub wait_secs: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LeaseAnswer {
+    pub tasks: Vec<LeasedTaskView>,
+}
+
+fn leased_view(grant: &Granted) -> Option<LeasedTaskView> {
+    let state = grant.task.state()?;
+    Some(LeasedTaskView {
+        task: TaskView::new(state, grant.version),
+        lease_id: grant.lease_id,
+        lease_expires_at: state.lease_expires_at,
+    })
+}
+
+/// Leases up to `max_tasks` ready tasks; with `wait_secs`, waits that long for one to
+/// arrive (woken at once when a matching task is created or requeued) and answers an empty
+/// list on time-out. A lease call is a sign of life: it counts as a heartbeat.
+#[tracing::instrument(skip_all, fields(agent_id = %id))]
+pub async fn lease(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    IdPath(id): IdPath,
+    body: Bytes,
+) -> Result<Json<LeaseAnswer>, ApiError> {
+    let request: LeaseRequest = optional_body(&body)?;
+    let max_tasks = match request.max_tasks {
+        None => 1,
+        Some(n @ 1..=100) => n as u32,
+        Some(_) => {
+            return Err(ApiError::validation(
+                "max_tasks",
+                format!("must be from 1 to {MAX_TASKS_PER_LEASE}"),
+            ))
+        }
+    };
+    let wait = match request.wait_secs {
+        None => 0,
+        Some(n @ 0..=MAX_WAIT_SECS) => n as u64,
+        Some(_) => {
+            return Err(ApiError::validation(
+                "wait_secs",
+                format!("must be from 0 to {MAX_WAIT_SECS}"),
+            ))
+        }
+    };
+    let context = agent_context(&meta, &actor, id);
+    let Committed {
+        aggregate, version, ..
+    } = state
+        .bus
+        .execute::<Agent, ApiError>(&id.to_string(), &context, None, |agent| {
+            writable(&actor, agent)?;
+            Ok(AgentCommand::RecordHeartbeat {
+                at: Utc::now(),
+                resolution: heartbeat_resolution(),
+            })
+        })
+        .await?;
+    state.read.agent_committed(&aggregate, version).await;
+    let agent = aggregate.state().ok_or(ApiError::NotFound)?;
+    if agent.lifecycle != AgentLifecycle::Active {
+        // A draining agent finishes what it has and takes nothing new.
+        return Ok(Json(LeaseAnswer { tasks: Vec::new() }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(wait);
+    loop {
+        // Registered before looking, so a task created between the look and the wait
+        // still wakes this poll.
+        let signal = state.read.queue_signal().notified();
+        tokio::pin!(signal);
+        signal.as_mut().enable();
+        let granted = lease_ready(&state.bus, &state.read, agent, max_tasks, &context).await?;
+        let now = Instant::now();
+        if !granted.is_empty() || now >= deadline {
+            let tasks = granted.iter().filter_map(leased_view).collect();
+            return Ok(Json(LeaseAnswer { tasks }));
+        }
+        let recheck = (now + RECHECK).min(deadline);
+        tokio::select! {
+            () = &mut signal => {}
+            () = tokio::time::sleep_until(recheck) => {}
+        }
+    }
+}
+
+/// `POST /api/agents/{id}/execute` body: a task for exactly this agent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteRequest {
+    #[serde(default)]
+    pub input: Value,
+    /// One of the agent's capabilities; its first when absent.
+    pub capability: Option<String>,
+    pub priority: Option<i64>,
+    pub timeout_secs: Option<i64>,
+    pub max_attempts: Option<i64>,
+}
+
+/// Creates a task pinned to this agent: 202, the agent picks it up on its next lease.
+#[tracing::instrument(skip_all, fields(agent_id = %id, task_id))]
+pub async fn execute(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    IdPath(id): IdPath,
+    ApiJson(request): ApiJson<ExecuteRequest>,
+) -> Result<Response, ApiError> {
+    let loaded = state
+        .store
+        .aggregate::<Agent>()
+        .load(&id.to_string())
+        .await?;
+    let agent = writable(&actor, &loaded.aggregate)?;
+    if agent.lifecycle == AgentLifecycle::Deregistered {
+        return Err(ApiError::Conflict {
+            code: "agent.deregistered",
+            detail: "the agent is deregistered".into(),
+        });
+    }
+    let capability = match &request.capability {
+        None => agent
+            .capabilities
+            .first()
+            .map(|c| c.as_str().to_owned())
+            .ok_or(ApiError::NotFound)?,
+        Some(raw) => {
+            let parsed =
+                Capability::parse(raw).map_err(|m| ApiError::validation("capability", m))?;
+            if !agent.serves(&parsed) {
+                return Err(ApiError::validation(
+                    "capability",
+                    "is not one of the agent's capabilities",
+                ));
+            }
+            parsed.as_str().to_owned()
+        }
+    };
+    let spec = NewTaskRequest {
+        capability,
+        input: request.input,
+        priority: request.priority,
+        timeout_secs: request.timeout_secs,
+        max_attempts: request.max_attempts,
+        retry: None,
+        agent_id: Some(id),
+        tags: None,
+        not_before: None,
+    }
+    .validate()?;
+    let task_id = Uuid::now_v7();
+    tracing::Span::current().record("task_id", tracing::field::display(task_id));
+    // The agent leases only its owner's tasks, so the task is its owner's (the same as
+    // the caller's unless an admin asks).
+    let owner_id = agent.owner_id;
+    let Committed {
+        aggregate, version, ..
+    } = state
+        .bus
+        .execute::<Task, ApiError>(&task_id.to_string(), &meta.context(&actor), None, |_| {
+            Ok(TaskCommand::CreateTask {
+                task_id,
+                owner_id,
+                spec: spec.clone(),
+                workflow_run_id: None,
+                at: Utc::now(),
+            })
+        })
+        .await?;
+    committed(&state, &aggregate, version).await;
+    task_response(StatusCode::ACCEPTED, &aggregate, version)
+}

@@ -1,0 +1,163 @@
+//! Dispatch: leases ready tasks to an agent. Candidates come from the task view (priority
+//! first, then age); each lease is a `LeaseTask` command on the task, so when two agents
+//! race for one task the aggregate lets exactly one win and the loser moves on to the next
+//! candidate. An agent never holds more than its `max_concurrency` leases: leasing for one
+//! agent is serialised in this process, and counts what the view says it holds.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use chronicle_aggregates::agent::AgentState;
+use chronicle_aggregates::task::{Task, TaskCommand, TaskError};
+use chronicle_commands::agent::AgentKind;
+use chronicle_projections::task_queue::ReadyQuery;
+use chronicle_projections::task_view::TaskView;
+use chronicle_projections::ProjectionError;
+use chrono::Utc;
+use uuid::Uuid;
+
+use crate::bus::{CommandBus, CommandContext, CommandError, Committed};
+use crate::read_side::ReadSide;
+use crate::store::StoreError;
+
+/// Most tasks one lease call hands out.
+pub const MAX_TASKS_PER_LEASE: u32 = 100;
+
+/// How many times the candidate list is read again after every candidate was lost to
+/// other agents.
+const ROUNDS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Read(#[from] ProjectionError),
+}
+
+/// One lease granted: the task as it is now, and the lease the agent must name.
+pub struct Granted {
+    pub task: Task,
+    pub version: usize,
+    pub lease_id: Uuid,
+}
+
+/// One lock per agent, so two lease calls of one agent cannot both count a free slot.
+static AGENT_LOCKS: LazyLock<Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>> =
+    LazyLock::new(Default::default);
+
+fn agent_lock(agent_id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+    let mut locks = AGENT_LOCKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    locks.entry(agent_id).or_default().clone()
+}
+
+/// Forgets a deregistered agent's lock.
+pub fn forget_agent(agent_id: Uuid) {
+    AGENT_LOCKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(&agent_id);
+}
+
+/// Built-in agents (run by Chronicle itself, owned by the system) serve every user; any
+/// other agent only its owner.
+pub fn serves_every_user(agent: &AgentState) -> bool {
+    agent.kind != AgentKind::Remote && agent.owner_id == Uuid::nil()
+}
+
+/// Leases up to `max_tasks` ready tasks to `agent`, fewer if its concurrency limit or the
+/// queue says so; an empty list when nothing fits.
+pub async fn lease_ready(
+    bus: &CommandBus,
+    read: &ReadSide,
+    agent: &AgentState,
+    max_tasks: u32,
+    context: &CommandContext,
+) -> Result<Vec<Granted>, DispatchError> {
+    let lock = agent_lock(agent.id);
+    let _serialised = lock.lock().await;
+    let held = TaskView::held_by(&read.db, agent.id).await?.len();
+    let free = agent
+        .max_concurrency
+        .get()
+        .saturating_sub(u32::try_from(held).unwrap_or(u32::MAX));
+    let wanted = max_tasks.min(free).min(MAX_TASKS_PER_LEASE) as usize;
+    let capabilities: Vec<String> = agent
+        .capabilities
+        .iter()
+        .map(|c| c.as_str().to_owned())
+        .collect();
+    let mut granted = Vec::with_capacity(wanted);
+    let mut tried = HashSet::new();
+    for _ in 0..ROUNDS {
+        if granted.len() >= wanted {
+            break;
+        }
+        let query = ReadyQuery {
+            owner_id: (!serves_every_user(agent)).then_some(agent.owner_id),
+            agent_id: agent.id,
+            capabilities: &capabilities,
+            now: Utc::now(),
+            // Enough to get past what racing agents take first, without reading the queue.
+            limit: u32::try_from(wanted * 2 + 8 + tried.len()).unwrap_or(u32::MAX),
+        };
+        let candidates: Vec<Uuid> = TaskView::ready_for(&read.db, &query)
+            .await?
+            .into_iter()
+            .filter(|id| !tried.contains(id))
+            .collect();
+        if candidates.is_empty() {
+            break;
+        }
+        for task_id in candidates {
+            if granted.len() >= wanted {
+                break;
+            }
+            tried.insert(task_id);
+            if let Some(grant) = try_lease(bus, read, agent.id, task_id, context).await? {
+                granted.push(grant);
+            }
+        }
+    }
+    Ok(granted)
+}
+
+/// One `LeaseTask`; `None` when the task is no longer there to lease (another agent won,
+/// it was cancelled, it is not ready after all).
+async fn try_lease(
+    bus: &CommandBus,
+    read: &ReadSide,
+    agent_id: Uuid,
+    task_id: Uuid,
+    context: &CommandContext,
+) -> Result<Option<Granted>, DispatchError> {
+    let lease_id = Uuid::now_v7();
+    let result = bus
+        .execute::<Task, CommandError<TaskError>>(&task_id.to_string(), context, None, |_| {
+            Ok(TaskCommand::LeaseTask {
+                agent_id,
+                lease_id,
+                at: Utc::now(),
+            })
+        })
+        .await;
+    match result {
+        Ok(Committed {
+            aggregate, version, ..
+        }) => {
+            read.task_committed(&aggregate, version).await;
+            Ok(Some(Granted {
+                task: aggregate,
+                version,
+                lease_id,
+            }))
+        }
+        Err(CommandError::Store(error)) => Err(error.into()),
+        Err(error) => {
+            tracing::debug!(%task_id, %error, "lease lost; trying the next candidate");
+            Ok(None)
+        }
+    }
+}

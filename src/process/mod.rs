@@ -1,0 +1,35 @@
+//! The process manager: the runtime's reactions that issue commands — handing ready tasks
+//! to agents, returning a leaving agent's work, and the lease timers. Everything here is
+//! derived from the read models and the aggregates, never from memory, so a restart or a
+//! second node loses nothing; the aggregates refuse whatever has become stale.
+//!
+//! Layout:
+//! - [`dispatch`]: leases ready tasks to an agent, within its concurrency limit.
+//! - [`release`]: returns the tasks of a deregistered agent to the queue.
+//! - [`timers`]: expires leases nobody renewed and wakes agents when a retry delay ends.
+
+pub mod dispatch;
+pub mod release;
+pub mod timers;
+
+use chrono::TimeDelta;
+
+/// An active agent not heard from for this long is offline.
+pub const OFFLINE_AFTER_SECS: i64 = 60;
+
+/// An active agent not heard from for this long is offline.
+pub fn offline_after() -> TimeDelta {
+    TimeDelta::seconds(OFFLINE_AFTER_SECS)
+}
+
+/// Heartbeats closer together than this are not recorded (see the Agent aggregate): a
+/// third of [`offline_after`], so a live agent's recorded heartbeat is never stale enough
+/// to flip it offline.
+pub fn heartbeat_resolution() -> TimeDelta {
+    TimeDelta::seconds(OFFLINE_AFTER_SECS / 3)
+}
+
+/// A draw in `[0, 1]` for the retry backoff: randomness lives here, never in an aggregate.
+pub fn jitter() -> f64 {
+    rand::random::<f64>()
+}
