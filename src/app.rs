@@ -62,12 +62,14 @@ impl Application {
             self.state.bus.clone(),
             read.clone(),
         )));
+        let shutdown = self.state.shutdown.clone();
         let app = router(self.state);
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
             stop.await;
             tracing::info!("shutting down: finishing in-flight requests");
+            shutdown.cancel();
             let _ = stopped_tx.send(());
         });
         let serve = tokio::spawn(async move { serve.await });

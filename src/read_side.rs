@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chronicle_aggregates::agent::Agent;
+use chronicle_aggregates::api_key::ApiKey;
 use chronicle_aggregates::task::{is_ready, Task};
 use chronicle_projections::agent_view::AgentView;
+use chronicle_projections::api_key_view::ApiKeyView;
 use chronicle_projections::task_view::TaskView;
 use chronicle_projections::{
-    FeedCursor, Projection, ProjectionError, ProjectionStatus, Projector, ReadDb,
+    AnyProjector, FeedCursor, ProjectionError, ProjectionStatus, Projector, ReadDb,
 };
 use chrono::Utc;
 use tokio::sync::Notify;
@@ -26,8 +28,7 @@ pub struct ReadSide {
     wake: Arc<Notify>,
     /// Woken when a task may have become ready to lease: long-polling agents wait on it.
     queue: Arc<Notify>,
-    task_view: Arc<Projector<TaskView, Store>>,
-    agent_view: Arc<Projector<AgentView, Store>>,
+    projectors: Arc<[Arc<dyn AnyProjector>]>,
     store: Store,
 }
 
@@ -35,34 +36,35 @@ impl ReadSide {
     /// Creates the projections' tables and catches them up before the API serves.
     pub async fn start(store: &Store) -> Result<Self, ProjectionError> {
         let db = store.read_db();
-        let task_view = Arc::new(Projector::new(TaskView, store.clone(), db.clone()));
-        task_view.setup().await?;
-        let applied = task_view.catch_up().await?;
-        tracing::info!(projection = TaskView::NAME, applied, "projection caught up");
-        let agent_view = Arc::new(Projector::new(AgentView, store.clone(), db.clone()));
-        agent_view.setup().await?;
-        let applied = agent_view.catch_up().await?;
-        tracing::info!(
-            projection = AgentView::NAME,
-            applied,
-            "projection caught up"
-        );
+        let projectors: Arc<[Arc<dyn AnyProjector>]> = Arc::new([
+            Arc::new(Projector::new(TaskView, store.clone(), db.clone())) as Arc<dyn AnyProjector>,
+            Arc::new(Projector::new(AgentView, store.clone(), db.clone())),
+            Arc::new(Projector::new(ApiKeyView, store.clone(), db.clone())),
+        ]);
+        for projector in projectors.iter() {
+            projector.setup().await?;
+            let applied = projector.catch_up().await?;
+            tracing::info!(
+                projection = projector.name(),
+                applied,
+                "projection caught up"
+            );
+        }
         Ok(Self {
             db,
             wake: Arc::new(Notify::new()),
             queue: Arc::new(Notify::new()),
-            task_view,
-            agent_view,
+            projectors,
             store: store.clone(),
         })
     }
 
     /// Keeps the projections current until the handles are aborted.
     pub fn spawn(&self) -> Vec<JoinHandle<()>> {
-        vec![
-            tokio::spawn(self.task_view.clone().run(self.wake.clone(), POLL)),
-            tokio::spawn(self.agent_view.clone().run(self.wake.clone(), POLL)),
-        ]
+        self.projectors
+            .iter()
+            .map(|projector| tokio::spawn(projector.clone().run(self.wake.clone(), POLL)))
+            .collect()
     }
 
     /// Tells the projections that events were appended.
@@ -105,13 +107,20 @@ impl ReadSide {
         self.notify();
     }
 
+    /// Brings the API key list up to a just-committed key; see [`ReadSide::task_committed`].
+    pub async fn api_key_committed(&self, key: &ApiKey, version: usize) {
+        if let Err(error) = ApiKeyView::write_committed(&self.db, key, version).await {
+            tracing::warn!(%error, "inline API key view write failed; catch-up will repair it");
+        }
+        self.notify();
+    }
+
     /// Applies whatever is left, for a clean shutdown.
     pub async fn flush(&self) {
-        if let Err(error) = self.task_view.catch_up().await {
-            tracing::warn!(%error, "final projection catch-up failed");
-        }
-        if let Err(error) = self.agent_view.catch_up().await {
-            tracing::warn!(%error, "final projection catch-up failed");
+        for projector in self.projectors.iter() {
+            if let Err(error) = projector.catch_up().await {
+                tracing::warn!(projection = projector.name(), %error, "final projection catch-up failed");
+            }
         }
     }
 
@@ -140,8 +149,10 @@ impl ReadSide {
             let lag_seconds = oldest
                 .map(|at| (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0)
                 .unwrap_or(0.0);
-            let live = (name == TaskView::NAME && version == TaskView::VERSION)
-                || (name == AgentView::NAME && version == AgentView::VERSION);
+            let live = self
+                .projectors
+                .iter()
+                .any(|p| p.name() == name && p.version() == version);
             statuses.push(ProjectionStatus {
                 name,
                 version,

@@ -10,8 +10,10 @@
 //! - [`task_view`]: the task list read model.
 //! - [`task_queue`]: the task view's queue reads — ready tasks, held leases, deadlines.
 //! - [`agent_view`]: the agent registry read model.
+//! - [`api_key_view`]: each user's API keys, without their secrets.
 
 pub mod agent_view;
+pub mod api_key_view;
 pub mod db;
 pub mod feed;
 pub mod runner;
@@ -20,4 +22,4 @@ pub mod task_view;
 
 pub use db::{ReadDb, ReadTx};
 pub use feed::{EventSource, FeedCursor, RecordedEvent};
-pub use runner::{Projection, ProjectionError, ProjectionStatus, Projector};
+pub use runner::{AnyProjector, Projection, ProjectionError, ProjectionStatus, Projector};

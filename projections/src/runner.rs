@@ -3,6 +3,7 @@
 //! and loses nothing. Concurrent runners (several nodes) serialise on the checkpoint row.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,9 @@ use tokio::sync::Notify;
 use crate::db::{ReadDb, ReadTx};
 use crate::feed::{BoxError, EventSource, FeedCursor, RecordedEvent};
 use crate::on_tx;
+
+/// A boxed, sendable future: what the type-erased [`AnyProjector`] returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
@@ -193,5 +197,37 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
                 () = tokio::time::sleep(every) => {}
             }
         }
+    }
+}
+
+/// A projector whose projection type is erased, so the runtime can hold all of them in one
+/// list: set up, catch up, run, and know which `NAME`/`VERSION` is live.
+pub trait AnyProjector: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn version(&self) -> i64;
+    fn setup(&self) -> BoxFuture<'_, Result<(), ProjectionError>>;
+    fn catch_up(&self) -> BoxFuture<'_, Result<u64, ProjectionError>>;
+    fn run(self: Arc<Self>, wake: Arc<Notify>, every: Duration) -> BoxFuture<'static, ()>;
+}
+
+impl<P: Projection, S: EventSource + 'static> AnyProjector for Projector<P, S> {
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+
+    fn version(&self) -> i64 {
+        P::VERSION
+    }
+
+    fn setup(&self) -> BoxFuture<'_, Result<(), ProjectionError>> {
+        Box::pin(Projector::setup(self))
+    }
+
+    fn catch_up(&self) -> BoxFuture<'_, Result<u64, ProjectionError>> {
+        Box::pin(Projector::catch_up(self))
+    }
+
+    fn run(self: Arc<Self>, wake: Arc<Notify>, every: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(Projector::run(self, wake, every))
     }
 }

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{parse_json, ApiJson, ApiQuery, IdPath, RequestMeta};
-use super::tasks::Page;
+use super::paging::{Page, Paging};
 use super::views::AgentView;
 use super::AppState;
 use crate::actor::Actor;
@@ -145,49 +145,36 @@ pub async fn list(
     actor: Actor,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<AgentView>>, ApiError> {
-    let limit = match query.limit {
-        None => 50,
-        Some(limit @ 1..=500) => limit,
-        Some(_) => return Err(ApiError::validation("limit", "must be from 1 to 500")),
-    };
-    let before_id = query
-        .cursor
-        .as_deref()
-        .map(|cursor| {
-            Uuid::parse_str(cursor)
-                .map_err(|_| ApiError::validation("cursor", "is not a cursor from this API"))
-        })
-        .transpose()?;
+    let paging = Paging::parse(query.limit, query.cursor.as_deref())?;
     let filter = AgentFilter {
         owner_id: (!actor.can_read_all()).then_some(actor.id),
         capability: query.capability,
         status: query.status,
-        before_id,
+        before_id: paging.before_id,
     };
     let now = Utc::now();
     let internal = |e| ApiError::Internal(Box::new(e));
-    let rows = AgentViewModel::list(&state.read.db, &filter, now, offline_after(), limit + 1)
-        .await
-        .map_err(internal)?;
+    let rows = AgentViewModel::list(
+        &state.read.db,
+        &filter,
+        now,
+        offline_after(),
+        paging.fetch(),
+    )
+    .await
+    .map_err(internal)?;
     let held = TaskViewModel::held_counts(&state.read.db)
         .await
         .map_err(internal)?;
-    let has_more = rows.len() > limit as usize;
-    let items: Vec<AgentView> = rows
-        .iter()
-        .take(limit as usize)
-        .filter_map(|row| {
+    Ok(Json(paging.page(
+        rows,
+        |row| {
             let agent = row.state()?;
             let running = held.get(&agent.id).copied().unwrap_or_default();
             Some(AgentView::new(agent, now, running))
-        })
-        .collect();
-    let next_cursor = if has_more {
-        items.last().map(|agent| agent.id.to_string())
-    } else {
-        None
-    };
-    Ok(Json(Page { items, next_cursor }))
+        },
+        |agent| agent.id,
+    )))
 }
 
 #[tracing::instrument(skip_all, fields(agent_id = %id))]
@@ -242,27 +229,43 @@ pub async fn heartbeat(
     let context = agent_context(&meta, &actor, id);
     let Committed {
         aggregate, version, ..
-    } = state
+    } = record_heartbeat(&state, &actor, &context, id, request.running_task_ids).await?;
+    agent_response(&state, StatusCode::OK, &aggregate, version).await
+}
+
+/// Records a heartbeat of agent `id` (at most one event per resolution) and renews its
+/// leases: those on `running_task_ids`, or all it holds when `None`.
+pub(crate) async fn record_heartbeat(
+    state: &AppState,
+    actor: &Actor,
+    context: &CommandContext,
+    id: Uuid,
+    running_task_ids: Option<Vec<Uuid>>,
+) -> Result<Committed<Agent>, ApiError> {
+    let committed = state
         .bus
-        .execute::<Agent, ApiError>(&id.to_string(), &context, None, |agent| {
-            writable(&actor, agent)?;
+        .execute::<Agent, ApiError>(&id.to_string(), context, None, |agent| {
+            writable(actor, agent)?;
             Ok(AgentCommand::RecordHeartbeat {
                 at: Utc::now(),
                 resolution: heartbeat_resolution(),
             })
         })
         .await?;
-    state.read.agent_committed(&aggregate, version).await;
-    let tasks = match request.running_task_ids {
+    state
+        .read
+        .agent_committed(&committed.aggregate, committed.version)
+        .await;
+    let tasks = match running_task_ids {
         Some(ids) => ids,
         None => TaskViewModel::held_by(&state.read.db, id)
             .await
             .map_err(|e| ApiError::Internal(Box::new(e)))?,
     };
     for task_id in tasks {
-        extend_lease(&state, &context, id, task_id).await?;
+        extend_lease(state, context, id, task_id).await?;
     }
-    agent_response(&state, StatusCode::OK, &aggregate, version).await
+    Ok(committed)
 }
 
 /// Renews the agent's lease on one task; a task it does not hold is skipped.

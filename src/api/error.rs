@@ -121,23 +121,23 @@ impl ApiError {
             Self::Internal(_) => "an internal error occurred; it has been logged".into(),
         }
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    /// The RFC 9457 problem document of this error (logging the causes of 5xx ones): the
+    /// body of an HTTP answer, and the `problem` of a WebSocket `error` message.
+    pub fn problem(&self) -> serde_json::Value {
         let status = self.status();
-        match &self {
+        match self {
             Self::Internal(cause) => {
                 tracing::error!(error = %cause, source = ?cause.source(), "internal error")
             }
             Self::Unavailable(cause) => tracing::warn!(error = %cause, "store unavailable"),
             _ => {}
         }
-        let code = match &self {
+        let code = match self {
             Self::Conflict { code, .. } | Self::Unprocessable { code, .. } => Some(*code),
             _ => None,
         };
-        let errors = match &self {
+        let errors = match self {
             Self::Validation(errors) => Some(errors.as_slice()),
             _ => None,
         };
@@ -149,7 +149,14 @@ impl IntoResponse for ApiError {
             code,
             errors,
         };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        serde_json::to_value(&problem).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
         let mut response = (status, body).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,

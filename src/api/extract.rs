@@ -57,11 +57,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    from_json_value(value)
+}
+
+/// An already parsed JSON value as `T`: the same limits as a request body, and a wrong
+/// or missing field is a 422 naming it.
+pub fn from_json_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
     check_value(&value, 0, "")?;
     serde_path_to_error::deserialize::<_, T>(value).map_err(|error| {
-        let field = error.path().to_string();
-        let field = if field == "." { String::new() } else { field };
+        let path = error.path().to_string();
         let message = error.inner().to_string();
+        let field = match path.as_str() {
+            // serde names a missing field only in its message: "missing field `x`".
+            "." => message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next())
+                .unwrap_or_default()
+                .to_owned(),
+            _ => path,
+        };
         ApiError::validation(&field, message)
     })
 }

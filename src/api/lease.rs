@@ -34,7 +34,7 @@ pub const MAX_WAIT_SECS: i64 = 30;
 
 /// Even with no wake-up, a waiting poll looks at the queue this often: a task created on
 /// another node, or a missed signal, is found within this time.
-const RECHECK: Duration = Duration::from_secs(5);
+pub(crate) const RECHECK: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,7 +48,7 @@ pub struct LeaseAnswer {
     pub tasks: Vec<LeasedTaskView>,
 }
 
-fn leased_view(grant: &Granted) -> Option<LeasedTaskView> {
+pub(crate) fn leased_view(grant: &Granted) -> Option<LeasedTaskView> {
     let state = grant.task.state()?;
     Some(LeasedTaskView {
         task: TaskView::new(state, grant.version),
@@ -125,6 +125,9 @@ pub async fn lease(
         tokio::select! {
             () = &mut signal => {}
             () = tokio::time::sleep_until(recheck) => {}
+            () = state.shutdown.cancelled() => {
+                return Ok(Json(LeaseAnswer { tasks: Vec::new() }));
+            }
         }
     }
 }

@@ -89,7 +89,14 @@ pub async fn gate(State(state): State<AppState>, mut request: Request, next: Nex
             return error.into_response();
         }
     }
-    let authentication = authenticate(&state.store, &state.auth, request.headers()).await;
+    let query_token = websocket_token(&request);
+    let authentication = authenticate(
+        &state.store,
+        &state.auth,
+        request.headers(),
+        query_token.as_deref(),
+    )
+    .await;
     let key = match &authentication {
         Authentication::Actor(actor) => Key::User(actor.id),
         _ => Key::Ip(ip),
@@ -99,4 +106,17 @@ pub async fn gate(State(state): State<AppState>, mut request: Request, next: Nex
     }
     request.extensions_mut().insert(authentication);
     next.run(request).await
+}
+
+/// `?access_token=` of a WebSocket upgrade: a browser's `WebSocket` cannot send headers, so
+/// there (and only there) the credential may ride in the query. Paths are logged without
+/// their query, so the token does not reach the logs.
+fn websocket_token(request: &Request) -> Option<String> {
+    let upgrade = request.headers().get(axum::http::header::UPGRADE)?;
+    if !upgrade.as_bytes().eq_ignore_ascii_case(b"websocket") {
+        return None;
+    }
+    form_urlencoded::parse(request.uri().query()?.as_bytes())
+        .find(|(name, _)| name == "access_token")
+        .map(|(_, value)| value.into_owned())
 }

@@ -1,5 +1,6 @@
 //! The HTTP API (API.md): routes, shared state and the middleware every request passes.
 
+pub mod agent_ws;
 pub mod agents;
 pub mod auth;
 pub mod cors;
@@ -8,6 +9,7 @@ pub mod extract;
 pub mod idempotency;
 pub mod lease;
 pub mod limits;
+pub mod paging;
 pub mod system;
 pub mod task_updates;
 pub mod tasks;
@@ -21,6 +23,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
 use axum::routing::{delete, get, post};
 use axum::Router;
+use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -43,6 +46,9 @@ pub struct AppState {
     pub started_at: Instant,
     pub auth: Arc<Authenticator>,
     pub limits: Arc<RateLimits>,
+    /// Cancelled when the server begins to shut down: long-lived answers (long-polls,
+    /// WebSockets) end early instead of holding the shutdown up.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -55,6 +61,7 @@ impl AppState {
             limits: Arc::new(RateLimits::new(&settings.rate_limit)),
             settings: Arc::new(settings),
             started_at: Instant::now(),
+            shutdown: CancellationToken::new(),
         }
     }
 }
@@ -82,12 +89,16 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{id}/heartbeat", post(agents::heartbeat))
         .route("/agents/{id}/lease", post(lease::lease))
         .route("/agents/{id}/execute", post(lease::execute))
+        .route("/agents/{id}/ws", get(agent_ws::connect))
         .route("/auth/register", post(auth::register))
         .route("/auth/login", post(auth::login))
         .route("/auth/refresh", post(auth::refresh))
         .route("/auth/logout", post(auth::logout))
         .route("/users/me", get(users::me))
-        .route("/users/me/api-keys", post(users::create_key))
+        .route(
+            "/users/me/api-keys",
+            post(users::create_key).get(users::list_keys),
+        )
         .route("/users/me/api-keys/{id}", delete(users::revoke_key))
         .route("/users/me/api-keys/{id}/rotate", post(users::rotate_key));
     let cors = cors::layer(&state.settings.cors.origins);

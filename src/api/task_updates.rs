@@ -16,7 +16,7 @@ use super::extract::{ApiJson, IdPath, RequestMeta};
 use super::tasks::{committed, task_response};
 use super::AppState;
 use crate::actor::Actor;
-use crate::bus::Committed;
+use crate::bus::{CommandContext, Committed};
 use crate::process::jitter;
 
 /// What a lease holder reports.
@@ -30,7 +30,7 @@ pub enum ReportedStatus {
 
 /// Either a lease holder's report (`lease_id` with `status`, `output`, `error`,
 /// `progress`) or the owner's change (`priority`, `tags`), never both.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatchRequest {
     pub status: Option<ReportedStatus>,
@@ -227,6 +227,27 @@ pub async fn patch(
     IdPath(id): IdPath,
     ApiJson(request): ApiJson<PatchRequest>,
 ) -> Result<Response, ApiError> {
+    let (aggregate, version) = update(
+        &state,
+        &actor,
+        &meta.context(&actor),
+        id,
+        request,
+        meta.if_match,
+    )
+    .await?;
+    task_response(StatusCode::OK, &aggregate, version)
+}
+
+/// Carries out a `PATCH` body on task `id` (see [`patch`]); the task and its version after.
+pub(crate) async fn update(
+    state: &AppState,
+    actor: &Actor,
+    context: &CommandContext,
+    id: Uuid,
+    request: PatchRequest,
+    if_match: Option<usize>,
+) -> Result<(Task, usize), ApiError> {
     let steps = if request.is_report() {
         if request.priority.is_some() || request.tags.is_some() {
             return Err(ApiError::validation(
@@ -238,30 +259,25 @@ pub async fn patch(
     } else {
         change_commands(request)?
     };
-    let context = meta.context(&actor);
-    let mut expected = meta.if_match;
+    let mut expected = if_match;
     let mut last = None;
     for step in &steps {
         let Committed {
             aggregate, version, ..
         } = state
             .bus
-            .execute::<Task, ApiError>(
-                &id.to_string(),
-                &context,
-                expected.take(),
-                |task| match task.state() {
-                    Some(current) if actor.can_write(current.owner_id) => Ok(step.command()),
-                    Some(current) if actor.can_read(current.owner_id) => Err(ApiError::Forbidden),
-                    _ => Err(ApiError::NotFound),
-                },
-            )
+            .execute::<Task, ApiError>(&id.to_string(), context, expected.take(), |task| match task
+                .state()
+            {
+                Some(current) if actor.can_write(current.owner_id) => Ok(step.command()),
+                Some(current) if actor.can_read(current.owner_id) => Err(ApiError::Forbidden),
+                _ => Err(ApiError::NotFound),
+            })
             .await?;
-        committed(&state, &aggregate, version).await;
+        committed(state, &aggregate, version).await;
         last = Some((aggregate, version));
     }
-    let (aggregate, version) = last.ok_or(ApiError::NotFound)?;
-    task_response(StatusCode::OK, &aggregate, version)
+    last.ok_or(ApiError::NotFound)
 }
 
 /// A failed or cancelled task back in the queue, attempts reset.

@@ -10,12 +10,13 @@ use chronicle_commands::task::NewTaskRequest;
 use chronicle_projections::task_view::{TaskFilter, TaskView as TaskViewModel};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, IdPath, RequestMeta};
 use super::idempotency::{keyed_task_id, same_request};
+use super::paging::{Page, Paging};
 use super::views::{EventView, TaskView};
 use super::AppState;
 use crate::actor::Actor;
@@ -239,12 +240,6 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next_cursor: Option<String>,
-}
-
 /// Tasks the caller may read, newest first.
 #[tracing::instrument(skip_all)]
 pub async fn list(
@@ -252,19 +247,7 @@ pub async fn list(
     actor: Actor,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<TaskView>>, ApiError> {
-    let limit = match query.limit {
-        None => 50,
-        Some(limit @ 1..=500) => limit,
-        Some(_) => return Err(ApiError::validation("limit", "must be from 1 to 500")),
-    };
-    let before_id = query
-        .cursor
-        .as_deref()
-        .map(|cursor| {
-            Uuid::parse_str(cursor)
-                .map_err(|_| ApiError::validation("cursor", "is not a cursor from this API"))
-        })
-        .transpose()?;
+    let paging = Paging::parse(query.limit, query.cursor.as_deref())?;
     let filter = TaskFilter {
         owner_id: (!actor.can_read_all()).then_some(actor.id),
         status: query.status.map(|s| s.as_str().to_owned()),
@@ -274,21 +257,14 @@ pub async fn list(
         workflow_run_id: query.workflow_run_id,
         created_after: query.created_after,
         created_before: query.created_before,
-        before_id,
+        before_id: paging.before_id,
     };
-    let rows = TaskViewModel::list(&state.read.db, &filter, limit + 1)
+    let rows = TaskViewModel::list(&state.read.db, &filter, paging.fetch())
         .await
         .map_err(|e| ApiError::Internal(Box::new(e)))?;
-    let has_more = rows.len() > limit as usize;
-    let items: Vec<TaskView> = rows
-        .iter()
-        .take(limit as usize)
-        .filter_map(|row| row.state().map(|task| TaskView::new(task, row.version)))
-        .collect();
-    let next_cursor = if has_more {
-        items.last().map(|task| task.id.to_string())
-    } else {
-        None
-    };
-    Ok(Json(Page { items, next_cursor }))
+    Ok(Json(paging.page(
+        rows,
+        |row| row.state().map(|task| TaskView::new(task, row.version)),
+        |task| task.id,
+    )))
 }

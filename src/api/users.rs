@@ -1,4 +1,4 @@
-//! `/api/users/me` and the caller's API keys. Listing keys waits for the read-model layer.
+//! `/api/users/me` and the caller's API keys.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -6,13 +6,15 @@ use axum::Json;
 use chronicle_aggregates::api_key::{ApiKey, ApiKeyCommand, ApiKeyState};
 use chronicle_aggregates::user::User;
 use chronicle_commands::auth::NewApiKeyRequest;
+use chronicle_projections::api_key_view::{ApiKeyRow, ApiKeyView};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::auth::UserView;
 use super::error::ApiError;
-use super::extract::{ApiJson, IdPath, RequestMeta};
+use super::extract::{ApiJson, ApiQuery, IdPath, RequestMeta};
+use super::paging::{Page, Paging};
 use super::AppState;
 use crate::actor::{Actor, ActorKind};
 use crate::auth::keys;
@@ -62,10 +64,15 @@ fn own_user(actor: &Actor) -> Result<Uuid, ApiError> {
     }
 }
 
-fn issued(
+async fn issued(
+    state: &AppState,
     committed: &Committed<ApiKey>,
     key: String,
 ) -> Result<(StatusCode, Json<IssuedKeyView>), ApiError> {
+    state
+        .read
+        .api_key_committed(&committed.aggregate, committed.version)
+        .await;
     let state = committed
         .aggregate
         .state()
@@ -99,7 +106,7 @@ pub async fn create_key(
             })
         })
         .await?;
-    issued(&committed, new.key)
+    issued(&state, &committed, new.key).await
 }
 
 /// A key of someone else is a key that does not exist.
@@ -136,7 +143,7 @@ pub async fn rotate_key(
             },
         )
         .await?;
-    issued(&committed, new.key)
+    issued(&state, &committed, new.key).await
 }
 
 #[tracing::instrument(skip_all, fields(key_id = %id))]
@@ -147,7 +154,7 @@ pub async fn revoke_key(
     IdPath(id): IdPath,
 ) -> Result<StatusCode, ApiError> {
     let owner_id = own_user(&actor)?;
-    state
+    let committed = state
         .bus
         .execute::<ApiKey, ApiError>(
             &id.to_string(),
@@ -159,5 +166,60 @@ pub async fn revoke_key(
             },
         )
         .await?;
+    state
+        .read
+        .api_key_committed(&committed.aggregate, committed.version)
+        .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A key as listed: never the secret, never its hash.
+#[derive(Serialize)]
+pub struct KeyView {
+    id: Uuid,
+    name: String,
+    prefix: String,
+    created_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+    rotated_at: Option<DateTime<Utc>>,
+}
+
+impl From<ApiKeyRow> for KeyView {
+    fn from(row: ApiKeyRow) -> Self {
+        Self {
+            id: row.id,
+            name: row.name,
+            prefix: row.prefix,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            rotated_at: row.rotated_at,
+        }
+    }
+}
+
+/// `GET /api/users/me/api-keys` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyListQuery {
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// The caller's keys that are not revoked, newest first.
+#[tracing::instrument(skip_all)]
+pub async fn list_keys(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiQuery(query): ApiQuery<KeyListQuery>,
+) -> Result<Json<Page<KeyView>>, ApiError> {
+    let owner_id = own_user(&actor)?;
+    let paging = Paging::parse(query.limit, query.cursor.as_deref())?;
+    let rows = ApiKeyView::list(&state.read.db, owner_id, paging.before_id, paging.fetch())
+        .await
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    Ok(Json(paging.page(
+        rows,
+        |row| Some(KeyView::from(row)),
+        |key| key.id,
+    )))
 }

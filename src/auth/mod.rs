@@ -59,35 +59,45 @@ enum Credential<'a> {
     ApiKey(&'a str),
 }
 
-/// `Authorization: Bearer <jwt | chr_ key>` wins over `X-API-Key: <chr_ key>`.
-fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, ()> {
+/// A bearer token by its shape: API keys start with `chr_`, anything else is a JWT.
+fn bearer(token: &str) -> Credential<'_> {
+    if token.starts_with(keys::KEY_PREFIX) {
+        Credential::ApiKey(token)
+    } else {
+        Credential::Jwt(token)
+    }
+}
+
+/// `Authorization: Bearer <jwt | chr_ key>` wins over `X-API-Key: <chr_ key>`, which wins
+/// over a token from the query (`query_token`, accepted only where a browser cannot send
+/// headers: WebSocket upgrades).
+fn credential<'a>(
+    headers: &'a HeaderMap,
+    query_token: Option<&'a str>,
+) -> Result<Option<Credential<'a>>, ()> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().map_err(|_| ())?.trim();
         let (scheme, token) = value.split_once(' ').ok_or(())?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(());
         }
-        let token = token.trim();
-        return Ok(Some(if token.starts_with(keys::KEY_PREFIX) {
-            Credential::ApiKey(token)
-        } else {
-            Credential::Jwt(token)
-        }));
+        return Ok(Some(bearer(token.trim())));
     }
     if let Some(value) = headers.get("x-api-key") {
         return Ok(Some(Credential::ApiKey(
             value.to_str().map_err(|_| ())?.trim(),
         )));
     }
-    Ok(None)
+    Ok(query_token.map(|token| bearer(token.trim())))
 }
 
 pub async fn authenticate(
     store: &Store,
     auth: &Authenticator,
     headers: &HeaderMap,
+    query_token: Option<&str>,
 ) -> Authentication {
-    match credential(headers) {
+    match credential(headers, query_token) {
         Ok(None) => Authentication::Anonymous,
         Err(()) => Authentication::Invalid,
         Ok(Some(Credential::Jwt(token))) => match auth.jwt.verify(token) {

@@ -28,39 +28,58 @@ pub async fn release_agent_tasks(
 ) -> Result<usize, DispatchError> {
     let mut released = 0;
     for task_id in TaskView::held_by(&read.db, agent_id).await? {
-        let result = bus
-            .execute::<Task, CommandError<TaskError>>(&task_id.to_string(), context, None, |task| {
-                match task.state() {
-                    Some(state) if state.agent_id == Some(agent_id) => {
-                        let lease_id = state
-                            .lease_id
-                            .ok_or(CommandError::Refused(TaskError::StaleLease))?;
-                        Ok(TaskCommand::FailTask {
-                            lease_id,
-                            error: TaskFailure {
-                                message: "the agent holding the task was deregistered".into(),
-                                code: Some(AGENT_DEREGISTERED.into()),
-                                details: None,
-                            },
-                            jitter: jitter(),
-                            at: Utc::now(),
-                        })
-                    }
-                    _ => Err(CommandError::Refused(TaskError::StaleLease)),
-                }
-            })
-            .await;
-        match result {
-            Ok(Committed {
-                aggregate, version, ..
-            }) => {
-                read.task_committed(&aggregate, version).await;
-                released += 1;
-            }
-            Err(CommandError::Store(error)) => return Err(error.into()),
-            // The agent had already let go of it: nothing to return.
-            Err(error) => tracing::debug!(%task_id, %error, "nothing to release"),
+        let failure = TaskFailure {
+            message: "the agent holding the task was deregistered".into(),
+            code: Some(AGENT_DEREGISTERED.into()),
+            details: None,
+        };
+        if fail_held(bus, read, agent_id, task_id, failure, context).await? {
+            released += 1;
         }
     }
     Ok(released)
+}
+
+/// Ends the attempt `agent_id` holds on `task_id` with `failure` (retried like any failed
+/// attempt); `false` when the agent no longer holds it.
+pub async fn fail_held(
+    bus: &CommandBus,
+    read: &ReadSide,
+    agent_id: Uuid,
+    task_id: Uuid,
+    failure: TaskFailure,
+    context: &CommandContext,
+) -> Result<bool, DispatchError> {
+    let result = bus
+        .execute::<Task, CommandError<TaskError>>(&task_id.to_string(), context, None, |task| {
+            match task.state() {
+                Some(state) if state.agent_id == Some(agent_id) && state.status.is_held() => {
+                    let lease_id = state
+                        .lease_id
+                        .ok_or(CommandError::Refused(TaskError::StaleLease))?;
+                    Ok(TaskCommand::FailTask {
+                        lease_id,
+                        error: failure.clone(),
+                        jitter: jitter(),
+                        at: Utc::now(),
+                    })
+                }
+                _ => Err(CommandError::Refused(TaskError::StaleLease)),
+            }
+        })
+        .await;
+    match result {
+        Ok(Committed {
+            aggregate, version, ..
+        }) => {
+            read.task_committed(&aggregate, version).await;
+            Ok(true)
+        }
+        Err(CommandError::Store(error)) => Err(error.into()),
+        // The agent had already let go of it: nothing to return.
+        Err(error) => {
+            tracing::debug!(%task_id, %error, "nothing to release");
+            Ok(false)
+        }
+    }
 }

@@ -517,6 +517,150 @@ async fn api_keys_create_use_rotate_delete(#[case] backend: Backend) {
     unauthorized(bearer_client("chr_nonsense").get(&me).send().await.unwrap()).await;
 }
 
+/// The names of a JSON object's fields, sorted.
+fn field_names(value: &Value) -> Vec<String> {
+    let mut names: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+    names.sort_unstable();
+    names
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn api_keys_are_listed_without_secrets_and_only_to_their_owner(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ada = app.register_user().await;
+    let bob = app.register_user().await;
+    let keys = app.url("/api/users/me/api-keys");
+    let list = |client: &Client, query: &str| {
+        let request = client.get(format!("{keys}{query}"));
+        async move { json_of(request.send().await.unwrap(), StatusCode::OK).await }
+    };
+
+    assert_eq!(
+        list(&ada.client, "").await,
+        json!({"items": [], "next_cursor": null})
+    );
+    let mut issued = Vec::new();
+    for name in ["laptop", "phone", "ci"] {
+        let created = json_of(
+            post(
+                &ada.client,
+                keys.clone(),
+                json!({"name": name, "expires_at": "2999-01-01T00:00:00Z"}),
+            )
+            .await,
+            StatusCode::CREATED,
+        )
+        .await;
+        issued.push(created);
+    }
+    let bobs = json_of(
+        post(&bob.client, keys.clone(), json!({"name": "bob's"})).await,
+        StatusCode::CREATED,
+    )
+    .await;
+
+    // Read-your-own-write, newest first, no secret and no hash anywhere.
+    let page = list(&ada.client, "").await;
+    let text = page.to_string();
+    for key in &issued {
+        assert!(
+            !text.contains(key["key"].as_str().unwrap()),
+            "a secret in {text}"
+        );
+    }
+    assert!(!text.contains("hash"), "{text}");
+    assert_clean(&text);
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    let names: Vec<&str> = items.iter().map(|k| k["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ci", "phone", "laptop"]);
+    assert_eq!(
+        field_names(&items[0]),
+        [
+            "created_at",
+            "expires_at",
+            "id",
+            "name",
+            "prefix",
+            "rotated_at"
+        ]
+    );
+    assert_eq!(items[2]["id"], issued[0]["id"]);
+    assert_eq!(items[2]["prefix"], issued[0]["prefix"]);
+    assert_eq!(items[2]["created_at"], issued[0]["created_at"]);
+    assert_eq!(items[2]["expires_at"], "2999-01-01T00:00:00Z");
+    assert_eq!(items[2]["rotated_at"], Value::Null);
+    assert_eq!(page["next_cursor"], Value::Null);
+
+    // Bob sees only his own key.
+    let bob_page = list(&bob.client, "").await;
+    assert_eq!(bob_page["items"].as_array().unwrap().len(), 1);
+    assert_eq!(bob_page["items"][0]["id"], bobs["id"]);
+
+    // Pages.
+    let first = list(&ada.client, "?limit=2").await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 2);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second = list(&ada.client, &format!("?limit=2&cursor={cursor}")).await;
+    assert_eq!(second["items"][0]["name"], "laptop");
+    assert_eq!(second["next_cursor"], Value::Null);
+    for bad in ["?limit=0", "?limit=501", "?cursor=nope", "?secret=1"] {
+        let response = ada.client.get(format!("{keys}{bad}")).send().await.unwrap();
+        assert!(
+            response.status() == StatusCode::BAD_REQUEST
+                || response.status() == StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}: {}",
+            response.status()
+        );
+    }
+
+    // Rotation shows the new prefix; deletion takes the key off the list.
+    let laptop = issued[0]["id"].as_str().unwrap();
+    let rotated = json_of(
+        ada.client
+            .post(app.url(&format!("/api/users/me/api-keys/{laptop}/rotate")))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    let phone = issued[1]["id"].as_str().unwrap();
+    assert_eq!(
+        ada.client
+            .delete(app.url(&format!("/api/users/me/api-keys/{phone}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    let page = list(&ada.client, "").await;
+    let items = page["items"].as_array().unwrap();
+    let names: Vec<&str> = items.iter().map(|k| k["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ci", "laptop"]);
+    assert_eq!(items[1]["prefix"], rotated["prefix"]);
+    assert_ne!(items[1]["prefix"], issued[0]["prefix"]);
+    assert!(items[1]["rotated_at"].is_string());
+
+    // An API key cannot list keys (only a signed-in user), and nobody anonymous.
+    let ci_key = issued[2]["key"].as_str().unwrap();
+    assert_eq!(
+        bearer_client(ci_key)
+            .get(&keys)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK,
+        "a user's own API key acts as the user"
+    );
+    unauthorized(Client::new().get(&keys).send().await.unwrap()).await;
+}
+
 #[rstest]
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]

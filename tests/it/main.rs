@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod agent_ws;
 mod api;
 mod auth;
 mod crash;
