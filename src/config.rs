@@ -81,6 +81,19 @@ pub struct StoreSettings {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DispatchSettings {
+    /// A waiting long-poll or agent socket looks at the queue at least this often, even
+    /// when nothing woke it (a safety net under the wake-ups).
+    pub recheck_secs: u64,
+}
+
+impl DispatchSettings {
+    pub fn recheck(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.recheck_secs)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
     pub bind: SocketAddr,
     pub database_url: String,
@@ -96,6 +109,7 @@ pub struct Settings {
     pub embeddings: EmbeddingSettings,
     pub log: LogSettings,
     pub store: StoreSettings,
+    pub dispatch: DispatchSettings,
     /// Largest request body in bytes.
     pub body_limit: usize,
 }
@@ -133,6 +147,7 @@ impl Default for Settings {
                 max_connections: 32,
                 snapshot_every: 50,
             },
+            dispatch: DispatchSettings { recheck_secs: 5 },
             body_limit: 2 * 1024 * 1024,
         }
     }
@@ -191,6 +206,11 @@ impl Settings {
         if self.rate_limit.auth_per_minute == 0 {
             return Err(ConfigError::Invalid(
                 "CHRONICLE_RATE_LIMIT__AUTH_PER_MINUTE: must be at least 1".into(),
+            ));
+        }
+        if !(1..=3600).contains(&self.dispatch.recheck_secs) {
+            return Err(ConfigError::Invalid(
+                "CHRONICLE_DISPATCH__RECHECK_SECS: must be 1 to 3600".into(),
             ));
         }
         // Bounded so that `now + ttl` can never overflow a timestamp.

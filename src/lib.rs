@@ -25,3 +25,4 @@ pub mod process;
 pub mod read_side;
 pub mod store;
 pub mod telemetry;
+pub mod wakeups;

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::store::Store;
+use crate::wakeups::Wakeups;
 
 /// How often a projection looks at the feed when nothing woke it (another node wrote).
 const POLL: Duration = Duration::from_millis(500);
@@ -30,6 +31,8 @@ pub struct ReadSide {
     queue: Arc<Notify>,
     projectors: Arc<[Arc<dyn AnyProjector>]>,
     store: Store,
+    /// Announcements to other nodes on the same PostgreSQL; `None` on SQLite.
+    wakeups: Option<Wakeups>,
 }
 
 impl ReadSide {
@@ -51,9 +54,10 @@ impl ReadSide {
             );
         }
         Ok(Self {
-            db,
             wake: Arc::new(Notify::new()),
             queue: Arc::new(Notify::new()),
+            wakeups: matches!(db, ReadDb::Postgres(_)).then(Wakeups::new),
+            db,
             projectors,
             store: store.clone(),
         })
@@ -61,20 +65,31 @@ impl ReadSide {
 
     /// Keeps the projections current until the handles are aborted.
     pub fn spawn(&self) -> Vec<JoinHandle<()>> {
-        self.projectors
+        let mut handles: Vec<JoinHandle<()>> = self
+            .projectors
             .iter()
             .map(|projector| tokio::spawn(projector.clone().run(self.wake.clone(), POLL)))
-            .collect()
+            .collect();
+        if let (Some(wakeups), ReadDb::Postgres(pool)) = (&self.wakeups, &self.db) {
+            handles.extend(wakeups.spawn(pool.clone(), self.queue.clone(), self.wake.clone()));
+        }
+        handles
     }
 
     /// Tells the projections that events were appended.
     pub fn notify(&self) {
         self.wake.notify_waiters();
+        if let Some(wakeups) = &self.wakeups {
+            wakeups.events();
+        }
     }
 
     /// Tells waiting agents that a task may have become ready to lease.
     pub fn notify_queue(&self) {
         self.queue.notify_waiters();
+        if let Some(wakeups) = &self.wakeups {
+            wakeups.queue();
+        }
     }
 
     /// The signal behind [`ReadSide::notify_queue`]; register interest (`enable`) before

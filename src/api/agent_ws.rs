@@ -35,7 +35,7 @@ use uuid::Uuid;
 use super::agents::{agent_context, record_heartbeat, writable, HeartbeatRequest};
 use super::error::ApiError;
 use super::extract::{from_json_value, IdPath, RequestMeta};
-use super::lease::{leased_view, RECHECK};
+use super::lease::leased_view;
 use super::task_updates::{update, PatchRequest, ReportedStatus};
 use super::views::TaskView;
 use super::AppState;
@@ -120,6 +120,7 @@ impl Session {
         }
         let read = self.state.read.clone();
         let shutdown = self.state.shutdown.clone();
+        let recheck = self.state.settings.dispatch.recheck();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
         let end = loop {
@@ -135,7 +136,7 @@ impl Session {
             }
             tokio::select! {
                 () = &mut signal => {}
-                () = tokio::time::sleep(RECHECK) => {}
+                () = tokio::time::sleep(recheck) => {}
                 _ = ping.tick() => {
                     if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
                         break End::Gone;

@@ -32,10 +32,6 @@ use crate::process::heartbeat_resolution;
 /// Longest long-poll a client may ask for.
 pub const MAX_WAIT_SECS: i64 = 30;
 
-/// Even with no wake-up, a waiting poll looks at the queue this often: a task created on
-/// another node, or a missed signal, is found within this time.
-pub(crate) const RECHECK: Duration = Duration::from_secs(5);
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
@@ -121,7 +117,7 @@ pub async fn lease(
             let tasks = granted.iter().filter_map(leased_view).collect();
             return Ok(Json(LeaseAnswer { tasks }));
         }
-        let recheck = (now + RECHECK).min(deadline);
+        let recheck = (now + state.settings.dispatch.recheck()).min(deadline);
         tokio::select! {
             () = &mut signal => {}
             () = tokio::time::sleep_until(recheck) => {}

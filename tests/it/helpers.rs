@@ -131,6 +131,25 @@ impl TestApp {
             .await
     }
 
+    /// A second node on the same database (and data dir, so it shares the signing key):
+    /// what an operator runs to scale out. Stopped when the returned guard drops.
+    pub async fn second_node(
+        &self,
+        configure: impl FnOnce(&mut Settings),
+    ) -> (String, tokio::sync::oneshot::Sender<()>) {
+        let mut settings = test_settings(&self.db);
+        configure(&mut settings);
+        let app = Application::build(settings)
+            .await
+            .expect("build the second node");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(app.run_until(async move {
+            let _ = stopped.await;
+        }));
+        (address, stop)
+    }
+
     /// This app with `client` acting as a freshly registered user (the first user of the
     /// app's empty system, so an admin).
     pub async fn signed_in(mut self) -> Self {

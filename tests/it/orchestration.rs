@@ -15,7 +15,7 @@ use rstest::rstest;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{spawn_app, Backend, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, Backend, TestApp};
 
 async fn register(app: &TestApp, capabilities: Value, max_concurrency: u32) -> String {
     let response = app
@@ -828,4 +828,59 @@ async fn an_idempotency_key_creates_once(#[case] backend: Backend) {
     assert_ne!(other.json::<Value>().await.unwrap()["id"], first["id"]);
     let listed = get(&app, "/api/tasks").await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 2);
+}
+
+/// Two nodes on one PostgreSQL: a task created on one wakes an agent long-polling on the
+/// other at once, through LISTEN/NOTIFY. The periodic re-check is set far beyond the
+/// poll's wait, so without the wake-up the poll would come back empty.
+#[tokio::test]
+async fn a_task_created_on_one_node_wakes_a_poll_on_another() {
+    let quiet = |settings: &mut chronicle::config::Settings| {
+        settings.dispatch.recheck_secs = 3600;
+    };
+    let app = spawn_app_with(Backend::Postgres, quiet)
+        .await
+        .signed_in()
+        .await;
+    let (other, _stop) = app.second_node(quiet).await;
+    let agent = register(&app, json!(["browser.click"]), 1).await;
+    assert!(lease(&app, &agent, json!({})).await.is_empty());
+
+    let poll = {
+        let client = app.client.clone();
+        let url = app.url(&format!("/api/agents/{agent}/lease"));
+        tokio::spawn(async move {
+            let response = client
+                .post(url)
+                .json(&json!({"wait_secs": 30}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response.json::<Value>().await.unwrap()
+        })
+    };
+    // Let the poll look at the empty queue and start waiting first; were the task there
+    // before, the poll would find it without any wake-up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let created = app
+        .client
+        .post(format!("{other}/api/tasks"))
+        .json(&json!({"capability": "browser.click"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let task: Value = created.json().await.unwrap();
+    // Not a performance bound: at its 30 s deadline the poll looks once more and would
+    // find the task anyway, so only a wake-up brings it back well before then.
+    let answer = tokio::time::timeout(Duration::from_secs(20), poll)
+        .await
+        .expect("the poll on the first node was not woken by the second node's task")
+        .unwrap();
+    assert_eq!(
+        ids(answer["tasks"].as_array().unwrap()),
+        [task["id"].as_str().unwrap()],
+        "the poll on the first node was not woken by the second node's task"
+    );
 }
