@@ -42,6 +42,7 @@ pub async fn release_agent_tasks(
                                 code: Some(AGENT_DEREGISTERED.into()),
                                 details: None,
                             },
+                            permanent: false,
                             jitter: jitter(),
                             at: Utc::now(),
                         })
