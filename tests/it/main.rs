@@ -10,6 +10,7 @@ mod api;
 mod auth;
 mod crash;
 mod helpers;
+mod http_agent;
 mod orchestration;
 mod projections;
 mod store;
