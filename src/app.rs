@@ -7,12 +7,14 @@ use tokio::net::TcpListener;
 use crate::api::{router, AppState, SHUTDOWN_GRACE};
 use crate::auth::secret::ServerKeys;
 use crate::config::Settings;
+use crate::process::http_agent::HttpAgent;
 use crate::read_side::ReadSide;
 use crate::store::{Store, StoreOptions};
 
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    http_agent: Option<HttpAgent>,
 }
 
 impl Application {
@@ -27,8 +29,19 @@ impl Application {
             .await
             .map_err(|e| anyhow::anyhow!("cannot start the projections: {e}"))?;
         let state = AppState::new(store, read, settings, keys);
+        let http_agent = if state.settings.http_agent.enabled {
+            let agent =
+                HttpAgent::register(&state.bus, &state.read, &state.settings.http_agent).await?;
+            Some(agent)
+        } else {
+            None
+        };
         crate::auth::password::warm_up();
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            http_agent,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -41,6 +54,11 @@ impl Application {
 
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// The built-in HTTP agent this node runs, if enabled.
+    pub fn http_agent_id(&self) -> Option<uuid::Uuid> {
+        self.http_agent.as_ref().map(HttpAgent::id)
     }
 
     /// Serves until SIGTERM or Ctrl-C, then stops accepting and lets in-flight requests
@@ -62,14 +80,25 @@ impl Application {
             self.state.bus.clone(),
             read.clone(),
         )));
-        let shutdown = self.state.shutdown.clone();
+        // Cancelled when shutdown begins: long-polls and sockets end, and the agent stops
+        // taking work (whichever way this returns).
+        let stopping = self.state.shutdown.clone();
+        let _stop_agent = stopping.clone().drop_guard();
+        let http_agent = self.http_agent.map(|agent| {
+            tokio::spawn(agent.run(
+                self.state.bus.clone(),
+                read.clone(),
+                stopping.clone(),
+                SHUTDOWN_GRACE,
+            ))
+        });
         let app = router(self.state);
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
             stop.await;
             tracing::info!("shutting down: finishing in-flight requests");
-            shutdown.cancel();
+            stopping.cancel();
             let _ = stopped_tx.send(());
         });
         let serve = tokio::spawn(async move { serve.await });
@@ -82,6 +111,13 @@ impl Application {
             } => {
                 tracing::warn!("grace period over; dropping remaining connections");
                 serve.abort();
+            }
+        }
+        // The agent reports what it still runs (within its own grace) before the
+        // projections stop.
+        if let Some(agent) = http_agent {
+            if let Err(error) = agent.await {
+                tracing::error!(%error, "the built-in HTTP agent failed");
             }
         }
         for task in background {

@@ -80,6 +80,48 @@ pub struct StoreSettings {
     pub snapshot_every: usize,
 }
 
+/// The built-in HTTP agent (`http.request` tasks). See [`crate::process::http_agent`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HttpAgentSettings {
+    /// Whether this node runs the agent.
+    pub enabled: bool,
+    /// Tasks in flight at once (the registered agent's `max_concurrency`), 1 to 1000.
+    pub max_concurrency: u32,
+    /// Let requests reach loopback, private, link-local and other internal addresses.
+    /// Off by default: a task must not reach the node's own network (SSRF).
+    pub allow_private: bool,
+    /// Networks allowed even though they are internal, e.g. `10.1.2.0/24` for one
+    /// internal service; comma-separated in the environment.
+    #[serde(deserialize_with = "comma_separated")]
+    pub allow_networks: Vec<String>,
+    /// Longest wait for a TCP (and TLS) connection.
+    pub connect_timeout_ms: u64,
+    /// The whole exchange when the task sets no `timeout_ms`.
+    pub default_timeout_ms: u64,
+    /// A task's `timeout_ms` is capped here.
+    pub max_timeout_ms: u64,
+    /// A larger response body fails the task (`response_too_large`).
+    pub max_response_bytes: u64,
+    /// Redirects followed per request; each hop is checked like the first.
+    pub max_redirects: usize,
+}
+
+impl Default for HttpAgentSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_concurrency: 16,
+            allow_private: false,
+            allow_networks: Vec::new(),
+            connect_timeout_ms: 5_000,
+            default_timeout_ms: 30_000,
+            max_timeout_ms: 300_000,
+            max_response_bytes: 1024 * 1024,
+            max_redirects: 5,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DispatchSettings {
     /// A waiting long-poll or agent socket looks at the queue at least this often, even
@@ -112,6 +154,7 @@ pub struct Settings {
     pub dispatch: DispatchSettings,
     /// Largest request body in bytes.
     pub body_limit: usize,
+    pub http_agent: HttpAgentSettings,
 }
 
 impl Default for Settings {
@@ -149,6 +192,7 @@ impl Default for Settings {
             },
             dispatch: DispatchSettings { recheck_secs: 5 },
             body_limit: 2 * 1024 * 1024,
+            http_agent: HttpAgentSettings::default(),
         }
     }
 }
@@ -223,12 +267,53 @@ impl Settings {
                     .into(),
             ));
         }
+        self.http_agent.check()?;
         if self.profile == Profile::Production && self.jwt_secret.is_none() {
             return Err(ConfigError::Invalid(
                 "CHRONICLE_JWT_SECRET: required when CHRONICLE_PROFILE=production".into(),
             ));
         }
         Ok(())
+    }
+}
+
+impl HttpAgentSettings {
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        if !(1..=1_000).contains(&self.max_concurrency) {
+            return invalid("CHRONICLE_HTTP_AGENT__MAX_CONCURRENCY: must be 1 to 1000".into());
+        }
+        self.allowed_networks()?;
+        let timeouts = [
+            ("CONNECT_TIMEOUT_MS", self.connect_timeout_ms),
+            ("DEFAULT_TIMEOUT_MS", self.default_timeout_ms),
+            ("MAX_TIMEOUT_MS", self.max_timeout_ms),
+        ];
+        for (name, value) in timeouts {
+            if !(1..=3_600_000).contains(&value) {
+                return invalid(format!(
+                    "CHRONICLE_HTTP_AGENT__{name}: must be 1 to 3600000 milliseconds"
+                ));
+            }
+        }
+        if self.max_response_bytes == 0 {
+            return invalid("CHRONICLE_HTTP_AGENT__MAX_RESPONSE_BYTES: must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The networks of `allow_networks`.
+    pub fn allowed_networks(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        self.allow_networks
+            .iter()
+            .map(|network| {
+                network.parse().map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "CHRONICLE_HTTP_AGENT__ALLOW_NETWORKS: `{network}` is not a network like 10.0.0.0/8 or fd00::/8"
+                    ))
+                })
+            })
+            .collect()
     }
 }
 
@@ -339,6 +424,56 @@ mod tests {
             assert!(Settings::load(None).is_err());
             Ok(())
         });
+    }
+
+    #[test]
+    fn http_agent_defaults_and_environment() {
+        Jail::expect_with(|jail| {
+            let settings = Settings::load(None).expect("valid settings");
+            assert!(settings.http_agent.enabled);
+            assert!(!settings.http_agent.allow_private);
+            assert!(settings.http_agent.allow_networks.is_empty());
+            assert_eq!(settings.http_agent.max_concurrency, 16);
+            assert_eq!(settings.http_agent.max_response_bytes, 1024 * 1024);
+            assert_eq!(settings.http_agent.max_redirects, 5);
+            jail.set_env("CHRONICLE_HTTP_AGENT__ALLOW_PRIVATE", "true");
+            jail.set_env("CHRONICLE_HTTP_AGENT__MAX_CONCURRENCY", "4");
+            jail.set_env(
+                "CHRONICLE_HTTP_AGENT__ALLOW_NETWORKS",
+                "10.1.2.0/24, fd00::/8",
+            );
+            jail.set_env("CHRONICLE_HTTP_AGENT__MAX_TIMEOUT_MS", "5000");
+            let settings = Settings::load(None).expect("valid settings");
+            assert!(settings.http_agent.allow_private);
+            assert_eq!(settings.http_agent.max_concurrency, 4);
+            assert_eq!(settings.http_agent.max_timeout_ms, 5_000);
+            assert_eq!(
+                settings.http_agent.allowed_networks().expect("networks"),
+                [
+                    "10.1.2.0/24".parse::<ipnet::IpNet>().expect("network"),
+                    "fd00::/8".parse().expect("network"),
+                ]
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_http_agent_values_name_the_variable() {
+        for (variable, value) in [
+            ("CHRONICLE_HTTP_AGENT__ALLOW_NETWORKS", "10.0.0.300/8"),
+            ("CHRONICLE_HTTP_AGENT__MAX_CONCURRENCY", "0"),
+            ("CHRONICLE_HTTP_AGENT__CONNECT_TIMEOUT_MS", "0"),
+            ("CHRONICLE_HTTP_AGENT__MAX_RESPONSE_BYTES", "0"),
+            ("CHRONICLE_HTTP_AGENT__ALLOW_PRIVATE", "maybe"),
+        ] {
+            Jail::expect_with(|jail| {
+                jail.set_env(variable, value);
+                let error = Settings::load(None).unwrap_err().to_string();
+                assert!(error.contains(variable), "{error}");
+                Ok(())
+            });
+        }
     }
 
     #[test]

@@ -6,10 +6,12 @@
 //! - [`values`]: validated values (capability, priority, retry policy, tags, …).
 //! - [`agent`]: the agent registration (`RegisterAgentRequest` → [`agent::AgentSpec`]).
 //! - [`task`]: the task requests (`NewTaskRequest` → [`task::TaskSpec`]).
+//! - [`http_request`]: the input of an `http.request` task, checked at creation.
 //! - [`auth`]: registration, login, refresh and API-key requests; email, role, hashes.
 
 pub mod agent;
 pub mod auth;
+pub mod http_request;
 pub mod task;
 pub mod validation;
 pub mod values;

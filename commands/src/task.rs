@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::http_request::{self, HttpRequestInput};
 use crate::values::{Capability, Priority, RetryPolicy, Tags, TimeoutSecs};
 use crate::ValidationErrors;
 
@@ -48,6 +49,9 @@ impl NewTaskRequest {
     pub fn validate(self) -> Result<TaskSpec, ValidationErrors> {
         let mut errors = ValidationErrors::default();
         let capability = errors.check("capability", Capability::parse(&self.capability));
+        if let Some(capability) = &capability {
+            check_input(capability, &self.input, &mut errors);
+        }
         let priority = match self.priority {
             Some(raw) => errors.check("priority", Priority::new(raw)),
             None => Some(Priority::DEFAULT),
@@ -102,6 +106,16 @@ impl NewTaskRequest {
     }
 }
 
+/// The rules of a capability whose input Chronicle itself understands (a built-in agent
+/// runs it); any other capability's input is its agent's business.
+fn check_input(capability: &Capability, input: &serde_json::Value, errors: &mut ValidationErrors) {
+    if capability.as_str() == http_request::CAPABILITY {
+        if let Err(problems) = HttpRequestInput::parse(input) {
+            errors.append(problems);
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -145,6 +159,26 @@ mod tests {
                 "tags"
             ]
         );
+    }
+
+    #[test]
+    fn http_request_inputs_are_checked() {
+        let errors = request(json!({
+            "capability": "http.request",
+            "input": {"method": "BREW", "url": "ftp://example.com"},
+            "priority": 12,
+        }))
+        .validate()
+        .unwrap_err();
+        let fields: Vec<&str> = errors.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["input.method", "input.url", "priority"]);
+        let spec = request(json!({
+            "capability": "http.request",
+            "input": {"url": "https://example.com"},
+        }))
+        .validate()
+        .unwrap();
+        assert_eq!(spec.input, json!({"url": "https://example.com"}));
     }
 
     #[test]

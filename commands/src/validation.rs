@@ -29,6 +29,11 @@ impl ValidationErrors {
         });
     }
 
+    /// Adds every error of `other`, after those already recorded.
+    pub fn append(&mut self, mut other: ValidationErrors) {
+        self.0.append(&mut other.0);
+    }
+
     /// Records the error of `result` under `field` and returns its value, if any.
     pub fn check<T, E: std::fmt::Display>(
         &mut self,

@@ -183,6 +183,8 @@ impl ReportStep {
             Self::Fail { lease_id, error } => TaskCommand::FailTask {
                 lease_id: *lease_id,
                 error: error.clone(),
+                // A remote agent's failure is retried per the task's policy.
+                permanent: false,
                 jitter: jitter(),
                 at,
             },

@@ -7,8 +7,10 @@
 //! - [`dispatch`]: leases ready tasks to an agent, within its concurrency limit.
 //! - [`release`]: returns the tasks of a deregistered agent to the queue.
 //! - [`timers`]: expires leases nobody renewed and wakes agents when a retry delay ends.
+//! - [`http_agent`]: the built-in agent that runs `http.request` tasks, behind an SSRF guard.
 
 pub mod dispatch;
+pub mod http_agent;
 pub mod release;
 pub mod timers;
 

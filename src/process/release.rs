@@ -60,6 +60,7 @@ pub async fn fail_held(
                     Ok(TaskCommand::FailTask {
                         lease_id,
                         error: failure.clone(),
+                        permanent: false,
                         jitter: jitter(),
                         at: Utc::now(),
                     })

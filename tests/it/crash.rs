@@ -24,6 +24,8 @@ fn chronicle(db: &TestDb, port: u16) -> Command {
         .env("CHRONICLE_BIND", format!("127.0.0.1:{port}"))
         .env("CHRONICLE_DATA_DIR", db.data_dir())
         .env("CHRONICLE_LOG__FORMAT", "json")
+        // Its agent's registration and heartbeats would join the exact event counts below.
+        .env("CHRONICLE_HTTP_AGENT__ENABLED", "false")
         .env_remove("CHRONICLE_CONFIG")
         .current_dir(db.dir.path())
         .stdin(Stdio::null())

@@ -218,6 +218,8 @@ pub fn test_settings(db: &TestDb) -> Settings {
         ..Settings::default()
     };
     settings.store.max_connections = 8;
+    // Its agent would show in every agent list; the tests of it turn it on.
+    settings.http_agent.enabled = false;
     settings
 }
 

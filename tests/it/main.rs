@@ -11,6 +11,7 @@ mod api;
 mod auth;
 mod crash;
 mod helpers;
+mod http_agent;
 mod orchestration;
 mod projections;
 mod store;

@@ -297,12 +297,8 @@ async fn register_create_lease_start_complete(#[case] backend: Backend) {
 #[tokio::test]
 async fn a_failure_reported_twice_has_one_effect_and_retry_requeues(#[case] backend: Backend) {
     let app = spawn_app(backend).await.signed_in().await;
-    let agent = register(&app, json!(["http.request"]), 1).await;
-    let task = create(
-        &app,
-        json!({"capability": "http.request", "max_attempts": 1}),
-    )
-    .await;
+    let agent = register(&app, json!(["mail.send"]), 1).await;
+    let task = create(&app, json!({"capability": "mail.send", "max_attempts": 1})).await;
     let leased = lease(&app, &agent, json!({"max_tasks": 3})).await;
     let lease_id = leased[0]["lease_id"].as_str().unwrap().to_owned();
     let failed = patch(

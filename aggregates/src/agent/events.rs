@@ -21,6 +21,8 @@ pub enum AgentEvent {
     AgentDraining(AgentDraining),
     #[serde(rename = "AgentDeregistered")]
     AgentDeregistered(AgentDeregistered),
+    #[serde(rename = "AgentReconfigured")]
+    AgentReconfigured(AgentReconfigured),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +59,15 @@ pub struct AgentDeregistered {
     pub at: DateTime<Utc>,
 }
 
+/// The agent's concurrency limit changed (a built-in agent whose node configuration says
+/// so); the new, whole value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentReconfigured {
+    pub max_concurrency: MaxConcurrency,
+    pub at: DateTime<Utc>,
+}
+
 impl DomainEvent for AgentEvent {
     fn event_type(&self) -> String {
         match self {
@@ -64,6 +75,7 @@ impl DomainEvent for AgentEvent {
             Self::AgentHeartbeatRecorded(_) => "AgentHeartbeatRecorded",
             Self::AgentDraining(_) => "AgentDraining",
             Self::AgentDeregistered(_) => "AgentDeregistered",
+            Self::AgentReconfigured(_) => "AgentReconfigured",
         }
         .to_owned()
     }
@@ -74,6 +86,7 @@ impl DomainEvent for AgentEvent {
             Self::AgentHeartbeatRecorded(_) => "1.0",
             Self::AgentDraining(_) => "1.0",
             Self::AgentDeregistered(_) => "1.0",
+            Self::AgentReconfigured(_) => "1.0",
         }
         .to_owned()
     }

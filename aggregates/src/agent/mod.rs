@@ -15,7 +15,7 @@ mod error;
 mod events;
 mod state;
 
-use chronicle_commands::agent::AgentSpec;
+use chronicle_commands::agent::{AgentSpec, MaxConcurrency};
 use chrono::{DateTime, TimeDelta, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
@@ -24,7 +24,8 @@ use uuid::Uuid;
 
 pub use error::AgentError;
 pub use events::{
-    AgentDeregistered, AgentDraining, AgentEvent, AgentHeartbeatRecorded, AgentRegistered,
+    AgentDeregistered, AgentDraining, AgentEvent, AgentHeartbeatRecorded, AgentReconfigured,
+    AgentRegistered,
 };
 pub use state::{AgentLifecycle, AgentState, AgentStatus};
 
@@ -61,6 +62,12 @@ pub enum AgentCommand {
         at: DateTime<Utc>,
     },
     DeregisterAgent {
+        at: DateTime<Utc>,
+    },
+    /// A new concurrency limit; the same one again changes nothing. Built-in agents follow
+    /// their node's configuration with it.
+    ReconfigureAgent {
+        max_concurrency: MaxConcurrency,
         at: DateTime<Utc>,
     },
 }
@@ -113,6 +120,20 @@ fn decide(state: Option<&AgentState>, command: AgentCommand) -> Decision {
             Ok(Some(AgentEvent::AgentDeregistered(AgentDeregistered {
                 at,
             })))
+        }
+        AgentCommand::ReconfigureAgent {
+            max_concurrency,
+            at,
+        } => {
+            let state = registered(state)?;
+            Ok(
+                (state.max_concurrency != max_concurrency).then_some(
+                    AgentEvent::AgentReconfigured(AgentReconfigured {
+                        max_concurrency,
+                        at,
+                    }),
+                ),
+            )
         }
     }
 }

@@ -124,6 +124,10 @@ impl AgentState {
                 self.lifecycle = AgentLifecycle::Deregistered;
                 self.updated_at = e.at;
             }
+            AgentEvent::AgentReconfigured(e) => {
+                self.max_concurrency = e.max_concurrency;
+                self.updated_at = e.at;
+            }
         }
     }
 }

@@ -82,6 +82,20 @@ fn deregistered(s: i64) -> AgentEvent {
     AgentEvent::AgentDeregistered(AgentDeregistered { at: at(s) })
 }
 
+fn reconfigure(max_concurrency: i64, s: i64) -> AgentCommand {
+    AgentCommand::ReconfigureAgent {
+        max_concurrency: MaxConcurrency::new(max_concurrency).unwrap(),
+        at: at(s),
+    }
+}
+
+fn reconfigured(max_concurrency: i64, s: i64) -> AgentEvent {
+    AgentEvent::AgentReconfigured(AgentReconfigured {
+        max_concurrency: MaxConcurrency::new(max_concurrency).unwrap(),
+        at: at(s),
+    })
+}
+
 fn state_after(events: Vec<AgentEvent>) -> AgentState {
     let mut agent = Agent::default();
     for event in events {
@@ -236,6 +250,37 @@ fn deregister_missing_agent_is_refused() {
 }
 
 #[test]
+fn reconfigure_changes_the_concurrency_limit() {
+    AgentTest::with(())
+        .given(vec![registered()])
+        .when(reconfigure(8, 5))
+        .then_expect_events(vec![reconfigured(8, 5)]);
+    let state = state_after(vec![registered(), reconfigured(8, 5)]);
+    assert_eq!(state.max_concurrency.get(), 8);
+    assert_eq!(state.updated_at, at(5));
+}
+
+#[test]
+fn reconfigure_to_the_same_limit_changes_nothing() {
+    AgentTest::with(())
+        .given(vec![registered()])
+        .when(reconfigure(2, 5))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn reconfigure_deregistered_or_missing_agent_is_refused() {
+    AgentTest::with(())
+        .given(vec![registered(), deregistered(3)])
+        .when(reconfigure(8, 5))
+        .then_expect_error(AgentError::Deregistered);
+    AgentTest::with(())
+        .given_no_previous_events()
+        .when(reconfigure(8, 5))
+        .then_expect_error(AgentError::NotFound);
+}
+
+#[test]
 fn registered_state_is_online_until_silent_for_offline_after() {
     let offline_after = TimeDelta::seconds(30);
     let state = state_after(vec![registered()]);
@@ -284,6 +329,7 @@ fn event_names_match_their_serde_tags() {
         heartbeat_recorded(1),
         drained(2),
         deregistered(3),
+        reconfigured(8, 4),
     ] {
         let value = serde_json::to_value(&event).unwrap();
         let tag = value.as_object().unwrap().keys().next().unwrap().clone();

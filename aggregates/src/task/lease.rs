@@ -118,21 +118,29 @@ pub(super) fn complete(
     }
 }
 
+/// A permanent failure ends the task now: the event is the one an attempt that used up
+/// the retries would write (`retry_at: None`), its `error.code` says why.
 pub(super) fn fail(
     state: Option<&TaskState>,
     lease_id: Uuid,
     error: TaskFailure,
+    permanent: bool,
     jitter: f64,
     at: DateTime<Utc>,
 ) -> Decision {
     match named(state, lease_id)? {
         Named::Current(held) => {
             alive(held.state, at)?;
+            let retry = if permanent {
+                Retry::Never
+            } else {
+                Retry::PerPolicy { jitter }
+            };
             Ok(Some(attempt_failed(
                 &held,
                 error,
                 AttemptFailureCause::Reported,
-                jitter,
+                retry,
                 at,
             )))
         }
@@ -159,7 +167,7 @@ pub(super) fn expire(
                 &held,
                 TaskFailure::lease_expired(),
                 AttemptFailureCause::LeaseExpired,
-                jitter,
+                Retry::PerPolicy { jitter },
                 at,
             )))
         }
@@ -168,20 +176,33 @@ pub(super) fn expire(
     }
 }
 
+/// Whether a failed attempt may be followed by another.
+enum Retry {
+    /// While attempts remain, after the policy's backoff scaled by `jitter`.
+    PerPolicy {
+        jitter: f64,
+    },
+    Never,
+}
+
 fn attempt_failed(
     held: &Held<'_>,
     error: TaskFailure,
     cause: AttemptFailureCause,
-    jitter: f64,
+    retry: Retry,
     at: DateTime<Utc>,
 ) -> TaskEvent {
+    let retry_at = match retry {
+        Retry::PerPolicy { jitter } => retry_at(held.state, at, jitter),
+        Retry::Never => None,
+    };
     TaskEvent::TaskAttemptFailed(TaskAttemptFailed {
         lease_id: held.lease_id,
         agent_id: held.agent_id,
         attempt: held.state.attempt,
         error,
         cause,
-        retry_at: retry_at(held.state, at, jitter),
+        retry_at,
         at,
     })
 }

@@ -79,10 +79,12 @@ pub enum TaskCommand {
         at: DateTime<Utc>,
     },
     /// Retried after the policy's backoff (scaled by `jitter` in `[0, 1]`) while attempts
-    /// remain, else failed.
+    /// remain, else failed. A `permanent` failure is failed at once, attempts left or not:
+    /// the agent knows another attempt cannot succeed (a refused address, a bad input).
     FailTask {
         lease_id: Uuid,
         error: TaskFailure,
+        permanent: bool,
         jitter: f64,
         at: DateTime<Utc>,
     },
@@ -145,9 +147,10 @@ fn decide(state: Option<&TaskState>, command: TaskCommand) -> Decision {
         TaskCommand::FailTask {
             lease_id,
             error,
+            permanent,
             jitter,
             at,
-        } => lease::fail(state, lease_id, error, jitter, at),
+        } => lease::fail(state, lease_id, error, permanent, jitter, at),
         TaskCommand::ExpireLease {
             lease_id,
             jitter,

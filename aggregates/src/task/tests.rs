@@ -170,7 +170,27 @@ fn fail(n: u128, jitter: f64, s: i64) -> TaskCommand {
     TaskCommand::FailTask {
         lease_id: lease(n),
         error: failure(),
+        permanent: false,
         jitter,
+        at: at(s),
+    }
+}
+
+/// A failure another attempt cannot mend.
+fn refused() -> TaskFailure {
+    TaskFailure {
+        message: "the address is not allowed".into(),
+        code: Some("ssrf_blocked".into()),
+        details: None,
+    }
+}
+
+fn fail_permanently(n: u128, s: i64) -> TaskCommand {
+    TaskCommand::FailTask {
+        lease_id: lease(n),
+        error: refused(),
+        permanent: true,
+        jitter: 1.0,
         at: at(s),
     }
 }

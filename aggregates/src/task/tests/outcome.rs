@@ -159,6 +159,63 @@ fn fail_of_the_last_attempt_fails_the_task() {
         .then_expect_events(vec![attempt_failed(3, 60, None)]);
 }
 
+fn permanently_failed(n: u32, s: i64) -> TaskEvent {
+    TaskEvent::TaskAttemptFailed(TaskAttemptFailed {
+        lease_id: lease(u128::from(n)),
+        agent_id: agent(),
+        attempt: n,
+        error: refused(),
+        cause: AttemptFailureCause::Reported,
+        retry_at: None,
+        at: at(s),
+    })
+}
+
+#[test]
+fn a_permanent_failure_fails_the_task_with_attempts_left() {
+    TaskTest::with(())
+        .given(vec![created(), leased(1, 10), started(1, 11)])
+        .when(fail_permanently(1, 20))
+        .then_expect_events(vec![permanently_failed(1, 20)]);
+    let state = state_after(vec![created(), leased(1, 10), permanently_failed(1, 20)]);
+    assert_eq!(state.status, TaskStatus::Failed);
+    assert_eq!(state.attempt, 1);
+    assert_eq!(state.finished_at, Some(at(20)));
+    assert!(!is_ready(&state, at(1_000)));
+}
+
+#[test]
+fn a_permanent_failure_twice_has_one_effect() {
+    TaskTest::with(())
+        .given(vec![created(), leased(1, 10), permanently_failed(1, 20)])
+        .when(fail_permanently(1, 21))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn a_permanent_failure_needs_the_live_lease() {
+    TaskTest::with(())
+        .given(vec![created(), leased(1, 10)])
+        .when(fail_permanently(2, 20))
+        .then_expect_error(TaskError::StaleLease);
+    TaskTest::with(())
+        .given(vec![created(), leased(1, 10), started(1, 11)])
+        .when(fail_permanently(1, 10 + TIMEOUT))
+        .then_expect_error(TaskError::StaleLease);
+    TaskTest::with(())
+        .given(vec![created(), cancelled()])
+        .when(fail_permanently(1, 20))
+        .then_expect_error(TaskError::StaleLease);
+}
+
+#[test]
+fn a_permanently_failed_task_can_be_retried_by_hand() {
+    TaskTest::with(())
+        .given(vec![created(), leased(1, 10), permanently_failed(1, 20)])
+        .when(TaskCommand::RetryTask { at: at(30) })
+        .then_expect_events(vec![requeued(30)]);
+}
+
 #[test]
 fn the_same_failure_twice_has_one_effect() {
     TaskTest::with(())
