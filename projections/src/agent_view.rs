@@ -232,13 +232,7 @@ impl Projection for AgentView {
             "CREATE INDEX IF NOT EXISTS agent_view_caps_v1_capability
                 ON agent_view_caps_v1 (capability)",
         ];
-        for statement in statements {
-            on_tx!(&mut *tx, |conn| sqlx::query(statement)
-                .execute(conn)
-                .await
-                .map(|r| r.rows_affected()))?;
-        }
-        Ok(())
+        tx.execute_all(&statements).await
     }
 
     async fn apply(&self, tx: &mut ReadTx, event: &RecordedEvent) -> Result<(), ProjectionError> {

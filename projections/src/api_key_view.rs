@@ -164,13 +164,7 @@ impl Projection for ApiKeyView {
             )",
             "CREATE INDEX IF NOT EXISTS api_key_view_v1_owner ON api_key_view_v1 (owner_id, id)",
         ];
-        for statement in statements {
-            on_tx!(&mut *tx, |conn| sqlx::query(statement)
-                .execute(conn)
-                .await
-                .map(|r| r.rows_affected()))?;
-        }
-        Ok(())
+        tx.execute_all(&statements).await
     }
 
     async fn apply(&self, tx: &mut ReadTx, event: &RecordedEvent) -> Result<(), ProjectionError> {

@@ -40,6 +40,17 @@ impl ReadTx {
             Self::Sqlite(tx) => tx.commit().await,
         }
     }
+
+    /// Runs parameterless statements in order: a projection's `CREATE … IF NOT EXISTS`.
+    pub async fn execute_all(&mut self, statements: &[&str]) -> Result<(), sqlx::Error> {
+        for statement in statements {
+            crate::on_tx!(&mut *self, |conn| sqlx::query(statement)
+                .execute(conn)
+                .await
+                .map(|_| ()))?;
+        }
+        Ok(())
+    }
 }
 
 /// Runs `$body` with `$conn` bound to the connection of a [`ReadTx`]; the same body

@@ -232,13 +232,7 @@ impl Projection for TaskView {
             )",
             "CREATE INDEX IF NOT EXISTS task_view_tags_v2_tag ON task_view_tags_v2 (tag)",
         ];
-        for statement in statements {
-            on_tx!(&mut *tx, |conn| sqlx::query(statement)
-                .execute(conn)
-                .await
-                .map(|r| r.rows_affected()))?;
-        }
-        Ok(())
+        tx.execute_all(&statements).await
     }
 
     async fn apply(&self, tx: &mut ReadTx, event: &RecordedEvent) -> Result<(), ProjectionError> {
