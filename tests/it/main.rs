@@ -10,6 +10,7 @@ mod api;
 mod auth;
 mod crash;
 mod helpers;
+mod openapi;
 mod orchestration;
 mod projections;
 mod store;
