@@ -4,13 +4,14 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use crate::values::Capability;
 use crate::ValidationErrors;
 
 /// How an agent runs: `remote` agents (the extension) pull work over HTTP/WebSocket;
 /// `llm` and `http` agents are built in and run inside the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentKind {
     Remote,
@@ -94,14 +95,24 @@ impl Default for MaxConcurrency {
 
 /// `POST /api/agents/register` as the client sends it. Types are checked by serde; rules
 /// by [`RegisterAgentRequest::validate`].
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(description = "An agent to register; every invalid field is named in the 422 answer.")]
 pub struct RegisterAgentRequest {
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     pub kind: AgentKind,
+    /// Dot-separated lowercase segments, e.g. `browser.navigate`; duplicates are dropped.
+    #[schema(min_items = 1, max_items = 64)]
     pub capabilities: Vec<String>,
+    /// Tasks it may hold at once; 1 when absent.
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_concurrency: Option<i64>,
+    /// A JSON object, shown back to clients.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// A JSON object of settings for a built-in agent; stored forever, so never a secret.
+    #[schema(value_type = Option<Object>)]
     pub config: Option<Value>,
 }
 

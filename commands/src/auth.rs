@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::ValidationErrors;
 
@@ -104,7 +105,9 @@ impl fmt::Display for DisplayName {
 
 /// What a user may do: `user` (own resources), `auditor` (read everything, write nothing),
 /// `admin`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     User,
@@ -257,11 +260,15 @@ impl fmt::Debug for SecretHash {
 }
 
 /// `POST /api/auth/register` as the client sends it.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
+    #[schema(format = Password, min_length = 8, max_length = 1024)]
     pub password: String,
+    /// The part of `email` before `@` when absent.
+    #[schema(min_length = 1, max_length = 100)]
     pub display_name: Option<String>,
 }
 
@@ -294,10 +301,12 @@ impl RegisterRequest {
 }
 
 /// `POST /api/auth/login` as the client sends it.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
+    #[schema(format = Email)]
     pub email: String,
+    #[schema(format = Password, min_length = 1, max_length = 1024)]
     pub password: String,
 }
 
@@ -328,9 +337,10 @@ impl LoginRequest {
 }
 
 /// `POST /api/auth/refresh` and `/api/auth/logout` as the client sends them.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
+    #[schema(min_length = 1, max_length = 4096)]
     pub refresh_token: String,
 }
 
@@ -348,10 +358,12 @@ impl RefreshRequest {
 }
 
 /// `POST /api/users/me/api-keys` as the client sends it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApiKeyRequest {
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
+    /// The key stops working then; never when absent.
     pub expires_at: Option<DateTime<Utc>>,
 }
 

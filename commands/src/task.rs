@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::http_request::{self, HttpRequestInput};
@@ -10,25 +11,43 @@ use crate::ValidationErrors;
 
 /// `POST /api/tasks` as the client sends it. Types are checked by serde; rules by
 /// [`NewTaskRequest::validate`].
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(description = "A task to create; every invalid field is named in the 422 answer.")]
 pub struct NewTaskRequest {
+    /// Dot-separated lowercase segments, e.g. `browser.navigate`.
+    #[schema(max_length = 128, example = "browser.navigate")]
     pub capability: String,
+    /// Any JSON; `null` when absent.
     #[serde(default)]
     pub input: serde_json::Value,
+    /// 0–9, 9 first; 5 when absent.
+    #[schema(minimum = 0, maximum = 9)]
     pub priority: Option<i64>,
+    /// How long a lease lasts without news; 300 when absent.
+    #[schema(minimum = 1, maximum = 86400)]
     pub timeout_secs: Option<i64>,
+    /// 3 when absent.
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<i64>,
     pub retry: Option<RetryRequest>,
+    /// Pins the task to this agent.
     pub agent_id: Option<Uuid>,
+    /// At most 32, each 1–64 characters.
+    #[schema(max_items = 32)]
     pub tags: Option<Vec<String>>,
+    /// Not leased before this time.
     pub not_before: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryRequest {
+    /// 1000 by default.
+    #[schema(minimum = 0, maximum = 86_400_000)]
     pub initial_backoff_ms: i64,
+    /// 60000 by default; not less than `initial_backoff_ms`.
+    #[schema(minimum = 0, maximum = 86_400_000)]
     pub max_backoff_ms: i64,
 }
 

@@ -1,10 +1,13 @@
 //! Field-level validation errors, reported all at once.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// One invalid field: the JSON path of the field and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FieldError {
+    /// Where the field is, e.g. `retry.max_backoff_ms` or `capabilities[2]`; empty for the
+    /// whole body.
     pub field: String,
     pub message: String,
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Serialize;
 use tokio::sync::Notify;
+use utoipa::ToSchema;
 
 use crate::db::{ReadDb, ReadTx};
 use crate::feed::{BoxError, EventSource, FeedCursor, RecordedEvent};
@@ -62,13 +63,18 @@ pub trait Projection: Send + Sync + 'static {
 }
 
 /// One row of `/api/admin/projections` and `/api/status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProjectionStatus {
     pub name: String,
     pub version: i64,
+    /// The last event position applied.
     pub position: i64,
+    /// Events recorded after `position`.
     pub lag_events: i64,
+    /// Age of the oldest of those events.
     pub lag_seconds: f64,
+    #[schema(value_type = String, example = "live")]
+    /// `live`, `catching_up`, or `retired` (an older version of a projection).
     pub status: &'static str,
 }
 

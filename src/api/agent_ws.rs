@@ -22,6 +22,7 @@
 
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
@@ -50,15 +51,40 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 /// The `error.code` of an attempt whose assignment could not be delivered.
 pub const DELIVERY_FAILED: &str = "delivery_failed";
 
-/// Checks the caller may act as the agent before upgrading, so a stranger gets a plain 404
-/// (and a deregistered agent a 409) instead of a socket.
+/// Open the agent's WebSocket.
+///
+/// Upgrades to a WebSocket (`Connection: Upgrade`, `Upgrade: websocket`). The server
+/// pushes `{"type":"task.assigned","task": LeasedTask}` while the agent has free slots;
+/// the agent sends `heartbeat`, `progress` (`task_id`, `lease_id`, `progress`), `complete`
+/// (`task_id`, `lease_id`, `output`) and `fail` (`task_id`, `lease_id`, `error`) messages,
+/// each answered by `{"type":"ack"}` or `{"type":"error","problem":…}`; an optional `ref`
+/// is echoed. Browsers, which cannot send headers on a WebSocket, may pass the access
+/// token or API key as `?access_token=`. The caller is checked before the upgrade, so a
+/// stranger gets a plain 404 and a deregistered agent a 409 instead of a socket.
+#[utoipa::path(
+    get,
+    path = "/agents/{id}/ws",
+    operation_id = "agent_websocket",
+    tag = "agents",
+    params(
+        ("id" = Uuid, Path, description = "The agent's id"),
+        ("access_token" = Option<String>, Query, description = "An access token or API key, for clients that cannot send headers (WebSocket upgrades only)"),
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade request"),
+        (status = 403, description = "The caller may see the agent but not act as it (auditor)"),
+        (status = 404, description = "No such agent, or not yours"),
+        (status = 409, description = "The agent is deregistered"),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(agent_id = %id))]
 pub async fn connect(
     State(state): State<AppState>,
     actor: Actor,
     meta: RequestMeta,
     IdPath(id): IdPath,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let loaded = state
         .store
@@ -71,6 +97,9 @@ pub async fn connect(
             detail: "the agent is deregistered".into(),
         });
     }
+    let upgrade = upgrade.map_err(|rejection| {
+        ApiError::BadRequest(format!("this route speaks WebSocket only: {rejection}"))
+    })?;
     let context = agent_context(&meta, &actor, id);
     let limit = state.settings.body_limit;
     Ok(upgrade

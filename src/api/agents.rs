@@ -14,6 +14,7 @@ use chronicle_projections::task_view::TaskView as TaskViewModel;
 use chrono::Utc;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::error::ApiError;
@@ -92,6 +93,25 @@ pub(crate) async fn agent_response(
     Ok(response)
 }
 
+/// Register an agent owned by the caller.
+#[utoipa::path(
+    post,
+    path = "/agents/register",
+    operation_id = "register_agent",
+    tag = "agents",
+    request_body = RegisterAgentRequest,
+    responses(
+        (status = 201, description = "Registered", body = AgentView, headers(
+            ("ETag" = String, description = "The agent's version, e.g. `\"1\"`"),
+            ("Location" = String, description = "`/api/agents/{id}`"),
+        )),
+        (status = 400, description = "Malformed JSON"),
+        (status = 403, description = "The caller may not write (auditor)"),
+        (status = 413, description = "The body is over the limit"),
+        (status = 415, description = "The body is not JSON"),
+        (status = 422, description = "An invalid field"),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(agent_id))]
 pub async fn register(
     State(state): State<AppState>,
@@ -129,16 +149,32 @@ pub async fn register(
 }
 
 /// `GET /api/agents` query: filters, `limit` (default 50, max 500) and an opaque `cursor`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Agents serving this capability.
     pub capability: Option<String>,
     pub status: Option<AgentStatus>,
+    /// 50 when absent.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
 /// Agents the caller may read, newest first.
+#[utoipa::path(
+    get,
+    path = "/agents",
+    operation_id = "list_agents",
+    tag = "agents",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of agents", body = Page<AgentView>),
+        (status = 422, description = "A bad query parameter"),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn list(
     State(state): State<AppState>,
@@ -177,6 +213,20 @@ pub async fn list(
     )))
 }
 
+/// Read an agent.
+#[utoipa::path(
+    get,
+    path = "/agents/{id}",
+    operation_id = "get_agent",
+    tag = "agents",
+    params(("id" = Uuid, Path, description = "The agent's id")),
+    responses(
+        (status = 200, description = "The agent", body = AgentView, headers(
+            ("ETag" = String, description = "The agent's version"),
+        )),
+        (status = 404, description = "No such agent, or not yours"),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(agent_id = %id))]
 pub async fn get(
     State(state): State<AppState>,
@@ -197,16 +247,40 @@ pub async fn get(
 
 /// `POST /api/agents/{id}/heartbeat` body; without `running_task_ids` every lease the agent
 /// holds is renewed.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
+    /// The tasks whose leases to renew; tasks the agent does not hold are skipped.
+    #[schema(max_items = 1000)]
     pub running_task_ids: Option<Vec<Uuid>>,
 }
 
 /// Most task ids one heartbeat may name.
 const MAX_HEARTBEAT_TASKS: usize = 1_000;
 
+/// Say the agent is alive and renew its leases.
+///
 /// Records the heartbeat (at most one event per resolution) and renews the agent's leases.
+/// The body is optional; an empty one renews every lease the agent holds.
+#[utoipa::path(
+    post,
+    path = "/agents/{id}/heartbeat",
+    operation_id = "agent_heartbeat",
+    tag = "agents",
+    params(("id" = Uuid, Path, description = "The agent's id")),
+    request_body(content = Option<HeartbeatRequest>, description = "Optional; empty means every lease the agent holds"),
+    responses(
+        (status = 200, description = "The agent", body = AgentView, headers(
+            ("ETag" = String, description = "The agent's version"),
+        )),
+        (status = 400, description = "Malformed JSON"),
+        (status = 403, description = "The caller may read the agent but not act for it"),
+        (status = 404, description = "No such agent, or not yours"),
+        (status = 409, description = "The agent is deregistered"),
+        (status = 413, description = "The body is over the limit"),
+        (status = 422, description = "An invalid field"),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(agent_id = %id))]
 pub async fn heartbeat(
     State(state): State<AppState>,
@@ -306,9 +380,25 @@ async fn extend_lease(
     }
 }
 
-/// Deregisters the agent and returns its leased tasks to the queue (see
-/// `process::release`). Idempotent: deleting a deregistered agent releases anything left
-/// and answers 204 again.
+/// Deregister an agent; its leased tasks go back to the queue.
+///
+/// Idempotent: deleting a deregistered agent releases anything left and answers 204 again.
+#[utoipa::path(
+    delete,
+    path = "/agents/{id}",
+    operation_id = "deregister_agent",
+    tag = "agents",
+    params(
+        ("id" = Uuid, Path, description = "The agent's id"),
+        ("If-Match" = Option<String>, Header, description = "Only if the agent is still at this version (an `ETag`)"),
+    ),
+    responses(
+        (status = 204, description = "Deregistered"),
+        (status = 403, description = "The caller may read the agent but not change it"),
+        (status = 404, description = "No such agent, or not yours"),
+        (status = 412, description = "If-Match does not match the current version"),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(agent_id = %id))]
 pub async fn deregister(
     State(state): State<AppState>,

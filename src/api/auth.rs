@@ -8,6 +8,7 @@ use chronicle_aggregates::user::{User, UserState};
 use chronicle_commands::auth::{LoginRequest, RefreshRequest, RegisterRequest, Role};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::ApiError;
@@ -20,7 +21,8 @@ use crate::auth::sessions::{self, TokenPair};
 use crate::config::Registration;
 
 /// `User` of API.md; never the password hash.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = User)]
 pub struct UserView {
     pub id: Uuid,
     pub email: String,
@@ -41,15 +43,35 @@ impl From<&UserState> for UserView {
     }
 }
 
-#[derive(Serialize)]
+/// A `TokenPair` and the user it is for.
+#[derive(Serialize, ToSchema)]
 pub struct SignedIn {
     #[serde(flatten)]
     tokens: TokenPair,
     user: UserView,
 }
 
-/// The first user of an empty system becomes admin; with registration closed, only an
-/// admin may register someone.
+/// Register a user and sign them in.
+///
+/// The first user of an empty system becomes admin. With registration closed, only an
+/// admin may register someone (then the admin's credentials are required).
+#[utoipa::path(
+    post,
+    path = "/auth/register",
+    operation_id = "register_user",
+    tag = "auth",
+    security((), ("bearer_jwt" = []), ("bearer_api_key" = []), ("api_key" = [])),
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Registered and signed in", body = SignedIn),
+        (status = 400, description = "Malformed JSON"),
+        (status = 403, description = "Registration is closed and the caller is not an admin"),
+        (status = 409, description = "The email is taken"),
+        (status = 413, description = "The body is over the limit"),
+        (status = 415, description = "The body is not JSON"),
+        (status = 422, description = "An invalid field"),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn register(
     State(state): State<AppState>,
@@ -80,6 +102,23 @@ pub async fn register(
     ))
 }
 
+/// Sign in with email and password.
+#[utoipa::path(
+    post,
+    path = "/auth/login",
+    operation_id = "login",
+    tag = "auth",
+    security(()),
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in", body = SignedIn),
+        (status = 400, description = "Malformed JSON"),
+        (status = 401, description = "Wrong email or password (which one is not said)"),
+        (status = 413, description = "The body is over the limit"),
+        (status = 415, description = "The body is not JSON"),
+        (status = 422, description = "An invalid field"),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn login(
     State(state): State<AppState>,
@@ -120,6 +159,26 @@ pub async fn login(
     }))
 }
 
+/// Trade a refresh token for a new token pair.
+///
+/// The old refresh token is dead afterwards; presenting a dead one again revokes its whole
+/// family.
+#[utoipa::path(
+    post,
+    path = "/auth/refresh",
+    operation_id = "refresh_tokens",
+    tag = "auth",
+    security(()),
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A new token pair", body = TokenPair),
+        (status = 400, description = "Malformed JSON"),
+        (status = 401, description = "The refresh token is not valid, expired, revoked or reused"),
+        (status = 413, description = "The body is over the limit"),
+        (status = 415, description = "The body is not JSON"),
+        (status = 422, description = "An invalid field"),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn refresh(
     State(state): State<AppState>,
@@ -130,6 +189,23 @@ pub async fn refresh(
     sessions::refresh(&state, &raw, &meta).await.map(Json)
 }
 
+/// End the session of a refresh token.
+#[utoipa::path(
+    post,
+    path = "/auth/logout",
+    operation_id = "logout",
+    tag = "auth",
+    security(()),
+    request_body = RefreshRequest,
+    responses(
+        (status = 204, description = "The session is over"),
+        (status = 400, description = "Malformed JSON"),
+        (status = 401, description = "The refresh token is not valid"),
+        (status = 413, description = "The body is over the limit"),
+        (status = 415, description = "The body is not JSON"),
+        (status = 422, description = "An invalid field"),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn logout(
     State(state): State<AppState>,

@@ -6,9 +6,13 @@ use axum::response::{IntoResponse, Response};
 use chronicle_aggregates::{DomainError, RefusalKind};
 use chronicle_commands::{FieldError, ValidationErrors};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::bus::CommandError;
 use crate::store::StoreError;
+
+/// The media type of every error answer.
+pub const PROBLEM_JSON: &str = "application/problem+json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -43,16 +47,27 @@ pub enum ApiError {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An error, as `application/problem+json` (RFC 9457).
+#[derive(Serialize, ToSchema)]
+#[schema(as = ProblemDetails)]
+pub struct Problem<'a> {
+    /// `urn:chronicle:problem:<kind>`, e.g. `urn:chronicle:problem:validation`.
     #[serde(rename = "type")]
+    #[schema(example = "urn:chronicle:problem:not-found")]
     kind: String,
+    /// The status code's reason phrase.
+    #[schema(value_type = String, example = "Not Found")]
     title: &'a str,
     status: u16,
+    /// What went wrong, for people; never a stack trace, SQL or a secret.
     detail: String,
+    /// A stable machine-readable reason on 409 and some 422 answers, e.g. `task.stale_lease`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
     code: Option<&'a str>,
+    /// Every invalid field, on validation failures (422).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<FieldError>)]
     errors: Option<&'a [FieldError]>,
 }
 
@@ -158,10 +173,9 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
         let mut response = (status, body).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         let headers = response.headers_mut();
         match &self {
             Self::Unavailable(_) => {

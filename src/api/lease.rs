@@ -16,6 +16,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::agents::{agent_context, optional_body, writable};
@@ -32,14 +33,18 @@ use crate::process::heartbeat_resolution;
 /// Longest long-poll a client may ask for.
 pub const MAX_WAIT_SECS: i64 = 30;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
+    /// 1 when absent.
+    #[schema(minimum = 1, maximum = 100)]
     pub max_tasks: Option<i64>,
+    /// How long to wait for a task when none is ready; 0 (answer at once) when absent.
+    #[schema(minimum = 0, maximum = 30)]
     pub wait_secs: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LeaseAnswer {
     pub tasks: Vec<LeasedTaskView>,
 }
@@ -53,9 +58,29 @@ pub(crate) fn leased_view(grant: &Granted) -> Option<LeasedTaskView> {
     })
 }
 
+/// Lease ready tasks for the agent, waiting for one if asked.
+///
 /// Leases up to `max_tasks` ready tasks; with `wait_secs`, waits that long for one to
 /// arrive (woken at once when a matching task is created or requeued) and answers an empty
-/// list on time-out. A lease call is a sign of life: it counts as a heartbeat.
+/// list on time-out. A lease call is a sign of life: it counts as a heartbeat. A draining
+/// agent gets an empty list.
+#[utoipa::path(
+    post,
+    path = "/agents/{id}/lease",
+    operation_id = "lease_tasks",
+    tag = "agents",
+    params(("id" = Uuid, Path, description = "The agent's id")),
+    request_body(content = Option<LeaseRequest>, description = "Optional; empty means one task, no wait"),
+    responses(
+        (status = 200, description = "The tasks leased, perhaps none", body = LeaseAnswer),
+        (status = 400, description = "Malformed JSON"),
+        (status = 403, description = "The caller may read the agent but not act for it"),
+        (status = 404, description = "No such agent, or not yours"),
+        (status = 409, description = "The agent is deregistered"),
+        (status = 413, description = "The body is over the limit"),
+        (status = 422, description = "An invalid field"),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(agent_id = %id))]
 pub async fn lease(
     State(state): State<AppState>,
@@ -129,19 +154,49 @@ pub async fn lease(
 }
 
 /// `POST /api/agents/{id}/execute` body: a task for exactly this agent.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteRequest {
+    /// Any JSON; `null` when absent.
     #[serde(default)]
     pub input: Value,
     /// One of the agent's capabilities; its first when absent.
     pub capability: Option<String>,
+    /// 0–9, 9 first; 5 when absent.
+    #[schema(minimum = 0, maximum = 9)]
     pub priority: Option<i64>,
+    /// 300 when absent.
+    #[schema(minimum = 1, maximum = 86400)]
     pub timeout_secs: Option<i64>,
+    /// 3 when absent.
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<i64>,
 }
 
-/// Creates a task pinned to this agent: 202, the agent picks it up on its next lease.
+/// Create a task pinned to this agent.
+///
+/// Answers 202: the agent picks the task up on its next lease. The task belongs to the
+/// agent's owner.
+#[utoipa::path(
+    post,
+    path = "/agents/{id}/execute",
+    operation_id = "execute_on_agent",
+    tag = "agents",
+    params(("id" = Uuid, Path, description = "The agent's id")),
+    request_body = ExecuteRequest,
+    responses(
+        (status = 202, description = "The task, queued for this agent", body = TaskView, headers(
+            ("ETag" = String, description = "The task's version, e.g. `\"1\"`"),
+        )),
+        (status = 400, description = "Malformed JSON"),
+        (status = 403, description = "The caller may read the agent but not act for it"),
+        (status = 404, description = "No such agent, or not yours"),
+        (status = 409, description = "The agent is deregistered"),
+        (status = 413, description = "The body is over the limit"),
+        (status = 415, description = "The body is not JSON"),
+        (status = 422, description = "An invalid field, or a capability the agent does not serve"),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(agent_id = %id, task_id))]
 pub async fn execute(
     State(state): State<AppState>,

@@ -3,6 +3,7 @@
 //! newest first by UUIDv7 id, so the cursor is the last id of the page.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::ApiError;
@@ -12,11 +13,17 @@ pub const DEFAULT_LIMIT: u32 = 50;
 /// The largest `limit` a client may ask for.
 pub const MAX_LIMIT: u32 = 500;
 
-/// One page of a list.
-#[derive(Debug, Serialize)]
-pub struct Page<T> {
+/// One page of a list; `next_cursor` is `null` on the last.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T: ToSchema> {
+    #[schema(schema_with = references::<T>)]
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
+}
+
+/// An array of `$ref`s to `T`: utoipa 5 would inline `T` in every `Page_T`.
+fn references<T: ToSchema>() -> utoipa::openapi::Array {
+    utoipa::openapi::Array::new(utoipa::openapi::Ref::from_schema_name(T::name()))
 }
 
 /// A validated `limit` and `cursor`.
@@ -54,7 +61,7 @@ impl Paging {
     }
 
     /// The page from rows read with [`Paging::fetch`], newest first.
-    pub fn page<R, T>(
+    pub fn page<R, T: ToSchema>(
         &self,
         rows: impl IntoIterator<Item = R>,
         view: impl FnMut(R) -> Option<T>,

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
-use serde_json::json;
+use utoipa::ToSchema;
 
 use chronicle_projections::agent_view::AgentView as AgentViewModel;
 use chronicle_projections::task_view::TaskView as TaskViewModel;
@@ -14,28 +14,64 @@ use chronicle_projections::ProjectionStatus;
 use super::AppState;
 use crate::process::offline_after;
 
-pub async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    #[schema(value_type = String, example = "ok")]
+    status: &'static str,
 }
 
-#[derive(Serialize)]
-struct StoreStatus {
+/// Liveness.
+///
+/// 200 while the process serves; it does not look at the store.
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    tag = "system",
+    security(()),
+    responses((status = 200, description = "The process serves", body = Health)),
+)]
+pub async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StoreStatus {
+    /// `postgres` or `sqlite`.
+    #[schema(value_type = String, example = "sqlite")]
     backend: &'static str,
     ok: bool,
+    /// How long a ping took; `null` when it failed.
     latency_ms: Option<f64>,
 }
 
-#[derive(Serialize)]
-struct Status {
+#[derive(Serialize, ToSchema)]
+pub struct Status {
+    #[schema(value_type = String)]
     version: &'static str,
     uptime_secs: u64,
     store: StoreStatus,
     projections: Vec<ProjectionStatus>,
+    /// Agents whose last heartbeat is recent enough.
     agents_online: u64,
+    /// Tasks waiting to be leased.
     queue_depth: u64,
 }
 
+/// Readiness: the store, the projections and the queue.
+///
 /// 200 while the store answers, 503 when it does not.
+#[utoipa::path(
+    get,
+    path = "/status",
+    operation_id = "status",
+    tag = "system",
+    security(()),
+    responses(
+        (status = 200, description = "The store answers", body = Status),
+        (status = 503, description = "The store does not answer", body = Status),
+    ),
+)]
 pub async fn status(State(state): State<AppState>) -> Response {
     let ping = state.store.ping().await;
     let ok = ping.is_ok();

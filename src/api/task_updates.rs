@@ -9,18 +9,20 @@ use chronicle_commands::values::{Priority, Tags};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, IdPath, RequestMeta};
 use super::tasks::{committed, task_response};
+use super::views::TaskView;
 use super::AppState;
 use crate::actor::Actor;
 use crate::bus::{CommandContext, Committed};
 use crate::process::jitter;
 
 /// What a lease holder reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReportedStatus {
     Running,
@@ -30,15 +32,23 @@ pub enum ReportedStatus {
 
 /// Either a lease holder's report (`lease_id` with `status`, `output`, `error`,
 /// `progress`) or the owner's change (`priority`, `tags`), never both.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchRequest {
+    /// Report: `running` (started), `succeeded` (with `output`) or `failed` (with `error`).
     pub status: Option<ReportedStatus>,
+    /// Report: the lease being reported on; required with a report.
     pub lease_id: Option<Uuid>,
+    /// Report: the result, with `status: "succeeded"`.
     pub output: Option<Value>,
+    /// Report: with `status: "failed"`, a message string or `{message, code?, details?}`.
     pub error: Option<Value>,
+    /// Report: any JSON, with no status or `running`; renews the lease.
     pub progress: Option<Value>,
+    /// Change: 0–9, 9 first.
+    #[schema(minimum = 0, maximum = 9)]
     pub priority: Option<i64>,
+    /// Change: replaces the tags.
     pub tags: Option<Vec<String>>,
 }
 
@@ -218,9 +228,36 @@ fn change_commands(request: PatchRequest) -> Result<Vec<ReportStep>, ApiError> {
     }])
 }
 
-/// A report by the lease holder (stale lease → 409, illegal transition → 409) or a change
-/// by the owner. Every command checks that the caller may change the task; the lease id
-/// is what makes the caller its holder.
+/// Report on a leased task, or change a task's priority or tags.
+///
+/// A report by the lease holder (`lease_id` with `status`, `output`, `error`, `progress`)
+/// or a change by the owner (`priority`, `tags`), never both. A stale lease or an illegal
+/// transition is 409. Every command checks that the caller may change the task; the lease
+/// id is what makes the caller its holder.
+#[utoipa::path(
+    patch,
+    path = "/tasks/{id}",
+    operation_id = "update_task",
+    tag = "tasks",
+    params(
+        ("id" = Uuid, Path, description = "The task's id"),
+        ("If-Match" = Option<String>, Header, description = "Only if the task is still at this version (an `ETag`)"),
+    ),
+    request_body = PatchRequest,
+    responses(
+        (status = 200, description = "The task after the report or change", body = TaskView, headers(
+            ("ETag" = String, description = "The task's new version"),
+        )),
+        (status = 400, description = "Malformed JSON"),
+        (status = 403, description = "The caller may read the task but not change it (auditor)"),
+        (status = 404, description = "No such task, or not yours"),
+        (status = 409, description = "A stale lease or an illegal transition"),
+        (status = 412, description = "If-Match does not match the current version"),
+        (status = 413, description = "The body is over the limit"),
+        (status = 415, description = "The body is not JSON"),
+        (status = 422, description = "An invalid field, or a report mixed with a change"),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(task_id = %id))]
 pub async fn patch(
     State(state): State<AppState>,
@@ -282,7 +319,26 @@ pub(crate) async fn update(
     last.ok_or(ApiError::NotFound)
 }
 
-/// A failed or cancelled task back in the queue, attempts reset.
+/// Queue a failed or cancelled task again, attempts reset.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/retry",
+    operation_id = "retry_task",
+    tag = "tasks",
+    params(
+        ("id" = Uuid, Path, description = "The task's id"),
+        ("If-Match" = Option<String>, Header, description = "Only if the task is still at this version (an `ETag`)"),
+    ),
+    responses(
+        (status = 200, description = "The task, queued again", body = TaskView, headers(
+            ("ETag" = String, description = "The task's new version"),
+        )),
+        (status = 403, description = "The caller may read the task but not change it (auditor)"),
+        (status = 404, description = "No such task, or not yours"),
+        (status = 409, description = "The task is neither failed nor cancelled"),
+        (status = 412, description = "If-Match does not match the current version"),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(task_id = %id))]
 pub async fn retry(
     State(state): State<AppState>,

@@ -11,6 +11,7 @@ use chronicle_projections::task_view::{TaskFilter, TaskView as TaskViewModel};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use serde::Deserialize;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::error::ApiError;
@@ -46,8 +47,31 @@ pub(crate) fn task_response(
     Ok(response)
 }
 
-/// Creates a task; with `Idempotency-Key`, the same key and request again answer the first
-/// answer with no second effect (see [`super::idempotency`]).
+/// Create a task.
+///
+/// With `Idempotency-Key`, the same key and request from the same caller again answer the
+/// first answer and have no second effect; the same key with another request is 422.
+#[utoipa::path(
+    post,
+    path = "/tasks",
+    operation_id = "create_task",
+    tag = "tasks",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; names the task, so a repeated request creates nothing new"),
+    ),
+    request_body = NewTaskRequest,
+    responses(
+        (status = 201, description = "Created (or, with a repeated Idempotency-Key, the first answer)", body = TaskView, headers(
+            ("ETag" = String, description = "The task's version, e.g. `\"1\"`"),
+            ("Location" = String, description = "`/api/tasks/{id}`"),
+        )),
+        (status = 400, description = "Malformed JSON or Idempotency-Key"),
+        (status = 403, description = "The caller may not create tasks (auditor)"),
+        (status = 413, description = "The body is over the limit"),
+        (status = 415, description = "The body is not JSON"),
+        (status = 422, description = "An invalid field, or an Idempotency-Key reused for another request"),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(task_id))]
 pub async fn create(
     State(state): State<AppState>,
@@ -104,13 +128,32 @@ pub async fn create(
 }
 
 /// `GET /api/tasks/{id}` query: the task as it stood at a version or a time.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct GetQuery {
+    /// The task as it stood at this time (RFC 3339).
     pub as_of: Option<DateTime<Utc>>,
+    /// The task as it stood after this many events; not with `as_of`.
+    #[param(minimum = 1)]
     pub as_of_version: Option<u64>,
 }
 
+/// Read a task, now or as it stood at a version or a time.
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}",
+    operation_id = "get_task",
+    tag = "tasks",
+    params(("id" = Uuid, Path, description = "The task's id"), GetQuery),
+    responses(
+        (status = 200, description = "The task", body = TaskView, headers(
+            ("ETag" = String, description = "The version answered, e.g. `\"3\"`"),
+        )),
+        (status = 404, description = "No such task (or not yours), or it did not exist yet then"),
+        (status = 422, description = "A bad query parameter"),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(task_id = %id))]
 pub async fn get(
     State(state): State<AppState>,
@@ -175,7 +218,28 @@ async fn replay(
     Ok((task, version))
 }
 
-/// Cancels the task; cancelling a cancelled task answers the task as it is.
+/// Cancel a task.
+///
+/// Idempotent: cancelling a cancelled task answers the task as it is.
+#[utoipa::path(
+    delete,
+    path = "/tasks/{id}",
+    operation_id = "cancel_task",
+    tag = "tasks",
+    params(
+        ("id" = Uuid, Path, description = "The task's id"),
+        ("If-Match" = Option<String>, Header, description = "Only if the task is still at this version (an `ETag`)"),
+    ),
+    responses(
+        (status = 200, description = "The cancelled task", body = TaskView, headers(
+            ("ETag" = String, description = "The task's new version"),
+        )),
+        (status = 403, description = "The caller may read the task but not change it (auditor)"),
+        (status = 404, description = "No such task, or not yours"),
+        (status = 409, description = "The task is finished and cannot be cancelled"),
+        (status = 412, description = "If-Match does not match the current version"),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(task_id = %id))]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -206,6 +270,18 @@ pub async fn cancel(
     task_response(StatusCode::OK, &aggregate, version)
 }
 
+/// A task's full history, oldest first.
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}/events",
+    operation_id = "list_task_events",
+    tag = "tasks",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "Every event of the task", body = Vec<EventView>),
+        (status = 404, description = "No such task, or not yours"),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(task_id = %id))]
 pub async fn events(
     State(state): State<AppState>,
@@ -226,21 +302,38 @@ pub async fn events(
 }
 
 /// `GET /api/tasks` query: filters, `limit` (default 50, max 500) and an opaque `cursor`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     pub status: Option<TaskStatus>,
     pub capability: Option<String>,
+    /// Tasks held by this agent.
     pub agent_id: Option<Uuid>,
+    /// Tasks carrying this tag.
     pub tag: Option<String>,
     pub workflow_run_id: Option<Uuid>,
     pub created_after: Option<DateTime<Utc>>,
     pub created_before: Option<DateTime<Utc>>,
+    /// 50 when absent.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
 /// Tasks the caller may read, newest first.
+#[utoipa::path(
+    get,
+    path = "/tasks",
+    operation_id = "list_tasks",
+    tag = "tasks",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of tasks", body = Page<TaskView>),
+        (status = 422, description = "A bad query parameter"),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn list(
     State(state): State<AppState>,

@@ -9,6 +9,7 @@ use chronicle_commands::auth::NewApiKeyRequest;
 use chronicle_projections::api_key_view::{ApiKeyRow, ApiKeyView};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::auth::UserView;
@@ -20,6 +21,17 @@ use crate::actor::{Actor, ActorKind};
 use crate::auth::keys;
 use crate::bus::Committed;
 
+/// The caller's own user.
+#[utoipa::path(
+    get,
+    path = "/users/me",
+    operation_id = "get_me",
+    tag = "users",
+    responses(
+        (status = 200, description = "The caller", body = UserView),
+        (status = 404, description = "No user behind the credentials"),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn me(State(state): State<AppState>, actor: Actor) -> Result<Json<UserView>, ApiError> {
     let user = state
@@ -34,11 +46,14 @@ pub async fn me(State(state): State<AppState>, actor: Actor) -> Result<Json<User
 }
 
 /// An API key as answered right after it was drawn: the only time `key` is shown.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = IssuedApiKey)]
 pub struct IssuedKeyView {
     id: Uuid,
     name: String,
+    /// `chr_<key id>_<secret>`, for `Authorization: Bearer` or `X-API-Key`; shown once.
     key: String,
+    /// The public part of `key`, to recognise it by.
     prefix: String,
     created_at: DateTime<Utc>,
     expires_at: Option<DateTime<Utc>>,
@@ -80,6 +95,24 @@ async fn issued(
     Ok((StatusCode::CREATED, Json(IssuedKeyView::new(state, key))))
 }
 
+/// Create an API key for the caller.
+///
+/// The answer is the only time the key is shown; only its hash is stored.
+#[utoipa::path(
+    post,
+    path = "/users/me/api-keys",
+    operation_id = "create_api_key",
+    tag = "users",
+    request_body = NewApiKeyRequest,
+    responses(
+        (status = 201, description = "The new key, shown once", body = IssuedKeyView),
+        (status = 400, description = "Malformed JSON"),
+        (status = 403, description = "The caller is not a user"),
+        (status = 413, description = "The body is over the limit"),
+        (status = 415, description = "The body is not JSON"),
+        (status = 422, description = "An invalid field, or `expires_at` not in the future"),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn create_key(
     State(state): State<AppState>,
@@ -117,6 +150,20 @@ fn mine(key: &ApiKey, owner_id: Uuid) -> Result<(), ApiError> {
     }
 }
 
+/// Draw a new secret for one of the caller's API keys; the old one stops working.
+#[utoipa::path(
+    post,
+    path = "/users/me/api-keys/{id}/rotate",
+    operation_id = "rotate_api_key",
+    tag = "users",
+    params(("id" = Uuid, Path, description = "The key's id")),
+    responses(
+        (status = 201, description = "The key with its new secret, shown once", body = IssuedKeyView),
+        (status = 403, description = "The caller is not a user"),
+        (status = 404, description = "No such key of the caller's"),
+        (status = 409, description = "The key is revoked or expired"),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(key_id = %id))]
 pub async fn rotate_key(
     State(state): State<AppState>,
@@ -146,6 +193,21 @@ pub async fn rotate_key(
     issued(&state, &committed, new.key).await
 }
 
+/// Revoke one of the caller's API keys.
+///
+/// Idempotent: revoking a revoked key answers 204 again.
+#[utoipa::path(
+    delete,
+    path = "/users/me/api-keys/{id}",
+    operation_id = "revoke_api_key",
+    tag = "users",
+    params(("id" = Uuid, Path, description = "The key's id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 403, description = "The caller is not a user"),
+        (status = 404, description = "No such key of the caller's"),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(key_id = %id))]
 pub async fn revoke_key(
     State(state): State<AppState>,
@@ -174,7 +236,7 @@ pub async fn revoke_key(
 }
 
 /// A key as listed: never the secret, never its hash.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct KeyView {
     id: Uuid,
     name: String,
@@ -198,14 +260,33 @@ impl From<ApiKeyRow> for KeyView {
 }
 
 /// `GET /api/users/me/api-keys` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct KeyListQuery {
+    /// Page size: 1–500, 50 when absent.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
-/// The caller's keys that are not revoked, newest first.
+/// List the caller's API keys.
+///
+/// Newest first, without secrets or hashes; revoked keys are left out, expired ones stay
+/// (with their `expires_at`).
+#[utoipa::path(
+    get,
+    path = "/users/me/api-keys",
+    operation_id = "list_api_keys",
+    tag = "users",
+    params(KeyListQuery),
+    responses(
+        (status = 200, description = "A page of the caller's keys", body = Page<KeyView>),
+        (status = 403, description = "The caller is not a user"),
+        (status = 422, description = "A bad query parameter"),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn list_keys(
     State(state): State<AppState>,

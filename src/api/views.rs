@@ -7,13 +7,16 @@ use chronicle_commands::values::RetryPolicy;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::process::offline_after;
 use crate::store::chain::{HASH, PREV_HASH};
 use crate::store::RecordedEvent;
 
-#[derive(Debug, Serialize)]
+/// `Task` of API.md.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Task)]
 pub struct TaskView {
     pub id: Uuid,
     pub capability: String,
@@ -21,9 +24,13 @@ pub struct TaskView {
     pub output: Option<Value>,
     pub error: Option<TaskFailure>,
     pub status: TaskStatus,
+    /// 0–9, 9 first.
+    #[schema(maximum = 9)]
     pub priority: u8,
+    /// The current attempt, 0 before the first lease.
     pub attempt: u32,
     pub max_attempts: u32,
+    /// How long a lease lasts without news; each heartbeat or progress report renews it.
     pub timeout_secs: u32,
     pub retry: RetryView,
     pub agent_id: Option<Uuid>,
@@ -36,10 +43,13 @@ pub struct TaskView {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The number of events of the task; its `ETag`.
     pub version: usize,
 }
 
-#[derive(Debug, Serialize)]
+/// Backoff between attempts, doubling from `initial_backoff_ms` up to `max_backoff_ms`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = RetryPolicy)]
 pub struct RetryView {
     pub initial_backoff_ms: u64,
     pub max_backoff_ms: u64,
@@ -82,27 +92,34 @@ impl TaskView {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// `Event` of API.md: one recorded event with its metadata and hash-chain links.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Event)]
 pub struct EventView {
+    /// Its place in the global feed.
     pub position: i64,
     pub aggregate_type: String,
     pub aggregate_id: String,
+    /// Its place in its aggregate's history, from 1.
     pub sequence: i64,
     pub event_type: String,
     pub event_version: String,
     pub payload: Value,
     pub metadata: EventMetadataView,
+    /// SHA-256 of this event chained to `prev_hash`, hex.
     pub hash: Option<String>,
     pub prev_hash: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = EventMetadata)]
 pub struct EventMetadataView {
     pub actor: Option<String>,
     pub correlation_id: Option<String>,
     pub causation_id: Option<String>,
     pub request_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
     pub idempotency_key: Option<String>,
     pub recorded_at: DateTime<Utc>,
 }
@@ -136,7 +153,8 @@ impl From<RecordedEvent> for EventView {
 }
 
 /// `Agent` of API.md. `status` is as of the answer; `running` counts the tasks it holds.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Agent)]
 pub struct AgentView {
     pub id: Uuid,
     pub name: String,
@@ -174,7 +192,8 @@ impl AgentView {
 }
 
 /// `LeasedTask` of API.md: the task (its `attempt` included) and the lease to name.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = LeasedTask)]
 pub struct LeasedTaskView {
     #[serde(flatten)]
     pub task: TaskView,

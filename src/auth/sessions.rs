@@ -6,6 +6,7 @@ use chronicle_aggregates::user::{User, UserState};
 use chronicle_commands::auth::Role;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::jwt::AccessClaims;
@@ -17,11 +18,15 @@ use crate::api::AppState;
 use crate::bus::CommandError;
 
 /// `TokenPair` of API.md.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct TokenPair {
+    /// A JWT for `Authorization: Bearer`.
     pub access_token: String,
+    /// Good for one `POST /api/auth/refresh`; presenting it twice revokes its whole family.
     pub refresh_token: String,
+    #[schema(value_type = String, example = "Bearer")]
     pub token_type: &'static str,
+    /// Seconds until `access_token` expires.
     pub expires_in: u64,
 }
 

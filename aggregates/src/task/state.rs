@@ -3,12 +3,13 @@
 use chronicle_commands::values::{Capability, Priority, RetryPolicy, Tags, TimeoutSecs};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::events::{AttemptFailureCause, TaskCreated, TaskEvent};
 
-/// Where a task is in its life. `Succeeded`, `Failed` and `Cancelled` are terminal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Where a task is in its life; `succeeded`, `failed` and `cancelled` are terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     Queued,
@@ -50,12 +51,15 @@ impl std::fmt::Display for TaskStatus {
 }
 
 /// Why an attempt failed: `{message, code?, details?}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TaskFailure {
     pub message: String,
+    /// `lease_expired` when the lease ran out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
     pub code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Value)]
     pub details: Option<serde_json::Value>,
 }
 
