@@ -33,7 +33,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::agents::{agent_context, record_heartbeat, writable, HeartbeatRequest};
+use super::agents::{agent_context, record_heartbeat, registered_agent, HeartbeatRequest};
 use super::error::ApiError;
 use super::extract::{from_json_value, IdPath, RequestMeta};
 use super::lease::leased_view;
@@ -86,17 +86,7 @@ pub async fn connect(
     IdPath(id): IdPath,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let loaded = state
-        .store
-        .aggregate::<Agent>()
-        .load(&id.to_string())
-        .await?;
-    if writable(&actor, &loaded.aggregate)?.lifecycle == AgentLifecycle::Deregistered {
-        return Err(ApiError::Conflict {
-            code: "agent.deregistered",
-            detail: "the agent is deregistered".into(),
-        });
-    }
+    registered_agent(&state, &actor, id).await?;
     let upgrade = upgrade.map_err(|rejection| {
         ApiError::BadRequest(format!("this route speaks WebSocket only: {rejection}"))
     })?;

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use chronicle_aggregates::agent::{Agent, AgentCommand, AgentLifecycle, AgentState, AgentStatus};
-use chronicle_aggregates::task::{Task, TaskCommand, TaskError};
+use chronicle_aggregates::task::{TaskCommand, TaskError};
 use chronicle_commands::agent::RegisterAgentRequest;
 use chronicle_projections::agent_view::{AgentFilter, AgentView as AgentViewModel};
 use chronicle_projections::task_view::TaskView as TaskViewModel;
@@ -26,7 +26,7 @@ use crate::actor::Actor;
 use crate::bus::{CommandContext, CommandError, Committed};
 use crate::process::dispatch::{forget_agent, DispatchError};
 use crate::process::release::release_agent_tasks;
-use crate::process::{heartbeat_resolution, offline_after};
+use crate::process::{heartbeat_resolution, offline_after, try_task_command};
 
 impl From<DispatchError> for ApiError {
     fn from(error: DispatchError) -> Self {
@@ -45,6 +45,27 @@ pub(crate) fn writable<'a>(actor: &Actor, agent: &'a Agent) -> Result<&'a AgentS
         Some(state) if actor.can_read(state.owner_id) => Err(ApiError::Forbidden),
         _ => Err(ApiError::NotFound),
     }
+}
+
+/// Agent `id` as it stands, if the caller may act as it and it is not deregistered (409).
+pub(crate) async fn registered_agent(
+    state: &AppState,
+    actor: &Actor,
+    id: Uuid,
+) -> Result<AgentState, ApiError> {
+    let loaded = state
+        .store
+        .aggregate::<Agent>()
+        .load(&id.to_string())
+        .await?;
+    let agent = writable(actor, &loaded.aggregate)?;
+    if agent.lifecycle == AgentLifecycle::Deregistered {
+        return Err(ApiError::Conflict {
+            code: "agent.deregistered",
+            detail: "the agent is deregistered".into(),
+        });
+    }
+    Ok(agent.clone())
 }
 
 /// The events of an agent's own calls name the agent as their actor.
@@ -349,35 +370,22 @@ async fn extend_lease(
     agent_id: Uuid,
     task_id: Uuid,
 ) -> Result<(), ApiError> {
-    let result = state
-        .bus
-        .execute::<Task, CommandError<TaskError>>(&task_id.to_string(), context, None, |task| {
-            match task.state() {
-                Some(held) if held.agent_id == Some(agent_id) && held.status.is_held() => {
-                    Ok(TaskCommand::ExtendLease {
-                        lease_id: held
-                            .lease_id
-                            .ok_or(CommandError::Refused(TaskError::StaleLease))?,
-                        at: Utc::now(),
-                    })
-                }
-                _ => Err(CommandError::Refused(TaskError::StaleLease)),
+    try_task_command(&state.bus, &state.read, task_id, context, |task| {
+        match task.state() {
+            Some(held) if held.agent_id == Some(agent_id) && held.status.is_held() => {
+                Ok(TaskCommand::ExtendLease {
+                    lease_id: held
+                        .lease_id
+                        .ok_or(CommandError::Refused(TaskError::StaleLease))?,
+                    at: Utc::now(),
+                })
             }
-        })
-        .await;
-    match result {
-        Ok(Committed {
-            aggregate, version, ..
-        }) => {
-            state.read.task_committed(&aggregate, version).await;
-            Ok(())
+            // A task the agent does not hold (any more): nothing to renew.
+            _ => Err(CommandError::Refused(TaskError::StaleLease)),
         }
-        Err(CommandError::Store(error)) => Err(error.into()),
-        Err(error) => {
-            tracing::debug!(%task_id, %error, "no lease to renew");
-            Ok(())
-        }
-    }
+    })
+    .await?;
+    Ok(())
 }
 
 /// Deregister an agent; its leased tasks go back to the queue.

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::agents::{agent_context, optional_body, writable};
+use super::agents::{agent_context, optional_body, registered_agent, writable};
 use super::error::ApiError;
 use super::extract::{ApiJson, IdPath, RequestMeta};
 use super::tasks::{committed, task_response};
@@ -205,18 +205,7 @@ pub async fn execute(
     IdPath(id): IdPath,
     ApiJson(request): ApiJson<ExecuteRequest>,
 ) -> Result<Response, ApiError> {
-    let loaded = state
-        .store
-        .aggregate::<Agent>()
-        .load(&id.to_string())
-        .await?;
-    let agent = writable(&actor, &loaded.aggregate)?;
-    if agent.lifecycle == AgentLifecycle::Deregistered {
-        return Err(ApiError::Conflict {
-            code: "agent.deregistered",
-            detail: "the agent is deregistered".into(),
-        });
-    }
+    let agent = registered_agent(&state, &actor, id).await?;
     let capability = match &request.capability {
         None => agent
             .capabilities

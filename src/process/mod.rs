@@ -14,7 +14,13 @@ pub mod http_agent;
 pub mod release;
 pub mod timers;
 
+use chronicle_aggregates::task::{Task, TaskCommand, TaskError};
 use chrono::TimeDelta;
+use uuid::Uuid;
+
+use crate::bus::{CommandBus, CommandContext, CommandError, Committed};
+use crate::read_side::ReadSide;
+use crate::store::StoreError;
 
 /// An active agent not heard from for this long is offline.
 pub const OFFLINE_AFTER_SECS: i64 = 60;
@@ -34,4 +40,31 @@ pub fn heartbeat_resolution() -> TimeDelta {
 /// A draw in `[0, 1]` for the retry backoff: randomness lives here, never in an aggregate.
 pub fn jitter() -> f64 {
     rand::random::<f64>()
+}
+
+/// Runs a task command whose refusal is an expected outcome here (a race lost to another
+/// agent, a lease already gone): the committed task, brought into the views, or `None`
+/// when the aggregate refused. Only a store failure is an error.
+pub async fn try_task_command(
+    bus: &CommandBus,
+    read: &ReadSide,
+    task_id: Uuid,
+    context: &CommandContext,
+    decide: impl FnMut(&Task) -> Result<TaskCommand, CommandError<TaskError>>,
+) -> Result<Option<Committed<Task>>, StoreError> {
+    match bus
+        .execute::<Task, CommandError<TaskError>>(&task_id.to_string(), context, None, decide)
+        .await
+    {
+        Ok(committed) => {
+            read.task_committed(&committed.aggregate, committed.version)
+                .await;
+            Ok(Some(committed))
+        }
+        Err(CommandError::Store(error)) => Err(error),
+        Err(refused) => {
+            tracing::debug!(%task_id, error = %refused, "task command refused");
+            Ok(None)
+        }
+    }
 }

@@ -6,14 +6,14 @@
 //! attempts remain (so it is back in the queue, `retry_scheduled`), and fails for good when
 //! none remain — a task that keeps losing its agents does not circulate forever.
 
-use chronicle_aggregates::task::{Task, TaskCommand, TaskError, TaskFailure};
+use chronicle_aggregates::task::{TaskCommand, TaskError, TaskFailure};
 use chronicle_projections::task_view::TaskView;
 use chrono::Utc;
 use uuid::Uuid;
 
 use super::dispatch::DispatchError;
-use super::jitter;
-use crate::bus::{CommandBus, CommandContext, CommandError, Committed};
+use super::{jitter, try_task_command};
+use crate::bus::{CommandBus, CommandContext, CommandError};
 use crate::read_side::ReadSide;
 
 /// The `error.code` of an attempt ended because its agent left.
@@ -50,37 +50,22 @@ pub async fn fail_held(
     failure: TaskFailure,
     context: &CommandContext,
 ) -> Result<bool, DispatchError> {
-    let result = bus
-        .execute::<Task, CommandError<TaskError>>(&task_id.to_string(), context, None, |task| {
-            match task.state() {
-                Some(state) if state.agent_id == Some(agent_id) && state.status.is_held() => {
-                    let lease_id = state
-                        .lease_id
-                        .ok_or(CommandError::Refused(TaskError::StaleLease))?;
-                    Ok(TaskCommand::FailTask {
-                        lease_id,
-                        error: failure.clone(),
-                        permanent: false,
-                        jitter: jitter(),
-                        at: Utc::now(),
-                    })
-                }
-                _ => Err(CommandError::Refused(TaskError::StaleLease)),
-            }
-        })
-        .await;
-    match result {
-        Ok(Committed {
-            aggregate, version, ..
-        }) => {
-            read.task_committed(&aggregate, version).await;
-            Ok(true)
+    let committed = try_task_command(bus, read, task_id, context, |task| match task.state() {
+        Some(state) if state.agent_id == Some(agent_id) && state.status.is_held() => {
+            let lease_id = state
+                .lease_id
+                .ok_or(CommandError::Refused(TaskError::StaleLease))?;
+            Ok(TaskCommand::FailTask {
+                lease_id,
+                error: failure.clone(),
+                permanent: false,
+                jitter: jitter(),
+                at: Utc::now(),
+            })
         }
-        Err(CommandError::Store(error)) => Err(error.into()),
         // The agent had already let go of it: nothing to return.
-        Err(error) => {
-            tracing::debug!(%task_id, %error, "nothing to release");
-            Ok(false)
-        }
-    }
+        _ => Err(CommandError::Refused(TaskError::StaleLease)),
+    })
+    .await?;
+    Ok(committed.is_some())
 }
