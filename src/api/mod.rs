@@ -11,6 +11,7 @@ pub mod lease;
 pub mod limits;
 pub mod openapi;
 pub mod paging;
+pub mod replay;
 pub mod system;
 pub mod task_updates;
 pub mod tasks;
@@ -122,6 +123,11 @@ pub fn router(state: AppState) -> Router {
     Router::from(routes())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // Inside the gate: a replay is for an authenticated caller.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            replay::layer,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limits::gate,

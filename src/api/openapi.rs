@@ -183,13 +183,68 @@ fn request_id_parameter() -> Parameter {
         .build()
 }
 
+/// What `Idempotency-Key` (see `api::replay`) gives every write outside `/api/auth/`.
+fn idempotent(operation: &mut Operation) {
+    let parameters = operation.parameters.get_or_insert_with(Vec::new);
+    if !parameters.iter().any(|p| p.name == "Idempotency-Key") {
+        parameters.push(
+            ParameterBuilder::new()
+                .name("Idempotency-Key")
+                .parameter_in(ParameterIn::Header)
+                .required(Required::False)
+                .schema(Some(Object::with_type(Type::String)))
+                .description(Some(
+                    "1–255 characters. The same key from the same user within 24 h returns the \
+                     first answer (with `Idempotent-Replayed: true`) and has no second effect; \
+                     a new API key's secret is not repeated (`key: null`).",
+                ))
+                .build(),
+        );
+    }
+    let responses = &mut operation.responses.responses;
+    for (status, response) in responses.iter_mut() {
+        if let (true, RefOr::T(response)) = (status.starts_with('2'), response) {
+            response.headers.insert(
+                "Idempotent-Replayed".to_owned(),
+                header(Type::String, "`true` when this is the stored first answer to an earlier request with the same Idempotency-Key"),
+            );
+        }
+    }
+    responses
+        .entry("400".to_owned())
+        .or_insert(RefOr::T(problem_response(
+            "A malformed request or Idempotency-Key",
+        )));
+    responses
+        .entry("409".to_owned())
+        .or_insert(RefOr::T(with_retry_after(problem_response(
+            "The first request with this Idempotency-Key is still running",
+        ))));
+    responses
+        .entry("422".to_owned())
+        .or_insert(RefOr::T(problem_response(
+            "The Idempotency-Key was used for a different request",
+        )));
+}
+
 /// Adds what the gate, the extractors and the store give every operation, so handlers
 /// list only their own answers: 429 everywhere (the gate runs first), 401 where credentials
 /// are taken, 500/503 where the store is touched, a problem+json body on every error
 /// answer without one, and `X-Request-Id` on every request and answer.
 fn complete(spec: &mut utoipa::openapi::OpenApi) {
     let global = spec.security.clone().unwrap_or_default();
-    for item in spec.paths.paths.values_mut() {
+    for (path, item) in spec.paths.paths.iter_mut() {
+        if !path.starts_with("/api/auth/") {
+            let writes = [
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for operation in writes.into_iter().flatten() {
+                idempotent(operation);
+            }
+        }
         for operation in operations_mut(item) {
             let takes_credentials = takes_credentials(operation, &global);
             let store_errors = !operation

@@ -880,3 +880,151 @@ async fn a_task_created_on_one_node_wakes_a_poll_on_another() {
         "the poll on the first node was not woken by the second node's task"
     );
 }
+
+/// `Idempotency-Key` on every write, not only task creation: the same key from the same
+/// user returns the first answer (marked as a replay) and has no second effect.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn every_write_honours_an_idempotency_key(#[case] backend: Backend) {
+    let app = spawn_app(backend).await.signed_in().await;
+    let post = |path: String, key: &'static str, body: Value| {
+        app.client
+            .post(app.url(&path))
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let registration = json!({"name": "ext", "kind": "remote", "capabilities": ["x.work"]});
+    let first = post("/api/agents/register".into(), "reg", registration.clone())
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let etag = first.headers().get("etag").cloned();
+    let first: Value = first.json().await.unwrap();
+    let again = post("/api/agents/register".into(), "reg", registration.clone())
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers().get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(again.headers().get("etag").cloned(), etag);
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    let agents = get(&app, "/api/agents").await;
+    assert_eq!(agents["items"].as_array().unwrap().len(), 1, "one effect");
+
+    // The same key on another request is refused and changes nothing.
+    let other = post(
+        "/api/agents/register".into(),
+        "reg",
+        json!({"name": "other", "kind": "remote", "capabilities": ["x.work"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        other.json::<Value>().await.unwrap()["code"],
+        "idempotency.key_reused"
+    );
+    assert_eq!(
+        get(&app, "/api/agents").await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Pinned execution, twice: one task.
+    let agent = first["id"].as_str().unwrap();
+    let execute = || {
+        post(
+            format!("/api/agents/{agent}/execute"),
+            "exec",
+            json!({"input": 1}),
+        )
+    };
+    let (a, b) = tokio::join!(execute(), execute());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(
+        (a.status(), b.status()),
+        (StatusCode::ACCEPTED, StatusCode::ACCEPTED)
+    );
+    let (a, b): (Value, Value) = (a.json().await.unwrap(), b.json().await.unwrap());
+    assert_eq!(a["id"], b["id"], "racing repeats get the first answer");
+    assert_eq!(
+        get(&app, "/api/tasks").await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A new API key's secret is shown once: a replay names the key but not its secret.
+    let issued = post(
+        "/api/users/me/api-keys".into(),
+        "key",
+        json!({"name": "ci"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(issued.status(), StatusCode::CREATED);
+    let issued: Value = issued.json().await.unwrap();
+    assert!(issued["key"].as_str().unwrap().starts_with("chr_"));
+    let replayed = post(
+        "/api/users/me/api-keys".into(),
+        "key",
+        json!({"name": "ci"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(replayed.status(), StatusCode::CREATED);
+    let replayed: Value = replayed.json().await.unwrap();
+    assert_eq!(replayed["id"], issued["id"]);
+    assert_eq!(replayed["key"], Value::Null);
+    let keys = get(&app, "/api/users/me/api-keys").await;
+    assert_eq!(keys["items"].as_array().unwrap().len(), 1);
+
+    // Keys belong to their user: another user's "reg" is their own.
+    let stranger = app.register_user().await;
+    let theirs = stranger
+        .client
+        .post(app.url("/api/agents/register"))
+        .header("idempotency-key", "reg")
+        .json(&registration)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), StatusCode::CREATED);
+    assert!(theirs.headers().get("idempotent-replayed").is_none());
+    assert_ne!(theirs.json::<Value>().await.unwrap()["id"], first["id"]);
+
+    // Refused answers are answers too: a repeat gets the same 409, without a second try.
+    let task = a["id"].as_str().unwrap();
+    let stale = json!({"status": "running", "lease_id": Uuid::now_v7()});
+    let patch = || {
+        app.client
+            .patch(app.url(&format!("/api/tasks/{task}")))
+            .header("idempotency-key", "stale")
+            .json(&stale)
+            .send()
+    };
+    let refused = patch().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    let refused_again = patch().await.unwrap();
+    assert_eq!(refused_again.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        refused_again.headers().get("idempotent-replayed").unwrap(),
+        "true"
+    );
+
+    let bad_key = app
+        .client
+        .post(app.url("/api/agents/register"))
+        .header("idempotency-key", "")
+        .json(&registration)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_key.status(), StatusCode::BAD_REQUEST);
+}
