@@ -45,7 +45,10 @@ use crate::bus::CommandContext;
 use crate::process::dispatch::{lease_ready, MAX_TASKS_PER_LEASE};
 use crate::process::release::fail_held;
 
-/// A ping this often keeps proxies from closing an idle connection and finds dead peers.
+/// A ping this often keeps proxies from closing an idle connection and finds dead peers;
+/// each also records a heartbeat, so a connected agent stays online (at most one event per
+/// heartbeat resolution). Leases are renewed only by the agent's own `heartbeat` messages:
+/// an open socket does not prove the work is progressing.
 const PING_EVERY: Duration = Duration::from_secs(20);
 
 /// The `error.code` of an attempt whose assignment could not be delivered.
@@ -159,6 +162,18 @@ impl Session {
                 _ = ping.tick() => {
                     if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
                         break End::Gone;
+                    }
+                    // A connected agent is online; its leases still need its own heartbeats.
+                    if let Err(error) = record_heartbeat(
+                        &self.state,
+                        &self.actor,
+                        &self.context,
+                        self.agent_id,
+                        Some(Vec::new()),
+                    )
+                    .await
+                    {
+                        tracing::debug!(?error, "cannot record the socket's heartbeat");
                     }
                 }
                 () = shutdown.cancelled() => break End::Close(1012, "server restarting"),
