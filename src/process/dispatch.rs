@@ -8,7 +8,8 @@
 //! not all load and race for the first one (only one can win; the others pay a load, and
 //! often a lost append and a retry, for nothing), a task being leased by one call in this
 //! process is skipped by the others, which go on to the next candidate. Across nodes the
-//! aggregate still decides.
+//! aggregate still decides. A call tries its claimed candidates concurrently, so their
+//! appends share a commit.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -169,11 +170,27 @@ pub async fn lease_ready(
             // wakes the queue again.
             break;
         }
-        for claim in &claims {
-            tried.insert(claim.0);
-            if let Some(grant) = try_lease(bus, read, agent.id, claim.0, context).await? {
-                granted.push(grant);
+        tried.extend(claims.iter().map(|claim| claim.0));
+        // At once: their appends share a commit, and the call takes one lease's time.
+        let attempts = claims
+            .iter()
+            .map(|claim| try_lease(bus, read, agent.id, claim.0, context));
+        let mut failure = None;
+        for attempt in futures::future::join_all(attempts).await {
+            match attempt {
+                Ok(Some(grant)) => granted.push(grant),
+                Ok(None) => {}
+                Err(error) => failure = Some(error),
             }
+        }
+        if let Some(error) = failure {
+            if granted.is_empty() {
+                return Err(error);
+            }
+            // The leases granted are the agent's: hand them out rather than let them run
+            // out unused.
+            tracing::warn!(%error, "a lease attempt failed; answering the others");
+            break;
         }
     }
     Ok(granted)
