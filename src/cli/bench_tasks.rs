@@ -66,7 +66,10 @@ pub async fn run(args: TasksArgs, settings: Settings) -> anyhow::Result<()> {
     if args.agents == 0 || args.creators == 0 || args.tasks == 0 || args.max_tasks == 0 {
         anyhow::bail!("--agents, --creators, --tasks and --max-tasks must be at least 1");
     }
-    if args.rate.is_some_and(|rate| !rate.is_finite() || rate <= 0.0) {
+    if args
+        .rate
+        .is_some_and(|rate| !rate.is_finite() || rate <= 0.0)
+    {
         anyhow::bail!("--rate must be above 0");
     }
     let target = Target::open(&settings, args.backend, args.url.as_deref()).await?;
