@@ -99,14 +99,17 @@ impl TaskView {
             .await
             .map(|r| r.rows_affected())
         })?;
-        if written == 0 {
+        // A task's first version is a new row: it has no tags to clear.
+        if written == 0 || (version == 1 && state.tags.as_slice().is_empty()) {
             return Ok(());
         }
         on_tx!(tx, |conn| {
-            sqlx::query("DELETE FROM task_view_tags_v2 WHERE task_id = $1")
-                .bind(&id)
-                .execute(&mut *conn)
-                .await?;
+            if version > 1 {
+                sqlx::query("DELETE FROM task_view_tags_v2 WHERE task_id = $1")
+                    .bind(&id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
             for tag in state.tags.as_slice() {
                 sqlx::query("INSERT INTO task_view_tags_v2 (task_id, tag) VALUES ($1, $2)")
                     .bind(&id)
@@ -121,12 +124,23 @@ impl TaskView {
 
     /// Writes a just-committed task in its own transaction, so the caller reads its own
     /// write; the catch-up repeats it harmlessly.
+    ///
+    /// On PostgreSQL the transaction does not wait for its WAL flush (`synchronous_commit =
+    /// off`): it is visible at once, and should a crash lose it, the catch-up writes it
+    /// again — the checkpoint only moves in a synchronous commit, which flushes every
+    /// earlier commit with it.
     pub async fn write_committed(
         db: &ReadDb,
         task: &Task,
         version: usize,
     ) -> Result<(), ProjectionError> {
-        let mut tx = db.begin().await?;
+        let mut tx = match db {
+            ReadDb::Postgres(pool) => ReadTx::Postgres(
+                pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+                    .await?,
+            ),
+            ReadDb::Sqlite { .. } => db.begin().await?,
+        };
         Self::upsert(&mut tx, task, version).await?;
         tx.commit().await?;
         Ok(())

@@ -112,7 +112,9 @@ pub async fn lease(
     };
     let context = agent_context(&meta, &actor, id);
     let Committed {
-        aggregate, version, ..
+        aggregate,
+        version,
+        events,
     } = state
         .bus
         .execute::<Agent, ApiError>(&id.to_string(), &context, None, |agent| {
@@ -123,7 +125,11 @@ pub async fn lease(
             })
         })
         .await?;
-    state.read.agent_committed(&aggregate, version).await;
+    // Most calls come sooner than the heartbeat resolution and record nothing: then the
+    // agent view has nothing new to write.
+    if !events.is_empty() {
+        state.read.agent_committed(&aggregate, version).await;
+    }
     let agent = aggregate.state().ok_or(ApiError::NotFound)?;
     if agent.lifecycle != AgentLifecycle::Active {
         // A draining agent finishes what it has and takes nothing new.

@@ -7,9 +7,12 @@
 //! `Idempotent-Replayed: true`. A repeat while the first still runs waits for its answer
 //! (up to [`WAIT_FOR_FIRST`], then 409: retry shortly); the same key on a different request
 //! is 422. Answers of 500 and above are not kept, so a
-//! repeat runs again. A claim whose request vanished (the node died mid-request) is freed
-//! after [`ABANDONED_AFTER`]; task creation is exactly-once even then, because a keyed
-//! task's id is derived from the key (see [`super::idempotency`]).
+//! repeat runs again. A running first request renews its claim every [`RENEW_EVERY`]; a
+//! claim not renewed for [`ABANDONED_AFTER`] belongs to a request that died with its node,
+//! and a repeat takes it over and runs. Should the node have died after the effect and
+//! before keeping the answer, that repeat is a second attempt — except for task creation,
+//! which is exactly-once even then, because a keyed task's id is derived from the key
+//! (see [`super::idempotency`]).
 //!
 //! Not replayed: `/api/auth/*` (anonymous, and its answers are fresh credentials) and
 //! requests without credentials. A first answer carrying a new API key secret is kept with
@@ -36,8 +39,10 @@ use crate::auth::Authentication;
 
 /// How long a key's first answer is kept.
 pub const KEEP_MILLIS: i64 = 24 * 60 * 60 * 1000;
-/// A claim this old without an answer belongs to a request that will not finish.
-pub const ABANDONED_AFTER: i64 = 2 * 60 * 1000;
+/// A running first request renews its claim this often…
+const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// …so a claim not renewed for this long belongs to a request that died with its node.
+pub const ABANDONED_AFTER: i64 = 6 * 1000;
 
 /// How long a repeat waits for the first request's answer: longer than the longest
 /// long-poll.
@@ -102,7 +107,7 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
     // A repeat that arrives while the first request runs waits for its answer.
     let deadline = Instant::now() + WAIT_FOR_FIRST;
     let claimed = loop {
-        match claim(db, owner, &key, &fingerprint, now).await {
+        match claim(db, owner, &key, &fingerprint, Utc::now().timestamp_millis()).await {
             Ok(Claim::InProgress) if Instant::now() < deadline => {
                 tokio::time::sleep(WAIT_STEP).await;
             }
@@ -136,7 +141,15 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
     if rand::random::<u8>() == 0 {
         sweep(db, now).await;
     }
-    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    let run = next.run(Request::from_parts(parts, Body::from(body)));
+    tokio::pin!(run);
+    let mut renew = tokio::time::interval_at(Instant::now() + RENEW_EVERY, RENEW_EVERY);
+    let response = loop {
+        tokio::select! {
+            response = &mut run => break response,
+            _ = renew.tick() => renew_claim(db, owner, &key, &fingerprint).await,
+        }
+    };
     let (parts, body) = response.into_parts();
     let body = match to_bytes(body, usize::MAX).await {
         Ok(body) => body,
@@ -314,6 +327,31 @@ async fn record(
         .map(|_| ())
     })?;
     tx.commit().await
+}
+
+/// Tells repeats that the first request is still running.
+async fn renew_claim(db: &ReadDb, owner: Uuid, key: &str, fingerprint: &str) {
+    let result = async {
+        let mut tx = db.begin().await?;
+        on_tx!(&mut tx, |conn| {
+            sqlx::query(
+                "UPDATE idempotency_keys SET claimed_at = $4
+                  WHERE owner_id = $1 AND key = $2 AND fingerprint = $3 AND status IS NULL",
+            )
+            .bind(owner.to_string())
+            .bind(key)
+            .bind(fingerprint)
+            .bind(Utc::now().timestamp_millis())
+            .execute(&mut *conn)
+            .await
+            .map(|_| ())
+        })?;
+        tx.commit().await
+    }
+    .await;
+    if let Err(error) = result {
+        tracing::warn!(%error, "cannot renew an idempotency claim");
+    }
 }
 
 /// Frees the key after an answer not worth keeping (5xx): a repeat runs again.

@@ -4,6 +4,9 @@
 //! the command bus (each event a full `CreateTask` command: load, decide, append with its
 //! hash-chain link) into the store named by `CHRONICLE_DATABASE_URL`. Writers share the
 //! server's connection pool (`CHRONICLE_STORE__MAX_CONNECTIONS`), as requests do.
+//!
+//! `chronicle bench tasks` ([`super::bench_tasks`]) and `chronicle bench auth`
+//! ([`super::bench_auth`]) measure over HTTP, against a running server or one they start.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,6 +44,11 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20_000)]
         events: u64,
     },
+    /// Task lifecycles over HTTP: creators, and remote agents that long-poll and complete.
+    Tasks(super::bench_tasks::TasksArgs),
+    /// The cost of authentication: /api/health against GET /api/tasks/{id} with a JWT and
+    /// with an API key.
+    Auth(super::bench_auth::AuthArgs),
 }
 
 pub async fn run(command: BenchCommand, settings: Settings) -> anyhow::Result<()> {
@@ -59,6 +67,8 @@ pub async fn run(command: BenchCommand, settings: Settings) -> anyhow::Result<()
             }
             append(settings, writers.max(1), events).await
         }
+        BenchCommand::Tasks(args) => super::bench_tasks::run(args, settings).await,
+        BenchCommand::Auth(args) => super::bench_auth::run(args, settings).await,
     }
 }
 

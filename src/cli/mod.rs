@@ -1,6 +1,9 @@
 //! The `chronicle` command line: serve (the default), migrate, audit, export, user, bench.
 
 mod bench;
+mod bench_auth;
+mod bench_target;
+mod bench_tasks;
 mod export;
 mod user;
 

@@ -3,6 +3,13 @@
 //! race for one task the aggregate lets exactly one win and the loser moves on to the next
 //! candidate. An agent never holds more than its `max_concurrency` leases: leasing for one
 //! agent is serialised in this process, and counts what the view says it holds.
+//!
+//! Every agent woken by a new task reads the same best-first candidates. So that they do
+//! not all load and race for the first one (only one can win; the others pay a load, and
+//! often a lost append and a retry, for nothing), a task being leased by one call in this
+//! process is skipped by the others, which go on to the next candidate. Across nodes the
+//! aggregate still decides. A call tries its claimed candidates concurrently, so their
+//! appends share a commit.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -53,6 +60,52 @@ fn agent_lock(agent_id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
     locks.entry(agent_id).or_default().clone()
 }
 
+/// Tasks that a lease call of this process is leasing right now.
+static LEASING: LazyLock<Mutex<HashSet<Uuid>>> = LazyLock::new(Default::default);
+
+/// This process's claim on leasing one task; dropped when the attempt is over.
+struct Claim(Uuid);
+
+impl Claim {
+    /// Claims the first `n` of `candidates` that no other call of this process is leasing,
+    /// all at once, so that agents woken together take different tasks.
+    fn take_first(candidates: &[Uuid], n: usize) -> Vec<Self> {
+        let mut taken = Vec::with_capacity(n);
+        {
+            let mut leasing = LEASING
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for &task_id in candidates {
+                if taken.len() >= n {
+                    break;
+                }
+                if leasing.insert(task_id) {
+                    taken.push(task_id);
+                }
+            }
+        }
+        // Built only once the lock is released: dropping a claim takes it.
+        taken.into_iter().map(Self).collect()
+    }
+
+    /// How many tasks this process is leasing right now.
+    fn outstanding() -> usize {
+        LEASING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        LEASING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.0);
+    }
+}
+
 /// Forgets a deregistered agent's lock.
 pub fn forget_agent(agent_id: Uuid) {
     AGENT_LOCKS
@@ -92,7 +145,8 @@ pub async fn lease_ready(
     let mut granted = Vec::with_capacity(wanted);
     let mut tried = HashSet::new();
     for _ in 0..ROUNDS {
-        if granted.len() >= wanted {
+        let still = wanted - granted.len();
+        if still == 0 {
             break;
         }
         let query = ReadyQuery {
@@ -100,25 +154,43 @@ pub async fn lease_ready(
             agent_id: agent.id,
             capabilities: &capabilities,
             now: Utc::now(),
-            // Enough to get past what racing agents take first, without reading the queue.
-            limit: u32::try_from(wanted * 2 + 8 + tried.len()).unwrap_or(u32::MAX),
+            // Enough to get past what other calls are leasing and what racing nodes take
+            // first, without reading the queue.
+            limit: u32::try_from(still * 2 + 8 + tried.len() + Claim::outstanding())
+                .unwrap_or(u32::MAX),
         };
         let candidates: Vec<Uuid> = TaskView::ready_for(&read.db, &query)
             .await?
             .into_iter()
             .filter(|id| !tried.contains(id))
             .collect();
-        if candidates.is_empty() {
+        let claims = Claim::take_first(&candidates, still);
+        if claims.is_empty() {
+            // Nothing, or only what other calls are leasing; a task they fail to lease
+            // wakes the queue again.
             break;
         }
-        for task_id in candidates {
-            if granted.len() >= wanted {
-                break;
+        tried.extend(claims.iter().map(|claim| claim.0));
+        // At once: their appends share a commit, and the call takes one lease's time.
+        let attempts = claims
+            .iter()
+            .map(|claim| try_lease(bus, read, agent.id, claim.0, context));
+        let mut failure = None;
+        for attempt in futures::future::join_all(attempts).await {
+            match attempt {
+                Ok(Some(grant)) => granted.push(grant),
+                Ok(None) => {}
+                Err(error) => failure = Some(error),
             }
-            tried.insert(task_id);
-            if let Some(grant) = try_lease(bus, read, agent.id, task_id, context).await? {
-                granted.push(grant);
+        }
+        if let Some(error) = failure {
+            if granted.is_empty() {
+                return Err(error);
             }
+            // The leases granted are the agent's: hand them out rather than let them run
+            // out unused.
+            tracing::warn!(%error, "a lease attempt failed; answering the others");
+            break;
         }
     }
     Ok(granted)
@@ -154,7 +226,16 @@ async fn try_lease(
                 lease_id,
             }))
         }
-        Err(CommandError::Store(error)) => Err(error.into()),
+        Err(CommandError::Store(error)) => {
+            // Calls that skipped the task while it was claimed look again.
+            read.notify_queue();
+            Err(error.into())
+        }
+        Err(CommandError::Conflict) => {
+            read.notify_queue();
+            tracing::debug!(%task_id, "the task kept changing; trying the next candidate");
+            Ok(None)
+        }
         Err(error) => {
             tracing::debug!(%task_id, %error, "lease lost; trying the next candidate");
             Ok(None)
