@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use super::bench::BackendArg;
 use super::bench_target::{
-    bearer_client, expect_status, latency_histogram, micros, millis_at, Target,
+    bearer_client, expect_status, latency_histogram, micros, millis_at, until_interrupted, Target,
 };
 use crate::config::Settings;
 
@@ -47,7 +47,7 @@ pub async fn run(args: AuthArgs, settings: Settings) -> anyhow::Result<()> {
         anyhow::bail!("--requests and --concurrency must be at least 1");
     }
     let target = Target::open(&settings, args.backend, args.url.as_deref()).await?;
-    let measured = measure(&target, &args).await;
+    let measured = until_interrupted(measure(&target, &args)).await;
     target.close().await?;
     let [health, jwt, api_key] = measured?;
     eprintln!(

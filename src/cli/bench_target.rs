@@ -211,6 +211,20 @@ impl BackendArg {
     }
 }
 
+/// `work`'s result, or an error if Ctrl-C comes first — so that the caller still closes the
+/// target and drops its throw-away database.
+pub async fn until_interrupted<T>(
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        result = work => result,
+        interrupted = tokio::signal::ctrl_c() => {
+            interrupted.context("cannot listen for Ctrl-C")?;
+            anyhow::bail!("interrupted")
+        }
+    }
+}
+
 /// A client that sends `credential` as `Authorization: Bearer …` on every request.
 pub fn bearer_client(credential: &str) -> anyhow::Result<reqwest::Client> {
     let mut headers = HeaderMap::new();

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::bench::BackendArg;
 use super::bench_target::{
-    bearer_client, expect_status, latency_histogram, micros, millis_at, Target,
+    bearer_client, expect_status, latency_histogram, micros, millis_at, until_interrupted, Target,
 };
 use crate::config::Settings;
 
@@ -73,16 +73,17 @@ pub async fn run(args: TasksArgs, settings: Settings) -> anyhow::Result<()> {
         anyhow::bail!("--rate must be above 0");
     }
     let target = Target::open(&settings, args.backend, args.url.as_deref()).await?;
-    let measured = tokio::time::timeout(
-        Duration::from_secs(args.timeout_secs),
-        measure(&target, &args),
-    )
+    let measured = until_interrupted(async {
+        tokio::time::timeout(
+            Duration::from_secs(args.timeout_secs),
+            measure(&target, &args),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("gave up after {} s (--timeout-secs)", args.timeout_secs))?
+    })
     .await;
     target.close().await?;
-    let report = match measured {
-        Ok(report) => report?,
-        Err(_) => anyhow::bail!("gave up after {} s (--timeout-secs)", args.timeout_secs),
-    };
+    let report = measured?;
     report.print(&args);
     Ok(())
 }

@@ -214,16 +214,21 @@ async fn creator(burst: Arc<Burst>) {
             "max_attempts": 100,
             "retry": {"initial_backoff_ms": 0, "max_backoff_ms": 0},
         });
-        let response = answered(|| {
-            burst
-                .client
-                .post(burst.url("/api/tasks"))
-                .header("idempotency-key", format!("burst-{n}"))
-                .json(&body)
-        })
-        .await;
-        assert_eq!(response.status(), StatusCode::CREATED, "create {n}");
-        let task: Value = response.json().await.unwrap();
+        let task: Value = loop {
+            let response = answered(|| {
+                burst
+                    .client
+                    .post(burst.url("/api/tasks"))
+                    .header("idempotency-key", format!("burst-{n}"))
+                    .json(&body)
+            })
+            .await;
+            assert_eq!(response.status(), StatusCode::CREATED, "create {n}");
+            // The server may die while sending the body: ask again, the key says which.
+            if let Ok(task) = response.json().await {
+                break task;
+            }
+        };
         assert_eq!(task["input"]["n"], n);
         let id = task["id"].as_str().unwrap().to_owned();
         let previous = burst.created.lock().unwrap().insert(id, n);
