@@ -23,6 +23,9 @@ use crate::wakeups::Wakeups;
 /// How often a projection looks at the feed when nothing woke it (another node wrote).
 const POLL: Duration = Duration::from_millis(500);
 
+/// After a wake-up, a projection waits this long so that a burst of commits is one batch.
+const SETTLE: Duration = Duration::from_millis(50);
+
 #[derive(Clone)]
 pub struct ReadSide {
     pub db: ReadDb,
@@ -68,7 +71,7 @@ impl ReadSide {
         let mut handles: Vec<JoinHandle<()>> = self
             .projectors
             .iter()
-            .map(|projector| tokio::spawn(projector.clone().run(self.wake.clone(), POLL)))
+            .map(|projector| tokio::spawn(projector.clone().run(self.wake.clone(), POLL, SETTLE)))
             .collect();
         if let (Some(wakeups), ReadDb::Postgres(pool)) = (&self.wakeups, &self.db) {
             handles.extend(wakeups.spawn(pool.clone(), self.queue.clone(), self.wake.clone()));

@@ -60,6 +60,21 @@ pub trait Projection: Send + Sync + 'static {
         tx: &mut ReadTx,
         event: &RecordedEvent,
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
+
+    /// Applies a batch in feed order: by default one [`Projection::apply`] each. A
+    /// projection may read what it needs for the whole batch at once instead.
+    fn apply_batch(
+        &self,
+        tx: &mut ReadTx,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send {
+        async move {
+            for event in events {
+                self.apply(tx, event).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// One row of `/api/admin/projections` and `/api/status`.
@@ -167,9 +182,7 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
         let Some(last) = events.last().map(RecordedEvent::cursor) else {
             return Ok(0);
         };
-        for event in &events {
-            self.projection.apply(&mut tx, event).await?;
-        }
+        self.projection.apply_batch(&mut tx, &events).await?;
         on_tx!(&mut tx, |conn| {
             sqlx::query(
                 "UPDATE projection_checkpoints
@@ -190,8 +203,11 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
     }
 
     /// Catches up whenever `wake` fires, and at least every `every`, until the task is
-    /// aborted. Errors are logged and retried: a projection falls behind, it never stops.
-    pub async fn run(self: Arc<Self>, wake: Arc<Notify>, every: Duration) {
+    /// aborted; after a wake-up it lets `settle` pass first, so a burst of commits is
+    /// applied as one batch instead of one catch-up each (the committing node's own views
+    /// are written inline, so this delays only what the feed repairs or other nodes wrote).
+    /// Errors are logged and retried: a projection falls behind, it never stops.
+    pub async fn run(self: Arc<Self>, wake: Arc<Notify>, every: Duration, settle: Duration) {
         loop {
             match self.catch_up().await {
                 Ok(0) => {}
@@ -199,7 +215,7 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
                 Err(error) => tracing::error!(projection = P::NAME, %error, "catch-up failed"),
             }
             tokio::select! {
-                () = wake.notified() => {}
+                () = wake.notified() => tokio::time::sleep(settle).await,
                 () = tokio::time::sleep(every) => {}
             }
         }
@@ -213,7 +229,12 @@ pub trait AnyProjector: Send + Sync + 'static {
     fn version(&self) -> i64;
     fn setup(&self) -> BoxFuture<'_, Result<(), ProjectionError>>;
     fn catch_up(&self) -> BoxFuture<'_, Result<u64, ProjectionError>>;
-    fn run(self: Arc<Self>, wake: Arc<Notify>, every: Duration) -> BoxFuture<'static, ()>;
+    fn run(
+        self: Arc<Self>,
+        wake: Arc<Notify>,
+        every: Duration,
+        settle: Duration,
+    ) -> BoxFuture<'static, ()>;
 }
 
 impl<P: Projection, S: EventSource + 'static> AnyProjector for Projector<P, S> {
@@ -233,7 +254,12 @@ impl<P: Projection, S: EventSource + 'static> AnyProjector for Projector<P, S> {
         Box::pin(Projector::catch_up(self))
     }
 
-    fn run(self: Arc<Self>, wake: Arc<Notify>, every: Duration) -> BoxFuture<'static, ()> {
-        Box::pin(Projector::run(self, wake, every))
+    fn run(
+        self: Arc<Self>,
+        wake: Arc<Notify>,
+        every: Duration,
+        settle: Duration,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(Projector::run(self, wake, every, settle))
     }
 }

@@ -2,6 +2,8 @@
 //! and the task's state as JSON. Each row carries the aggregate version it reflects, so the
 //! inline write after a command and the catch-up from the feed converge on the same row.
 
+use std::collections::HashMap;
+
 use chronicle_aggregates::codec;
 use chronicle_aggregates::task::{Task, TaskState};
 use chrono::{DateTime, Utc};
@@ -280,5 +282,49 @@ impl Projection for TaskView {
             .map_err(|e| ProjectionError::event(event, e.0))?;
         task.apply(domain_event);
         Self::upsert(tx, &task, event.sequence as usize).await
+    }
+
+    /// Most events in the feed were already written inline by the node that committed
+    /// them: one query reads the versions of the batch's tasks, and only events past them
+    /// are applied one by one.
+    async fn apply_batch(
+        &self,
+        tx: &mut ReadTx,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let tasks: Vec<&RecordedEvent> = events
+            .iter()
+            .filter(|event| event.aggregate_type == Task::TYPE)
+            .collect();
+        let mut ids: Vec<&str> = tasks.iter().map(|e| e.aggregate_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT id, version FROM task_view_v2 WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let rows: Vec<(String, i64)> = on_tx!(&mut *tx, |conn| {
+            let mut query = sqlx::query_as(&sql);
+            for id in &ids {
+                query = query.bind(*id);
+            }
+            query.fetch_all(conn).await
+        })?;
+        let mut versions: HashMap<String, i64> = rows.into_iter().collect();
+        for event in tasks {
+            if versions
+                .get(&event.aggregate_id)
+                .is_some_and(|version| event.sequence <= *version)
+            {
+                continue;
+            }
+            self.apply(tx, event).await?;
+            versions.insert(event.aggregate_id.clone(), event.sequence);
+        }
+        Ok(())
     }
 }
