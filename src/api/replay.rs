@@ -303,6 +303,17 @@ async fn claim(
     })
 }
 
+/// One statement, built by `$query` for whichever backend, in its own write transaction.
+macro_rules! write_one {
+    ($db:expr, $query:expr) => {
+        async {
+            let mut tx = $db.begin().await?;
+            on_tx!(&mut tx, |conn| $query.execute(&mut *conn).await.map(|_| ()))?;
+            tx.commit().await
+        }
+    };
+}
+
 async fn record(
     db: &ReadDb,
     owner: Uuid,
@@ -310,8 +321,8 @@ async fn record(
     fingerprint: &str,
     stored: &Stored,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = db.begin().await?;
-    on_tx!(&mut tx, |conn| {
+    write_one!(
+        db,
         sqlx::query(
             "UPDATE idempotency_keys SET status = $4, headers = $5, body = $6
               WHERE owner_id = $1 AND key = $2 AND fingerprint = $3 AND status IS NULL",
@@ -322,76 +333,54 @@ async fn record(
         .bind(i32::from(stored.status))
         .bind(stored.headers.as_deref())
         .bind(stored.body.as_deref())
-        .execute(&mut *conn)
-        .await
-        .map(|_| ())
-    })?;
-    tx.commit().await
+    )
+    .await
 }
 
 /// Tells repeats that the first request is still running.
 async fn renew_claim(db: &ReadDb, owner: Uuid, key: &str, fingerprint: &str) {
-    let result = async {
-        let mut tx = db.begin().await?;
-        on_tx!(&mut tx, |conn| {
-            sqlx::query(
-                "UPDATE idempotency_keys SET claimed_at = $4
-                  WHERE owner_id = $1 AND key = $2 AND fingerprint = $3 AND status IS NULL",
-            )
-            .bind(owner.to_string())
-            .bind(key)
-            .bind(fingerprint)
-            .bind(Utc::now().timestamp_millis())
-            .execute(&mut *conn)
-            .await
-            .map(|_| ())
-        })?;
-        tx.commit().await
-    }
+    let renewed: Result<(), sqlx::Error> = write_one!(
+        db,
+        sqlx::query(
+            "UPDATE idempotency_keys SET claimed_at = $4
+              WHERE owner_id = $1 AND key = $2 AND fingerprint = $3 AND status IS NULL",
+        )
+        .bind(owner.to_string())
+        .bind(key)
+        .bind(fingerprint)
+        .bind(Utc::now().timestamp_millis())
+    )
     .await;
-    if let Err(error) = result {
+    if let Err(error) = renewed {
         tracing::warn!(%error, "cannot renew an idempotency claim");
     }
 }
 
 /// Frees the key after an answer not worth keeping (5xx): a repeat runs again.
 async fn release(db: &ReadDb, owner: Uuid, key: &str) {
-    let result = async {
-        let mut tx = db.begin().await?;
-        on_tx!(&mut tx, |conn| {
-            sqlx::query(
-                "DELETE FROM idempotency_keys
-                  WHERE owner_id = $1 AND key = $2 AND status IS NULL",
-            )
-            .bind(owner.to_string())
-            .bind(key)
-            .execute(&mut *conn)
-            .await
-            .map(|_| ())
-        })?;
-        tx.commit().await
-    }
+    let released: Result<(), sqlx::Error> = write_one!(
+        db,
+        sqlx::query(
+            "DELETE FROM idempotency_keys
+              WHERE owner_id = $1 AND key = $2 AND status IS NULL",
+        )
+        .bind(owner.to_string())
+        .bind(key)
+    )
     .await;
-    if let Err(error) = result {
+    if let Err(error) = released {
         tracing::warn!(%error, "cannot free an idempotency key; it frees itself later");
     }
 }
 
 /// Forgets answers past their 24 h (now and then, from a write).
 async fn sweep(db: &ReadDb, now: i64) {
-    let result = async {
-        let mut tx = db.begin().await?;
-        on_tx!(&mut tx, |conn| {
-            sqlx::query("DELETE FROM idempotency_keys WHERE claimed_at < $1")
-                .bind(now - KEEP_MILLIS)
-                .execute(&mut *conn)
-                .await
-                .map(|_| ())
-        })?;
-        tx.commit().await
-    }
+    let swept: Result<(), sqlx::Error> = write_one!(
+        db,
+        sqlx::query("DELETE FROM idempotency_keys WHERE claimed_at < $1").bind(now - KEEP_MILLIS)
+    )
     .await;
-    if let Err(error) = result {
+    if let Err(error) = swept {
         tracing::warn!(%error, "cannot sweep old idempotency keys");
     }
 }
