@@ -75,14 +75,15 @@ impl Application {
         let addr = self.local_addr()?;
         tracing::info!(%addr, backend = self.state.store.backend_name(), "serving");
         let read = self.state.read.clone();
-        let mut background = read.spawn();
+        // Cancelled when shutdown begins: long-polls and sockets end, the agent stops
+        // taking work and the projectors stop between catch-ups (whichever way this
+        // returns).
+        let stopping = self.state.shutdown.clone();
+        let (projectors, mut background) = read.spawn(&stopping);
         background.push(tokio::spawn(crate::process::timers::run(
             self.state.bus.clone(),
             read.clone(),
         )));
-        // Cancelled when shutdown begins: long-polls and sockets end, and the agent stops
-        // taking work (whichever way this returns).
-        let stopping = self.state.shutdown.clone();
         let _stop_agent = stopping.clone().drop_guard();
         let http_agent = self.http_agent.map(|agent| {
             tokio::spawn(agent.run(
@@ -122,6 +123,11 @@ impl Application {
         }
         for task in background {
             task.abort();
+        }
+        for projector in projectors {
+            if let Err(error) = projector.await {
+                tracing::error!(%error, "a projector failed");
+            }
         }
         read.flush().await;
         tracing::info!("stopped");

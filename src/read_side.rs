@@ -16,6 +16,7 @@ use chronicle_projections::{
 use chrono::Utc;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
 use crate::wakeups::Wakeups;
@@ -66,17 +67,26 @@ impl ReadSide {
         })
     }
 
-    /// Keeps the projections current until the handles are aborted.
-    pub fn spawn(&self) -> Vec<JoinHandle<()>> {
-        let mut handles: Vec<JoinHandle<()>> = self
+    /// Keeps the projections current until `stop` is cancelled (they finish the catch-up
+    /// they are in; await the first list), and the cross-node wake-ups until their handles
+    /// (the second list) are aborted.
+    pub fn spawn(&self, stop: &CancellationToken) -> (Vec<JoinHandle<()>>, Vec<JoinHandle<()>>) {
+        let projectors = self
             .projectors
             .iter()
-            .map(|projector| tokio::spawn(projector.clone().run(self.wake.clone(), POLL, SETTLE)))
+            .map(|projector| {
+                tokio::spawn(
+                    projector
+                        .clone()
+                        .run(self.wake.clone(), POLL, SETTLE, stop.clone()),
+                )
+            })
             .collect();
+        let mut others = Vec::new();
         if let (Some(wakeups), ReadDb::Postgres(pool)) = (&self.wakeups, &self.db) {
-            handles.extend(wakeups.spawn(pool.clone(), self.queue.clone(), self.wake.clone()));
+            others.extend(wakeups.spawn(pool.clone(), self.queue.clone(), self.wake.clone()));
         }
-        handles
+        (projectors, others)
     }
 
     /// Tells the projections that events were appended.

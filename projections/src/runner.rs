@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Serialize;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
 use crate::db::{ReadDb, ReadTx};
@@ -206,8 +207,16 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
     /// aborted; after a wake-up it lets `settle` pass first, so a burst of commits is
     /// applied as one batch instead of one catch-up each (the committing node's own views
     /// are written inline, so this delays only what the feed repairs or other nodes wrote).
-    /// Errors are logged and retried: a projection falls behind, it never stops.
-    pub async fn run(self: Arc<Self>, wake: Arc<Notify>, every: Duration, settle: Duration) {
+    /// Errors are logged and retried: a projection falls behind, it never stops — until
+    /// `stop` is cancelled, which it obeys between catch-ups, never inside one (an aborted
+    /// transaction can leave a SQLite connection unusable).
+    pub async fn run(
+        self: Arc<Self>,
+        wake: Arc<Notify>,
+        every: Duration,
+        settle: Duration,
+        stop: CancellationToken,
+    ) {
         loop {
             match self.catch_up().await {
                 Ok(0) => {}
@@ -217,6 +226,7 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
             tokio::select! {
                 () = wake.notified() => tokio::time::sleep(settle).await,
                 () = tokio::time::sleep(every) => {}
+                () = stop.cancelled() => return,
             }
         }
     }
@@ -234,6 +244,7 @@ pub trait AnyProjector: Send + Sync + 'static {
         wake: Arc<Notify>,
         every: Duration,
         settle: Duration,
+        stop: CancellationToken,
     ) -> BoxFuture<'static, ()>;
 }
 
@@ -259,7 +270,8 @@ impl<P: Projection, S: EventSource + 'static> AnyProjector for Projector<P, S> {
         wake: Arc<Notify>,
         every: Duration,
         settle: Duration,
+        stop: CancellationToken,
     ) -> BoxFuture<'static, ()> {
-        Box::pin(Projector::run(self, wake, every, settle))
+        Box::pin(Projector::run(self, wake, every, settle, stop))
     }
 }
