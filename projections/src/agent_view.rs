@@ -3,14 +3,13 @@
 //! read time from `last_heartbeat_at`, never stored, so nothing has to fire to change them.
 
 use chronicle_aggregates::agent::{Agent, AgentLifecycle, AgentState, AgentStatus};
-use chronicle_aggregates::codec;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use uuid::Uuid;
 
 use crate::db::{ReadDb, ReadTx};
 use crate::feed::RecordedEvent;
-use crate::runner::{Projection, ProjectionError};
+use crate::runner::{fold_next, Projection, ProjectionError};
 use crate::{on_reader, on_tx};
 
 pub struct AgentView;
@@ -245,22 +244,9 @@ impl Projection for AgentView {
                 .fetch_optional(conn)
                 .await
         })?;
-        let (mut agent, version) = match current {
-            Some((state, version)) => (decode_row(&state, version)?.agent, version),
-            None => (Agent::default(), 0),
-        };
-        if event.sequence <= version {
+        let Some(agent) = fold_next::<Agent>(current, event)? else {
             return Ok(());
-        }
-        if event.sequence != version + 1 {
-            return Err(ProjectionError::event(
-                event,
-                format!("the view is at version {version}; events are missing"),
-            ));
-        }
-        let domain_event = codec::decode::<Agent>(&event.event_type, event.payload.clone())
-            .map_err(|e| ProjectionError::event(event, e.0))?;
-        agent.apply(domain_event);
+        };
         Self::upsert(tx, &agent, event.sequence as usize).await
     }
 }

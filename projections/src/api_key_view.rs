@@ -3,14 +3,13 @@
 //! them). Revoked keys leave the list; expired ones stay, with their `expires_at`.
 
 use chronicle_aggregates::api_key::{ApiKey, ApiKeyEvent, ApiKeyState};
-use chronicle_aggregates::codec;
 use chrono::{DateTime, SecondsFormat, Utc};
 use cqrs_es::Aggregate;
 use uuid::Uuid;
 
 use crate::db::{ReadDb, ReadTx};
 use crate::feed::RecordedEvent;
-use crate::runner::{Projection, ProjectionError};
+use crate::runner::{decode_event, Projection, ProjectionError};
 use crate::{on_reader, on_tx};
 
 pub struct ApiKeyView;
@@ -171,8 +170,7 @@ impl Projection for ApiKeyView {
         if event.aggregate_type != ApiKey::TYPE {
             return Ok(());
         }
-        let decoded = codec::decode::<ApiKey>(&event.event_type, event.payload.clone())
-            .map_err(|e| ProjectionError::event(event, e.0))?;
+        let decoded = decode_event::<ApiKey>(event)?;
         let id = &event.aggregate_id;
         let sequence = event.sequence;
         match decoded {

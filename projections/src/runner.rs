@@ -78,6 +78,46 @@ pub trait Projection: Send + Sync + 'static {
     }
 }
 
+/// `event` as the aggregate's event type.
+pub fn decode_event<A: cqrs_es::Aggregate>(
+    event: &RecordedEvent,
+) -> Result<A::Event, ProjectionError> {
+    chronicle_aggregates::codec::decode::<A>(&event.event_type, event.payload.clone())
+        .map_err(|e| ProjectionError::event(event, e.0))
+}
+
+/// The next state of a view that keeps an aggregate's state as JSON: `current` is the
+/// stored `(state, version)`, if any. `None` when the view already reflects `event` (the
+/// inline write came first); an error when events are missing before it.
+pub fn fold_next<A>(
+    current: Option<(String, i64)>,
+    event: &RecordedEvent,
+) -> Result<Option<A>, ProjectionError>
+where
+    A: cqrs_es::Aggregate + Default + serde::de::DeserializeOwned,
+{
+    let (mut aggregate, version) = match current {
+        Some((state, version)) => {
+            let aggregate: A = serde_json::from_str(&state)
+                .map_err(|e| ProjectionError::event(event, format!("stored state: {e}")))?;
+            (aggregate, version)
+        }
+        None => (A::default(), 0),
+    };
+    if event.sequence <= version {
+        return Ok(None);
+    }
+    if event.sequence != version + 1 {
+        return Err(ProjectionError::event(
+            event,
+            format!("the view is at version {version}; events are missing"),
+        ));
+    }
+    let domain_event = decode_event::<A>(event)?;
+    aggregate.apply(domain_event);
+    Ok(Some(aggregate))
+}
+
 /// One row of `/api/admin/projections` and `/api/status`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProjectionStatus {

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 
-use chronicle_aggregates::codec;
 use chronicle_aggregates::task::{Task, TaskState};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -12,7 +11,7 @@ use uuid::Uuid;
 
 use crate::db::{ReadDb, ReadTx};
 use crate::feed::RecordedEvent;
-use crate::runner::{Projection, ProjectionError};
+use crate::runner::{fold_next, Projection, ProjectionError};
 use crate::{on_reader, on_tx};
 
 pub struct TaskView;
@@ -261,26 +260,9 @@ impl Projection for TaskView {
                 .fetch_optional(conn)
                 .await
         })?;
-        let (mut task, version) = match current {
-            Some((state, version)) => {
-                let task: Task = serde_json::from_str(&state)
-                    .map_err(|e| ProjectionError::event(event, format!("stored state: {e}")))?;
-                (task, version)
-            }
-            None => (Task::default(), 0),
-        };
-        if event.sequence <= version {
+        let Some(task) = fold_next::<Task>(current, event)? else {
             return Ok(());
-        }
-        if event.sequence != version + 1 {
-            return Err(ProjectionError::event(
-                event,
-                format!("the view is at version {version}; events are missing"),
-            ));
-        }
-        let domain_event = codec::decode::<Task>(&event.event_type, event.payload.clone())
-            .map_err(|e| ProjectionError::event(event, e.0))?;
-        task.apply(domain_event);
+        };
         Self::upsert(tx, &task, event.sequence as usize).await
     }
 
