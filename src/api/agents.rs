@@ -347,10 +347,14 @@ pub(crate) async fn record_heartbeat(
             })
         })
         .await?;
-    state
-        .read
-        .agent_committed(&committed.aggregate, committed.version)
-        .await;
+    // Most heartbeats come sooner than the resolution and record nothing: then the agent
+    // view has nothing new to write.
+    if !committed.events.is_empty() {
+        state
+            .read
+            .agent_committed(&committed.aggregate, committed.version)
+            .await;
+    }
     let tasks = match running_task_ids {
         Some(ids) => ids,
         None => TaskViewModel::held_by(&state.read.db, id)

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use bytes::Bytes;
-use chronicle_aggregates::agent::{Agent, AgentCommand, AgentLifecycle};
+use chronicle_aggregates::agent::AgentLifecycle;
 use chronicle_aggregates::task::{Task, TaskCommand};
 use chronicle_commands::task::NewTaskRequest;
 use chronicle_commands::values::Capability;
@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::agents::{agent_context, optional_body, registered_agent, writable};
+use super::agents::{agent_context, optional_body, record_heartbeat, registered_agent};
 use super::error::ApiError;
 use super::extract::{ApiJson, IdPath, RequestMeta};
 use super::tasks::{committed, task_response};
@@ -28,7 +28,6 @@ use super::AppState;
 use crate::actor::Actor;
 use crate::bus::Committed;
 use crate::process::dispatch::{lease_ready, Granted, MAX_TASKS_PER_LEASE};
-use crate::process::heartbeat_resolution;
 
 /// Longest long-poll a client may ask for.
 pub const MAX_WAIT_SECS: i64 = 30;
@@ -111,25 +110,9 @@ pub async fn lease(
         }
     };
     let context = agent_context(&meta, &actor, id);
-    let Committed {
-        aggregate,
-        version,
-        events,
-    } = state
-        .bus
-        .execute::<Agent, ApiError>(&id.to_string(), &context, None, |agent| {
-            writable(&actor, agent)?;
-            Ok(AgentCommand::RecordHeartbeat {
-                at: Utc::now(),
-                resolution: heartbeat_resolution(),
-            })
-        })
-        .await?;
-    // Most calls come sooner than the heartbeat resolution and record nothing: then the
-    // agent view has nothing new to write.
-    if !events.is_empty() {
-        state.read.agent_committed(&aggregate, version).await;
-    }
+    // A lease call is a sign of life; it renews no lease of its own.
+    let Committed { aggregate, .. } =
+        record_heartbeat(&state, &actor, &context, id, Some(Vec::new())).await?;
     let agent = aggregate.state().ok_or(ApiError::NotFound)?;
     if agent.lifecycle != AgentLifecycle::Active {
         // A draining agent finishes what it has and takes nothing new.
