@@ -6,15 +6,15 @@
 
 use std::time::Duration;
 
-use chronicle_aggregates::task::{Task, TaskCommand, TaskError};
+use chronicle_aggregates::task::{TaskCommand, TaskError};
 use chronicle_projections::task_view::TaskView;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use uuid::Uuid;
 
 use super::dispatch::DispatchError;
-use super::jitter;
-use crate::bus::{CommandBus, CommandContext, CommandError, Committed};
+use super::{jitter, try_task_command};
+use crate::bus::{CommandBus, CommandContext, CommandError};
 use crate::read_side::ReadSide;
 
 /// The longest the loop sleeps: it also notices deadlines written by other nodes.
@@ -79,39 +79,22 @@ pub async fn expire_due(
     let context = context();
     let mut expired = 0;
     for task_id in &due {
-        let result = bus
-            .execute::<Task, CommandError<TaskError>>(
-                &task_id.to_string(),
-                &context,
-                None,
-                |task| {
-                    let lease_id = task
-                        .state()
-                        .and_then(|state| state.lease_id)
-                        .ok_or(CommandError::Refused(TaskError::StaleLease))?;
-                    Ok(TaskCommand::ExpireLease {
-                        lease_id,
-                        jitter: jitter(),
-                        at: Utc::now(),
-                    })
-                },
-            )
-            .await;
-        match result {
-            Ok(Committed {
-                aggregate,
-                version,
-                events,
-            }) => {
-                if !events.is_empty() {
-                    tracing::info!(%task_id, "lease expired");
-                    expired += 1;
-                }
-                read.task_committed(&aggregate, version).await;
-            }
-            Err(CommandError::Store(error)) => return Err(error.into()),
-            // Renewed, reported or expired elsewhere in the meantime: nothing to do.
-            Err(error) => tracing::debug!(%task_id, %error, "no lease to expire"),
+        let committed = try_task_command(bus, read, *task_id, &context, |task| {
+            let lease_id = task
+                .state()
+                .and_then(|state| state.lease_id)
+                .ok_or(CommandError::Refused(TaskError::StaleLease))?;
+            Ok(TaskCommand::ExpireLease {
+                lease_id,
+                jitter: jitter(),
+                at: Utc::now(),
+            })
+        })
+        .await?;
+        // Refused: renewed, reported or expired elsewhere in the meantime.
+        if committed.is_some_and(|c| !c.events.is_empty()) {
+            tracing::info!(%task_id, "lease expired");
+            expired += 1;
         }
     }
     Ok(expired)
