@@ -7,6 +7,7 @@ use std::time::Duration;
 use chronicle_aggregates::agent::Agent;
 use chronicle_aggregates::api_key::ApiKey;
 use chronicle_aggregates::task::{is_ready, Task};
+use chronicle_projections::aggregate_owners::AggregateOwners;
 use chronicle_projections::agent_view::AgentView;
 use chronicle_projections::api_key_view::ApiKeyView;
 use chronicle_projections::task_view::TaskView;
@@ -47,6 +48,7 @@ impl ReadSide {
             Arc::new(Projector::new(TaskView, store.clone(), db.clone())) as Arc<dyn AnyProjector>,
             Arc::new(Projector::new(AgentView, store.clone(), db.clone())),
             Arc::new(Projector::new(ApiKeyView, store.clone(), db.clone())),
+            Arc::new(Projector::new(AggregateOwners, store.clone(), db.clone())),
         ]);
         for projector in projectors.iter() {
             projector.setup().await?;

@@ -11,7 +11,9 @@
 //! - [`task_queue`]: the task view's queue reads — ready tasks, held leases, deadlines.
 //! - [`agent_view`]: the agent registry read model.
 //! - [`api_key_view`]: each user's API keys, without their secrets.
+//! - [`aggregate_owners`]: who owns each aggregate, for scoping the event history.
 
+pub mod aggregate_owners;
 pub mod agent_view;
 pub mod api_key_view;
 pub mod db;
