@@ -12,15 +12,17 @@
 //! - [`agent_view`]: the agent registry read model.
 //! - [`api_key_view`]: each user's API keys, without their secrets.
 //! - [`aggregate_owners`]: who owns each aggregate, for scoping the event history.
+//! - [`usage`]: usage analytics — one fact per counted task event, reported by bucket.
 
-pub mod aggregate_owners;
 pub mod agent_view;
+pub mod aggregate_owners;
 pub mod api_key_view;
 pub mod db;
 pub mod feed;
 pub mod runner;
 pub mod task_queue;
 pub mod task_view;
+pub mod usage;
 
 pub use db::{ReadDb, ReadTx};
 pub use feed::{EventSource, FeedCursor, RecordedEvent};

@@ -209,6 +209,25 @@ impl TaskView {
         })?;
         Ok(u64::try_from(count).unwrap_or_default())
     }
+
+    /// How many tasks are in each status (only statuses that occur), one owner's or all.
+    pub async fn count_by_status(
+        db: &ReadDb,
+        owner_id: Option<Uuid>,
+    ) -> Result<Vec<(String, i64)>, ProjectionError> {
+        let owner = owner_id.map(|id| id.to_string());
+        let rows = on_reader!(db, |pool| {
+            sqlx::query_as(
+                "SELECT status, count(*) FROM task_view_v2
+                  WHERE ($1 IS NULL OR owner_id = $1)
+                  GROUP BY status",
+            )
+            .bind(owner.as_deref())
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows)
+    }
 }
 
 impl Projection for TaskView {

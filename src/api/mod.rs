@@ -2,6 +2,7 @@
 
 pub mod agent_ws;
 pub mod agents;
+pub mod analytics;
 pub mod auth;
 pub mod cors;
 pub mod error;
@@ -112,7 +113,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(users::me))
         .routes(routes!(users::create_key, users::list_keys))
         .routes(routes!(users::revoke_key))
-        .routes(routes!(users::rotate_key));
+        .routes(routes!(users::rotate_key))
+        .routes(routes!(analytics::usage))
+        .routes(routes!(analytics::status));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).nest("/api", api)
 }
 

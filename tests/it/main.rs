@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod agent_ws;
+mod analytics;
 mod api;
 mod auth;
 mod crash;
