@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::process::dispatch::DispatchState;
 use crate::store::Store;
 use crate::wakeups::Wakeups;
 
@@ -39,6 +40,8 @@ pub struct ReadSide {
     store: Store,
     /// Announcements to other nodes on the same PostgreSQL; `None` on SQLite.
     wakeups: Option<Wakeups>,
+    /// What this node's lease calls share.
+    dispatch: Arc<DispatchState>,
 }
 
 impl ReadSide {
@@ -68,6 +71,7 @@ impl ReadSide {
             db,
             projectors,
             store: store.clone(),
+            dispatch: Arc::default(),
         })
     }
 
@@ -107,6 +111,11 @@ impl ReadSide {
         if let Some(wakeups) = &self.wakeups {
             wakeups.queue();
         }
+    }
+
+    /// What this node's lease calls share (see `process::dispatch`).
+    pub(crate) fn dispatch(&self) -> &DispatchState {
+        &self.dispatch
     }
 
     /// The signal behind [`ReadSide::notify_queue`]; register interest (`enable`) before

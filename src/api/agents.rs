@@ -24,7 +24,7 @@ use super::views::AgentView;
 use super::AppState;
 use crate::actor::Actor;
 use crate::bus::{CommandContext, CommandError, Committed};
-use crate::process::dispatch::{forget_agent, DispatchError};
+use crate::process::dispatch::DispatchError;
 use crate::process::release::release_agent_tasks;
 use crate::process::{heartbeat_resolution, offline_after, try_task_command};
 
@@ -440,6 +440,6 @@ pub async fn deregister(
     }
     let released = release_agent_tasks(&state.bus, &state.read, id, &context).await?;
     tracing::info!(released, "agent deregistered");
-    forget_agent(id);
+    state.read.dispatch().forget_agent(id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -2,17 +2,17 @@
 //! first, then age); each lease is a `LeaseTask` command on the task, so when two agents
 //! race for one task the aggregate lets exactly one win and the loser moves on to the next
 //! candidate. An agent never holds more than its `max_concurrency` leases: leasing for one
-//! agent is serialised in this process, and counts what the view says it holds.
+//! agent is serialised in this node, and counts what the view says it holds.
 //!
 //! Every agent woken by a new task reads the same best-first candidates. So that they do
 //! not all load and race for the first one (only one can win; the others pay a load, and
 //! often a lost append and a retry, for nothing), a task being leased by one call in this
-//! process is skipped by the others, which go on to the next candidate. Across nodes the
+//! node is skipped by the others, which go on to the next candidate. Across nodes the
 //! aggregate still decides. A call tries its claimed candidates concurrently, so their
 //! appends share a commit.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 
 use chronicle_aggregates::agent::AgentState;
 use chronicle_aggregates::task::{Task, TaskCommand, TaskError};
@@ -49,32 +49,52 @@ pub struct Granted {
     pub lease_id: Uuid,
 }
 
-/// One lock per agent, so two lease calls of one agent cannot both count a free slot.
-static AGENT_LOCKS: LazyLock<Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>> =
-    LazyLock::new(Default::default);
-
-fn agent_lock(agent_id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
-    let mut locks = AGENT_LOCKS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    locks.entry(agent_id).or_default().clone()
+/// What one node's lease calls share: a lock per agent, so two lease calls of one agent
+/// cannot both count a free slot, and the tasks being leased right now. Owned by the
+/// server (through its [`ReadSide`]), so two servers in one process are two nodes.
+#[derive(Default)]
+pub struct DispatchState {
+    agent_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    leasing: Mutex<HashSet<Uuid>>,
 }
 
-/// Tasks that a lease call of this process is leasing right now.
-static LEASING: LazyLock<Mutex<HashSet<Uuid>>> = LazyLock::new(Default::default);
+impl DispatchState {
+    fn agent_lock(&self, agent_id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .agent_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(agent_id).or_default().clone()
+    }
 
-/// This process's claim on leasing one task; dropped when the attempt is over.
-struct Claim(Uuid);
+    fn leasing(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        self.leasing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 
-impl Claim {
-    /// Claims the first `n` of `candidates` that no other call of this process is leasing,
+    /// Forgets a deregistered agent's lock.
+    pub fn forget_agent(&self, agent_id: Uuid) {
+        self.agent_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&agent_id);
+    }
+}
+
+/// A lease call's claim on leasing one task; dropped when the attempt is over.
+struct Claim<'a> {
+    state: &'a DispatchState,
+    task_id: Uuid,
+}
+
+impl<'a> Claim<'a> {
+    /// Claims the first `n` of `candidates` that no other call of this node is leasing,
     /// all at once, so that agents woken together take different tasks.
-    fn take_first(candidates: &[Uuid], n: usize) -> Vec<Self> {
+    fn take_first(state: &'a DispatchState, candidates: &[Uuid], n: usize) -> Vec<Self> {
         let mut taken = Vec::with_capacity(n);
         {
-            let mut leasing = LEASING
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut leasing = state.leasing();
             for &task_id in candidates {
                 if taken.len() >= n {
                     break;
@@ -85,33 +105,22 @@ impl Claim {
             }
         }
         // Built only once the lock is released: dropping a claim takes it.
-        taken.into_iter().map(Self).collect()
+        taken
+            .into_iter()
+            .map(|task_id| Self { state, task_id })
+            .collect()
     }
 
-    /// How many tasks this process is leasing right now.
-    fn outstanding() -> usize {
-        LEASING
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+    /// How many tasks this node is leasing right now.
+    fn outstanding(state: &DispatchState) -> usize {
+        state.leasing().len()
     }
 }
 
-impl Drop for Claim {
+impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        LEASING
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&self.0);
+        self.state.leasing().remove(&self.task_id);
     }
-}
-
-/// Forgets a deregistered agent's lock.
-pub fn forget_agent(agent_id: Uuid) {
-    AGENT_LOCKS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .remove(&agent_id);
 }
 
 /// Built-in agents (run by Chronicle itself, owned by the system) serve every user; any
@@ -129,7 +138,8 @@ pub async fn lease_ready(
     max_tasks: u32,
     context: &CommandContext,
 ) -> Result<Vec<Granted>, DispatchError> {
-    let lock = agent_lock(agent.id);
+    let dispatch = read.dispatch();
+    let lock = dispatch.agent_lock(agent.id);
     let _serialised = lock.lock().await;
     let held = TaskView::held_by(&read.db, agent.id).await?.len();
     let free = agent
@@ -156,7 +166,7 @@ pub async fn lease_ready(
             now: Utc::now(),
             // Enough to get past what other calls are leasing and what racing nodes take
             // first, without reading the queue.
-            limit: u32::try_from(still * 2 + 8 + tried.len() + Claim::outstanding())
+            limit: u32::try_from(still * 2 + 8 + tried.len() + Claim::outstanding(dispatch))
                 .unwrap_or(u32::MAX),
         };
         let candidates: Vec<Uuid> = TaskView::ready_for(&read.db, &query)
@@ -164,17 +174,17 @@ pub async fn lease_ready(
             .into_iter()
             .filter(|id| !tried.contains(id))
             .collect();
-        let claims = Claim::take_first(&candidates, still);
+        let claims = Claim::take_first(dispatch, &candidates, still);
         if claims.is_empty() {
             // Nothing, or only what other calls are leasing; a task they fail to lease
             // wakes the queue again.
             break;
         }
-        tried.extend(claims.iter().map(|claim| claim.0));
+        tried.extend(claims.iter().map(|claim| claim.task_id));
         // At once: their appends share a commit, and the call takes one lease's time.
         let attempts = claims
             .iter()
-            .map(|claim| try_lease(bus, read, agent.id, claim.0, context));
+            .map(|claim| try_lease(bus, read, agent.id, claim.task_id, context));
         let mut failure = None;
         for attempt in futures::future::join_all(attempts).await {
             match attempt {
@@ -240,5 +250,32 @@ async fn try_lease(
             tracing::debug!(%task_id, %error, "lease lost; trying the next candidate");
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Claim, DispatchState};
+    use uuid::Uuid;
+
+    #[test]
+    fn claims_are_a_nodes_own_and_end_with_the_attempt() {
+        let (node_a, node_b) = (DispatchState::default(), DispatchState::default());
+        let tasks = [Uuid::now_v7(), Uuid::now_v7()];
+        let first = Claim::take_first(&node_a, &tasks, 1);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].task_id, tasks[0]);
+        // Another call of the same node skips the claimed task…
+        let second = Claim::take_first(&node_a, &tasks, 2);
+        assert_eq!(
+            second.iter().map(|c| c.task_id).collect::<Vec<_>>(),
+            [tasks[1]]
+        );
+        // …another node does not know of it: the aggregate decides between nodes.
+        assert_eq!(Claim::take_first(&node_b, &tasks, 2).len(), 2);
+        assert_eq!(Claim::outstanding(&node_a), 2);
+        drop(first);
+        drop(second);
+        assert_eq!(Claim::outstanding(&node_a), 0);
     }
 }
