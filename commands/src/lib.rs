@@ -8,6 +8,7 @@
 //! - [`task`]: the task requests (`NewTaskRequest` → [`task::TaskSpec`]).
 //! - [`http_request`]: the input of an `http.request` task, checked at creation.
 //! - [`auth`]: registration, login, refresh and API-key requests; email, role, hashes.
+//! - [`workflow`]: workflow definitions — the DAG, conditions, templates, params.
 
 pub mod agent;
 pub mod auth;
@@ -15,5 +16,6 @@ pub mod http_request;
 pub mod task;
 pub mod validation;
 pub mod values;
+pub mod workflow;
 
 pub use validation::{FieldError, ValidationErrors};
