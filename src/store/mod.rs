@@ -252,6 +252,15 @@ impl Store {
         }
     }
 
+    /// A cursor from which the feed yields every event recorded at or after `since` (and
+    /// perhaps a few older ones), without reading the history before it.
+    pub async fn cursor_since(&self, since: chrono::DateTime<chrono::Utc>) -> Result<FeedCursor, StoreError> {
+        match self.backend() {
+            Backend::Postgres(pg) => pg.cursor_since(since).await,
+            Backend::Sqlite(lite) => lite.cursor_since(since).await,
+        }
+    }
+
     /// The feed cursor just after the event at `position`, if there is one.
     pub async fn cursor_after(&self, position: i64) -> Result<Option<FeedCursor>, StoreError> {
         if position <= 0 {

@@ -15,4 +15,5 @@ mod http_agent;
 mod openapi;
 mod orchestration;
 mod projections;
+mod revocation;
 mod store;
