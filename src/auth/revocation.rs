@@ -33,6 +33,10 @@ const POLL: Duration = Duration::from_millis(400);
 /// After a wake-up, wait this long so that a burst of commits is one read.
 const SETTLE: Duration = Duration::from_millis(20);
 const BATCH: u32 = 500;
+/// How far back each read looks for credential-ending events past the feed's horizon:
+/// their `recorded_at` is their transaction's start (PostgreSQL), so a transaction longer
+/// than this is left to the feed.
+const RECENT: Duration = Duration::from_secs(30);
 /// Kept beyond the access-token lifetime: the JWT leeway and clock differences.
 const MARGIN_SECS: i64 = 60;
 
@@ -261,24 +265,38 @@ impl Revocations {
         }
     }
 
-    fn end_session(&self, session_id: Uuid, at: DateTime<Utc>) {
-        self.write().sessions.insert(session_id, at);
+    // Each of these says whether it learnt something: the same event is read more than once
+    // (by the feed and by the recent read).
+
+    fn end_session(&self, session_id: Uuid, at: DateTime<Utc>) -> bool {
+        self.write().sessions.insert(session_id, at).is_none()
     }
 
-    fn change_key(&self, key_id: Uuid, change: KeyChange) {
+    fn change_key(&self, key_id: Uuid, change: KeyChange) -> bool {
         let mut ended = self.write();
-        let entry = ended.keys.entry(key_id).or_insert(change);
-        if change.sequence >= entry.sequence {
-            *entry = change;
+        match ended.keys.get(&key_id) {
+            Some(known) if known.sequence >= change.sequence => false,
+            _ => {
+                ended.keys.insert(key_id, change);
+                true
+            }
         }
     }
 
-    fn change_roles(&self, user_id: Uuid, change: RoleChange) {
+    fn knows_role_change(&self, user_id: Uuid, sequence: i64) -> bool {
+        self.read()
+            .users
+            .get(&user_id)
+            .is_some_and(|known| known.sequence >= sequence)
+    }
+
+    fn change_roles(&self, user_id: Uuid, change: RoleChange) -> bool {
         let mut ended = self.write();
         match ended.users.get(&user_id) {
-            Some(known) if known.sequence > change.sequence => {}
+            Some(known) if known.sequence >= change.sequence => false,
             _ => {
                 ended.users.insert(user_id, change);
+                true
             }
         }
     }
@@ -332,21 +350,35 @@ impl RevocationFeed {
         Ok(feed)
     }
 
-    /// Reads the feed up to its end; the number of events that ended something.
+    /// Reads what ended lately, then the feed up to its end; the number of events that
+    /// ended something not known before.
     async fn catch_up(&mut self) -> Result<usize, StoreError> {
-        let all = AggregateFilter::default();
+        // The feed never skips an event but waits for every older transaction in the
+        // cluster to end; the recent read does not wait, so a long transaction elsewhere
+        // does not hold a logout back.
         let mut applied = 0;
+        let recent = self
+            .store
+            .credential_events_since(Utc::now() - chrono::Duration::from_std(RECENT).unwrap_or_default())
+            .await?;
+        for event in &recent {
+            applied += usize::from(self.apply(event).await?);
+        }
+        if applied > 0 {
+            self.revocations.announce();
+        }
+        let all = AggregateFilter::default();
         loop {
             let batch = self.store.feed(self.cursor, BATCH, &all).await?;
+            let mut learnt = 0;
             for event in &batch {
-                if self.apply(event).await? {
-                    applied += 1;
-                }
+                learnt += usize::from(self.apply(event).await?);
                 self.cursor = event.cursor();
             }
-            if applied > 0 {
+            if learnt > 0 {
                 self.revocations.announce();
             }
+            applied += learnt;
             if batch.len() < BATCH as usize {
                 break;
             }
@@ -355,7 +387,7 @@ impl RevocationFeed {
         Ok(applied)
     }
 
-    /// Records what `event` ended, if anything.
+    /// Records what `event` ended; whether that was news.
     async fn apply(&self, event: &RecordedEvent) -> Result<bool, StoreError> {
         let relevant = matches!(
             (event.aggregate_type.as_str(), event.event_type.as_str()),
@@ -375,7 +407,7 @@ impl RevocationFeed {
             .get("at")
             .and_then(|at| serde_json::from_value::<DateTime<Utc>>(at.clone()).ok())
             .unwrap_or(event.recorded_at);
-        match event.aggregate_type.as_str() {
+        let learnt = match event.aggregate_type.as_str() {
             Session::TYPE => self.revocations.end_session(id, at),
             ApiKey::TYPE => self.revocations.change_key(
                 id,
@@ -385,6 +417,7 @@ impl RevocationFeed {
                     revoked: event.event_type == "ApiKeyRevoked",
                 },
             ),
+            _ if self.revocations.knows_role_change(id, event.sequence) => false,
             _ => {
                 let user = self.store.aggregate::<User>().load(&id.to_string()).await?;
                 let roles = user
@@ -399,10 +432,10 @@ impl RevocationFeed {
                         sequence: event.sequence,
                         roles,
                     },
-                );
+                )
             }
-        }
-        Ok(true)
+        };
+        Ok(learnt)
     }
 
     /// Keeps following until `stop` is cancelled: woken by `events` (local commits and

@@ -132,6 +132,24 @@ impl PgBackend {
         Ok(before_first.min(in_flight))
     }
 
+    /// The events that end credentials early (see `auth::revocation`) recorded at or after
+    /// `since`, committed or not past the feed's horizon; served by a partial index.
+    pub(super) async fn credential_events_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(select_events!(
+            "WHERE event_type IN ('SessionRevoked', 'ApiKeyRevoked', 'ApiKeyRotated', \
+                                  'RoleGranted', 'RoleRevoked')
+               AND recorded_at >= $1
+             ORDER BY position"
+        ))
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
     /// `(horizon, watermark)`: every transaction below the horizon has ended; every one that
     /// committed before now is below the watermark.
     pub(super) async fn horizon(&self) -> Result<(u64, u64), StoreError> {

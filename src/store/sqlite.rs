@@ -137,6 +137,25 @@ impl SqliteBackend {
         })
     }
 
+    /// The events that end credentials early (see `auth::revocation`) recorded at or after
+    /// `since`; served by a partial index.
+    pub(super) async fn credential_events_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let since = since.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        let rows = sqlx::query(select_events!(
+            "WHERE event_type IN ('SessionRevoked', 'ApiKeyRevoked', 'ApiKeyRotated', \
+                                  'RoleGranted', 'RoleRevoked')
+               AND recorded_at >= ?1
+             ORDER BY position"
+        ))
+        .bind(since)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
     pub(super) async fn lag_after(
         &self,
         cursor: FeedCursor,

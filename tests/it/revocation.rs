@@ -172,3 +172,39 @@ async fn a_query_token_is_refused_on_a_plain_route_even_as_an_upgrade(#[case] ba
         assert_eq!(answer.status(), StatusCode::UNAUTHORIZED, "{path}");
     }
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn a_long_transaction_elsewhere_does_not_hold_a_logout_back(#[case] backend: Backend) {
+    use sqlx::Connection;
+    let app = spawn_app(backend).await;
+    let (node_b, _stop_b) = app.second_node(|_| {}).await;
+    let user = app.register_user().await;
+
+    // An open transaction holds the PostgreSQL feed's horizon (cluster-wide) until it ends;
+    // on SQLite a reader's transaction holds nothing back.
+    let _open = match backend {
+        Backend::Postgres => {
+            let mut open = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+            sqlx::query("BEGIN").execute(&mut open).await.unwrap();
+            sqlx::query("SELECT pg_current_xact_id()")
+                .execute(&mut open)
+                .await
+                .unwrap();
+            Some(open)
+        }
+        Backend::Sqlite => None,
+    };
+    let out = post(
+        &app,
+        "/api/auth/logout",
+        json!({"refresh_token": user.refresh_token}),
+    )
+    .await;
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    let ended = Instant::now();
+    refused_within(&node_b, &user.client, ended).await;
+    refused_within(&app.address, &user.client, ended).await;
+}
