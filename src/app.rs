@@ -91,8 +91,7 @@ impl Application {
             read.clone(),
         )));
         background.push(tokio::spawn(
-            self.revocations
-                .run(read.events_signal(), stopping.clone()),
+            self.revocations.run(read.events_signal(), stopping.clone()),
         ));
         let _stop_agent = stopping.clone().drop_guard();
         let http_agent = self.http_agent.map(|agent| {

@@ -175,11 +175,17 @@ impl Revocations {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Ended> {
-        self.inner.ended.read().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .ended
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Ended> {
-        self.inner.ended.write().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .ended
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Why `grant` no longer holds, if it was revoked (expiry is not looked at: the JWT
@@ -232,7 +238,10 @@ impl Revocations {
 
     /// Whether the key was revoked (recently: older revocations are found by loading it).
     pub fn key_revoked(&self, key_id: Uuid) -> bool {
-        self.read().keys.get(&key_id).is_some_and(|change| change.revoked)
+        self.read()
+            .keys
+            .get(&key_id)
+            .is_some_and(|change| change.revoked)
     }
 
     /// Why `grant` no longer holds, if it expired or was revoked by now: for a socket to
@@ -303,7 +312,9 @@ impl Revocations {
 
     /// Wakes every [`Revocations::ended`] to look again.
     fn announce(&self) {
-        self.inner.changes.send_modify(|generation| *generation += 1);
+        self.inner
+            .changes
+            .send_modify(|generation| *generation += 1);
     }
 
     /// Forgets what ended before the window: no unexpired token predates it.
@@ -328,7 +339,7 @@ async fn until_expiry(grant: &Grant) {
 }
 
 /// Follows the global feed into a node's [`Revocations`].
-pub struct RevocationFeed {
+pub(crate) struct RevocationFeed {
     store: Store,
     revocations: Revocations,
     cursor: FeedCursor,
@@ -336,7 +347,7 @@ pub struct RevocationFeed {
 
 impl RevocationFeed {
     /// Reads what ended within the window, before the node serves.
-    pub async fn start(store: &Store, revocations: Revocations) -> Result<Self, StoreError> {
+    pub(crate) async fn start(store: &Store, revocations: Revocations) -> Result<Self, StoreError> {
         let cursor = store
             .cursor_since(Utc::now() - revocations.window())
             .await?;
@@ -359,7 +370,9 @@ impl RevocationFeed {
         let mut applied = 0;
         let recent = self
             .store
-            .credential_events_since(Utc::now() - chrono::Duration::from_std(RECENT).unwrap_or_default())
+            .credential_events_since(
+                Utc::now() - chrono::Duration::from_std(RECENT).unwrap_or_default(),
+            )
             .await?;
         for event in &recent {
             applied += usize::from(self.apply(event).await?);
@@ -440,7 +453,7 @@ impl RevocationFeed {
 
     /// Keeps following until `stop` is cancelled: woken by `events` (local commits and
     /// other nodes' `NOTIFY`), and every [`POLL`] without it.
-    pub async fn run(mut self, events: Arc<Notify>, stop: CancellationToken) {
+    pub(crate) async fn run(mut self, events: Arc<Notify>, stop: CancellationToken) {
         loop {
             // Interest registered before reading, so a commit during the read wakes us.
             let woken = events.notified();
@@ -499,7 +512,10 @@ mod tests {
             },
         );
         let before = token(Uuid::now_v7(), user, at - chrono::Duration::seconds(2));
-        assert_eq!(revocations.revoked(&before), Some(CloseReason::RolesChanged));
+        assert_eq!(
+            revocations.revoked(&before),
+            Some(CloseReason::RolesChanged)
+        );
         // The same second: judged by the roles it names.
         assert_eq!(revocations.revoked(&token(Uuid::now_v7(), user, at)), None);
         let Grant::Token { session_id, .. } = token(Uuid::now_v7(), user, at) else {
@@ -534,7 +550,10 @@ mod tests {
                 revoked: false,
             },
         );
-        assert_eq!(revocations.revoked(&grant(1)), Some(CloseReason::KeyRotated));
+        assert_eq!(
+            revocations.revoked(&grant(1)),
+            Some(CloseReason::KeyRotated)
+        );
         assert_eq!(revocations.revoked(&grant(2)), None);
         assert!(!revocations.key_revoked(key_id));
         revocations.change_key(
@@ -545,7 +564,10 @@ mod tests {
                 revoked: true,
             },
         );
-        assert_eq!(revocations.revoked(&grant(2)), Some(CloseReason::KeyRevoked));
+        assert_eq!(
+            revocations.revoked(&grant(2)),
+            Some(CloseReason::KeyRevoked)
+        );
         assert!(revocations.key_revoked(key_id));
     }
 

@@ -254,7 +254,10 @@ impl Store {
 
     /// A cursor from which the feed yields every event recorded at or after `since` (and
     /// perhaps a few older ones), without reading the history before it.
-    pub async fn cursor_since(&self, since: chrono::DateTime<chrono::Utc>) -> Result<FeedCursor, StoreError> {
+    pub async fn cursor_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<FeedCursor, StoreError> {
         match self.backend() {
             Backend::Postgres(pg) => pg.cursor_since(since).await,
             Backend::Sqlite(lite) => lite.cursor_since(since).await,

@@ -109,7 +109,10 @@ impl PgBackend {
 
     /// A cursor before every event recorded at or after `since`, and before every event
     /// of a transaction still in flight (it may commit below a later one already visible).
-    pub(super) async fn cursor_since(&self, since: DateTime<Utc>) -> Result<FeedCursor, StoreError> {
+    pub(super) async fn cursor_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<FeedCursor, StoreError> {
         let first = sqlx::query(
             "SELECT position, transaction_id::text AS xid FROM events
               WHERE recorded_at >= $1 ORDER BY transaction_id, position LIMIT 1",

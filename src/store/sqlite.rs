@@ -117,19 +117,23 @@ impl SqliteBackend {
 
     /// A cursor before every event recorded at or after `since` (one writer: position
     /// order is commit order). `recorded_at` is fixed-width RFC 3339 text, so it sorts.
-    pub(super) async fn cursor_since(&self, since: DateTime<Utc>) -> Result<FeedCursor, StoreError> {
+    pub(super) async fn cursor_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<FeedCursor, StoreError> {
         let since = since.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
-        let position: Option<i64> = sqlx::query_scalar(
-            "SELECT min(position) FROM events WHERE recorded_at >= ?1",
-        )
-        .bind(since)
-        .fetch_one(&self.reader)
-        .await?;
+        let position: Option<i64> =
+            sqlx::query_scalar("SELECT min(position) FROM events WHERE recorded_at >= ?1")
+                .bind(since)
+                .fetch_one(&self.reader)
+                .await?;
         let position = match position {
             Some(first) => first - 1,
-            None => sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
-                .fetch_one(&self.reader)
-                .await?,
+            None => {
+                sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+                    .fetch_one(&self.reader)
+                    .await?
+            }
         };
         Ok(FeedCursor {
             transaction_id: 0,

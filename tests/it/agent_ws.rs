@@ -17,7 +17,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
-use crate::helpers::{bearer_client, spawn_app, spawn_app_with, Backend, TestApp, TestUser, PASSWORD};
+use crate::helpers::{
+    bearer_client, spawn_app, spawn_app_with, Backend, TestApp, TestUser, PASSWORD,
+};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -398,7 +400,7 @@ async fn only_the_owner_connects(#[case] backend: Backend) {
 /// (assignments, pings) are skipped.
 async fn closed_before(socket: &mut Socket, deadline: Instant) -> (u16, String) {
     loop {
-        let message = tokio::time::timeout_at(deadline.into(), socket.next())
+        let message = tokio::time::timeout_at(deadline, socket.next())
             .await
             .expect("closed before the deadline")
             .expect("a close frame before the end of the stream")
@@ -520,7 +522,11 @@ async fn an_expiring_token_closes_the_socket_unless_an_auth_message_extends_it(
 
     let mut expiring = connect(&app, &agent, &login(&app, &user).await).await;
     let mut extended = connect(&app, &agent, &login(&app, &user).await).await;
-    let ack = ask(&mut extended, json!({"type": "auth", "token": key, "ref": 2})).await;
+    let ack = ask(
+        &mut extended,
+        json!({"type": "auth", "token": key, "ref": 2}),
+    )
+    .await;
     assert_eq!(ack["type"], "ack", "{ack}");
     assert_eq!((&ack["for"], &ack["ref"]), (&json!("auth"), &json!(2)));
     // Refused extensions change nothing.
