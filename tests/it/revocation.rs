@@ -208,3 +208,86 @@ async fn a_long_transaction_elsewhere_does_not_hold_a_logout_back(#[case] backen
     refused_within(&node_b, &user.client, ended).await;
     refused_within(&app.address, &user.client, ended).await;
 }
+
+/// Everything logged at DEBUG and above in this test process (nextest runs each test in a
+/// process of its own).
+fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        logs
+    })
+    .clone()
+}
+
+struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn a_query_token_never_reaches_the_logs(#[case] backend: Backend) {
+    let logs = captured_logs();
+    let app = spawn_app(backend).await;
+    let user = app.register_user().await;
+    let token = user.body["access_token"].as_str().unwrap().to_owned();
+    let agent: Value = user
+        .client
+        .post(app.url("/api/agents/register"))
+        .json(&json!({"name": "tab", "kind": "remote", "capabilities": ["browser.click"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let socket = format!(
+        "{}/api/agents/{}/ws",
+        app.address.replacen("http://", "ws://", 1),
+        agent["id"].as_str().unwrap()
+    );
+    let (mut open, _) = tokio_tungstenite::connect_async(format!("{socket}?access_token={token}"))
+        .await
+        .unwrap();
+    let bogus = format!("not-a-token-{}", uuid::Uuid::new_v4().simple());
+    assert!(
+        tokio_tungstenite::connect_async(format!("{socket}?access_token={bogus}"))
+            .await
+            .is_err()
+    );
+    let plain = Client::new()
+        .get(app.url(&format!("/api/users/me?access_token={bogus}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), StatusCode::UNAUTHORIZED);
+    open.close(None).await.unwrap();
+
+    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(logs.contains("/ws"), "the requests were logged: {logs}");
+    assert!(!logs.contains(&token), "the access token was logged");
+    assert!(!logs.contains(&bogus), "the bogus token was logged");
+    assert!(!logs.contains("access_token="), "a query was logged");
+}
