@@ -31,7 +31,7 @@ use crate::store::{AggregateFilter, Store, StoreError};
 /// have no `NOTIFY`; a lost notification is found here too).
 const POLL: Duration = Duration::from_millis(400);
 /// After a wake-up, wait this long so that a burst of commits is one read.
-const SETTLE: Duration = Duration::from_millis(20);
+const SETTLE: Duration = Duration::from_millis(50);
 const BATCH: u32 = 500;
 /// How far back each read looks for credential-ending events past the feed's horizon:
 /// their `recorded_at` is their transaction's start (PostgreSQL), so a transaction longer
