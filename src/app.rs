@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
 use crate::api::{router, AppState, SHUTDOWN_GRACE};
+use crate::auth::revocation::RevocationFeed;
 use crate::auth::secret::ServerKeys;
 use crate::config::Settings;
 use crate::process::http_agent::HttpAgent;
@@ -15,6 +16,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     http_agent: Option<HttpAgent>,
+    revocations: RevocationFeed,
 }
 
 impl Application {
@@ -29,6 +31,9 @@ impl Application {
             .await
             .map_err(|e| anyhow::anyhow!("cannot start the projections: {e}"))?;
         let state = AppState::new(store, read, settings, keys);
+        let revocations = RevocationFeed::start(&state.store, state.auth.revocations.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read the revocations: {e}"))?;
         let http_agent = if state.settings.http_agent.enabled {
             let agent =
                 HttpAgent::register(&state.bus, &state.read, &state.settings.http_agent).await?;
@@ -41,6 +46,7 @@ impl Application {
             listener,
             state,
             http_agent,
+            revocations,
         })
     }
 
@@ -84,6 +90,9 @@ impl Application {
             self.state.bus.clone(),
             read.clone(),
         )));
+        background.push(tokio::spawn(
+            self.revocations.run(read.events_signal(), stopping.clone()),
+        ));
         let _stop_agent = stopping.clone().drop_guard();
         let http_agent = self.http_agent.map(|agent| {
             tokio::spawn(agent.run(

@@ -118,6 +118,11 @@ impl ReadSide {
         &self.dispatch
     }
 
+    /// Woken when events were appended, here or (PostgreSQL) on another node.
+    pub fn events_signal(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
     /// The signal behind [`ReadSide::notify_queue`]; register interest (`enable`) before
     /// looking at the queue, so a wake-up between the look and the wait is not lost.
     pub fn queue_signal(&self) -> &Notify {

@@ -9,6 +9,8 @@
 //! - `{"type":"progress", "task_id", "lease_id", "progress"}`
 //! - `{"type":"complete", "task_id", "lease_id", "output"?}`
 //! - `{"type":"fail", "task_id", "lease_id", "error"?}`
+//! - `{"type":"auth", "token"}`: a fresh access token or API key of the same user; the
+//!   socket then lives as long as it does (acked with its `expires_at`, if any).
 //!
 //! Answers: `{"type":"ack", "for", "ref"?, "task_id"?, "task"?}` and
 //! `{"type":"error", "for"?, "ref"?, "task_id"?, "problem": <problem+json document>}`.
@@ -19,6 +21,11 @@
 //! on a connection that drops stay with the agent until they expire (`timeout_secs`) or it
 //! reconnects and reports; a push that cannot be delivered ends that attempt at once
 //! (code `delivery_failed`), so the task is retried without waiting.
+//!
+//! The socket lives as long as its credentials: it closes with 4401 and a reason when the
+//! access token expires (unless an `auth` message extended it first), or within a second of
+//! its session ending (logout, refresh-token reuse), its API key being revoked or rotated or
+//! its user's roles changing, on whichever node that happened.
 
 use std::time::Duration;
 
@@ -41,9 +48,12 @@ use super::task_updates::{update, PatchRequest, ReportedStatus};
 use super::views::TaskView;
 use super::AppState;
 use crate::actor::Actor;
+use crate::auth::revocation::{CloseReason, Grant};
+use crate::auth::{authenticate_bearer, Authentication};
 use crate::bus::CommandContext;
 use crate::process::dispatch::{lease_ready, MAX_TASKS_PER_LEASE};
 use crate::process::release::fail_held;
+use crate::store::StoreError;
 
 /// A ping this often keeps proxies from closing an idle connection and finds dead peers;
 /// each also records a heartbeat, so a connected agent stays online (at most one event per
@@ -62,7 +72,9 @@ pub const DELIVERY_FAILED: &str = "delivery_failed";
 /// (`task_id`, `lease_id`, `output`) and `fail` (`task_id`, `lease_id`, `error`) messages,
 /// each answered by `{"type":"ack"}` or `{"type":"error","problem":…}`; an optional `ref`
 /// is echoed. Browsers, which cannot send headers on a WebSocket, may pass the access
-/// token or API key as `?access_token=`. The caller is checked before the upgrade, so a
+/// token or API key as `?access_token=`. The socket closes with 4401 when its credentials
+/// expire or are revoked; `{"type":"auth","token"}` extends it with a fresh token of the
+/// same user. The caller is checked before the upgrade, so a
 /// stranger gets a plain 404 and a deregistered agent a 409 instead of a socket.
 #[utoipa::path(
     get,
@@ -85,6 +97,7 @@ pub const DELIVERY_FAILED: &str = "delivery_failed";
 pub async fn connect(
     State(state): State<AppState>,
     actor: Actor,
+    grant: Grant,
     meta: RequestMeta,
     IdPath(id): IdPath,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -102,6 +115,7 @@ pub async fn connect(
             let session = Session {
                 state,
                 actor,
+                grant,
                 context,
                 agent_id: id,
             };
@@ -112,6 +126,8 @@ pub async fn connect(
 struct Session {
     state: AppState,
     actor: Actor,
+    /// What the credentials granted; the socket closes when it ends.
+    grant: Grant,
     context: CommandContext,
     agent_id: Uuid,
 }
@@ -125,7 +141,7 @@ enum End {
 }
 
 impl Session {
-    async fn run(self, mut socket: WebSocket) {
+    async fn run(mut self, mut socket: WebSocket) {
         // Connecting is a sign of life, like a lease call.
         if let Err(error) = record_heartbeat(
             &self.state,
@@ -143,6 +159,7 @@ impl Session {
         let read = self.state.read.clone();
         let shutdown = self.state.shutdown.clone();
         let recheck = self.state.settings.dispatch.recheck();
+        let revocations = self.state.auth.revocations.clone();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
         let end = loop {
@@ -151,6 +168,10 @@ impl Session {
             let signal = read.queue_signal().notified();
             tokio::pin!(signal);
             signal.as_mut().enable();
+            // Nothing more is leased or reported on credentials that ended.
+            if let Some(reason) = revocations.ended_now(&self.grant) {
+                break End::Close(CloseReason::CODE, reason.reason());
+            }
             match self.assign(&mut socket).await {
                 Ok(true) => continue,
                 Ok(false) => {}
@@ -177,8 +198,15 @@ impl Session {
                     }
                 }
                 () = shutdown.cancelled() => break End::Close(1012, "server restarting"),
+                reason = revocations.ended(&self.grant) => {
+                    tracing::debug!(reason = reason.reason(), "the socket's credentials ended");
+                    break End::Close(CloseReason::CODE, reason.reason());
+                }
                 received = socket.recv() => match received {
                     Some(Ok(Message::Text(text))) => {
+                        if let Some(reason) = revocations.ended_now(&self.grant) {
+                            break End::Close(CloseReason::CODE, reason.reason());
+                        }
                         let answer = self.handle(text.as_str()).await;
                         if send(&mut socket, answer).await.is_err() {
                             break End::Gone;
@@ -278,7 +306,7 @@ impl Session {
     }
 
     /// One message from the agent, answered.
-    async fn handle(&self, text: &str) -> Value {
+    async fn handle(&mut self, text: &str) -> Value {
         let mut fields = match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(fields)) => fields,
             Ok(_) => {
@@ -296,7 +324,7 @@ impl Session {
             _ => {
                 let error = ApiError::validation(
                     "type",
-                    "is required: heartbeat, progress, complete or fail",
+                    "is required: heartbeat, progress, complete, fail or auth",
                 );
                 return error_message(None, reference, None, &error);
             }
@@ -319,7 +347,7 @@ impl Session {
     }
 
     async fn act(
-        &self,
+        &mut self,
         kind: &str,
         fields: Map<String, Value>,
     ) -> Result<Map<String, Value>, ApiError> {
@@ -335,6 +363,10 @@ impl Session {
                 )
                 .await?;
                 return Ok(Map::new());
+            }
+            "auth" => {
+                let message: AuthMessage = parse(fields)?;
+                return self.extend(&message.token).await;
             }
             "progress" => {
                 let message: ProgressMessage = parse(fields)?;
@@ -374,7 +406,7 @@ impl Session {
             other => {
                 return Err(ApiError::validation(
                     "type",
-                    format!("{other:?} is not one of heartbeat, progress, complete, fail"),
+                    format!("{other:?} is not one of heartbeat, progress, complete, fail, auth"),
                 ))
             }
         };
@@ -397,6 +429,41 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Replaces the socket's credentials with `token`'s, which must name the same user and
+    /// still be allowed to act as the agent; on refusal the old ones stay.
+    async fn extend(&mut self, token: &str) -> Result<Map<String, Value>, ApiError> {
+        let (actor, grant) =
+            match authenticate_bearer(&self.state.store, &self.state.auth, token).await {
+                (Authentication::Actor(actor), Some(grant)) => (actor, grant),
+                (Authentication::Unavailable, _) => {
+                    return Err(ApiError::Unavailable(StoreError::Unavailable(
+                        "the credentials could not be checked".into(),
+                    )))
+                }
+                _ => {
+                    return Err(ApiError::Unauthorized(
+                        "the credentials are not valid or have expired",
+                    ))
+                }
+            };
+        if actor.id != self.actor.id {
+            return Err(ApiError::validation(
+                "token",
+                "names another user than the one this socket was opened by",
+            ));
+        }
+        registered_agent(&self.state, &actor, self.agent_id).await?;
+        self.actor = actor;
+        self.grant = grant;
+        let mut ack = Map::new();
+        if let Some(at) = self.grant.expires_at() {
+            ack.insert("expires_at".into(), json!(at));
+        }
+        Ok(ack)
+    }
+}
+
 async fn send(socket: &mut WebSocket, message: Value) -> Result<(), axum::Error> {
     socket.send(Message::Text(message.to_string().into())).await
 }
@@ -407,6 +474,12 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
         reason: reason.into(),
     };
     let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthMessage {
+    token: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -186,7 +186,13 @@ pub async fn refresh(
     ApiJson(request): ApiJson<RefreshRequest>,
 ) -> Result<Json<TokenPair>, ApiError> {
     let raw = request.validate()?;
-    sessions::refresh(&state, &raw, &meta).await.map(Json)
+    let answer = sessions::refresh(&state, &raw, &meta).await;
+    if answer.is_err() {
+        // A reused token may have just revoked its session: every node's revocations
+        // look now (see `auth::revocation`).
+        state.read.notify();
+    }
+    answer.map(Json)
 }
 
 /// End the session of a refresh token.
@@ -214,5 +220,7 @@ pub async fn logout(
 ) -> Result<StatusCode, ApiError> {
     let raw = request.validate()?;
     sessions::end(&state, &raw, &meta).await?;
+    // Its access tokens end now on every node (see `auth::revocation`).
+    state.read.notify();
     Ok(StatusCode::NO_CONTENT)
 }

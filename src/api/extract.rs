@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use crate::actor::Actor;
+use crate::auth::revocation::Grant;
 use crate::auth::Authentication;
 use crate::bus::CommandContext;
 use crate::store::StoreError;
@@ -176,6 +177,24 @@ impl<S: Send + Sync> FromRequestParts<S> for MaybeActor {
             )),
             Some(Authentication::Anonymous) | None => Ok(Self(None)),
         }
+    }
+}
+
+/// What the caller's credentials granted, for a socket to watch until they end
+/// ([`crate::auth::revocation::Revocations::ended`]); no or bad credentials → 401.
+impl<S: Send + Sync> FromRequestParts<S> for Grant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // The caller's rejection (401, 503) first, so both extractors answer alike.
+        Actor::from_request_parts(parts, state).await?;
+        parts
+            .extensions
+            .get::<Grant>()
+            .cloned()
+            .ok_or(ApiError::Unauthorized(
+                "send Authorization: Bearer <access token or API key>, or X-API-Key",
+            ))
     }
 }
 

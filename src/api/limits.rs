@@ -14,7 +14,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::AppState;
+use super::{query_token, AppState};
 use crate::auth::{authenticate, Authentication};
 use crate::config::RateLimitSettings;
 
@@ -89,8 +89,8 @@ pub async fn gate(State(state): State<AppState>, mut request: Request, next: Nex
             return error.into_response();
         }
     }
-    let query_token = websocket_token(&request);
-    let authentication = authenticate(
+    let query_token = query_token::websocket_token(&request);
+    let (authentication, grant) = authenticate(
         &state.store,
         &state.auth,
         request.headers(),
@@ -105,18 +105,8 @@ pub async fn gate(State(state): State<AppState>, mut request: Request, next: Nex
         return error.into_response();
     }
     request.extensions_mut().insert(authentication);
-    next.run(request).await
-}
-
-/// `?access_token=` of a WebSocket upgrade: a browser's `WebSocket` cannot send headers, so
-/// there (and only there) the credential may ride in the query. Paths are logged without
-/// their query, so the token does not reach the logs.
-fn websocket_token(request: &Request) -> Option<String> {
-    let upgrade = request.headers().get(axum::http::header::UPGRADE)?;
-    if !upgrade.as_bytes().eq_ignore_ascii_case(b"websocket") {
-        return None;
+    if let Some(grant) = grant {
+        request.extensions_mut().insert(grant);
     }
-    form_urlencoded::parse(request.uri().query()?.as_bytes())
-        .find(|(name, _)| name == "access_token")
-        .map(|(_, value)| value.into_owned())
+    next.run(request).await
 }

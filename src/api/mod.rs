@@ -12,6 +12,7 @@ pub mod lease;
 pub mod limits;
 pub mod openapi;
 pub mod paging;
+pub mod query_token;
 pub mod replay;
 pub mod system;
 pub mod task_updates;
@@ -62,7 +63,7 @@ impl AppState {
             bus: CommandBus::new(store.clone()),
             store,
             read,
-            auth: Arc::new(Authenticator::new(keys)),
+            auth: Arc::new(Authenticator::new(keys, settings.auth.access_ttl_secs)),
             limits: Arc::new(RateLimits::new(&settings.rate_limit)),
             settings: Arc::new(settings),
             started_at: Instant::now(),

@@ -8,12 +8,14 @@
 //! - [`keys`]: self-locating `chr_` API keys, stored as HMACs.
 //! - [`accounts`]: creating users (register and the CLI), the first one as admin.
 //! - [`sessions`]: starting, rotating and ending refresh-token families.
+//! - [`revocation`]: credentials that ended before they expire, on every node.
 
 pub mod accounts;
 pub mod jwt;
 pub mod keys;
 pub mod password;
 pub mod refresh;
+pub mod revocation;
 pub mod secret;
 pub mod sessions;
 
@@ -25,19 +27,22 @@ use chrono::Utc;
 use crate::actor::Actor;
 use crate::store::{Store, StoreError};
 use jwt::JwtCodec;
+use revocation::{Grant, Revocations};
 use secret::ServerKeys;
 
-/// The server's keys in the forms the request path needs them.
+/// The server's keys in the forms the request path needs them, and what ended.
 pub struct Authenticator {
     pub keys: ServerKeys,
     pub jwt: JwtCodec,
+    pub revocations: Revocations,
 }
 
 impl Authenticator {
-    pub fn new(keys: ServerKeys) -> Self {
+    pub fn new(keys: ServerKeys, access_ttl_secs: u64) -> Self {
         Self {
             jwt: JwtCodec::new(&keys.jwt),
             keys,
+            revocations: Revocations::new(access_ttl_secs),
         }
     }
 }
@@ -91,25 +96,52 @@ fn credential<'a>(
     Ok(query_token.map(|token| bearer(token.trim())))
 }
 
+/// Who the request's credentials name, and what they granted (for a socket to watch).
 pub async fn authenticate(
     store: &Store,
     auth: &Authenticator,
     headers: &HeaderMap,
     query_token: Option<&str>,
-) -> Authentication {
+) -> (Authentication, Option<Grant>) {
     match credential(headers, query_token) {
-        Ok(None) => Authentication::Anonymous,
-        Err(()) => Authentication::Invalid,
-        Ok(Some(Credential::Jwt(token))) => match auth.jwt.verify(token) {
-            Ok(claims) => Authentication::Actor(Actor::user(claims.sub, claims.roles)),
-            Err(_) => Authentication::Invalid,
+        Ok(None) => (Authentication::Anonymous, None),
+        Err(()) => (Authentication::Invalid, None),
+        Ok(Some(credential)) => check(store, auth, credential).await,
+    }
+}
+
+/// A bare access token or API key, as a socket's `auth` message carries it.
+pub async fn authenticate_bearer(
+    store: &Store,
+    auth: &Authenticator,
+    token: &str,
+) -> (Authentication, Option<Grant>) {
+    check(store, auth, bearer(token.trim())).await
+}
+
+async fn check(
+    store: &Store,
+    auth: &Authenticator,
+    credential: Credential<'_>,
+) -> (Authentication, Option<Grant>) {
+    match credential {
+        Credential::Jwt(token) => match auth.jwt.verify(token) {
+            Ok(claims) => {
+                let grant = Grant::token(&claims);
+                if auth.revocations.revoked(&grant).is_some() {
+                    return (Authentication::Invalid, None);
+                }
+                let actor = Actor::user(claims.sub, claims.roles);
+                (Authentication::Actor(actor), Some(grant))
+            }
+            Err(_) => (Authentication::Invalid, None),
         },
-        Ok(Some(Credential::ApiKey(raw))) => match api_key_actor(store, auth, raw).await {
-            Ok(Some(actor)) => Authentication::Actor(actor),
-            Ok(None) => Authentication::Invalid,
+        Credential::ApiKey(raw) => match api_key_actor(store, auth, raw).await {
+            Ok(Some((actor, grant))) => (Authentication::Actor(actor), Some(grant)),
+            Ok(None) => (Authentication::Invalid, None),
             Err(error) => {
                 tracing::warn!(%error, "cannot check an API key");
-                Authentication::Unavailable
+                (Authentication::Unavailable, None)
             }
         },
     }
@@ -120,10 +152,13 @@ async fn api_key_actor(
     store: &Store,
     auth: &Authenticator,
     raw: &str,
-) -> Result<Option<Actor>, StoreError> {
+) -> Result<Option<(Actor, Grant)>, StoreError> {
     let Some(presented) = keys::parse(raw) else {
         return Ok(None);
     };
+    if auth.revocations.key_revoked(presented.key_id) {
+        return Ok(None);
+    }
     let loaded = store
         .aggregate::<ApiKey>()
         .load(&presented.key_id.to_string())
@@ -138,8 +173,15 @@ async fn api_key_actor(
         .aggregate::<User>()
         .load(&key.owner_id.to_string())
         .await?;
-    Ok(user
-        .aggregate
-        .state()
-        .map(|user| Actor::user(user.id, user.roles.iter().copied())))
+    let version = |version: usize| i64::try_from(version).unwrap_or(i64::MAX);
+    Ok(user.aggregate.state().map(|state| {
+        let grant = Grant::ApiKey {
+            key_id: presented.key_id,
+            user_id: state.id,
+            key_version: version(loaded.version),
+            user_version: version(user.version),
+            expires_at: key.expires_at,
+        };
+        (Actor::user(state.id, state.roles.iter().copied()), grant)
+    }))
 }

@@ -252,6 +252,31 @@ impl Store {
         }
     }
 
+    /// A cursor from which the feed yields every event recorded at or after `since` (and
+    /// perhaps a few older ones), without reading the history before it.
+    pub async fn cursor_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<FeedCursor, StoreError> {
+        match self.backend() {
+            Backend::Postgres(pg) => pg.cursor_since(since).await,
+            Backend::Sqlite(lite) => lite.cursor_since(since).await,
+        }
+    }
+
+    /// The events that end credentials before they expire (session revocations, API-key
+    /// revocations and rotations, role changes) recorded at or after `since`, as soon as
+    /// they commit: unlike [`Store::feed`], not held back by transactions still open.
+    pub async fn credential_events_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        match self.backend() {
+            Backend::Postgres(pg) => pg.credential_events_since(since).await,
+            Backend::Sqlite(lite) => lite.credential_events_since(since).await,
+        }
+    }
+
     /// The feed cursor just after the event at `position`, if there is one.
     pub async fn cursor_after(&self, position: i64) -> Result<Option<FeedCursor>, StoreError> {
         if position <= 0 {

@@ -107,6 +107,52 @@ impl PgBackend {
         rows.iter().map(decode).collect()
     }
 
+    /// A cursor before every event recorded at or after `since`, and before every event
+    /// of a transaction still in flight (it may commit below a later one already visible).
+    pub(super) async fn cursor_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<FeedCursor, StoreError> {
+        let first = sqlx::query(
+            "SELECT position, transaction_id::text AS xid FROM events
+              WHERE recorded_at >= $1 ORDER BY transaction_id, position LIMIT 1",
+        )
+        .bind(since)
+        .fetch_optional(&self.pool)
+        .await?;
+        let (horizon, _) = self.horizon().await?;
+        let in_flight = FeedCursor {
+            transaction_id: horizon.saturating_sub(1),
+            position: i64::MAX,
+        };
+        let Some(first) = first else {
+            return Ok(in_flight);
+        };
+        let before_first = FeedCursor {
+            transaction_id: parse_xid(&first)?,
+            position: first.try_get::<i64, _>("position")?.saturating_sub(1),
+        };
+        Ok(before_first.min(in_flight))
+    }
+
+    /// The events that end credentials early (see `auth::revocation`) recorded at or after
+    /// `since`, committed or not past the feed's horizon; served by a partial index.
+    pub(super) async fn credential_events_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(select_events!(
+            "WHERE event_type IN ('SessionRevoked', 'ApiKeyRevoked', 'ApiKeyRotated', \
+                                  'RoleGranted', 'RoleRevoked')
+               AND recorded_at >= $1
+             ORDER BY position"
+        ))
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
     /// `(horizon, watermark)`: every transaction below the horizon has ended; every one that
     /// committed before now is below the watermark.
     pub(super) async fn horizon(&self) -> Result<(u64, u64), StoreError> {

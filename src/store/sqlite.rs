@@ -115,6 +115,51 @@ impl SqliteBackend {
         rows.iter().map(decode).collect()
     }
 
+    /// A cursor before every event recorded at or after `since` (one writer: position
+    /// order is commit order). `recorded_at` is fixed-width RFC 3339 text, so it sorts.
+    pub(super) async fn cursor_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<FeedCursor, StoreError> {
+        let since = since.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        let position: Option<i64> =
+            sqlx::query_scalar("SELECT min(position) FROM events WHERE recorded_at >= ?1")
+                .bind(since)
+                .fetch_one(&self.reader)
+                .await?;
+        let position = match position {
+            Some(first) => first - 1,
+            None => {
+                sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+                    .fetch_one(&self.reader)
+                    .await?
+            }
+        };
+        Ok(FeedCursor {
+            transaction_id: 0,
+            position,
+        })
+    }
+
+    /// The events that end credentials early (see `auth::revocation`) recorded at or after
+    /// `since`; served by a partial index.
+    pub(super) async fn credential_events_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let since = since.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        let rows = sqlx::query(select_events!(
+            "WHERE event_type IN ('SessionRevoked', 'ApiKeyRevoked', 'ApiKeyRotated', \
+                                  'RoleGranted', 'RoleRevoked')
+               AND recorded_at >= ?1
+             ORDER BY position"
+        ))
+        .bind(since)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
     pub(super) async fn lag_after(
         &self,
         cursor: FeedCursor,

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use futures::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use rstest::rstest;
@@ -15,7 +17,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
-use crate::helpers::{spawn_app, Backend, TestApp, TestUser};
+use crate::helpers::{
+    bearer_client, spawn_app, spawn_app_with, Backend, TestApp, TestUser, PASSWORD,
+};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -57,8 +61,12 @@ async fn create(app: &TestApp, client: &reqwest::Client) -> String {
 }
 
 fn ws_url(app: &TestApp, agent: &str) -> String {
-    app.url(&format!("/api/agents/{agent}/ws"))
-        .replacen("http://", "ws://", 1)
+    ws_url_at(&app.address, agent)
+}
+
+/// The agent socket's URL on the node serving at `address` (`http://…`).
+fn ws_url_at(address: &str, agent: &str) -> String {
+    format!("{address}/api/agents/{agent}/ws").replacen("http://", "ws://", 1)
 }
 
 fn access_token(user: &TestUser) -> String {
@@ -67,7 +75,12 @@ fn access_token(user: &TestUser) -> String {
 
 /// Connects with `Authorization: Bearer <token>`.
 async fn connect(app: &TestApp, agent: &str, token: &str) -> Socket {
-    let mut request = ws_url(app, agent).into_client_request().unwrap();
+    connect_at(&app.address, agent, token).await
+}
+
+/// Connects to the node serving at `address` with `Authorization: Bearer <token>`.
+async fn connect_at(address: &str, agent: &str, token: &str) -> Socket {
+    let mut request = ws_url_at(address, agent).into_client_request().unwrap();
     request.headers_mut().insert(
         "authorization",
         HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
@@ -381,4 +394,152 @@ async fn only_the_owner_connects(#[case] backend: Backend) {
         }
         other => panic!("expected a 409, got {other:?}"),
     }
+}
+
+/// The close frame that ends `socket` before `deadline`: `(code, reason)`. Other messages
+/// (assignments, pings) are skipped.
+async fn closed_before(socket: &mut Socket, deadline: Instant) -> (u16, String) {
+    loop {
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .expect("closed before the deadline")
+            .expect("a close frame before the end of the stream")
+            .expect("a message, not an error");
+        if let Message::Close(frame) = message {
+            let frame = frame.expect("a close frame with a code");
+            return (u16::from(frame.code), frame.reason.to_string());
+        }
+    }
+}
+
+async fn login(app: &TestApp, user: &TestUser) -> String {
+    let response = reqwest::Client::new()
+        .post(app.url("/api/auth/login"))
+        .json(&json!({"email": user.body["user"]["email"], "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A new API key of `client`'s user: `(id, key)`.
+async fn api_key(app: &TestApp, client: &reqwest::Client) -> (String, String) {
+    let response = client
+        .post(app.url("/api/users/me/api-keys"))
+        .json(&json!({"name": "socket"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    (
+        body["id"].as_str().unwrap().to_owned(),
+        body["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The requirement: a socket closes within a second of its credentials ending elsewhere.
+const WITHIN: Duration = Duration::from_secs(1);
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn sockets_close_when_their_credentials_end_on_another_node(#[case] backend: Backend) {
+    let app = spawn_app(backend).await.signed_in().await;
+    let (node_b, _stop_b) = app.second_node(|_| {}).await;
+    let user = app.register_user().await;
+    let agent = register(&app, &user.client, 1).await;
+    let (revoked_id, revoked_key) = api_key(&app, &user.client).await;
+    let (rotated_id, rotated_key) = api_key(&app, &user.client).await;
+    let mut by_token = connect_at(&node_b, &agent, &access_token(&user)).await;
+    let mut by_revoked = connect_at(&node_b, &agent, &revoked_key).await;
+    let mut by_rotated = connect_at(&node_b, &agent, &rotated_key).await;
+
+    let revoked = user
+        .client
+        .delete(app.url(&format!("/api/users/me/api-keys/{revoked_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    let deadline = Instant::now() + WITHIN;
+    assert_eq!(
+        closed_before(&mut by_revoked, deadline).await,
+        (4401, "API key revoked".to_owned())
+    );
+
+    let rotated = user
+        .client
+        .post(app.url(&format!("/api/users/me/api-keys/{rotated_id}/rotate")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), StatusCode::CREATED);
+    let deadline = Instant::now() + WITHIN;
+    assert_eq!(
+        closed_before(&mut by_rotated, deadline).await,
+        (4401, "API key rotated".to_owned())
+    );
+
+    let out = reqwest::Client::new()
+        .post(app.url("/api/auth/logout"))
+        .json(&json!({"refresh_token": user.refresh_token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    let deadline = Instant::now() + WITHIN;
+    assert_eq!(
+        closed_before(&mut by_token, deadline).await,
+        (4401, "session ended".to_owned())
+    );
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn an_expiring_token_closes_the_socket_unless_an_auth_message_extends_it(
+    #[case] backend: Backend,
+) {
+    const TTL: u64 = 2;
+    let app = spawn_app_with(backend, |settings| settings.auth.access_ttl_secs = TTL)
+        .await
+        .signed_in()
+        .await;
+    // Keys do not expire; every access token lives two seconds, so log in right before use.
+    let stranger = app.register_user().await;
+    let (_, theirs) = api_key(&app, &stranger.client).await;
+    let user = app.register_user().await;
+    let client = bearer_client(&login(&app, &user).await);
+    let agent = register(&app, &client, 1).await;
+    let (_, key) = api_key(&app, &client).await;
+
+    let mut expiring = connect(&app, &agent, &login(&app, &user).await).await;
+    let mut extended = connect(&app, &agent, &login(&app, &user).await).await;
+    let ack = ask(
+        &mut extended,
+        json!({"type": "auth", "token": key, "ref": 2}),
+    )
+    .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!((&ack["for"], &ack["ref"]), (&json!("auth"), &json!(2)));
+    // Refused extensions change nothing.
+    let foreign = ask(&mut extended, json!({"type": "auth", "token": theirs})).await;
+    assert_eq!(foreign["type"], "error", "{foreign}");
+    assert_eq!(foreign["problem"]["errors"][0]["field"], "token");
+    let junk = ask(&mut extended, json!({"type": "auth", "token": "junk"})).await;
+    assert_eq!(junk["problem"]["status"], 401, "{junk}");
+
+    let expired = closed_before(&mut expiring, Instant::now() + OWED).await;
+    assert_eq!(expired, (4401, "credentials expired".to_owned()));
+    // Past the first token's expiry, the extended socket still works.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let alive = ask(&mut extended, json!({"type": "heartbeat"})).await;
+    assert_eq!(alive["type"], "ack", "{alive}");
 }
