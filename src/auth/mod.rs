@@ -8,8 +8,10 @@
 //! - [`keys`]: self-locating `chr_` API keys, stored as HMACs.
 //! - [`accounts`]: creating users (register and the CLI), the first one as admin.
 //! - [`sessions`]: starting, rotating and ending refresh-token families.
+//! - [`error`]: why a credential operation failed, without HTTP in it.
 
 pub mod accounts;
+pub mod error;
 pub mod jwt;
 pub mod keys;
 pub mod password;
