@@ -33,11 +33,11 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::agents::{agent_context, record_heartbeat, registered_agent, HeartbeatRequest};
+use super::agents::{acting_agent, agent_context, record_heartbeat, HeartbeatRequest};
 use super::error::ApiError;
 use super::extract::{from_json_value, IdPath, RequestMeta};
 use super::lease::leased_view;
-use super::task_updates::{update, PatchRequest, ReportedStatus};
+use super::task_updates::{update, PatchRequest, ReportedStatus, Reporter};
 use super::views::TaskView;
 use super::AppState;
 use crate::actor::Actor;
@@ -89,7 +89,7 @@ pub async fn connect(
     IdPath(id): IdPath,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    registered_agent(&state, &actor, id).await?;
+    acting_agent(&state, &actor, id).await?;
     let upgrade = upgrade.map_err(|rejection| {
         ApiError::BadRequest(format!("this route speaks WebSocket only: {rejection}"))
     })?;
@@ -382,6 +382,7 @@ impl Session {
         let (task, version) = update(
             &self.state,
             &self.actor,
+            Reporter::Agent(self.agent_id),
             &self.context,
             task_id,
             request,

@@ -11,6 +11,7 @@ pub mod lease;
 pub mod limits;
 pub mod openapi;
 pub mod paging;
+pub(crate) mod redact;
 pub mod replay;
 pub mod system;
 pub mod task_updates;

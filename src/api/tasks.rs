@@ -19,6 +19,7 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, IdPath, RequestMeta};
 use super::idempotency::{keyed_task_id, same_request};
 use super::paging::{Page, Paging};
+use super::redact::redact_event;
 use super::views::{EventView, TaskView};
 use super::AppState;
 use crate::actor::Actor;
@@ -301,7 +302,7 @@ pub async fn cancel(
     tag = "tasks",
     params(("id" = Uuid, Path, description = "The task's id")),
     responses(
-        (status = 200, description = "Every event of the task", body = Vec<EventView>),
+        (status = 200, description = "Every event of the task; lease ids appear only as `lease_id_sha256` (they are bearer capabilities)", body = Vec<EventView>),
         (status = 404, description = "No such task, or not yours"),
     ),
 )]
@@ -321,7 +322,12 @@ pub async fn events(
         _ => return Err(ApiError::NotFound),
     }
     let history = state.store.history(Task::TYPE, &id.to_string()).await?;
-    Ok(Json(history.into_iter().map(EventView::from).collect()))
+    Ok(Json(
+        history
+            .into_iter()
+            .map(|event| redact_event(EventView::from(event), &actor))
+            .collect(),
+    ))
 }
 
 /// `GET /api/tasks` query: filters, `limit` (default 50, max 500) and an opaque `cursor`.
