@@ -83,7 +83,8 @@ impl CommandBus {
     /// Runs the command that `decide` builds from the aggregate's current state. `decide`
     /// may refuse with the caller's own error (say, "not yours"); it runs again on fresh
     /// state if the append loses a race. With `expected_version`, the command only runs on
-    /// exactly that version.
+    /// exactly that version; `decide` is asked before the version is compared, so its
+    /// refusal wins over a precondition failure.
     pub async fn execute<A, R>(
         &self,
         aggregate_id: &str,
@@ -140,6 +141,15 @@ impl CommandBus {
                     .await
                     .map_err(|e| R::from(CommandError::Store(e)))?
             };
+            // `decide` first: it says whether the caller may see the aggregate at all, and
+            // a stranger's `If-Match` must get the same 404 as a missing id, not a 412
+            // that confirms the aggregate and names its version.
+            let command = match decide(&loaded.aggregate) {
+                Ok(command) => command,
+                // A refusal of an assumed state proves nothing: decide on the real one.
+                Err(_) if assumed => continue,
+                Err(refusal) => return Err(refusal),
+            };
             if let Some(expected) = expected_version {
                 if expected != loaded.version {
                     return Err(R::from(CommandError::PreconditionFailed {
@@ -148,12 +158,6 @@ impl CommandBus {
                     }));
                 }
             }
-            let command = match decide(&loaded.aggregate) {
-                Ok(command) => command,
-                // A refusal of an assumed state proves nothing: decide on the real one.
-                Err(_) if assumed => continue,
-                Err(refusal) => return Err(refusal),
-            };
             let sink = EventSink::default();
             if let Err(refusal) = loaded.aggregate.handle(command, &(), &sink).await {
                 if assumed {

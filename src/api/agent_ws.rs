@@ -40,11 +40,11 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::agents::{agent_context, record_heartbeat, registered_agent, HeartbeatRequest};
+use super::agents::{acting_agent, agent_context, record_heartbeat, HeartbeatRequest};
 use super::error::ApiError;
 use super::extract::{from_json_value, IdPath, RequestMeta};
 use super::lease::leased_view;
-use super::task_updates::{update, PatchRequest, ReportedStatus};
+use super::task_updates::{update, PatchRequest, ReportedStatus, Reporter};
 use super::views::TaskView;
 use super::AppState;
 use crate::actor::Actor;
@@ -102,7 +102,7 @@ pub async fn connect(
     IdPath(id): IdPath,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    registered_agent(&state, &actor, id).await?;
+    acting_agent(&state, &actor, id).await?;
     let upgrade = upgrade.map_err(|rejection| {
         ApiError::BadRequest(format!("this route speaks WebSocket only: {rejection}"))
     })?;
@@ -414,6 +414,7 @@ impl Session {
         let (task, version) = update(
             &self.state,
             &self.actor,
+            Reporter::Agent(self.agent_id),
             &self.context,
             task_id,
             request,
@@ -453,7 +454,7 @@ impl Session {
                 "names another user than the one this socket was opened by",
             ));
         }
-        registered_agent(&self.state, &actor, self.agent_id).await?;
+        acting_agent(&self.state, &actor, self.agent_id).await?;
         self.actor = actor;
         self.grant = grant;
         let mut ack = Map::new();

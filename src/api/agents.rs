@@ -24,7 +24,7 @@ use super::views::AgentView;
 use super::AppState;
 use crate::actor::Actor;
 use crate::bus::{CommandContext, CommandError, Committed};
-use crate::process::dispatch::DispatchError;
+use crate::process::dispatch::{serves_every_user, DispatchError};
 use crate::process::release::release_agent_tasks;
 use crate::process::{heartbeat_resolution, offline_after, try_task_command};
 
@@ -47,7 +47,44 @@ pub(crate) fn writable<'a>(actor: &Actor, agent: &'a Agent) -> Result<&'a AgentS
     }
 }
 
-/// Agent `id` as it stands, if the caller may act as it and it is not deregistered (409).
+/// The agent if the caller may act as it — heartbeat, lease, open its socket: a remote
+/// agent it may change. A built-in agent is run by the server alone, so an HTTP caller who
+/// may see it (an admin) still gets 403: leasing its work would hand out lease ids for
+/// results "the server fetched".
+pub(crate) fn actable<'a>(actor: &Actor, agent: &'a Agent) -> Result<&'a AgentState, ApiError> {
+    let state = writable(actor, agent)?;
+    if serves_every_user(state) {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(state)
+}
+
+/// Agent `id` as it stands, if the caller may act as it ([`actable`]) and it is not
+/// deregistered (409).
+pub(crate) async fn acting_agent(
+    state: &AppState,
+    actor: &Actor,
+    id: Uuid,
+) -> Result<AgentState, ApiError> {
+    let loaded = state
+        .store
+        .aggregate::<Agent>()
+        .load(&id.to_string())
+        .await?;
+    registered(actable(actor, &loaded.aggregate)?)
+}
+
+fn registered(agent: &AgentState) -> Result<AgentState, ApiError> {
+    if agent.lifecycle == AgentLifecycle::Deregistered {
+        return Err(ApiError::Conflict {
+            code: "agent.deregistered",
+            detail: "the agent is deregistered".into(),
+        });
+    }
+    Ok(agent.clone())
+}
+
+/// Agent `id` as it stands, if the caller may change it and it is not deregistered (409).
 pub(crate) async fn registered_agent(
     state: &AppState,
     actor: &Actor,
@@ -58,14 +95,7 @@ pub(crate) async fn registered_agent(
         .aggregate::<Agent>()
         .load(&id.to_string())
         .await?;
-    let agent = writable(actor, &loaded.aggregate)?;
-    if agent.lifecycle == AgentLifecycle::Deregistered {
-        return Err(ApiError::Conflict {
-            code: "agent.deregistered",
-            detail: "the agent is deregistered".into(),
-        });
-    }
-    Ok(agent.clone())
+    registered(writable(actor, &loaded.aggregate)?)
 }
 
 /// The events of an agent's own calls name the agent as their actor.
@@ -340,7 +370,7 @@ pub(crate) async fn record_heartbeat(
     let committed = state
         .bus
         .execute::<Agent, ApiError>(&id.to_string(), context, None, |agent| {
-            writable(actor, agent)?;
+            actable(actor, agent)?;
             Ok(AgentCommand::RecordHeartbeat {
                 at: Utc::now(),
                 resolution: heartbeat_resolution(),

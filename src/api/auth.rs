@@ -17,8 +17,26 @@ use super::AppState;
 use crate::actor::Actor;
 use crate::auth::accounts::{self, RoleChoice};
 use crate::auth::password;
-use crate::auth::sessions::{self, TokenPair};
+use crate::auth::sessions::{Sessions, TokenPair};
+use crate::bus::CommandContext;
 use crate::config::Registration;
+
+/// What sessions are made with, from the server's state.
+fn sessions(state: &AppState) -> Sessions<'_> {
+    Sessions {
+        bus: &state.bus,
+        auth: &state.auth,
+        settings: &state.settings.auth,
+    }
+}
+
+/// The request's metadata for a credential's events; the credential names the actor.
+fn origin(meta: &RequestMeta) -> CommandContext {
+    CommandContext {
+        actor: String::new(),
+        ..meta.context(&Actor::system())
+    }
+}
 
 /// `User` of API.md; never the password hash.
 #[derive(Serialize, ToSchema)]
@@ -92,7 +110,7 @@ pub async fn register(
     let user =
         accounts::create_user(&state.bus, registration, RoleChoice::FirstIsAdmin, context).await?;
     tracing::info!(user_id = %user.id, "user registered");
-    let tokens = sessions::start(&state, &user, &meta).await?;
+    let tokens = sessions(&state).start(&user, &origin(&meta)).await?;
     Ok((
         StatusCode::CREATED,
         Json(SignedIn {
@@ -152,7 +170,7 @@ pub async fn login(
         Some(user) if verified => user,
         _ => return Err(ApiError::Unauthorized("invalid email or password")),
     };
-    let tokens = sessions::start(&state, &user, &meta).await?;
+    let tokens = sessions(&state).start(&user, &origin(&meta)).await?;
     Ok(Json(SignedIn {
         tokens,
         user: UserView::from(&user),
@@ -186,13 +204,13 @@ pub async fn refresh(
     ApiJson(request): ApiJson<RefreshRequest>,
 ) -> Result<Json<TokenPair>, ApiError> {
     let raw = request.validate()?;
-    let answer = sessions::refresh(&state, &raw, &meta).await;
+    let answer = sessions(&state).refresh(&raw, &origin(&meta)).await;
     if answer.is_err() {
         // A reused token may have just revoked its session: every node's revocations
         // look now (see `auth::revocation`).
         state.read.notify();
     }
-    answer.map(Json)
+    Ok(Json(answer?))
 }
 
 /// End the session of a refresh token.
@@ -219,7 +237,7 @@ pub async fn logout(
     ApiJson(request): ApiJson<RefreshRequest>,
 ) -> Result<StatusCode, ApiError> {
     let raw = request.validate()?;
-    sessions::end(&state, &raw, &meta).await?;
+    sessions(&state).end(&raw, &origin(&meta)).await?;
     // Its access tokens end now on every node (see `auth::revocation`).
     state.read.notify();
     Ok(StatusCode::NO_CONTENT)

@@ -8,6 +8,7 @@ use chronicle_commands::{FieldError, ValidationErrors};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::auth::error::AuthError;
 use crate::bus::CommandError;
 use crate::store::StoreError;
 
@@ -212,28 +213,57 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// An aggregate's refusal, by its kind.
+    fn refused(kind: RefusalKind, code: &'static str, detail: String) -> Self {
+        match kind {
+            RefusalKind::NotFound => Self::NotFound,
+            RefusalKind::Conflict => Self::Conflict { code, detail },
+            RefusalKind::Invalid => Self::Unprocessable { code, detail },
+        }
+    }
+
+    fn kept_changing() -> Self {
+        Self::Conflict {
+            code: "store.conflict",
+            detail: "the resource kept changing concurrently; retry".into(),
+        }
+    }
+}
+
 impl<E: DomainError + Send + Sync + 'static> From<CommandError<E>> for ApiError {
     fn from(error: CommandError<E>) -> Self {
         match error {
-            CommandError::Refused(refusal) => match refusal.kind() {
-                RefusalKind::NotFound => Self::NotFound,
-                RefusalKind::Conflict => Self::Conflict {
-                    code: refusal.code(),
-                    detail: refusal.to_string(),
-                },
-                RefusalKind::Invalid => Self::Unprocessable {
-                    code: refusal.code(),
-                    detail: refusal.to_string(),
-                },
-            },
-            CommandError::Conflict => Self::Conflict {
-                code: "store.conflict",
-                detail: "the resource kept changing concurrently; retry".into(),
-            },
+            CommandError::Refused(refusal) => {
+                Self::refused(refusal.kind(), refusal.code(), refusal.to_string())
+            }
+            CommandError::Conflict => Self::kept_changing(),
             CommandError::PreconditionFailed { current, .. } => Self::PreconditionFailed(format!(
                 "If-Match does not match the current version \"{current}\""
             )),
             CommandError::Store(store) => Self::from(store),
+        }
+    }
+}
+
+/// The one place where credentials meet HTTP.
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::EmailTaken => Self::Conflict {
+                code: "email_claim.taken",
+                detail: error.to_string(),
+            },
+            AuthError::InvalidRefreshToken => Self::Unauthorized("the refresh token is not valid"),
+            AuthError::RefreshTokenReused => Self::Unauthorized(
+                "the refresh token was already used; the session has been revoked",
+            ),
+            AuthError::Refused { kind, code, detail } => Self::refused(kind, code, detail),
+            AuthError::Conflict => Self::kept_changing(),
+            AuthError::Store(store) => Self::from(store),
+            AuthError::Password(_) | AuthError::Token(_) | AuthError::Inconsistent(_) => {
+                Self::Internal(Box::new(error))
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod openapi;
 pub mod paging;
 pub mod query_token;
+pub(crate) mod redact;
 pub mod replay;
 pub mod system;
 pub mod task_updates;

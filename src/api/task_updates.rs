@@ -4,7 +4,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use chronicle_aggregates::task::{Task, TaskCommand, TaskFailure};
+use chronicle_aggregates::agent::Agent;
+use chronicle_aggregates::task::{Task, TaskCommand, TaskError, TaskFailure};
 use chronicle_commands::values::{Priority, Tags};
 use chrono::Utc;
 use serde::Deserialize;
@@ -18,7 +19,8 @@ use super::tasks::{committed, task_response};
 use super::views::TaskView;
 use super::AppState;
 use crate::actor::Actor;
-use crate::bus::{CommandContext, Committed};
+use crate::bus::{CommandContext, CommandError, Committed};
+use crate::process::dispatch::serves_every_user;
 use crate::process::jitter;
 
 /// What a lease holder reports.
@@ -173,6 +175,11 @@ enum ReportStep {
 }
 
 impl ReportStep {
+    /// A lease holder's report, as opposed to an owner's change.
+    fn is_report(&self) -> bool {
+        !matches!(self, Self::Reprioritise { .. })
+    }
+
     fn command(&self) -> TaskCommand {
         let at = Utc::now();
         match self {
@@ -232,8 +239,10 @@ fn change_commands(request: PatchRequest) -> Result<Vec<ReportStep>, ApiError> {
 ///
 /// A report by the lease holder (`lease_id` with `status`, `output`, `error`, `progress`)
 /// or a change by the owner (`priority`, `tags`), never both. A stale lease or an illegal
-/// transition is 409. Every command checks that the caller may change the task; the lease
-/// id is what makes the caller its holder.
+/// transition is 409. A report is taken only from the lease holder: the owner of the
+/// remote agent holding the lease. Anyone else — the task's owner when a built-in agent
+/// holds it, an admin — gets 409 `task.stale_lease`, as for a wrong lease id. A change is
+/// taken from whoever may change the task.
 #[utoipa::path(
     patch,
     path = "/tasks/{id}",
@@ -269,6 +278,7 @@ pub async fn patch(
     let (aggregate, version) = update(
         &state,
         &actor,
+        Reporter::Caller,
         &meta.context(&actor),
         id,
         request,
@@ -278,10 +288,51 @@ pub async fn patch(
     task_response(StatusCode::OK, &aggregate, version)
 }
 
+/// Who sends a report on a lease.
+///
+/// A lease id is a bearer capability, so knowing it is not enough: the report must come
+/// from the agent that holds the lease. Today an agent acts with its owner's credentials,
+/// so over HTTP the caller holds a lease only through a remote agent it owns; built-in
+/// agents (system-owned) report through the server's own command bus, never through here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reporter {
+    /// The agent a socket speaks for (checked when the socket was opened).
+    Agent(Uuid),
+    /// An HTTP caller: the holder if the task's agent is a remote agent it owns.
+    Caller,
+}
+
+/// The agent holding (or last holding) task `id`'s lease, if the caller acts as it.
+async fn holding_agent(
+    state: &AppState,
+    actor: &Actor,
+    id: Uuid,
+) -> Result<Option<Uuid>, ApiError> {
+    let task = state
+        .store
+        .aggregate::<Task>()
+        .load(&id.to_string())
+        .await?;
+    let Some(agent_id) = task.aggregate.state().and_then(|task| task.agent_id) else {
+        return Ok(None);
+    };
+    let agent = state
+        .store
+        .aggregate::<Agent>()
+        .load(&agent_id.to_string())
+        .await?;
+    Ok(agent
+        .aggregate
+        .state()
+        .filter(|agent| agent.owner_id == actor.id && !serves_every_user(agent))
+        .map(|agent| agent.id))
+}
+
 /// Carries out a `PATCH` body on task `id` (see [`patch`]); the task and its version after.
 pub(crate) async fn update(
     state: &AppState,
     actor: &Actor,
+    reporter: Reporter,
     context: &CommandContext,
     id: Uuid,
     request: PatchRequest,
@@ -298,6 +349,13 @@ pub(crate) async fn update(
     } else {
         change_commands(request)?
     };
+    let holder = match reporter {
+        Reporter::Agent(agent_id) => Some(agent_id),
+        Reporter::Caller if steps.iter().any(ReportStep::is_report) => {
+            holding_agent(state, actor, id).await?
+        }
+        Reporter::Caller => None,
+    };
     let mut expected = if_match;
     let mut last = None;
     for step in &steps {
@@ -305,12 +363,28 @@ pub(crate) async fn update(
             aggregate, version, ..
         } = state
             .bus
-            .execute::<Task, ApiError>(&id.to_string(), context, expected.take(), |task| match task
-                .state()
-            {
-                Some(current) if actor.can_write(current.owner_id) => Ok(step.command()),
-                Some(current) if actor.can_read(current.owner_id) => Err(ApiError::Forbidden),
-                _ => Err(ApiError::NotFound),
+            .execute::<Task, ApiError>(&id.to_string(), context, expected.take(), |task| {
+                let Some(current) = task.state() else {
+                    return Err(ApiError::NotFound);
+                };
+                let may_change = actor.can_write(current.owner_id);
+                if step.is_report() {
+                    if holder.is_some() && current.agent_id == holder {
+                        return Ok(step.command());
+                    }
+                    if may_change {
+                        // The owner (or an admin) does not hold the lease: the same answer
+                        // as a wrong lease id, whether or not the id it sent was right.
+                        return Err(CommandError::Refused(TaskError::StaleLease).into());
+                    }
+                } else if may_change {
+                    return Ok(step.command());
+                }
+                if actor.can_read(current.owner_id) {
+                    Err(ApiError::Forbidden)
+                } else {
+                    Err(ApiError::NotFound)
+                }
             })
             .await?;
         committed(state, &aggregate, version).await;

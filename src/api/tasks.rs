@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use chronicle_aggregates::agent::Agent;
 use chronicle_aggregates::codec;
 use chronicle_aggregates::task::{Task, TaskCommand, TaskStatus};
 use chronicle_commands::task::NewTaskRequest;
@@ -18,10 +19,12 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, IdPath, RequestMeta};
 use super::idempotency::{keyed_task_id, same_request};
 use super::paging::{Page, Paging};
+use super::redact::redact_event;
 use super::views::{EventView, TaskView};
 use super::AppState;
 use crate::actor::Actor;
 use crate::bus::Committed;
+use crate::process::dispatch::serves_every_user;
 
 /// Brings the read side up to a just-committed task (see `ReadSide::task_committed`).
 pub(crate) async fn committed(state: &AppState, task: &Task, version: usize) {
@@ -69,7 +72,7 @@ pub(crate) fn task_response(
         (status = 403, description = "The caller may not create tasks (auditor)"),
         (status = 413, description = "The body is over the limit"),
         (status = 415, description = "The body is not JSON"),
-        (status = 422, description = "An invalid field, or an Idempotency-Key reused for another request"),
+        (status = 422, description = "An invalid field, an `agent_id` that is not the caller's agent or a built-in one (whether or not it exists), or an Idempotency-Key reused for another request"),
     ),
 )]
 #[tracing::instrument(skip_all, fields(task_id))]
@@ -83,6 +86,9 @@ pub async fn create(
         return Err(ApiError::Forbidden);
     }
     let spec = request.validate()?;
+    if let Some(agent_id) = spec.pinned_agent_id {
+        usable_agent(&state, &actor, agent_id).await?;
+    }
     let task_id = match &meta.idempotency_key {
         Some(key) => keyed_task_id(actor.id, key),
         None => Uuid::now_v7(),
@@ -124,6 +130,24 @@ pub async fn create(
             }
         }
         Err(error) => Err(error),
+    }
+}
+
+/// Refuses a pin to an agent that would not serve the caller's task: one of another user's
+/// (an agent leases only its owner's tasks) or none at all. Both get the same 422, so a pin
+/// does not tell whether someone else's agent exists.
+async fn usable_agent(state: &AppState, actor: &Actor, agent_id: Uuid) -> Result<(), ApiError> {
+    let loaded = state
+        .store
+        .aggregate::<Agent>()
+        .load(&agent_id.to_string())
+        .await?;
+    match loaded.aggregate.state() {
+        Some(agent) if agent.owner_id == actor.id || serves_every_user(agent) => Ok(()),
+        _ => Err(ApiError::validation(
+            "agent_id",
+            "is not an agent that can run your tasks",
+        )),
     }
 }
 
@@ -278,7 +302,7 @@ pub async fn cancel(
     tag = "tasks",
     params(("id" = Uuid, Path, description = "The task's id")),
     responses(
-        (status = 200, description = "Every event of the task", body = Vec<EventView>),
+        (status = 200, description = "Every event of the task; lease ids appear only as `lease_id_sha256` (they are bearer capabilities)", body = Vec<EventView>),
         (status = 404, description = "No such task, or not yours"),
     ),
 )]
@@ -298,7 +322,12 @@ pub async fn events(
         _ => return Err(ApiError::NotFound),
     }
     let history = state.store.history(Task::TYPE, &id.to_string()).await?;
-    Ok(Json(history.into_iter().map(EventView::from).collect()))
+    Ok(Json(
+        history
+            .into_iter()
+            .map(|event| redact_event(EventView::from(event), &actor))
+            .collect(),
+    ))
 }
 
 /// `GET /api/tasks` query: filters, `limit` (default 50, max 500) and an opaque `cursor`.

@@ -11,8 +11,8 @@ use chronicle_commands::auth::{Registration, Role};
 use chrono::Utc;
 use uuid::Uuid;
 
+use super::error::AuthError;
 use super::password;
-use crate::api::error::ApiError;
 use crate::bus::{CommandBus, CommandContext, CommandError};
 
 /// Which roles a new user gets.
@@ -30,15 +30,13 @@ pub async fn create_user(
     registration: Registration,
     choice: RoleChoice,
     mut context: CommandContext,
-) -> Result<UserState, ApiError> {
+) -> Result<UserState, AuthError> {
     let Registration {
         email,
         password,
         display_name,
     } = registration;
-    let password_hash = password::hash(password)
-        .await
-        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let password_hash = password::hash(password).await?;
     let store = bus.store();
 
     // A claim without a user is a registration that stopped half-way: finish it.
@@ -50,7 +48,7 @@ pub async fn create_user(
             .load(&claim.user_id.to_string())
             .await?;
         if user.aggregate.state().is_some() {
-            return Err(email_taken());
+            return Err(AuthError::EmailTaken);
         }
         user_id = claim.user_id;
     }
@@ -58,7 +56,7 @@ pub async fn create_user(
         context.actor = format!("user:{user_id}");
     }
 
-    bus.execute::<EmailClaim, ApiError>(email.as_str(), &context, None, |_| {
+    bus.execute::<EmailClaim, AuthError>(email.as_str(), &context, None, |_| {
         Ok(EmailClaimCommand::ClaimEmail {
             email: email.clone(),
             user_id,
@@ -80,7 +78,7 @@ pub async fn create_user(
     let is_first = match first {
         Ok(_) => true,
         Err(CommandError::Refused(FirstUserError::AlreadyClaimed)) => false,
-        Err(other) => return Err(ApiError::from(other)),
+        Err(other) => return Err(AuthError::from(other)),
     };
     let roles = match choice {
         RoleChoice::FirstIsAdmin if is_first => vec![Role::Admin],
@@ -89,9 +87,9 @@ pub async fn create_user(
     };
 
     let committed = bus
-        .execute::<User, ApiError>(&user_id.to_string(), &context, None, |user: &User| {
+        .execute::<User, AuthError>(&user_id.to_string(), &context, None, |user: &User| {
             if user.state().is_some() {
-                return Err(email_taken());
+                return Err(AuthError::EmailTaken);
             }
             Ok(UserCommand::RegisterUser {
                 user_id,
@@ -107,12 +105,5 @@ pub async fn create_user(
         .aggregate
         .state()
         .cloned()
-        .ok_or_else(|| ApiError::Internal("a registered user has no state".into()))
-}
-
-fn email_taken() -> ApiError {
-    ApiError::Conflict {
-        code: "email_claim.taken",
-        detail: "the email address is already taken".into(),
-    }
+        .ok_or(AuthError::Inconsistent("a registered user has no state"))
 }

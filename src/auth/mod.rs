@@ -9,8 +9,10 @@
 //! - [`accounts`]: creating users (register and the CLI), the first one as admin.
 //! - [`sessions`]: starting, rotating and ending refresh-token families.
 //! - [`revocation`]: credentials that ended before they expire, on every node.
+//! - [`error`]: why a credential operation failed, without HTTP in it.
 
 pub mod accounts;
+pub mod error;
 pub mod jwt;
 pub mod keys;
 pub mod password;

@@ -1,5 +1,5 @@
-//! Sessions (refresh-token families) at the edge: start one at login, rotate on refresh —
-//! a retired token presented again revokes the family — and end one at logout.
+//! Sessions (refresh-token families): start one at login, rotate on refresh — a retired
+//! token presented again revokes the family — and end one at logout.
 
 use chronicle_aggregates::session::{Session, SessionCommand, SessionError};
 use chronicle_aggregates::user::{User, UserState};
@@ -9,13 +9,13 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::error::AuthError;
 use super::jwt::AccessClaims;
 use super::refresh::RefreshToken;
+use super::Authenticator;
 use crate::actor::Actor;
-use crate::api::error::ApiError;
-use crate::api::extract::RequestMeta;
-use crate::api::AppState;
-use crate::bus::CommandError;
+use crate::bus::{CommandBus, CommandContext, CommandError};
+use crate::config::AuthSettings;
 
 /// `TokenPair` of API.md.
 #[derive(Serialize, ToSchema)]
@@ -30,157 +30,177 @@ pub struct TokenPair {
     pub expires_in: u64,
 }
 
-const BAD_REFRESH: ApiError = ApiError::Unauthorized("the refresh token is not valid");
+/// What sessions are made with: the bus that records them, the keys that sign their
+/// tokens, and how long those last.
+#[derive(Clone, Copy)]
+pub struct Sessions<'a> {
+    pub bus: &'a CommandBus,
+    pub auth: &'a Authenticator,
+    pub settings: &'a AuthSettings,
+}
 
 fn ttl(secs: u64) -> Duration {
     Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000))
 }
 
-fn pair(
-    state: &AppState,
-    user_id: Uuid,
-    roles: Vec<Role>,
-    token: RefreshToken,
-    now: DateTime<Utc>,
-) -> Result<TokenPair, ApiError> {
-    let expires_in = state.settings.auth.access_ttl_secs;
-    let claims = AccessClaims::new(user_id, roles, token.session_id, now, expires_in);
-    let access_token = state
-        .auth
-        .jwt
-        .issue(&claims)
-        .map_err(|e| ApiError::Internal(Box::new(e)))?;
-    Ok(TokenPair {
-        access_token,
-        refresh_token: token.encode(&state.auth.keys.refresh),
-        token_type: "Bearer",
-        expires_in,
-    })
-}
-
-/// Starts a session for `user` and answers its first token pair.
-pub async fn start(
-    state: &AppState,
-    user: &UserState,
-    meta: &RequestMeta,
-) -> Result<TokenPair, ApiError> {
-    let now = Utc::now();
-    let token = RefreshToken {
-        session_id: Uuid::now_v7(),
-        token_id: Uuid::new_v4(),
-    };
-    let actor = Actor::user(user.id, user.roles.iter().copied());
-    let expires_at = now + ttl(state.settings.auth.refresh_ttl_secs);
-    state
-        .bus
-        .execute::<Session, ApiError>(
-            &token.session_id.to_string(),
-            &meta.context(&actor),
-            None,
-            |_| {
-                Ok(SessionCommand::StartSession {
-                    session_id: token.session_id,
-                    user_id: user.id,
-                    token_id: token.token_id,
-                    expires_at,
-                    at: now,
-                })
-            },
-        )
-        .await?;
-    pair(state, user.id, actor.roles, token, now)
-}
-
-/// The session a refresh token names and its user, or 401.
-async fn session_user(state: &AppState, raw: &str) -> Result<(RefreshToken, Uuid), ApiError> {
-    let token = RefreshToken::decode(&state.auth.keys.refresh, raw).ok_or(BAD_REFRESH)?;
-    let session = state
-        .store
-        .aggregate::<Session>()
-        .load(&token.session_id.to_string())
-        .await?;
-    let user_id = session.aggregate.state().ok_or(BAD_REFRESH)?.user_id;
-    Ok((token, user_id))
-}
-
-/// Exchanges a refresh token for a new pair; the presented one is retired. A retired one
-/// presented again revokes the session, and the answer is 401.
-pub async fn refresh(
-    state: &AppState,
-    raw: &str,
-    meta: &RequestMeta,
-) -> Result<TokenPair, ApiError> {
-    let (token, user_id) = session_user(state, raw).await?;
-    let user = state
-        .store
-        .aggregate::<User>()
-        .load(&user_id.to_string())
-        .await?;
-    let user = user.aggregate.state().ok_or(BAD_REFRESH)?;
-    let actor = Actor::user(user.id, user.roles.iter().copied());
-    let now = Utc::now();
-    let next = RefreshToken {
-        session_id: token.session_id,
-        token_id: Uuid::new_v4(),
-    };
-    let expires_at = now + ttl(state.settings.auth.refresh_ttl_secs);
-    let committed = state
-        .bus
-        .execute::<Session, CommandError<SessionError>>(
-            &token.session_id.to_string(),
-            &meta.context(&actor),
-            None,
-            |_| {
-                Ok(SessionCommand::RefreshSession {
-                    presented_token_id: token.token_id,
-                    new_token_id: next.token_id,
-                    new_expires_at: expires_at,
-                    at: now,
-                })
-            },
-        )
-        .await;
-    match committed {
-        Ok(committed) => match committed.aggregate.state() {
-            Some(session)
-                if session.revoked.is_none() && session.current_token_id == next.token_id =>
-            {
-                pair(state, user.id, actor.roles, next, now)
-            }
-            Some(_) => {
-                tracing::warn!(session_id = %token.session_id, "refresh token reuse: session revoked");
-                Err(ApiError::Unauthorized(
-                    "the refresh token was already used; the session has been revoked",
-                ))
-            }
-            None => Err(BAD_REFRESH),
-        },
-        Err(CommandError::Refused(_)) => Err(BAD_REFRESH),
-        Err(other) => Err(ApiError::from(other)),
+/// `origin` (the metadata of the request) with `actor` as the actor of its events.
+fn acting(origin: &CommandContext, actor: &Actor) -> CommandContext {
+    CommandContext {
+        actor: actor.to_string(),
+        ..origin.clone()
     }
 }
 
-/// Ends the session a refresh token belongs to; ending an ended one is fine.
-pub async fn end(state: &AppState, raw: &str, meta: &RequestMeta) -> Result<(), ApiError> {
-    let (token, user_id) = session_user(state, raw).await?;
-    let actor = Actor::user(user_id, []);
-    let ended = state
-        .bus
-        .execute::<Session, CommandError<SessionError>>(
-            &token.session_id.to_string(),
-            &meta.context(&actor),
-            None,
-            |_| {
-                Ok(SessionCommand::EndSession {
-                    presented_token_id: token.token_id,
-                    at: Utc::now(),
-                })
+impl Sessions<'_> {
+    fn pair(
+        &self,
+        user_id: Uuid,
+        roles: Vec<Role>,
+        token: RefreshToken,
+        now: DateTime<Utc>,
+    ) -> Result<TokenPair, AuthError> {
+        let expires_in = self.settings.access_ttl_secs;
+        let claims = AccessClaims::new(user_id, roles, token.session_id, now, expires_in);
+        Ok(TokenPair {
+            access_token: self.auth.jwt.issue(&claims)?,
+            refresh_token: token.encode(&self.auth.keys.refresh),
+            token_type: "Bearer",
+            expires_in,
+        })
+    }
+
+    /// Starts a session for `user` and answers its first token pair. `origin` is the
+    /// metadata of the request; the user is the actor.
+    pub async fn start(
+        &self,
+        user: &UserState,
+        origin: &CommandContext,
+    ) -> Result<TokenPair, AuthError> {
+        let now = Utc::now();
+        let token = RefreshToken {
+            session_id: Uuid::now_v7(),
+            token_id: Uuid::new_v4(),
+        };
+        let actor = Actor::user(user.id, user.roles.iter().copied());
+        let expires_at = now + ttl(self.settings.refresh_ttl_secs);
+        self.bus
+            .execute::<Session, AuthError>(
+                &token.session_id.to_string(),
+                &acting(origin, &actor),
+                None,
+                |_| {
+                    Ok(SessionCommand::StartSession {
+                        session_id: token.session_id,
+                        user_id: user.id,
+                        token_id: token.token_id,
+                        expires_at,
+                        at: now,
+                    })
+                },
+            )
+            .await?;
+        self.pair(user.id, actor.roles, token, now)
+    }
+
+    /// The session a refresh token names and its user.
+    async fn session_user(&self, raw: &str) -> Result<(RefreshToken, Uuid), AuthError> {
+        let token = RefreshToken::decode(&self.auth.keys.refresh, raw)
+            .ok_or(AuthError::InvalidRefreshToken)?;
+        let session = self
+            .bus
+            .store()
+            .aggregate::<Session>()
+            .load(&token.session_id.to_string())
+            .await?;
+        let user_id = session
+            .aggregate
+            .state()
+            .ok_or(AuthError::InvalidRefreshToken)?
+            .user_id;
+        Ok((token, user_id))
+    }
+
+    /// Exchanges a refresh token for a new pair; the presented one is retired. A retired
+    /// one presented again revokes the session ([`AuthError::RefreshTokenReused`]).
+    pub async fn refresh(
+        &self,
+        raw: &str,
+        origin: &CommandContext,
+    ) -> Result<TokenPair, AuthError> {
+        let (token, user_id) = self.session_user(raw).await?;
+        let user = self
+            .bus
+            .store()
+            .aggregate::<User>()
+            .load(&user_id.to_string())
+            .await?;
+        let user = user
+            .aggregate
+            .state()
+            .ok_or(AuthError::InvalidRefreshToken)?;
+        let actor = Actor::user(user.id, user.roles.iter().copied());
+        let now = Utc::now();
+        let next = RefreshToken {
+            session_id: token.session_id,
+            token_id: Uuid::new_v4(),
+        };
+        let expires_at = now + ttl(self.settings.refresh_ttl_secs);
+        let committed = self
+            .bus
+            .execute::<Session, CommandError<SessionError>>(
+                &token.session_id.to_string(),
+                &acting(origin, &actor),
+                None,
+                |_| {
+                    Ok(SessionCommand::RefreshSession {
+                        presented_token_id: token.token_id,
+                        new_token_id: next.token_id,
+                        new_expires_at: expires_at,
+                        at: now,
+                    })
+                },
+            )
+            .await;
+        match committed {
+            Ok(committed) => match committed.aggregate.state() {
+                Some(session)
+                    if session.revoked.is_none() && session.current_token_id == next.token_id =>
+                {
+                    self.pair(user.id, actor.roles, next, now)
+                }
+                Some(_) => {
+                    tracing::warn!(session_id = %token.session_id, "refresh token reuse: session revoked");
+                    Err(AuthError::RefreshTokenReused)
+                }
+                None => Err(AuthError::InvalidRefreshToken),
             },
-        )
-        .await;
-    match ended {
-        Ok(_) => Ok(()),
-        Err(CommandError::Refused(_)) => Err(BAD_REFRESH),
-        Err(other) => Err(ApiError::from(other)),
+            Err(CommandError::Refused(_)) => Err(AuthError::InvalidRefreshToken),
+            Err(other) => Err(AuthError::from(other)),
+        }
+    }
+
+    /// Ends the session a refresh token belongs to; ending an ended one is fine.
+    pub async fn end(&self, raw: &str, origin: &CommandContext) -> Result<(), AuthError> {
+        let (token, user_id) = self.session_user(raw).await?;
+        let actor = Actor::user(user_id, []);
+        let ended = self
+            .bus
+            .execute::<Session, CommandError<SessionError>>(
+                &token.session_id.to_string(),
+                &acting(origin, &actor),
+                None,
+                |_| {
+                    Ok(SessionCommand::EndSession {
+                        presented_token_id: token.token_id,
+                        at: Utc::now(),
+                    })
+                },
+            )
+            .await;
+        match ended {
+            Ok(_) => Ok(()),
+            Err(CommandError::Refused(_)) => Err(AuthError::InvalidRefreshToken),
+            Err(other) => Err(AuthError::from(other)),
+        }
     }
 }

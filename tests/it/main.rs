@@ -14,6 +14,7 @@ mod crash;
 mod helpers;
 mod http_agent;
 mod openapi;
+mod oracles;
 mod orchestration;
 mod projections;
 mod revocation;

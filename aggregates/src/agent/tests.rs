@@ -1,5 +1,7 @@
 //! Given/when/then tests of the Agent aggregate, and its status over time.
 
+mod properties;
+
 use chronicle_commands::agent::RegisterAgentRequest;
 use chronicle_commands::values::Capability;
 use chrono::{TimeDelta, TimeZone, Utc};

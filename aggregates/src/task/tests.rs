@@ -3,6 +3,7 @@
 mod lease;
 mod lifecycle;
 mod outcome;
+mod properties;
 
 use chronicle_commands::task::NewTaskRequest;
 use chrono::{TimeDelta, TimeZone, Utc};
