@@ -6,16 +6,20 @@
 //! - [`jwt`]: HS256 access tokens.
 //! - [`refresh`]: opaque, MAC'd refresh tokens naming a session and a token.
 //! - [`keys`]: self-locating `chr_` API keys, stored as HMACs.
+//! - [`key_misses`]: a brief memory of keys that did not authenticate.
 //! - [`accounts`]: creating users (register and the CLI), the first one as admin.
 //! - [`sessions`]: starting, rotating and ending refresh-token families.
 
 pub mod accounts;
 pub mod jwt;
+pub mod key_misses;
 pub mod keys;
 pub mod password;
 pub mod refresh;
 pub mod secret;
 pub mod sessions;
+
+use std::time::Instant;
 
 use axum::http::{header, HeaderMap};
 use chronicle_aggregates::api_key::ApiKey;
@@ -25,18 +29,21 @@ use chrono::Utc;
 use crate::actor::Actor;
 use crate::store::{Store, StoreError};
 use jwt::JwtCodec;
+use key_misses::KeyMisses;
 use secret::ServerKeys;
 
 /// The server's keys in the forms the request path needs them.
 pub struct Authenticator {
     pub keys: ServerKeys,
     pub jwt: JwtCodec,
+    pub misses: KeyMisses,
 }
 
 impl Authenticator {
     pub fn new(keys: ServerKeys) -> Self {
         Self {
             jwt: JwtCodec::new(&keys.jwt),
+            misses: KeyMisses::default(),
             keys,
         }
     }
@@ -104,9 +111,15 @@ pub async fn authenticate(
             Ok(claims) => Authentication::Actor(Actor::user(claims.sub, claims.roles)),
             Err(_) => Authentication::Invalid,
         },
+        Ok(Some(Credential::ApiKey(raw))) if auth.misses.recalls(raw, Instant::now()) => {
+            Authentication::Invalid
+        }
         Ok(Some(Credential::ApiKey(raw))) => match api_key_actor(store, auth, raw).await {
             Ok(Some(actor)) => Authentication::Actor(actor),
-            Ok(None) => Authentication::Invalid,
+            Ok(None) => {
+                auth.misses.remember(raw, Instant::now());
+                Authentication::Invalid
+            }
             Err(error) => {
                 tracing::warn!(%error, "cannot check an API key");
                 Authentication::Unavailable

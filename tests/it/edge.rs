@@ -1,0 +1,371 @@
+//! The edge under attack and failure (issue 8, items 4, 6, 8): exactly-once writes when a
+//! request fails after its commit, limits before authentication, trusted proxies, the
+//! cached status, security headers and HTTPS.
+
+use reqwest::StatusCode;
+use rstest::rstest;
+use serde_json::{json, Value};
+
+use crate::helpers::{spawn_app_with, Backend, TestApp};
+
+async fn get(app: &TestApp, path: &str) -> Value {
+    let response = app.client.get(app.url(path)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+    response.json().await.unwrap()
+}
+
+/// A command that commits and then fails (503 from a view read, say) keeps its key: the
+/// repeat answers the resource of the first effect instead of acting again.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn a_failure_after_the_commit_keeps_the_key(#[case] backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.fail_after_commit = 2)
+        .await
+        .signed_in()
+        .await;
+    let post = |path: &'static str, key: &'static str, body: Value| {
+        app.client
+            .post(app.url(path))
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let registration = json!({"name": "ext", "kind": "remote", "capabilities": ["x.work"]});
+    let failed = post("/api/agents/register", "reg", registration.clone())
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    let repeat = post("/api/agents/register", "reg", registration.clone())
+        .await
+        .unwrap();
+    assert_eq!(repeat.status(), StatusCode::CREATED);
+    assert_eq!(repeat.headers()["idempotent-replayed"], "true");
+    let agent: Value = repeat.json().await.unwrap();
+    let agents = get(&app, "/api/agents").await;
+    let items = agents["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "one effect: {agents}");
+    assert_eq!(items[0]["id"], agent["id"]);
+    assert_eq!(agent["name"], "ext");
+
+    // Later repeats get the kept answer.
+    let again = post("/api/agents/register", "reg", registration)
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.json::<Value>().await.unwrap()["id"], agent["id"]);
+
+    // A new API key that failed after its commit: one key, and the repeat cannot show a
+    // secret it never kept.
+    let failed = post("/api/users/me/api-keys", "key", json!({"name": "ci"}))
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let repeat = post("/api/users/me/api-keys", "key", json!({"name": "ci"}))
+        .await
+        .unwrap();
+    assert_eq!(repeat.status(), StatusCode::CREATED);
+    let issued: Value = repeat.json().await.unwrap();
+    assert_eq!(issued["key"], Value::Null);
+    assert_eq!(issued["name"], "ci");
+    let keys = get(&app, "/api/users/me/api-keys").await;
+    let items = keys["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{keys}");
+    assert_eq!(items[0]["id"], issued["id"]);
+
+    // With no failure left to inject, a new key runs as usual.
+    let fresh = post(
+        "/api/agents/register",
+        "reg-2",
+        json!({"name": "two", "kind": "remote", "capabilities": ["x.work"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(fresh.status(), StatusCode::CREATED);
+    assert!(fresh.headers().get("idempotent-replayed").is_none());
+}
+
+/// A well-formed `chr_` key that no key has.
+fn bogus_key() -> String {
+    format!("chr_{}_{}", uuid::Uuid::now_v7().simple(), "ab".repeat(32))
+}
+
+/// The per-IP limit runs before the credentials are checked: bogus keys spend it, and
+/// once it is spent even a good token from that address waits.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn the_ip_limit_runs_before_authentication(#[case] backend: Backend) {
+    let app = spawn_app_with(backend, |s| {
+        s.rate_limit.per_minute = 1_000;
+        s.rate_limit.per_ip_per_minute = Some(5);
+    })
+    .await;
+    let user = app.register_user().await; // 1 of 5
+    for _ in 0..4 {
+        let response = reqwest::Client::new()
+            .get(app.url("/api/users/me"))
+            .header("x-api-key", bogus_key())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    let limited = user
+        .client
+        .get(app.url("/api/users/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers().contains_key("retry-after"));
+    let bogus = reqwest::Client::new()
+        .get(app.url("/api/users/me"))
+        .header("x-api-key", bogus_key())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bogus.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// Behind a trusted proxy each forwarded client has its own budget; from anyone else,
+/// `X-Forwarded-For` is ignored.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn forwarded_clients_are_told_apart_only_behind_trusted_proxies(#[case] backend: Backend) {
+    let health = |app: &TestApp, client: &'static str| {
+        reqwest::Client::new()
+            .get(app.url("/api/health"))
+            .header("x-forwarded-for", client)
+            .send()
+    };
+    let limited = |s: &mut chronicle::config::Settings| {
+        s.rate_limit.per_ip_per_minute = Some(2);
+    };
+    let proxied = spawn_app_with(backend, |s| {
+        limited(s);
+        s.trusted_proxies = vec!["127.0.0.1/32".into()];
+    })
+    .await;
+    for _ in 0..2 {
+        assert_eq!(
+            health(&proxied, "203.0.113.1").await.unwrap().status(),
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        health(&proxied, "203.0.113.1").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // A client cannot pose as another by writing the header itself: the proxy's hop
+    // (the rightmost) is the one believed.
+    assert_eq!(
+        health(&proxied, "203.0.113.2, 203.0.113.1")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        health(&proxied, "203.0.113.2").await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    let direct = spawn_app_with(backend, limited).await;
+    assert_eq!(
+        health(&direct, "203.0.113.1").await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        health(&direct, "203.0.113.2").await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        health(&direct, "203.0.113.3").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+/// Misses are remembered by the whole key: after a wrong secret was refused (and
+/// remembered), the same key id rotated to a new secret authenticates at once.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn a_remembered_miss_never_refuses_a_good_key(#[case] backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await.signed_in().await;
+    let issued: Value = app
+        .client
+        .post(app.url("/api/users/me/api-keys"))
+        .json(&json!({"name": "agent"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = issued["key"].as_str().unwrap().to_owned();
+    let id = issued["id"].as_str().unwrap();
+    let me = |key: String| {
+        reqwest::Client::new()
+            .get(app.url("/api/users/me"))
+            .header("x-api-key", key)
+            .send()
+    };
+    assert_eq!(me(key.clone()).await.unwrap().status(), StatusCode::OK);
+    let (prefix, _) = key.rsplit_once('_').unwrap();
+    let wrong = format!("{prefix}_{}", "cd".repeat(32));
+    for _ in 0..2 {
+        assert_eq!(
+            me(wrong.clone()).await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(me(key.clone()).await.unwrap().status(), StatusCode::OK);
+
+    let rotated: Value = app
+        .client
+        .post(app.url(&format!("/api/users/me/api-keys/{id}/rotate")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let new_key = rotated["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        me(key.clone()).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(me(new_key).await.unwrap().status(), StatusCode::OK);
+    // A revoked key is refused at once (good answers are never cached).
+    let revoked = app
+        .client
+        .delete(app.url(&format!("/api/users/me/api-keys/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        me(rotated["key"].as_str().unwrap().to_owned())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+async fn queue_depth(app: &TestApp) -> u64 {
+    let response = reqwest::Client::new()
+        .get(app.url("/api/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json::<Value>().await.unwrap()["queue_depth"]
+        .as_u64()
+        .unwrap()
+}
+
+async fn create_task(app: &TestApp) {
+    let response = app
+        .client
+        .post(app.url("/api/tasks"))
+        .json(&json!({"capability": "x.work", "input": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+}
+
+/// `/api/status` is computed at most once per `status_cache_ms`.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn status_answers_are_reused_within_their_ttl(#[case] backend: Backend) {
+    let cached = spawn_app_with(backend, |s| s.status_cache_ms = 3_600_000)
+        .await
+        .signed_in()
+        .await;
+    assert_eq!(queue_depth(&cached).await, 0);
+    create_task(&cached).await;
+    assert_eq!(queue_depth(&cached).await, 0, "the cached answer");
+
+    let uncached = spawn_app_with(backend, |s| s.status_cache_ms = 0)
+        .await
+        .signed_in()
+        .await;
+    assert_eq!(queue_depth(&uncached).await, 0);
+    create_task(&uncached).await;
+    assert_eq!(queue_depth(&uncached).await, 1);
+}
+
+/// Every answer, error or not, carries the hardening headers; HSTS only in production.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn every_answer_carries_the_security_headers(#[case] backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    for path in ["/api/health", "/api/nowhere", "/api/users/me"] {
+        let response = reqwest::Client::new()
+            .get(app.url(path))
+            .send()
+            .await
+            .unwrap();
+        let headers = response.headers();
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(headers["referrer-policy"], "no-referrer", "{path}");
+        assert!(headers.get("strict-transport-security").is_none(), "{path}");
+    }
+}
+
+/// Production behind a proxy: only what the trusted proxy says came over HTTPS is
+/// answered (health checks excepted), always with HSTS.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn production_answers_https_only(#[case] backend: Backend) {
+    let app = spawn_app_with(backend, |s| {
+        s.profile = chronicle::config::Profile::Production;
+        s.jwt_secret = Some("0123456789abcdef0123456789abcdef".to_owned().into());
+        s.trusted_proxies = vec!["127.0.0.1/32".into()];
+    })
+    .await;
+    let status = |proto: Option<&'static str>| {
+        let request = reqwest::Client::new().get(app.url("/api/status"));
+        match proto {
+            Some(proto) => request.header("x-forwarded-proto", proto),
+            None => request,
+        }
+        .send()
+    };
+    for refused in [None, Some("http")] {
+        let response = status(refused).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{refused:?}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        assert!(response.headers().contains_key("strict-transport-security"));
+    }
+    let served = status(Some("https")).await.unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    assert!(served.headers()["strict-transport-security"]
+        .to_str()
+        .unwrap()
+        .starts_with("max-age="));
+    let health = reqwest::Client::new()
+        .get(app.url("/api/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
