@@ -120,10 +120,15 @@ impl Drop for Holding<'_> {
             .idempotency
             .set()
             .remove(&(self.owner, std::mem::take(&mut self.key)));
-        if !self.finished {
+        if self.finished {
+            return;
+        }
+        // Without a runtime (the process is ending) the claim is left to be found
+        // abandoned, with what the last renewal wrote.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let db = self.state.read.db.clone();
             let (claim_id, committed) = (self.claim_id, self.log.committed());
-            tokio::spawn(async move { keep_or_release(&db, claim_id, &committed).await });
+            runtime.spawn(async move { keep_or_release(&db, claim_id, &committed).await });
         }
     }
 }

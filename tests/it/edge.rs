@@ -369,3 +369,86 @@ async fn production_answers_https_only(#[case] backend: Backend) {
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
 }
+
+/// A self-signed certificate for localhost and 127.0.0.1, as (certificate, key) PEM.
+fn self_signed() -> (String, String) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    (certified.cert.pem(), certified.key_pair.serialize_pem())
+}
+
+fn trusting(cert_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap()
+}
+
+/// Chronicle serves HTTPS itself: reached with the certificate's root, refused in plain
+/// HTTP, HSTS in production; SIGHUP swaps in a renewed certificate for new connections.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn https_with_a_certificate_reloaded_on_sighup(#[case] backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let (cert, key) = self_signed();
+    std::fs::write(&cert_path, &cert).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    let app = spawn_app_with(backend, |s| {
+        s.profile = chronicle::config::Profile::Production;
+        s.jwt_secret = Some("0123456789abcdef0123456789abcdef".to_owned().into());
+        s.tls.cert_path = Some(cert_path.clone());
+        s.tls.key_path = Some(key_path.clone());
+    })
+    .await;
+    let https = app.address.replace("http://", "https://");
+    let status = format!("{https}/api/status");
+
+    let answer = trusting(&cert).get(&status).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert!(answer.headers().contains_key("strict-transport-security"));
+    assert_eq!(answer.headers()["x-content-type-options"], "nosniff");
+    let by_name = trusting(&cert)
+        .get(status.replace("127.0.0.1", "localhost"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_name.status(), StatusCode::OK);
+    assert!(
+        reqwest::get(app.url("/api/health")).await.is_err(),
+        "plain HTTP on the TLS port"
+    );
+    assert!(
+        reqwest::Client::new().get(&status).send().await.is_err(),
+        "an unknown root is refused"
+    );
+
+    // Renew: new files, then SIGHUP (this process; nextest runs each test in its own).
+    let (renewed, renewed_key) = self_signed();
+    std::fs::write(&cert_path, &renewed).unwrap();
+    std::fs::write(&key_path, &renewed_key).unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if let Ok(answer) = trusting(&renewed).get(&status).send().await {
+            assert_eq!(answer.status(), StatusCode::OK);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate is not served within 5 s of SIGHUP"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        trusting(&cert).get(&status).send().await.is_err(),
+        "the old certificate is no longer served"
+    );
+}
