@@ -452,3 +452,58 @@ async fn https_with_a_certificate_reloaded_on_sighup(#[case] backend: Backend) {
         "the old certificate is no longer served"
     );
 }
+
+/// A lease that failed after committing: the repeat hands out the lease granted then
+/// (its id works for reports), not a second one.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn a_repeated_lease_answers_the_lease_granted_first(#[case] backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.fail_after_commit = 1)
+        .await
+        .signed_in()
+        .await;
+    let agent: Value = app
+        .client
+        .post(app.url("/api/agents/register"))
+        .json(&json!({"name": "ext", "kind": "remote", "capabilities": ["x.work"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let agent = agent["id"].as_str().unwrap().to_owned();
+    create_task(&app).await;
+    let lease = || {
+        app.client
+            .post(app.url(&format!("/api/agents/{agent}/lease")))
+            .header("idempotency-key", "lease-1")
+            .json(&json!({"max_tasks": 1}))
+            .send()
+    };
+    assert_eq!(
+        lease().await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let repeat = lease().await.unwrap();
+    assert_eq!(repeat.status(), StatusCode::OK);
+    let leased: Value = repeat.json().await.unwrap();
+    let tasks = leased["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1, "{leased}");
+    let (task, lease_id) = (tasks[0]["id"].as_str().unwrap(), &tasks[0]["lease_id"]);
+    assert_eq!(tasks[0]["attempt"], 1, "one lease, not two");
+    let started = app
+        .client
+        .patch(app.url(&format!("/api/tasks/{task}")))
+        .json(&json!({"status": "running", "lease_id": lease_id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        started.status(),
+        StatusCode::OK,
+        "the answered lease is the one in force"
+    );
+}
