@@ -82,6 +82,20 @@ impl TrustedProxies {
     }
 }
 
+impl ClientIp {
+    /// The key the per-IP rate limits count under: an IPv4 address, or the /64 of an IPv6
+    /// one (one subscriber's usual allocation, so that a client does not get 2^64 budgets).
+    pub fn rate_key(self) -> IpAddr {
+        match self.0 {
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+            v4 => v4,
+        }
+    }
+}
+
 /// An IPv4-mapped IPv6 address as the IPv4 address it is.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -186,6 +200,19 @@ mod tests {
         );
         let headers = forwarded(&["203.0.113.9, nonsense, 10.2.2.2"]);
         assert_eq!(proxies().client(ip("10.0.0.1"), &headers), ip("10.2.2.2"));
+    }
+
+    #[test]
+    fn ipv6_clients_are_limited_by_their_64() {
+        assert_eq!(ClientIp(ip("203.0.113.9")).rate_key(), ip("203.0.113.9"));
+        assert_eq!(
+            ClientIp(ip("2001:db8:1:2:aaaa::1")).rate_key(),
+            ClientIp(ip("2001:db8:1:2:bbbb::2")).rate_key()
+        );
+        assert_ne!(
+            ClientIp(ip("2001:db8:1:2::1")).rate_key(),
+            ClientIp(ip("2001:db8:1:3::1")).rate_key()
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! flood of bogus credentials is refused before it costs a store read), authenticate
 //! once, then rate-limit per user when authenticated, per client IP otherwise, and per IP
 //! again, more strictly, on `/api/auth/*`. Over the limit → 429 with `Retry-After`. The
-//! client IP is [`super::client_ip`]'s: behind a trusted proxy, the address it forwarded.
+//! client IP is [`super::client_ip`]'s: behind a trusted proxy, the address it forwarded;
+//! IPv6 clients count by their /64.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
@@ -95,7 +96,9 @@ pub async fn gate(State(state): State<AppState>, mut request: Request, next: Nex
     let ip = request
         .extensions()
         .get::<ClientIp>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |client| client.0);
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |client| {
+            client.rate_key()
+        });
     if let Err(error) = state.limits.check_before_auth(ip) {
         return error.into_response();
     }
