@@ -507,3 +507,45 @@ async fn a_repeated_lease_answers_the_lease_granted_first(#[case] backend: Backe
         "the answered lease is the one in force"
     );
 }
+
+/// Claims are stamped by the database's clock (epoch milliseconds, as the node's would
+/// be when the clocks agree), on both backends.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn claims_are_stamped_by_the_database_clock(#[case] backend: Backend) {
+    use sqlx::Connection;
+    let app = spawn_app_with(backend, |_| {}).await.signed_in().await;
+    let response = app
+        .client
+        .post(app.url("/api/agents/register"))
+        .header("idempotency-key", "stamp")
+        .json(&json!({"name": "ext", "kind": "remote", "capabilities": ["x.work"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let query = "SELECT claimed_at FROM idempotency_keys WHERE key = 'stamp'";
+    let claimed_at: i64 = match backend {
+        Backend::Sqlite => {
+            let mut connection = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+            sqlx::query_scalar(query)
+                .fetch_one(&mut connection)
+                .await
+                .unwrap()
+        }
+        Backend::Postgres => {
+            let mut connection = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+            sqlx::query_scalar(query)
+                .fetch_one(&mut connection)
+                .await
+                .unwrap()
+        }
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    assert!(
+        (now - 10_000..=now + 1_000).contains(&claimed_at),
+        "claimed_at {claimed_at} vs now {now}"
+    );
+}
