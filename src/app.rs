@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::api::{router, AppState, SHUTDOWN_GRACE};
@@ -11,9 +12,12 @@ use crate::config::Settings;
 use crate::process::http_agent::HttpAgent;
 use crate::read_side::ReadSide;
 use crate::store::{Store, StoreOptions};
+use crate::tls::{TlsConfig, TlsListener};
 
 pub struct Application {
     listener: TcpListener,
+    /// Set when Chronicle serves HTTPS itself.
+    tls: Option<TlsConfig>,
     state: AppState,
     http_agent: Option<HttpAgent>,
     revocations: RevocationFeed,
@@ -23,6 +27,10 @@ impl Application {
     /// Connects to the store, applies migrations and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let keys = ServerKeys::load(&settings)?;
+        let tls = match settings.tls.paths() {
+            Some((cert, key)) => Some(TlsConfig::load(cert, key)?),
+            None => None,
+        };
         let store = connect_store(&settings).await?;
         let listener = TcpListener::bind(settings.bind)
             .await
@@ -44,6 +52,7 @@ impl Application {
         crate::auth::password::warm_up();
         Ok(Self {
             listener,
+            tls,
             state,
             http_agent,
             revocations,
@@ -79,7 +88,12 @@ impl Application {
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
-        tracing::info!(%addr, backend = self.state.store.backend_name(), "serving");
+        tracing::info!(
+            %addr,
+            backend = self.state.store.backend_name(),
+            https = self.tls.is_some(),
+            "serving"
+        );
         let read = self.state.read.clone();
         // Cancelled when shutdown begins: long-polls and sockets end, the agent stops
         // taking work and the projectors stop between catch-ups (whichever way this
@@ -105,13 +119,25 @@ impl Application {
         let app = router(self.state);
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+        let graceful = async move {
             stop.await;
             tracing::info!("shutting down: finishing in-flight requests");
             stopping.cancel();
             let _ = stopped_tx.send(());
-        });
-        let serve = tokio::spawn(async move { serve.await });
+        };
+        let serve = match self.tls {
+            None => {
+                let serve = axum::serve(self.listener, app).with_graceful_shutdown(graceful);
+                tokio::spawn(async move { serve.await })
+            }
+            Some(tls) => {
+                background.push(tls.reload_on_sighup()?);
+                // `tap_io` only to get axum's connect-info for a listener of our own.
+                let listener = TlsListener::new(self.listener, tls)?.tap_io(|_| {});
+                let serve = axum::serve(listener, app).with_graceful_shutdown(graceful);
+                tokio::spawn(async move { serve.await })
+            }
+        };
         let mut serve = serve;
         tokio::select! {
             result = &mut serve => result??,

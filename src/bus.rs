@@ -1,7 +1,9 @@
 //! The command bus: load an aggregate, let it decide, append its events — retrying a lost
 //! optimistic-concurrency race a bounded number of times with fresh state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
@@ -22,6 +24,66 @@ pub struct CommandContext {
     pub causation_id: Option<String>,
     pub request_id: Option<String>,
     pub idempotency_key: Option<String>,
+    /// The commits of the request this command belongs to, when it carries an
+    /// `Idempotency-Key` (see [`CommitLog`]).
+    pub commit_log: Option<CommitLog>,
+}
+
+/// One aggregate a request changed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CommitRef {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+}
+
+#[derive(Debug, Default)]
+struct CommitLogInner {
+    committed: Vec<CommitRef>,
+    replay: VecDeque<CommitRef>,
+}
+
+/// What an idempotent request has committed, so that its key outlives a failure after the
+/// commit; and, for a repeat of such a request, the commits to answer from instead of
+/// deciding again: the next command on an aggregate type of `replay` takes that aggregate
+/// as it stands, with no new events.
+#[derive(Debug, Clone, Default)]
+pub struct CommitLog(Arc<Mutex<CommitLogInner>>);
+
+impl CommitLog {
+    /// A log for a repeat of a request that committed `replay` before it failed.
+    pub fn replaying(replay: Vec<CommitRef>) -> Self {
+        let log = Self::default();
+        log.lock().replay = replay.into();
+        log
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CommitLogInner> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every aggregate changed so far (replayed ones included).
+    pub fn committed(&self) -> Vec<CommitRef> {
+        self.lock().committed.clone()
+    }
+
+    fn record(&self, aggregate_type: &str, aggregate_id: &str) {
+        self.lock().committed.push(CommitRef {
+            aggregate_type: aggregate_type.to_owned(),
+            aggregate_id: aggregate_id.to_owned(),
+        });
+    }
+
+    /// The next commit to replay if it is of `aggregate_type`.
+    fn take_replay(&self, aggregate_type: &str) -> Option<String> {
+        let mut inner = self.lock();
+        let position = inner
+            .replay
+            .iter()
+            .position(|r| r.aggregate_type == aggregate_type)?;
+        let taken = inner.replay.remove(position)?;
+        inner.committed.push(taken.clone());
+        Some(taken.aggregate_id)
+    }
 }
 
 impl CommandContext {
@@ -69,11 +131,30 @@ pub struct Committed<A: Aggregate> {
 #[derive(Clone)]
 pub struct CommandBus {
     store: Store,
+    /// A test hook: this many commits of idempotent requests fail right after they
+    /// committed, as a view read failing after the write would.
+    failures_after_commit: Arc<AtomicU32>,
 }
 
 impl CommandBus {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            failures_after_commit: Arc::default(),
+        }
+    }
+
+    /// Makes the next `n` commits of requests with an `Idempotency-Key` answer 503 after
+    /// committing (tests only: see `Settings::fail_after_commit`).
+    pub fn fail_after_commits(self, n: u32) -> Self {
+        self.failures_after_commit.store(n, Ordering::Relaxed);
+        self
+    }
+
+    fn inject_failure(&self) -> bool {
+        self.failures_after_commit
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     pub fn store(&self) -> &Store {
@@ -130,6 +211,18 @@ impl CommandBus {
         R: From<CommandError<A::Error>>,
     {
         let store = self.store.aggregate::<A>();
+        let log = context.commit_log.as_ref();
+        if let Some(committed_id) = log.and_then(|log| log.take_replay(A::TYPE)) {
+            let loaded = store
+                .load(&committed_id)
+                .await
+                .map_err(|e| R::from(CommandError::Store(e)))?;
+            return Ok(Committed {
+                aggregate: loaded.aggregate,
+                version: loaded.version,
+                events: Vec::new(),
+            });
+        }
         let metadata = context.metadata();
         for attempt in 1..=MAX_ATTEMPTS {
             let assumed = assume_new && attempt == 1;
@@ -168,11 +261,19 @@ impl CommandBus {
             let events = sink.collect().await;
             match store.append(events, loaded, &metadata).await {
                 Ok((events, loaded)) => {
+                    if let Some(log) = log.filter(|_| !events.is_empty()) {
+                        log.record(A::TYPE, aggregate_id);
+                        if self.inject_failure() {
+                            return Err(R::from(CommandError::Store(StoreError::Unavailable(
+                                "failure injected after the commit".into(),
+                            ))));
+                        }
+                    }
                     return Ok(Committed {
                         aggregate: loaded.aggregate,
                         version: loaded.version,
                         events,
-                    })
+                    });
                 }
                 Err(StoreError::Conflict) if attempt < MAX_ATTEMPTS => {
                     let jitter_ms = rand::rng().random_range(0..=2u64 << attempt);

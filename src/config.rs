@@ -36,6 +36,33 @@ pub struct RateLimitSettings {
     pub per_minute: u32,
     /// Per client IP on `/api/auth/*`, on top of `per_minute`: guessing passwords is slow.
     pub auth_per_minute: u32,
+    /// Per client IP on every request, checked before the credentials are (so a flood of
+    /// bogus API keys costs no store reads); ten times `per_minute` when unset.
+    pub per_ip_per_minute: Option<u32>,
+}
+
+impl RateLimitSettings {
+    /// The limit per client IP before authentication.
+    pub fn per_ip(&self) -> u32 {
+        self.per_ip_per_minute
+            .unwrap_or_else(|| self.per_minute.saturating_mul(10))
+    }
+}
+
+/// Chronicle serving HTTPS itself: both paths or neither.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first. Re-read with the key on SIGHUP.
+    pub cert_path: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    /// The certificate and key paths when TLS is on.
+    pub fn paths(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert_path.as_deref()?, self.key_path.as_deref()?))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +117,8 @@ pub struct HttpAgentSettings {
     /// Let requests reach loopback, private, link-local and other internal addresses.
     /// Off by default: a task must not reach the node's own network (SSRF).
     pub allow_private: bool,
+    /// Production refuses `allow_private` unless this says the operator means it.
+    pub allow_private_acknowledged: bool,
     /// Networks allowed even though they are internal, e.g. `10.1.2.0/24` for one
     /// internal service; comma-separated in the environment.
     #[serde(deserialize_with = "comma_separated")]
@@ -112,6 +141,7 @@ impl Default for HttpAgentSettings {
             enabled: true,
             max_concurrency: 16,
             allow_private: false,
+            allow_private_acknowledged: false,
             allow_networks: Vec::new(),
             connect_timeout_ms: 5_000,
             default_timeout_ms: 30_000,
@@ -155,6 +185,17 @@ pub struct Settings {
     /// Largest request body in bytes.
     pub body_limit: usize,
     pub http_agent: HttpAgentSettings,
+    /// Reverse proxies (CIDRs, comma-separated in the environment) whose `X-Forwarded-For`
+    /// and `X-Forwarded-Proto` are believed; nobody else's are.
+    #[serde(deserialize_with = "comma_separated")]
+    pub trusted_proxies: Vec<String>,
+    pub tls: TlsSettings,
+    /// How long an answer of the anonymous `/api/status` is reused, in milliseconds.
+    pub status_cache_ms: u64,
+    /// A test hook, never read from a file or the environment: this many commits of
+    /// requests with an `Idempotency-Key` answer 503 right after committing.
+    #[serde(skip)]
+    pub fail_after_commit: u32,
 }
 
 impl Default for Settings {
@@ -169,6 +210,7 @@ impl Default for Settings {
             rate_limit: RateLimitSettings {
                 per_minute: 600,
                 auth_per_minute: 30,
+                per_ip_per_minute: None,
             },
             auth: AuthSettings {
                 access_ttl_secs: 15 * 60,
@@ -193,9 +235,16 @@ impl Default for Settings {
             dispatch: DispatchSettings { recheck_secs: 5 },
             body_limit: 2 * 1024 * 1024,
             http_agent: HttpAgentSettings::default(),
+            trusted_proxies: Vec::new(),
+            tls: TlsSettings::default(),
+            status_cache_ms: 1000,
+            fail_after_commit: 0,
         }
     }
 }
+
+/// The shortest JWT secret production accepts (RFC 8725 §3.5: HS256 wants 256 bits).
+const MIN_JWT_SECRET_BYTES: usize = 32;
 
 /// The longest token lifetime accepted: ten years.
 const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 60 * 60;
@@ -214,7 +263,9 @@ impl Settings {
         let named = file
             .map(Path::to_path_buf)
             .or_else(|| std::env::var_os("CHRONICLE_CONFIG").map(PathBuf::from));
-        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        // What the operator wrote, apart from the defaults: production asks whether some
+        // settings were chosen rather than inherited.
+        let mut layers = Figment::new();
         match &named {
             Some(path) if !path.is_file() => {
                 return Err(ConfigError::Invalid(format!(
@@ -222,15 +273,67 @@ impl Settings {
                     path.display()
                 )))
             }
-            Some(path) => figment = figment.merge(Toml::file(path)),
-            None => figment = figment.merge(Toml::file("chronicle.toml")),
+            Some(path) => layers = layers.merge(Toml::file(path)),
+            None => layers = layers.merge(Toml::file("chronicle.toml")),
         }
-        let figment = figment.merge(Env::prefixed("CHRONICLE_").split("__").ignore(&["config"]));
-        let settings: Settings = figment
+        let layers = layers.merge(Env::prefixed("CHRONICLE_").split("__").ignore(&["config"]));
+        let settings: Settings = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(layers.clone())
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(&e)))?;
         settings.check()?;
+        if settings.profile == Profile::Production {
+            settings.check_production(&Chosen {
+                registration: layers.contains("registration"),
+            })?;
+        }
         Ok(settings)
+    }
+
+    /// The unsafe defaults production refuses, each as one line naming the setting.
+    fn check_production(&self, chosen: &Chosen) -> Result<(), ConfigError> {
+        use secrecy::ExposeSecret;
+        let refuse = |message: &str| Err(ConfigError::Invalid(message.to_owned()));
+        match &self.jwt_secret {
+            None => {
+                return refuse("CHRONICLE_JWT_SECRET: required when CHRONICLE_PROFILE=production")
+            }
+            Some(secret) if secret.expose_secret().len() < MIN_JWT_SECRET_BYTES => {
+                return refuse(
+                    "CHRONICLE_JWT_SECRET: must be at least 32 bytes when CHRONICLE_PROFILE=production (e.g. `openssl rand -hex 32`)",
+                )
+            }
+            Some(_) => {}
+        }
+        if let Some(wildcard) = self.cors.origins.iter().find(|o| o.contains('*')) {
+            return Err(ConfigError::Invalid(format!(
+                "CHRONICLE_CORS__ORIGINS: `{wildcard}` allows any origin; list each one (chrome-extension://<extension id>) when CHRONICLE_PROFILE=production"
+            )));
+        }
+        if !chosen.registration {
+            return refuse(
+                "CHRONICLE_REGISTRATION: set it to `open` or `closed` when CHRONICLE_PROFILE=production (the default is open)",
+            );
+        }
+        if self.http_agent.allow_private && !self.http_agent.allow_private_acknowledged {
+            return refuse(
+                "CHRONICLE_HTTP_AGENT__ALLOW_PRIVATE: lets tasks reach internal addresses; set CHRONICLE_HTTP_AGENT__ALLOW_PRIVATE_ACKNOWLEDGED=true to accept that when CHRONICLE_PROFILE=production",
+            );
+        }
+        if self.tls.paths().is_none() && self.trusted_proxies.is_empty() {
+            return refuse(
+                "CHRONICLE_TLS__CERT_PATH and CHRONICLE_TLS__KEY_PATH (Chronicle serves HTTPS), or CHRONICLE_TRUSTED_PROXIES (a proxy that sends X-Forwarded-Proto: https): required when CHRONICLE_PROFILE=production",
+            );
+        }
+        Ok(())
+    }
+
+    /// The networks of `trusted_proxies`.
+    pub fn trusted_networks(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        self.trusted_proxies
+            .iter()
+            .map(|network| parse_network(network, "CHRONICLE_TRUSTED_PROXIES"))
+            .collect()
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -268,9 +371,10 @@ impl Settings {
             ));
         }
         self.http_agent.check()?;
-        if self.profile == Profile::Production && self.jwt_secret.is_none() {
+        self.trusted_networks()?;
+        if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
             return Err(ConfigError::Invalid(
-                "CHRONICLE_JWT_SECRET: required when CHRONICLE_PROFILE=production".into(),
+                "CHRONICLE_TLS__CERT_PATH and CHRONICLE_TLS__KEY_PATH: set both or neither".into(),
             ));
         }
         Ok(())
@@ -306,15 +410,26 @@ impl HttpAgentSettings {
     pub fn allowed_networks(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
         self.allow_networks
             .iter()
-            .map(|network| {
-                network.parse().map_err(|_| {
-                    ConfigError::Invalid(format!(
-                        "CHRONICLE_HTTP_AGENT__ALLOW_NETWORKS: `{network}` is not a network like 10.0.0.0/8 or fd00::/8"
-                    ))
-                })
-            })
+            .map(|network| parse_network(network, "CHRONICLE_HTTP_AGENT__ALLOW_NETWORKS"))
             .collect()
     }
+}
+
+/// Which settings the operator set rather than left at their default.
+struct Chosen {
+    registration: bool,
+}
+
+/// A CIDR, or a bare address as its own /32 or /128.
+fn parse_network(network: &str, variable: &str) -> Result<ipnet::IpNet, ConfigError> {
+    network
+        .parse()
+        .or_else(|_| network.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| {
+            ConfigError::Invalid(format!(
+                "{variable}: `{network}` is not a network like 10.0.0.0/8 or fd00::/8"
+            ))
+        })
 }
 
 /// figment's message, with the key spelled as the environment variable an operator sets.
@@ -476,13 +591,108 @@ mod tests {
         }
     }
 
-    #[test]
-    fn production_requires_a_jwt_secret() {
+    /// Everything production asks for, chosen safely.
+    fn safe_production(jail: &mut Jail) {
+        jail.set_env("CHRONICLE_PROFILE", "production");
+        jail.set_env("CHRONICLE_JWT_SECRET", "0123456789abcdef0123456789abcdef");
+        jail.set_env(
+            "CHRONICLE_CORS__ORIGINS",
+            "chrome-extension://abcdefghijklmnopabcdefghijklmnop",
+        );
+        jail.set_env("CHRONICLE_REGISTRATION", "closed");
+        jail.set_env("CHRONICLE_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1");
+    }
+
+    /// The refusal of `change` on top of [`safe_production`]: one line, naming `variable`.
+    fn refusal(change: impl FnOnce(&mut Jail), variable: &str) {
         Jail::expect_with(|jail| {
-            jail.set_env("CHRONICLE_PROFILE", "production");
-            assert!(Settings::load(None).is_err());
-            jail.set_env("CHRONICLE_JWT_SECRET", "a-long-secret");
+            safe_production(jail);
+            change(jail);
+            let error = Settings::load(None).unwrap_err().to_string();
+            assert!(error.starts_with(variable), "{variable}: {error}");
+            assert!(!error.contains('\n'), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn production_accepts_safe_choices() {
+        Jail::expect_with(|jail| {
+            safe_production(jail);
+            let settings = Settings::load(None).expect("valid settings");
+            assert_eq!(settings.trusted_networks().expect("networks").len(), 2);
+            jail.set_env("CHRONICLE_REGISTRATION", "open");
+            jail.set_env("CHRONICLE_HTTP_AGENT__ALLOW_PRIVATE", "true");
+            jail.set_env("CHRONICLE_HTTP_AGENT__ALLOW_PRIVATE_ACKNOWLEDGED", "true");
             assert!(Settings::load(None).is_ok());
+            // TLS served by Chronicle instead of a proxy.
+            jail.set_env("CHRONICLE_TRUSTED_PROXIES", "");
+            jail.set_env("CHRONICLE_TLS__CERT_PATH", "/etc/chronicle/cert.pem");
+            jail.set_env("CHRONICLE_TLS__KEY_PATH", "/etc/chronicle/key.pem");
+            assert!(Settings::load(None).is_ok());
+            Ok(())
+        });
+        // Development keeps its conveniences.
+        Jail::expect_with(|_| {
+            assert!(Settings::load(None).is_ok());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn production_refuses_unsafe_defaults() {
+        refusal(
+            |_| std::env::remove_var("CHRONICLE_JWT_SECRET"),
+            "CHRONICLE_JWT_SECRET",
+        );
+        refusal(
+            |j| j.set_env("CHRONICLE_JWT_SECRET", "a-long-secret"),
+            "CHRONICLE_JWT_SECRET",
+        );
+        refusal(
+            |j| j.set_env("CHRONICLE_CORS__ORIGINS", "chrome-extension://*"),
+            "CHRONICLE_CORS__ORIGINS",
+        );
+        refusal(
+            |j| j.set_env("CHRONICLE_CORS__ORIGINS", "https://app.example, *"),
+            "CHRONICLE_CORS__ORIGINS",
+        );
+        refusal(
+            |_| std::env::remove_var("CHRONICLE_REGISTRATION"),
+            "CHRONICLE_REGISTRATION",
+        );
+        refusal(
+            |j| j.set_env("CHRONICLE_HTTP_AGENT__ALLOW_PRIVATE", "true"),
+            "CHRONICLE_HTTP_AGENT__ALLOW_PRIVATE",
+        );
+        refusal(
+            |j| j.set_env("CHRONICLE_TRUSTED_PROXIES", ""),
+            "CHRONICLE_TLS__CERT_PATH",
+        );
+    }
+
+    #[test]
+    fn registration_in_a_file_counts_as_chosen() {
+        Jail::expect_with(|jail| {
+            safe_production(jail);
+            std::env::remove_var("CHRONICLE_REGISTRATION");
+            jail.create_file("chronicle.toml", "registration = \"open\"")?;
+            assert!(Settings::load(None).is_ok());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn tls_and_proxies_are_checked_in_every_profile() {
+        Jail::expect_with(|jail| {
+            jail.set_env("CHRONICLE_TLS__CERT_PATH", "cert.pem");
+            let error = Settings::load(None).unwrap_err().to_string();
+            assert!(error.starts_with("CHRONICLE_TLS__CERT_PATH"), "{error}");
+            jail.set_env("CHRONICLE_TLS__KEY_PATH", "key.pem");
+            assert!(Settings::load(None).is_ok());
+            jail.set_env("CHRONICLE_TRUSTED_PROXIES", "10.0.0.0/33");
+            let error = Settings::load(None).unwrap_err().to_string();
+            assert!(error.starts_with("CHRONICLE_TRUSTED_PROXIES"), "{error}");
             Ok(())
         });
     }

@@ -12,6 +12,7 @@
 //! - [`process`]: the process manager — dispatch to agents, releasing work, lease timers.
 //! - [`api`]: the axum routes, extractors and `problem+json` errors.
 //! - [`app`]: start-up and graceful shutdown.
+//! - [`tls`]: HTTPS served by Chronicle, its certificate reloaded on SIGHUP.
 //! - [`cli`]: the `chronicle` subcommands, including the benchmark.
 
 pub mod actor;
@@ -25,4 +26,5 @@ pub mod process;
 pub mod read_side;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod wakeups;

@@ -14,7 +14,7 @@ use super::error::ApiError;
 use crate::actor::Actor;
 use crate::auth::revocation::Grant;
 use crate::auth::Authentication;
-use crate::bus::CommandContext;
+use crate::bus::{CommandContext, CommitLog};
 use crate::store::StoreError;
 
 /// Deepest JSON nesting accepted; serde_json stops at 128 on its own, this is our contract.
@@ -204,6 +204,8 @@ pub struct RequestMeta {
     pub request_id: Option<String>,
     pub idempotency_key: Option<String>,
     pub if_match: Option<usize>,
+    /// Set by the Idempotency-Key middleware ([`super::replay`]) on a keyed write.
+    pub commit_log: Option<CommitLog>,
 }
 
 impl RequestMeta {
@@ -238,6 +240,7 @@ impl RequestMeta {
             request_id: text("x-request-id"),
             idempotency_key,
             if_match,
+            commit_log: None,
         })
     }
 
@@ -253,6 +256,7 @@ impl RequestMeta {
             causation_id: None,
             request_id: self.request_id.clone(),
             idempotency_key: self.idempotency_key.clone(),
+            commit_log: self.commit_log.clone(),
         }
     }
 }
@@ -261,7 +265,9 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Self::from_headers(&parts.headers)
+        let mut meta = Self::from_headers(&parts.headers)?;
+        meta.commit_log = parts.extensions.get::<CommitLog>().cloned();
+        Ok(meta)
     }
 }
 

@@ -1,18 +1,22 @@
-//! The gate every request passes before its handler: authenticate once, then rate-limit —
-//! per user when authenticated, per client IP otherwise, and per IP again, more strictly,
-//! on `/api/auth/*`. Over the limit → 429 with `Retry-After`.
+//! The gate every request passes before its handler: rate-limit per client IP (so that a
+//! flood of bogus credentials is refused before it costs a store read), authenticate
+//! once, then rate-limit per user when authenticated, per client IP otherwise, and per IP
+//! again, more strictly, on `/api/auth/*`. Over the limit → 429 with `Retry-After`. The
+//! client IP is [`super::client_ip`]'s: behind a trusted proxy, the address it forwarded;
+//! IPv6 clients count by their /64.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use uuid::Uuid;
 
+use super::client_ip::ClientIp;
 use super::error::ApiError;
 use super::{query_token, AppState};
 use crate::auth::{authenticate, Authentication};
@@ -30,6 +34,7 @@ enum Key {
 pub struct RateLimits {
     general: DefaultKeyedRateLimiter<Key>,
     auth: DefaultKeyedRateLimiter<IpAddr>,
+    before_auth: DefaultKeyedRateLimiter<IpAddr>,
     clock: DefaultClock,
     checks: AtomicU64,
 }
@@ -43,6 +48,7 @@ impl RateLimits {
         Self {
             general: RateLimiter::keyed(per_minute(settings.per_minute)),
             auth: RateLimiter::keyed(per_minute(settings.auth_per_minute)),
+            before_auth: RateLimiter::keyed(per_minute(settings.per_ip())),
             clock: DefaultClock::default(),
             checks: AtomicU64::new(0),
         }
@@ -52,6 +58,7 @@ impl RateLimits {
         if self.checks.fetch_add(1, Ordering::Relaxed) % CLEANUP_EVERY == CLEANUP_EVERY - 1 {
             self.general.retain_recent();
             self.auth.retain_recent();
+            self.before_auth.retain_recent();
         }
     }
 
@@ -60,6 +67,12 @@ impl RateLimits {
         self.tidy();
         self.general
             .check_key(&key)
+            .map_err(|not_until| self.too_many(not_until.wait_time_from(self.clock.now())))
+    }
+
+    fn check_before_auth(&self, ip: IpAddr) -> Result<(), ApiError> {
+        self.before_auth
+            .check_key(&ip)
             .map_err(|not_until| self.too_many(not_until.wait_time_from(self.clock.now())))
     }
 
@@ -82,8 +95,13 @@ impl RateLimits {
 pub async fn gate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let ip = request
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+        .get::<ClientIp>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |client| {
+            client.rate_key()
+        });
+    if let Err(error) = state.limits.check_before_auth(ip) {
+        return error.into_response();
+    }
     if request.uri().path().starts_with("/api/auth/") {
         if let Err(error) = state.limits.check_auth(ip) {
             return error.into_response();

@@ -4,6 +4,7 @@ pub mod agent_ws;
 pub mod agents;
 pub mod analytics;
 pub mod auth;
+pub mod client_ip;
 pub mod cors;
 pub mod error;
 pub mod extract;
@@ -15,6 +16,7 @@ pub mod paging;
 pub mod query_token;
 pub(crate) mod redact;
 pub mod replay;
+pub mod security_headers;
 pub mod system;
 pub mod task_updates;
 pub mod tasks;
@@ -56,12 +58,23 @@ pub struct AppState {
     /// Cancelled when the server begins to shut down: long-lived answers (long-polls,
     /// WebSockets) end early instead of holding the shutdown up.
     pub shutdown: CancellationToken,
+    /// The Idempotency-Key claims this node is running.
+    pub idempotency: Arc<replay::InFlight>,
+    pub status_cache: Arc<system::StatusCache>,
+    /// Whose `X-Forwarded-*` headers are believed.
+    pub proxies: Arc<client_ip::TrustedProxies>,
 }
 
 impl AppState {
     pub fn new(store: Store, read: ReadSide, settings: Settings, keys: ServerKeys) -> Self {
+        // `Settings::load` has refused bad networks already; settings built in code that
+        // name one trust nobody.
+        let proxies = settings.trusted_networks().unwrap_or_else(|error| {
+            tracing::error!(%error, "trusting no proxy");
+            Vec::new()
+        });
         Self {
-            bus: CommandBus::new(store.clone()),
+            bus: CommandBus::new(store.clone()).fail_after_commits(settings.fail_after_commit),
             store,
             read,
             auth: Arc::new(Authenticator::new(keys, settings.auth.access_ttl_secs)),
@@ -69,6 +82,9 @@ impl AppState {
             settings: Arc::new(settings),
             started_at: Instant::now(),
             shutdown: CancellationToken::new(),
+            idempotency: Arc::default(),
+            status_cache: Arc::default(),
+            proxies: Arc::new(client_ip::TrustedProxies::new(proxies)),
         }
     }
 }
@@ -125,7 +141,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.body_limit;
     let cors = cors::layer(&state.settings.cors.origins);
-    Router::from(routes())
+    let settings = state.settings.clone();
+    let router = Router::from(routes())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Inside the gate: a replay is for an authenticated caller.
@@ -136,6 +153,14 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limits::gate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security_headers::https_only,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            client_ip::layer,
         ))
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -156,7 +181,8 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(cors)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
+    security_headers::apply(router, &settings)
 }
 
 /// How long in-flight requests get to finish on shutdown.

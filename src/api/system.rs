@@ -1,10 +1,14 @@
 //! `/api/health` and `/api/status`.
 
+use std::time::{Duration, Instant};
+
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::Bytes;
 use serde::Serialize;
+use tokio::sync::Mutex;
 use utoipa::ToSchema;
 
 use chronicle_projections::agent_view::AgentView as AgentViewModel;
@@ -58,9 +62,25 @@ pub struct Status {
     queue_depth: u64,
 }
 
+/// The last `/api/status` answer: anyone may ask, and each answer costs a ping and a count
+/// per projection, so within `status_cache_ms` every caller gets the same one. Callers
+/// that arrive while it is being computed wait for it instead of computing their own.
+#[derive(Default)]
+pub struct StatusCache(Mutex<Option<(Instant, StatusCode, Bytes)>>);
+
+fn status_answer(code: StatusCode, body: Bytes) -> Response {
+    let mut response = (code, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 /// Readiness: the store, the projections and the queue.
 ///
-/// 200 while the store answers, 503 when it does not.
+/// 200 while the store answers, 503 when it does not. Answers are reused for up to a
+/// second (`CHRONICLE_STATUS_CACHE_MS`).
 #[utoipa::path(
     get,
     path = "/status",
@@ -73,6 +93,23 @@ pub struct Status {
     ),
 )]
 pub async fn status(State(state): State<AppState>) -> Response {
+    let ttl = Duration::from_millis(state.settings.status_cache_ms);
+    let mut cached = state.status_cache.0.lock().await;
+    if let Some((at, code, body)) = cached.as_ref() {
+        if at.elapsed() < ttl {
+            return status_answer(*code, body.clone());
+        }
+    }
+    let (code, body) = current_status(&state).await;
+    let body = match serde_json::to_vec(&body) {
+        Ok(body) => Bytes::from(body),
+        Err(error) => return super::error::ApiError::Internal(Box::new(error)).into_response(),
+    };
+    *cached = Some((Instant::now(), code, body.clone()));
+    status_answer(code, body)
+}
+
+async fn current_status(state: &AppState) -> (StatusCode, Status) {
     let ping = state.store.ping().await;
     let ok = ping.is_ok();
     if let Err(error) = &ping {
@@ -117,5 +154,5 @@ pub async fn status(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(body)).into_response()
+    (code, body)
 }

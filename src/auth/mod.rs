@@ -6,6 +6,7 @@
 //! - [`jwt`]: HS256 access tokens.
 //! - [`refresh`]: opaque, MAC'd refresh tokens naming a session and a token.
 //! - [`keys`]: self-locating `chr_` API keys, stored as HMACs.
+//! - [`key_misses`]: a brief memory of keys that did not authenticate.
 //! - [`accounts`]: creating users (register and the CLI), the first one as admin.
 //! - [`sessions`]: starting, rotating and ending refresh-token families.
 //! - [`revocation`]: credentials that ended before they expire, on every node.
@@ -14,12 +15,15 @@
 pub mod accounts;
 pub mod error;
 pub mod jwt;
+pub mod key_misses;
 pub mod keys;
 pub mod password;
 pub mod refresh;
 pub mod revocation;
 pub mod secret;
 pub mod sessions;
+
+use std::time::Instant;
 
 use axum::http::{header, HeaderMap};
 use chronicle_aggregates::api_key::ApiKey;
@@ -29,6 +33,7 @@ use chrono::Utc;
 use crate::actor::Actor;
 use crate::store::{Store, StoreError};
 use jwt::JwtCodec;
+use key_misses::KeyMisses;
 use revocation::{Grant, Revocations};
 use secret::ServerKeys;
 
@@ -37,12 +42,14 @@ pub struct Authenticator {
     pub keys: ServerKeys,
     pub jwt: JwtCodec,
     pub revocations: Revocations,
+    pub misses: KeyMisses,
 }
 
 impl Authenticator {
     pub fn new(keys: ServerKeys, access_ttl_secs: u64) -> Self {
         Self {
             jwt: JwtCodec::new(&keys.jwt),
+            misses: KeyMisses::default(),
             keys,
             revocations: Revocations::new(access_ttl_secs),
         }
@@ -138,9 +145,15 @@ async fn check(
             }
             Err(_) => (Authentication::Invalid, None),
         },
+        Credential::ApiKey(raw) if auth.misses.recalls(raw, Instant::now()) => {
+            (Authentication::Invalid, None)
+        }
         Credential::ApiKey(raw) => match api_key_actor(store, auth, raw).await {
             Ok(Some((actor, grant))) => (Authentication::Actor(actor), Some(grant)),
-            Ok(None) => (Authentication::Invalid, None),
+            Ok(None) => {
+                auth.misses.remember(raw, Instant::now());
+                (Authentication::Invalid, None)
+            }
             Err(error) => {
                 tracing::warn!(%error, "cannot check an API key");
                 (Authentication::Unavailable, None)

@@ -230,6 +230,12 @@ async fn try_lease(
             aggregate, version, ..
         }) => {
             read.task_committed(&aggregate, version).await;
+            // The lease in force: this one, or, when a repeated request is answered from
+            // its first attempt's commit (`bus::CommitLog`), the one granted then.
+            let lease_id = aggregate
+                .state()
+                .and_then(|state| state.lease_id)
+                .unwrap_or(lease_id);
             Ok(Some(Granted {
                 task: aggregate,
                 version,

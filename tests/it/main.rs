@@ -11,6 +11,7 @@ mod analytics;
 mod api;
 mod auth;
 mod crash;
+mod edge;
 mod helpers;
 mod http_agent;
 mod openapi;

@@ -118,9 +118,7 @@ async fn a_role_change_refuses_tokens_that_name_the_old_roles(#[case] backend: B
     let context = CommandContext {
         actor: "system:test".into(),
         correlation_id: "role-change".into(),
-        causation_id: None,
-        request_id: None,
-        idempotency_key: None,
+        ..CommandContext::default()
     };
     bus.execute::<User, CommandError<UserError>>(&user.id, &context, None, |_| {
         Ok(UserCommand::GrantRole {

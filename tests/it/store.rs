@@ -115,6 +115,7 @@ fn context() -> CommandContext {
         causation_id: Some("cause-1".into()),
         request_id: Some("req-1".into()),
         idempotency_key: Some("idem-1".into()),
+        ..CommandContext::default()
     }
 }
 
