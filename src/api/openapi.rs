@@ -41,6 +41,8 @@ const NO_STORE_ERRORS: [&str; 3] = ["health", "openapi", "status"];
         (name = "users", description = "The caller and their API keys."),
         (name = "agents", description = "Agents: registration, heartbeats, leasing work, pinned tasks."),
         (name = "tasks", description = "Tasks: creation, reads (also as of a version or a time), reports by the lease holder, cancellation, retries and history."),
+        (name = "events", description = "The global event feed: every event the caller may read, gap-free, as pages or an NDJSON stream."),
+        (name = "audit", description = "Hash-chain verification over what the caller may read."),
     ),
     components(schemas(Problem, FieldError)),
     modifiers(&SecuritySchemes),

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, IdPath, RequestMeta};
+use super::history::{self, HistoryQuery};
 use super::idempotency::{keyed_task_id, same_request};
 use super::paging::{Page, Paging};
 use super::views::{EventView, TaskView};
@@ -270,16 +271,23 @@ pub async fn cancel(
     task_response(StatusCode::OK, &aggregate, version)
 }
 
-/// A task's full history, oldest first.
+/// A task's history, oldest first.
+///
+/// A bare array of `Event` (without parameters, the full history). With `limit`, at most
+/// that many events after `after_sequence`, and a `Link: <…>; rel="next"` header while
+/// more follow.
 #[utoipa::path(
     get,
     path = "/tasks/{id}/events",
     operation_id = "list_task_events",
     tag = "tasks",
-    params(("id" = Uuid, Path, description = "The task's id")),
+    params(("id" = Uuid, Path, description = "The task's id"), HistoryQuery),
     responses(
-        (status = 200, description = "Every event of the task", body = Vec<EventView>),
+        (status = 200, description = "The task's events after `after_sequence`", body = Vec<EventView>, headers(
+            ("Link" = String, description = "`<…?after_sequence=N&limit=L>; rel=\"next\"` when `limit` cut the page short"),
+        )),
         (status = 404, description = "No such task, or not yours"),
+        (status = 422, description = "A bad query parameter"),
     ),
 )]
 #[tracing::instrument(skip_all, fields(task_id = %id))]
@@ -287,7 +295,8 @@ pub async fn events(
     State(state): State<AppState>,
     actor: Actor,
     IdPath(id): IdPath,
-) -> Result<Json<Vec<EventView>>, ApiError> {
+    ApiQuery(query): ApiQuery<HistoryQuery>,
+) -> Result<Response, ApiError> {
     let loaded = state
         .store
         .aggregate::<Task>()
@@ -297,8 +306,8 @@ pub async fn events(
         Some(task) if actor.can_read(task.owner_id) => {}
         _ => return Err(ApiError::NotFound),
     }
-    let history = state.store.history(Task::TYPE, &id.to_string()).await?;
-    Ok(Json(history.into_iter().map(EventView::from).collect()))
+    let path = format!("/api/tasks/{id}/events");
+    history::answer(&state, Task::TYPE, id, &path, &query).await
 }
 
 /// `GET /api/tasks` query: filters, `limit` (default 50, max 500) and an opaque `cursor`.
