@@ -41,7 +41,10 @@ pub(crate) async fn answer(
     path: &str,
     query: &HistoryQuery,
 ) -> Result<Response, ApiError> {
-    if query.limit.is_some_and(|limit| limit == 0 || limit > MAX_LIMIT) {
+    if query
+        .limit
+        .is_some_and(|limit| limit == 0 || limit > MAX_LIMIT)
+    {
         return Err(ApiError::validation(
             "limit",
             format!("must be from 1 to {MAX_LIMIT}"),
@@ -51,7 +54,12 @@ pub(crate) async fn answer(
         .map_err(|_| ApiError::validation("after_sequence", "is too large"))?;
     let mut events = state
         .store
-        .history_page(aggregate_type, &id.to_string(), after, query.limit.map(|l| l + 1))
+        .history_page(
+            aggregate_type,
+            &id.to_string(),
+            after,
+            query.limit.map(|l| l + 1),
+        )
         .await?;
     let next = match query.limit {
         Some(limit) if events.len() > limit as usize => {

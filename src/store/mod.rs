@@ -19,13 +19,13 @@ pub mod verify;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chronicle_projections::aggregate_owners::AggregateOwners;
+use chronicle_projections::{Projection, ProjectionError};
 use cqrs_es::persist::{
     EventUpcaster, PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent,
     SerializedSnapshot,
 };
 use cqrs_es::Aggregate;
-use chronicle_projections::aggregate_owners::AggregateOwners;
-use chronicle_projections::{Projection, ProjectionError};
 use futures::stream::BoxStream;
 use serde_json::Value;
 use uuid::Uuid;

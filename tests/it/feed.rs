@@ -36,9 +36,14 @@ async fn auditor(app: &TestApp) -> TestUser {
         correlation_id: uuid::Uuid::now_v7().to_string(),
         ..CommandContext::default()
     };
-    create_user(&bus, registration, RoleChoice::Exactly(Role::Auditor), context)
-        .await
-        .unwrap();
+    create_user(
+        &bus,
+        registration,
+        RoleChoice::Exactly(Role::Auditor),
+        context,
+    )
+    .await
+    .unwrap();
     let response = Client::new()
         .post(app.url("/api/auth/login"))
         .json(&json!({"email": email, "password": PASSWORD}))
@@ -136,8 +141,12 @@ async fn the_feed_shows_users_only_their_own_aggregates(#[case] backend: Backend
     let b_task = create_task(&app, &b.client).await;
     let auditor = auditor(&app).await;
 
-    let (a_events, a_ids) =
-        feed_showing(&app, &a.client, &[&a_tasks[0], &a_tasks[1], &a_agent, &a.id]).await;
+    let (a_events, a_ids) = feed_showing(
+        &app,
+        &a.client,
+        &[&a_tasks[0], &a_tasks[1], &a_agent, &a.id],
+    )
+    .await;
     for foreign in [&b_task, &b.id, &admin.id, &auditor.id] {
         assert!(!a_ids.contains(foreign), "A sees {foreign}, not theirs");
     }
@@ -164,7 +173,9 @@ async fn the_feed_shows_users_only_their_own_aggregates(#[case] backend: Backend
         .unwrap();
     assert_eq!(registered["payload"]["password_hash"], "[redacted]");
     assert!(
-        !serde_json::to_string(&a_events).unwrap().contains("$argon2"),
+        !serde_json::to_string(&a_events)
+            .unwrap()
+            .contains("$argon2"),
         "no credential hash is answered"
     );
     assert!(event["metadata"]["recorded_at"].is_string());
@@ -259,7 +270,9 @@ async fn follow_feed(
     loop {
         let page = get_json(
             client,
-            app.url(&format!("/api/events?aggregate_type=task&limit=25&after={after}")),
+            app.url(&format!(
+                "/api/events?aggregate_type=task&limit=25&after={after}"
+            )),
         )
         .await;
         let items = page["items"].as_array().unwrap();
@@ -474,20 +487,31 @@ async fn audit_verify_covers_what_the_caller_may_read(#[case] backend: Backend) 
         async move { request.send().await.unwrap() }
     };
 
-    let own = verify(&a.client, format!("?aggregate_type=task&aggregate_id={a_task}")).await;
+    let own = verify(
+        &a.client,
+        format!("?aggregate_type=task&aggregate_id={a_task}"),
+    )
+    .await;
     assert_eq!(own.status(), StatusCode::OK);
     let own: Value = own.json().await.unwrap();
     assert_eq!(own["ok"], true);
     assert_eq!(own["checked"], 1);
     assert_eq!(own["broken"], json!([]));
-    let theirs = verify(&a.client, format!("?aggregate_type=task&aggregate_id={b_task}")).await;
+    let theirs = verify(
+        &a.client,
+        format!("?aggregate_type=task&aggregate_id={b_task}"),
+    )
+    .await;
     assert_eq!(theirs.status(), StatusCode::NOT_FOUND);
     assert_eq!(theirs.headers()[CONTENT_TYPE], "application/problem+json");
     for reader in [&auditor, &admin] {
         let any = verify(&reader.client, format!("?aggregate_id={b_task}")).await;
         assert_eq!(any.status(), StatusCode::OK);
         let any: Value = any.json().await.unwrap();
-        assert_eq!((any["ok"].clone(), any["checked"].clone()), (json!(true), json!(1)));
+        assert_eq!(
+            (any["ok"].clone(), any["checked"].clone()),
+            (json!(true), json!(1))
+        );
     }
     let none = verify(&auditor.client, "?aggregate_id=no-such-thing".into()).await;
     assert_eq!(none.status(), StatusCode::NOT_FOUND);
@@ -499,7 +523,10 @@ async fn audit_verify_covers_what_the_caller_may_read(#[case] backend: Backend) 
         .await
         .unwrap();
     assert_eq!(a_all["ok"], true);
-    assert!(a_all["checked"].as_u64().unwrap() >= 2, "A's user and task: {a_all}");
+    assert!(
+        a_all["checked"].as_u64().unwrap() >= 2,
+        "A's user and task: {a_all}"
+    );
     assert!(everything["checked"].as_u64().unwrap() > a_all["checked"].as_u64().unwrap());
 
     // Rewrite B's task behind the store's back: B and the auditor see it, A does not.
@@ -538,7 +565,10 @@ async fn audit_verify_covers_what_the_caller_may_read(#[case] backend: Backend) 
         assert_eq!(report["broken"], broken);
     }
     let a_after: Value = verify(&a.client, String::new()).await.json().await.unwrap();
-    assert_eq!(a_after["ok"], true, "A's aggregates are untouched: {a_after}");
+    assert_eq!(
+        a_after["ok"], true,
+        "A's aggregates are untouched: {a_after}"
+    );
 }
 
 /// Follows `Link: rel="next"` from `first`, collecting every event.
@@ -594,7 +624,10 @@ async fn task_and_agent_histories_page_by_sequence(#[case] backend: Backend) {
     let all = app.client.get(app.url(&path)).send().await.unwrap();
     assert!(all.headers().get(LINK).is_none());
     let all: Vec<Value> = all.json().await.unwrap();
-    let sequences: Vec<i64> = all.iter().map(|e| e["sequence"].as_i64().unwrap()).collect();
+    let sequences: Vec<i64> = all
+        .iter()
+        .map(|e| e["sequence"].as_i64().unwrap())
+        .collect();
     assert_eq!(sequences, [1, 2, 3, 4, 5]);
 
     let (paged, pages) = follow_links(&app, &app.client, format!("{path}?limit=2")).await;
@@ -655,4 +688,104 @@ async fn task_and_agent_histories_page_by_sequence(#[case] backend: Backend) {
             .unwrap();
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
     }
+}
+
+/// Inserts one raw event; `payload` as JSON text.
+async fn insert_event(store: &Store, aggregate_id: &str, sequence: i64, payload: &str) {
+    match store.backend() {
+        StoreBackend::Postgres(pg) => {
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                     event_version, payload, metadata)
+                 VALUES ('thing', $1, $2, 'Happened', '1.0', $3::json, '{}')",
+            )
+            .bind(aggregate_id)
+            .bind(sequence)
+            .bind(payload)
+            .execute(pg.pool())
+            .await
+            .unwrap();
+        }
+        StoreBackend::Sqlite(lite) => {
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                     event_version, payload, metadata)
+                 VALUES ('thing', ?1, ?2, 'Happened', '1.0', ?3, '{}')",
+            )
+            .bind(aggregate_id)
+            .bind(sequence)
+            .bind(payload)
+            .execute(lite.writer())
+            .await
+            .unwrap();
+        }
+    }
+}
+
+/// The scoped feed never reads past the owners projection's checkpoint, even for an
+/// aggregate the projection already knows: what it has not reached is held back, then
+/// delivered once it has — never passed over.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn the_scoped_feed_stops_at_the_owners_checkpoint(#[case] backend: Backend) {
+    use chronicle::store::{AggregateFilter, FeedCursor};
+    use chronicle_projections::aggregate_owners::AggregateOwners;
+    use chronicle_projections::Projector;
+
+    let db = crate::helpers::TestDb::new(backend).await;
+    let store = db.store(StoreOptions::default()).await;
+    let owners = Projector::new(AggregateOwners, store.clone(), store.read_db());
+    owners.setup().await.unwrap();
+    let (me, other) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let owned_by = |owner: uuid::Uuid| format!("{{\"owner_id\": \"{owner}\"}}");
+    let settle = || async {
+        let watermark = store.feed_watermark().await.unwrap();
+        while !store.feed_reached(watermark).await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let scoped = |owner| {
+        let store = store.clone();
+        async move {
+            store
+                .feed_scoped(
+                    FeedCursor::default(),
+                    100,
+                    &AggregateFilter::default(),
+                    owner,
+                )
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.aggregate_id, e.sequence))
+                .collect::<Vec<_>>()
+        }
+    };
+
+    insert_event(&store, "mine-1", 1, &owned_by(me)).await;
+    insert_event(&store, "theirs", 1, &owned_by(other)).await;
+    settle().await;
+    owners.catch_up().await.unwrap();
+    assert!(store.scope_bound().await.unwrap() >= store.feed_tail().await.unwrap());
+
+    insert_event(&store, "mine-1", 2, "{}").await;
+    insert_event(&store, "mine-2", 1, &owned_by(me)).await;
+    settle().await;
+    assert!(store.scope_bound().await.unwrap() < store.feed_tail().await.unwrap());
+    assert_eq!(scoped(Some(me)).await, [("mine-1".to_owned(), 1)]);
+    assert_eq!(scoped(None).await.len(), 4, "the whole feed is not bounded");
+
+    owners.catch_up().await.unwrap();
+    assert_eq!(
+        scoped(Some(me)).await,
+        [
+            ("mine-1".to_owned(), 1),
+            ("mine-1".to_owned(), 2),
+            ("mine-2".to_owned(), 1)
+        ]
+    );
+    assert_eq!(scoped(Some(other)).await, [("theirs".to_owned(), 1)]);
+    assert_eq!(scoped(Some(uuid::Uuid::now_v7())).await, []);
 }
