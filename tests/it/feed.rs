@@ -100,6 +100,22 @@ async fn whole_feed(app: &TestApp, client: &Client, limit: u32) -> Vec<Value> {
     }
 }
 
+/// `GET /api/events{query}` as NDJSON, every line parsed.
+async fn ndjson(app: &TestApp, client: &Client, query: &str) -> Vec<Value> {
+    let response = client
+        .get(app.url(&format!("/api/events{query}")))
+        .header(ACCEPT, "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[CONTENT_TYPE], "application/x-ndjson");
+    let text = response.text().await.unwrap();
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
 /// The feed as `client` reads it, once every id in `expected` shows in it.
 async fn feed_showing(
     app: &TestApp,
@@ -211,6 +227,15 @@ async fn the_feed_shows_users_only_their_own_aggregates(#[case] backend: Backend
         let single = whole_feed(&app, &reader.client, 500).await;
         assert_eq!(all[..], single[..all.len()]);
     }
+
+    // Streamed, a user's feed is the same as paged, and ends; so is the auditor's after
+    // a position.
+    let streamed = ndjson(&app, &a.client, "").await;
+    assert_eq!(streamed, whole_feed(&app, &a.client, 500).await);
+    let everything = whole_feed(&app, &auditor.client, 500).await;
+    let third = everything[2]["position"].as_i64().unwrap();
+    let streamed = ndjson(&app, &auditor.client, &format!("?after={third}")).await;
+    assert_eq!(streamed[..], everything[3..]);
 
     // The filter: one aggregate, resumed after its first event.
     let only = get_json(
