@@ -3,6 +3,7 @@
 
 use axum::extract::State;
 use axum::Json;
+use chronicle_projections::aggregate_owners::owner_in_first_event;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -77,6 +78,22 @@ pub async fn verify(
         aggregate_id: query.aggregate_id,
     };
     let report = if actor.can_read_all() {
+        state.store.verify(&filter).await?
+    } else if let (Some(aggregate_type), Some(aggregate_id)) =
+        (&filter.aggregate_type, &filter.aggregate_id)
+    {
+        // One aggregate: its first event names its owner, by the owners projection's own
+        // rule, without waiting for the projection (nor for the feed's horizon).
+        let first = state
+            .store
+            .history_page(aggregate_type, aggregate_id, 0, Some(1))
+            .await?;
+        let owner = first
+            .first()
+            .and_then(|event| owner_in_first_event(&event.payload));
+        if owner != Some(actor.id) {
+            return Err(ApiError::NotFound);
+        }
         state.store.verify(&filter).await?
     } else {
         // Ownership comes from the owners projection: let it reach the caller's latest

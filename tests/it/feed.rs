@@ -122,7 +122,8 @@ async fn feed_showing(
     client: &Client,
     expected: &[&str],
 ) -> (Vec<Value>, HashSet<String>) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Generous: on PostgreSQL any transaction of the cluster holds the feed's horizon.
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let events = whole_feed(app, client, 7).await;
         let ids: HashSet<String> = events
@@ -541,18 +542,22 @@ async fn audit_verify_covers_what_the_caller_may_read(#[case] backend: Backend) 
     let none = verify(&auditor.client, "?aggregate_id=no-such-thing".into()).await;
     assert_eq!(none.status(), StatusCode::NOT_FOUND);
 
+    // A user's whole set comes from the owners projection, which follows the feed: wait
+    // until the feed shows each user their task.
+    feed_showing(&app, &a.client, &[&a_task]).await;
+    feed_showing(&app, &b.client, &[&b_task]).await;
     let a_all: Value = verify(&a.client, String::new()).await.json().await.unwrap();
+    assert_eq!(a_all["ok"], true);
     let everything: Value = verify(&auditor.client, String::new())
         .await
         .json()
         .await
         .unwrap();
-    assert_eq!(a_all["ok"], true);
+    assert_eq!(everything["ok"], true);
     assert!(
-        a_all["checked"].as_u64().unwrap() >= 2,
-        "A's user and task: {a_all}"
+        everything["checked"].as_u64().unwrap() > a_all["checked"].as_u64().unwrap(),
+        "{everything} covers more than {a_all}"
     );
-    assert!(everything["checked"].as_u64().unwrap() > a_all["checked"].as_u64().unwrap());
 
     // Rewrite B's task behind the store's back: B and the auditor see it, A does not.
     let store = Store::connect(&app.db.url, StoreOptions::default())
