@@ -3,11 +3,14 @@
 pub mod agent_ws;
 pub mod agents;
 pub mod analytics;
+pub mod audit;
 pub mod auth;
 pub mod client_ip;
 pub mod cors;
 pub mod error;
+pub mod events;
 pub mod extract;
+pub mod history;
 pub mod idempotency;
 pub mod lease;
 pub mod limits;
@@ -121,6 +124,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::register))
         .routes(routes!(agents::get, agents::deregister))
         .routes(routes!(agents::heartbeat))
+        .routes(routes!(history::agent_events))
         .routes(routes!(lease::lease))
         .routes(routes!(lease::execute))
         .routes(routes!(agent_ws::connect))
@@ -133,7 +137,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(users::revoke_key))
         .routes(routes!(users::rotate_key))
         .routes(routes!(analytics::usage))
-        .routes(routes!(analytics::status));
+        .routes(routes!(analytics::status))
+        .routes(routes!(events::list))
+        .routes(routes!(audit::verify));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).nest("/api", api)
 }
 

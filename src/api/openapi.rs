@@ -42,6 +42,8 @@ const NO_STORE_ERRORS: [&str; 3] = ["health", "openapi", "status"];
         (name = "agents", description = "Agents: registration, heartbeats, leasing work, pinned tasks."),
         (name = "tasks", description = "Tasks: creation, reads (also as of a version or a time), reports by the lease holder, cancellation, retries and history."),
         (name = "analytics", description = "Usage and status counts built from the event feed: the caller's own, everyone's for auditors and admins."),
+        (name = "events", description = "The global event feed: every event the caller may read, gap-free, as pages or an NDJSON stream."),
+        (name = "audit", description = "Hash-chain verification over what the caller may read."),
     ),
     components(schemas(Problem, FieldError)),
     modifiers(&SecuritySchemes),

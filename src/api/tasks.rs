@@ -17,9 +17,9 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, IdPath, RequestMeta};
+use super::history::{self, HistoryQuery};
 use super::idempotency::{keyed_task_id, same_request};
 use super::paging::{Page, Paging};
-use super::redact::redact_event;
 use super::views::{EventView, TaskView};
 use super::AppState;
 use crate::actor::Actor;
@@ -294,16 +294,23 @@ pub async fn cancel(
     task_response(StatusCode::OK, &aggregate, version)
 }
 
-/// A task's full history, oldest first.
+/// A task's history, oldest first.
+///
+/// A bare array of `Event` (without parameters, the full history). With `limit`, at most
+/// that many events after `after_sequence`, and a `Link: <…>; rel="next"` header while
+/// more follow.
 #[utoipa::path(
     get,
     path = "/tasks/{id}/events",
     operation_id = "list_task_events",
     tag = "tasks",
-    params(("id" = Uuid, Path, description = "The task's id")),
+    params(("id" = Uuid, Path, description = "The task's id"), HistoryQuery),
     responses(
-        (status = 200, description = "Every event of the task; lease ids appear only as `lease_id_sha256` (they are bearer capabilities)", body = Vec<EventView>),
+        (status = 200, description = "The task's events after `after_sequence`; lease ids appear only as `lease_id_sha256` (they are bearer capabilities)", body = Vec<EventView>, headers(
+            ("Link" = String, description = "`<…?after_sequence=N&limit=L>; rel=\"next\"` when `limit` cut the page short"),
+        )),
         (status = 404, description = "No such task, or not yours"),
+        (status = 422, description = "A bad query parameter"),
     ),
 )]
 #[tracing::instrument(skip_all, fields(task_id = %id))]
@@ -311,7 +318,8 @@ pub async fn events(
     State(state): State<AppState>,
     actor: Actor,
     IdPath(id): IdPath,
-) -> Result<Json<Vec<EventView>>, ApiError> {
+    ApiQuery(query): ApiQuery<HistoryQuery>,
+) -> Result<Response, ApiError> {
     let loaded = state
         .store
         .aggregate::<Task>()
@@ -321,13 +329,8 @@ pub async fn events(
         Some(task) if actor.can_read(task.owner_id) => {}
         _ => return Err(ApiError::NotFound),
     }
-    let history = state.store.history(Task::TYPE, &id.to_string()).await?;
-    Ok(Json(
-        history
-            .into_iter()
-            .map(|event| redact_event(EventView::from(event), &actor))
-            .collect(),
-    ))
+    let path = format!("/api/tasks/{id}/events");
+    history::answer(&state, Task::TYPE, id, &path, &query).await
 }
 
 /// `GET /api/tasks` query: filters, `limit` (default 50, max 500) and an opaque `cursor`.

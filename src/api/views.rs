@@ -144,12 +144,31 @@ impl From<RecordedEvent> for EventView {
             sequence: event.sequence,
             event_type: event.event_type,
             event_version: event.event_version,
-            payload: event.payload,
+            payload: without_credentials(event.payload),
             metadata,
             hash,
             prev_hash,
         }
     }
+}
+
+/// Payload fields that hold credential material (a user's argon2 hash, an API key's
+/// HMAC): never answered, not even to auditors, as the API-key list shows no hash.
+const CREDENTIAL_FIELDS: [&str; 2] = ["password_hash", "secret_hash"];
+
+/// `payload` with every [`CREDENTIAL_FIELDS`] entry replaced by `"[redacted]"` and every
+/// lease id by its hash (see [`super::redact`]). The hash
+/// chain covers the stored payload: `GET /api/audit/verify` checks it on the server.
+fn without_credentials(mut payload: Value) -> Value {
+    super::redact::redact_leases(&mut payload);
+    if let Some(object) = payload.as_object_mut() {
+        for field in CREDENTIAL_FIELDS {
+            if let Some(value) = object.get_mut(field) {
+                *value = Value::from("[redacted]");
+            }
+        }
+    }
+    payload
 }
 
 /// `Agent` of API.md. `status` is as of the answer; `running` counts the tasks it holds.

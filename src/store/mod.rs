@@ -19,6 +19,8 @@ pub mod verify;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chronicle_projections::aggregate_owners::AggregateOwners;
+use chronicle_projections::{Projection, ProjectionError};
 use cqrs_es::persist::{
     EventUpcaster, PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent,
     SerializedSnapshot,
@@ -26,6 +28,7 @@ use cqrs_es::persist::{
 use cqrs_es::Aggregate;
 use futures::stream::BoxStream;
 use serde_json::Value;
+use uuid::Uuid;
 
 pub use aggregate_store::{AggregateStore, Loaded};
 pub use chronicle_projections::feed::{FeedCursor, RecordedEvent};
@@ -235,6 +238,49 @@ impl Store {
         }
     }
 
+    /// [`Store::feed`] as `owner` may read it: with `Some(owner)`, only events of aggregates
+    /// that owner owns (the `aggregate_owners` read model, joined in the same statement)
+    /// and never past that projection's checkpoint, so an event whose aggregate the
+    /// projection has not seen yet is held back rather than passed over; with `None`
+    /// (auditors, admins), the whole feed. The HTTP feed and live subscriptions both read
+    /// through here; a reader that wants the caller's latest writes waits until
+    /// [`Store::scope_bound`] reaches [`Store::feed_tail`].
+    pub async fn feed_scoped(
+        &self,
+        after: FeedCursor,
+        limit: u32,
+        filter: &AggregateFilter,
+        owner: Option<Uuid>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let Some(owner) = owner else {
+            return self.feed(after, limit, filter).await;
+        };
+        let owners = (AggregateOwners::NAME, AggregateOwners::VERSION);
+        match self.backend() {
+            Backend::Postgres(pg) => pg.feed_owned(after, limit, filter, owner, owners).await,
+            Backend::Sqlite(lite) => lite.feed_owned(after, limit, filter, owner, owners).await,
+        }
+    }
+
+    /// How far a scoped read ([`Store::feed_scoped`] with an owner) can see: the
+    /// `aggregate_owners` projection's checkpoint.
+    pub async fn scope_bound(&self) -> Result<FeedCursor, StoreError> {
+        AggregateOwners::checkpoint(&self.read_db())
+            .await
+            .map_err(|error| match error {
+                ProjectionError::Database(sqlx) => StoreError::from(sqlx),
+                other => StoreError::Database(Box::new(other)),
+            })
+    }
+
+    /// The cursor of the last event the feed can read now; the default when it is empty.
+    pub async fn feed_tail(&self) -> Result<FeedCursor, StoreError> {
+        match self.backend() {
+            Backend::Postgres(pg) => pg.feed_tail().await,
+            Backend::Sqlite(lite) => lite.feed_tail().await,
+        }
+    }
+
     /// A mark that the feed passes once every event committed before this call is readable.
     pub async fn feed_watermark(&self) -> Result<u64, StoreError> {
         match self.backend() {
@@ -303,6 +349,27 @@ impl Store {
         }
     }
 
+    /// Events of one aggregate after `after_sequence`, in sequence order, as stored; at most
+    /// `limit` (`None`: all of them).
+    pub async fn history_page(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after_sequence: i64,
+        limit: Option<u32>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        match self.backend() {
+            Backend::Postgres(pg) => {
+                pg.history_page(aggregate_type, aggregate_id, after_sequence, limit)
+                    .await
+            }
+            Backend::Sqlite(lite) => {
+                lite.history_page(aggregate_type, aggregate_id, after_sequence, limit)
+                    .await
+            }
+        }
+    }
+
     /// Every event matching `filter`, ordered by aggregate then sequence, streamed.
     pub fn scan<'a>(
         &'a self,
@@ -311,6 +378,19 @@ impl Store {
         match self.backend() {
             Backend::Postgres(pg) => pg.scan(filter),
             Backend::Sqlite(lite) => lite.scan(filter),
+        }
+    }
+
+    /// [`Store::scan`] narrowed to the aggregates `owner` owns (`None`: every aggregate).
+    pub fn scan_scoped<'a>(
+        &'a self,
+        filter: &'a AggregateFilter,
+        owner: Option<Uuid>,
+    ) -> BoxStream<'a, Result<RecordedEvent, StoreError>> {
+        match (self.backend(), owner) {
+            (_, None) => self.scan(filter),
+            (Backend::Postgres(pg), Some(owner)) => pg.scan_owned(filter, owner),
+            (Backend::Sqlite(lite), Some(owner)) => lite.scan_owned(filter, owner),
         }
     }
 
@@ -368,6 +448,15 @@ impl Store {
     /// Recomputes every hash chain that `filter` covers.
     pub async fn verify(&self, filter: &AggregateFilter) -> Result<VerifyReport, StoreError> {
         verify::verify(self.scan(filter)).await
+    }
+
+    /// Recomputes the hash chains of the aggregates `owner` owns that `filter` covers.
+    pub async fn verify_owned(
+        &self,
+        filter: &AggregateFilter,
+        owner: Uuid,
+    ) -> Result<VerifyReport, StoreError> {
+        verify::verify(self.scan_scoped(filter, Some(owner))).await
     }
 }
 

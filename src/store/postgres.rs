@@ -10,6 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 use postgres_es::PostgresEventRepository;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
+use uuid::Uuid;
 
 use super::group_commit::GroupCommit;
 use super::{AggregateFilter, FeedCursor, RecordedEvent, StoreError};
@@ -153,6 +154,67 @@ impl PgBackend {
         rows.iter().map(decode).collect()
     }
 
+    /// [`Self::feed`] narrowed to the aggregates `owner` owns (`aggregate_owners_v1`), and
+    /// never past that projection's checkpoint (`$6`/`$7` name it): an event whose
+    /// aggregate is not in the table yet is held back, not passed over. Checkpoint and
+    /// table are read in one statement, so they are one committed state.
+    pub(super) async fn feed_owned(
+        &self,
+        after: FeedCursor,
+        limit: u32,
+        filter: &AggregateFilter,
+        owner: Uuid,
+        owners: (&str, i64),
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = select_events!(
+            "WHERE (transaction_id, position) > ($1::text::xid8, $2)
+               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+               AND (transaction_id, position) <= (
+                   SELECT c.transaction_id::text::xid8, c.position FROM projection_checkpoints c
+                    WHERE c.name = $6 AND c.version = $7)
+               AND ($3::text IS NULL OR aggregate_type = $3)
+               AND ($4::text IS NULL OR aggregate_id = $4)
+               AND EXISTS (
+                   SELECT 1 FROM aggregate_owners_v1 o
+                    WHERE o.aggregate_type = events.aggregate_type
+                      AND o.aggregate_id = events.aggregate_id
+                      AND o.owner_id = $5)
+             ORDER BY transaction_id, position
+             LIMIT $8"
+        );
+        let rows = sqlx::query(sql)
+            .bind(after.transaction_id.to_string())
+            .bind(after.position)
+            .bind(filter.aggregate_type.as_deref())
+            .bind(filter.aggregate_id.as_deref())
+            .bind(owner.to_string())
+            .bind(owners.0)
+            .bind(owners.1)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// The cursor of the last event the feed can read now (the default when there is none).
+    pub(super) async fn feed_tail(&self) -> Result<FeedCursor, StoreError> {
+        let row = sqlx::query(
+            "SELECT position, transaction_id::text AS xid FROM events
+              WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+              ORDER BY transaction_id DESC, position DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(FeedCursor {
+                transaction_id: parse_xid(&row)?,
+                position: row.try_get("position")?,
+            })
+        })
+        .transpose()
+        .map(Option::unwrap_or_default)
+    }
+
     /// `(horizon, watermark)`: every transaction below the horizon has ended; every one that
     /// committed before now is below the watermark.
     pub(super) async fn horizon(&self) -> Result<(u64, u64), StoreError> {
@@ -214,6 +276,55 @@ impl PgBackend {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(decode).collect()
+    }
+
+    /// Events of one aggregate after `after_sequence`, in sequence order, at most `limit`.
+    pub(super) async fn history_page(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after_sequence: i64,
+        limit: Option<u32>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = select_events!(
+            "WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+             ORDER BY sequence LIMIT $4"
+        );
+        let rows = sqlx::query(sql)
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(after_sequence)
+            // LIMIT NULL is no limit.
+            .bind(limit.map(i64::from))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// [`Self::scan`] narrowed to the aggregates `owner` owns.
+    pub(super) fn scan_owned<'a>(
+        &'a self,
+        filter: &'a AggregateFilter,
+        owner: Uuid,
+    ) -> BoxStream<'a, Result<RecordedEvent, StoreError>> {
+        let sql = select_events!(
+            "WHERE ($1::text IS NULL OR aggregate_type = $1)
+               AND ($2::text IS NULL OR aggregate_id = $2)
+               AND EXISTS (
+                   SELECT 1 FROM aggregate_owners_v1 o
+                    WHERE o.aggregate_type = events.aggregate_type
+                      AND o.aggregate_id = events.aggregate_id
+                      AND o.owner_id = $3)
+             ORDER BY aggregate_type, aggregate_id, sequence"
+        );
+        sqlx::query(sql)
+            .bind(filter.aggregate_type.as_deref())
+            .bind(filter.aggregate_id.as_deref())
+            .bind(owner.to_string())
+            .fetch(&self.pool)
+            .map_err(StoreError::from)
+            .and_then(|row| futures::future::ready(decode(&row)))
+            .boxed()
     }
 
     pub(super) fn scan<'a>(

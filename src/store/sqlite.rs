@@ -19,6 +19,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::Row;
+use uuid::Uuid;
 
 use super::{AggregateFilter, FeedCursor, RecordedEvent, StoreError};
 
@@ -160,6 +161,51 @@ impl SqliteBackend {
         rows.iter().map(decode).collect()
     }
 
+    /// See `PgBackend::feed_owned`; here `position` alone orders the feed.
+    pub(super) async fn feed_owned(
+        &self,
+        after: FeedCursor,
+        limit: u32,
+        filter: &AggregateFilter,
+        owner: Uuid,
+        owners: (&str, i64),
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(select_events!(
+            "WHERE position > ?1
+               AND position <= (
+                   SELECT c.position FROM projection_checkpoints c
+                    WHERE c.name = ?5 AND c.version = ?6)
+               AND (?2 IS NULL OR aggregate_type = ?2)
+               AND (?3 IS NULL OR aggregate_id = ?3)
+               AND EXISTS (
+                   SELECT 1 FROM aggregate_owners_v1 o
+                    WHERE o.aggregate_type = events.aggregate_type
+                      AND o.aggregate_id = events.aggregate_id
+                      AND o.owner_id = ?4)
+             ORDER BY position LIMIT ?7"
+        ))
+        .bind(after.position)
+        .bind(filter.aggregate_type.as_deref())
+        .bind(filter.aggregate_id.as_deref())
+        .bind(owner.to_string())
+        .bind(owners.0)
+        .bind(owners.1)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    pub(super) async fn feed_tail(&self) -> Result<FeedCursor, StoreError> {
+        let position: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM events")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(FeedCursor {
+            transaction_id: 0,
+            position: position.unwrap_or_default(),
+        })
+    }
+
     pub(super) async fn lag_after(
         &self,
         cursor: FeedCursor,
@@ -191,6 +237,51 @@ impl SqliteBackend {
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(decode).collect()
+    }
+
+    pub(super) async fn history_page(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after_sequence: i64,
+        limit: Option<u32>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(select_events!(
+            "WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND sequence > ?3
+             ORDER BY sequence LIMIT ?4"
+        ))
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(after_sequence)
+        // A negative LIMIT is no limit.
+        .bind(limit.map_or(-1, i64::from))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    pub(super) fn scan_owned<'a>(
+        &'a self,
+        filter: &'a AggregateFilter,
+        owner: Uuid,
+    ) -> BoxStream<'a, Result<RecordedEvent, StoreError>> {
+        sqlx::query(select_events!(
+            "WHERE (?1 IS NULL OR aggregate_type = ?1)
+               AND (?2 IS NULL OR aggregate_id = ?2)
+               AND EXISTS (
+                   SELECT 1 FROM aggregate_owners_v1 o
+                    WHERE o.aggregate_type = events.aggregate_type
+                      AND o.aggregate_id = events.aggregate_id
+                      AND o.owner_id = ?3)
+             ORDER BY aggregate_type, aggregate_id, sequence"
+        ))
+        .bind(filter.aggregate_type.as_deref())
+        .bind(filter.aggregate_id.as_deref())
+        .bind(owner.to_string())
+        .fetch(&self.reader)
+        .map_err(StoreError::from)
+        .and_then(|row| futures::future::ready(decode(&row)))
+        .boxed()
     }
 
     pub(super) fn scan<'a>(

@@ -12,6 +12,7 @@ mod api;
 mod auth;
 mod crash;
 mod edge;
+mod feed;
 mod helpers;
 mod http_agent;
 mod openapi;

@@ -33,6 +33,7 @@ const API_MD: &[(&str, &str)] = &[
     ("POST", "/api/agents/{}/execute"),
     ("DELETE", "/api/agents/{}"),
     ("GET", "/api/agents/{}/ws"),
+    ("GET", "/api/agents/{}/events"),
     // Tasks
     ("POST", "/api/tasks"),
     ("GET", "/api/tasks"),
@@ -102,6 +103,9 @@ const IMPLEMENTED: &[(&str, &str)] = &[
     ("DELETE", "/api/tasks/{}"),
     ("POST", "/api/tasks/{}/retry"),
     ("GET", "/api/tasks/{}/events"),
+    ("GET", "/api/agents/{}/events"),
+    ("GET", "/api/events"),
+    ("GET", "/api/audit/verify"),
     ("GET", "/api/health"),
     ("GET", "/api/status"),
 ];

@@ -134,7 +134,13 @@ async fn lists_filter_and_page_newest_first(#[case] backend: Backend) {
         .collect();
     assert_eq!(
         names,
-        ["agent_view", "aggregate_owners", "api_key_view", "task_view", "usage"]
+        [
+            "agent_view",
+            "aggregate_owners",
+            "api_key_view",
+            "task_view",
+            "usage"
+        ]
     );
     assert_eq!(projections[3]["version"], 2);
 }
