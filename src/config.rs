@@ -80,6 +80,25 @@ pub struct StoreSettings {
     pub snapshot_every: usize,
 }
 
+/// Chain checkpoints (see [`crate::store::checkpoint`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditSettings {
+    /// A checkpoint about every this many events; 0 turns the background loop off.
+    pub checkpoint_every: u64,
+    /// The checkpoint MAC key's secret; derived from the server secret when unset.
+    #[serde(skip_serializing)]
+    pub key: Option<SecretString>,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: 1_000,
+            key: None,
+        }
+    }
+}
+
 /// The built-in HTTP agent (`http.request` tasks). See [`crate::process::http_agent`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HttpAgentSettings {
@@ -155,6 +174,7 @@ pub struct Settings {
     /// Largest request body in bytes.
     pub body_limit: usize,
     pub http_agent: HttpAgentSettings,
+    pub audit: AuditSettings,
 }
 
 impl Default for Settings {
@@ -193,6 +213,7 @@ impl Default for Settings {
             dispatch: DispatchSettings { recheck_secs: 5 },
             body_limit: 2 * 1024 * 1024,
             http_agent: HttpAgentSettings::default(),
+            audit: AuditSettings::default(),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod agent_ws;
 pub mod agents;
+pub mod audit_checkpoint;
 pub mod auth;
 pub mod cors;
 pub mod error;
@@ -112,7 +113,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(users::me))
         .routes(routes!(users::create_key, users::list_keys))
         .routes(routes!(users::revoke_key))
-        .routes(routes!(users::rotate_key));
+        .routes(routes!(users::rotate_key))
+        .routes(routes!(audit_checkpoint::latest));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).nest("/api", api)
 }
 

@@ -8,6 +8,7 @@
 
 mod agent_ws;
 mod api;
+mod audit_chain;
 mod auth;
 mod crash;
 mod helpers;
