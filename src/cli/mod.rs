@@ -7,6 +7,7 @@ mod bench_auth;
 mod bench_target;
 mod bench_tasks;
 mod export;
+mod import;
 mod user;
 
 use std::path::PathBuf;
@@ -85,6 +86,8 @@ enum EventsCommand {
         #[arg(long, default_value_t = 0)]
         after: i64,
     },
+    /// Read an export (NDJSON) from stdin into an empty store.
+    Import,
 }
 
 /// Parses arguments, runs the command, and turns any error into one line on stderr.
@@ -142,6 +145,9 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             let store = connect_store(&settings).await?;
             export::export(&store, after).await?;
         }
+        Command::Events {
+            command: EventsCommand::Import,
+        } => import::import(&settings).await?,
         Command::User { command } => user::run(command, settings).await?,
         Command::Bench { command } => bench::run(command, settings).await?,
     }

@@ -10,11 +10,13 @@
 //! - [`checkpoint`]: MAC'd checkpoints of every aggregate's head, the chain's anchor.
 //! - [`verify`]: recomputes every chain, names the first broken link, checks the heads
 //!   against a checkpoint.
+//! - [`import`]: loads an export into an empty store.
 
 pub mod aggregate_store;
 pub mod chain;
 pub mod checkpoint;
 mod group_commit;
+pub mod import;
 pub mod postgres;
 pub mod sqlite;
 pub mod verify;

@@ -13,6 +13,7 @@ mod auth;
 mod crash;
 mod helpers;
 mod http_agent;
+mod import;
 mod openapi;
 mod orchestration;
 mod projections;
