@@ -48,8 +48,8 @@ pub async fn checkpoint(settings: &Settings) -> anyhow::Result<()> {
 
 /// The last non-empty line of `path`: a file of published checkpoints works too.
 fn read_checkpoint(path: &Path) -> anyhow::Result<Checkpoint> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let line = text
         .lines()
         .rev()

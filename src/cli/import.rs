@@ -31,16 +31,14 @@ pub async fn import(settings: &Settings) -> anyhow::Result<()> {
         let stdin = std::io::stdin().lock();
         let mut batch = Vec::with_capacity(BATCH);
         for (index, line) in stdin.lines().enumerate() {
-            let parsed = line
-                .context("cannot read stdin")
-                .and_then(|line| {
-                    if line.trim().is_empty() {
-                        return Ok(None);
-                    }
-                    serde_json::from_str::<ExportedEvent>(&line)
-                        .map(Some)
-                        .with_context(|| format!("line {}: not an exported event", index + 1))
-                });
+            let parsed = line.context("cannot read stdin").and_then(|line| {
+                if line.trim().is_empty() {
+                    return Ok(None);
+                }
+                serde_json::from_str::<ExportedEvent>(&line)
+                    .map(Some)
+                    .with_context(|| format!("line {}: not an exported event", index + 1))
+            });
             match parsed {
                 Ok(Some(event)) => batch.push(event),
                 Ok(None) => {}

@@ -193,9 +193,7 @@ impl<A: Aggregate> AggregateStore<A> {
         };
         match (self.store.backend(), snapshot_update) {
             (Backend::Postgres(pg), None) => {
-                pg.group()
-                    .append(A::TYPE, serialized, recorded_at)
-                    .await?
+                pg.group().append(A::TYPE, serialized, recorded_at).await?
             }
             (Backend::Postgres(pg), Some(snapshot_update)) => {
                 pg.append_with_snapshot(A::TYPE, &serialized, snapshot_update, recorded_at)

@@ -96,8 +96,7 @@ mod tests {
             sequence: 1,
             event_type: "TaskCreated",
             event_version: "1.0",
-            recorded_at: DateTime::from_timestamp_micros(1_796_000_000_123_456)
-                .unwrap_or_default(),
+            recorded_at: DateTime::from_timestamp_micros(1_796_000_000_123_456).unwrap_or_default(),
             payload,
             metadata,
         }

@@ -155,13 +155,11 @@ async fn write_batch(pool: &PgPool, mut batch: Vec<Request>) {
 
 /// Inserts every event of the batch; returns the indexes of the requests that lost.
 async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<usize>, StoreError> {
-    let rows = batch
-        .iter()
-        .flat_map(|r| {
-            r.events
-                .iter()
-                .map(move |e| (r.aggregate_type, r.recorded_at, e))
-        });
+    let rows = batch.iter().flat_map(|r| {
+        r.events
+            .iter()
+            .map(move |e| (r.aggregate_type, r.recorded_at, e))
+    });
     let (
         mut types,
         mut ids,

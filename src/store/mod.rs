@@ -33,8 +33,8 @@ use futures::stream::BoxStream;
 use serde_json::Value;
 
 pub use aggregate_store::{AggregateStore, Loaded};
-pub use chronicle_projections::feed::{FeedCursor, RecordedEvent};
 pub use checkpoint::{AuditKey, Checkpoint};
+pub use chronicle_projections::feed::{FeedCursor, RecordedEvent};
 pub use verify::{BrokenLink, CheckpointCheck, VerifyReport};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -229,14 +229,18 @@ async fn walk(
     }
     let mut missing: Vec<BrokenLink> = heads
         .into_iter()
-        .map(|((aggregate_type, aggregate_id), (sequence, _))| BrokenLink {
-            aggregate_type,
-            aggregate_id,
-            sequence,
-            reason: "missing since checkpoint".into(),
-        })
+        .map(
+            |((aggregate_type, aggregate_id), (sequence, _))| BrokenLink {
+                aggregate_type,
+                aggregate_id,
+                sequence,
+                reason: "missing since checkpoint".into(),
+            },
+        )
         .collect();
-    missing.sort_by(|a, b| (&a.aggregate_type, &a.aggregate_id).cmp(&(&b.aggregate_type, &b.aggregate_id)));
+    missing.sort_by(|a, b| {
+        (&a.aggregate_type, &a.aggregate_id).cmp(&(&b.aggregate_type, &b.aggregate_id))
+    });
     report.broken.extend(missing);
     report.ok = report.broken.is_empty();
     Ok(report)

@@ -126,7 +126,10 @@ async fn verify_names_every_kind_of_tampering_against_the_checkpoint(#[case] bac
     assert!(intact.ok, "{intact:?}");
     assert_eq!(intact.checked, 27);
     assert_eq!(intact.chain_version, Some(2));
-    let check = intact.checkpoint.as_ref().expect("checked against the checkpoint");
+    let check = intact
+        .checkpoint
+        .as_ref()
+        .expect("checked against the checkpoint");
     assert_eq!(check.status, "ok");
     assert_eq!(check.root, checkpoint.root);
 
@@ -218,7 +221,10 @@ async fn a_forged_checkpoint_is_named(#[case] backend: Backend) {
     // A store opened with another key does not accept the checkpoint either.
     let other = db.store(no_snapshots()).await;
     other.set_audit_key(AuditKey::derive(b"another secret"));
-    let fresh = other.record_checkpoint(Recording::Background).await.unwrap();
+    let fresh = other
+        .record_checkpoint(Recording::Background)
+        .await
+        .unwrap();
     assert!(fresh.is_some());
     assert!(other.verify(&AggregateFilter::default()).await.unwrap().ok);
     let mine = keyed_store(&db).await;
@@ -242,7 +248,9 @@ async fn a_published_checkpoint_is_checked_even_without_stored_heads(#[case] bac
     let line = serde_json::to_string(&published).unwrap();
     let published: chronicle::store::Checkpoint = serde_json::from_str(&line).unwrap();
     for amount in 1..=3 {
-        run(&bus, "a", || CounterCommand::Add(amount)).await.unwrap();
+        run(&bus, "a", || CounterCommand::Add(amount))
+            .await
+            .unwrap();
     }
     // Later checkpoints do not drop a published one's heads.
     store
@@ -288,7 +296,9 @@ async fn recorded_at_is_the_hashed_time_at_microseconds(#[case] backend: Backend
         assert_eq!(event.recorded_at.timestamp_subsec_nanos() % 1_000, 0);
     }
     // Commits in order: their times never go back.
-    assert!(history.windows(2).all(|w| w[0].recorded_at <= w[1].recorded_at));
+    assert!(history
+        .windows(2)
+        .all(|w| w[0].recorded_at <= w[1].recorded_at));
     // Every link recomputes from the stored recorded_at (and a second later does not).
     assert!(store.verify(&AggregateFilter::default()).await.unwrap().ok);
     let event = &history[0];
@@ -319,9 +329,7 @@ async fn recorded_at_is_the_hashed_time_at_microseconds(#[case] backend: Backend
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]
 #[tokio::test]
-async fn the_server_records_checkpoints_and_shows_the_latest_to_auditors(
-    #[case] backend: Backend,
-) {
+async fn the_server_records_checkpoints_and_shows_the_latest_to_auditors(#[case] backend: Backend) {
     let app = spawn_app_with(backend, |settings| settings.audit.checkpoint_every = 1).await;
     let admin = app.register_user().await;
     let user = app.register_user().await;
@@ -354,6 +362,8 @@ async fn the_server_records_checkpoints_and_shows_the_latest_to_auditors(
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    let response = reqwest::get(app.url("/api/audit/checkpoint")).await.unwrap();
+    let response = reqwest::get(app.url("/api/audit/checkpoint"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }

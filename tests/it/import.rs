@@ -134,10 +134,16 @@ async fn export_then_import_keeps_events_chain_and_read_models(
     let again = chronicle(&target, &["events", "import"], Some(&exported.stdout));
     assert!(!again.status.success());
     let message = String::from_utf8_lossy(&again.stderr);
-    assert!(message.contains("import only into an empty store"), "{message}");
+    assert!(
+        message.contains("import only into an empty store"),
+        "{message}"
+    );
 
     let copy = lines(&chronicle(&target, &["events", "export"], None).stdout);
-    assert_eq!(copy, original, "the same events, in the same order, with the same numbers");
+    assert_eq!(
+        copy, original,
+        "the same events, in the same order, with the same numbers"
+    );
     let verify = chronicle(&target, &["audit", "verify"], None);
     assert!(verify.status.success(), "{verify:?}");
     let report: Value = serde_json::from_slice(&verify.stdout).unwrap();
@@ -158,7 +164,9 @@ async fn export_then_import_keeps_events_chain_and_read_models(
     // A server on the copy rebuilds every read model from the events: the same answers.
     let mut settings = test_settings(&target);
     settings.jwt_secret = Some(SecretString::from(SECRET));
-    let server = Application::build(settings).await.expect("server on the copy");
+    let server = Application::build(settings)
+        .await
+        .expect("server on the copy");
     let address = format!("http://127.0.0.1:{}", server.port());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.run_until(async move {

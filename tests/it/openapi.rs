@@ -66,6 +66,7 @@ const API_MD: &[(&str, &str)] = &[
     ("GET", "/api/analytics/status"),
     ("GET", "/api/events"),
     ("GET", "/api/audit/verify"),
+    ("GET", "/api/audit/checkpoint"),
     ("GET", "/api/admin/projections"),
     ("POST", "/api/admin/projections/{}/rebuild"),
     ("GET", "/api/health"),
@@ -104,6 +105,7 @@ const IMPLEMENTED: &[(&str, &str)] = &[
     ("GET", "/api/tasks/{}/events"),
     ("GET", "/api/health"),
     ("GET", "/api/status"),
+    ("GET", "/api/audit/checkpoint"),
 ];
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
