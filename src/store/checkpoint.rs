@@ -203,8 +203,9 @@ impl Store {
         Ok(value.and_then(|text| text.parse().ok()))
     }
 
-    /// Records a checkpoint of everything the feed can read now. `None` when another node
-    /// was recording one and `recording` is [`Recording::Background`].
+    /// Records a checkpoint of everything the feed can read once every transaction
+    /// committed before this call is readable. `None` when another node was recording one
+    /// and `recording` is [`Recording::Background`].
     pub async fn record_checkpoint(
         &self,
         recording: Recording,
@@ -213,6 +214,12 @@ impl Store {
             .audit_key()
             .ok_or_else(|| StoreError::Database("no audit key is configured".into()))?
             .clone();
+        // Everything committed before this call is covered, even when an older transaction
+        // elsewhere in the cluster holds the feed's horizon back for a moment.
+        let watermark = self.feed_watermark().await?;
+        while !self.feed_reached(watermark).await? {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let created_at = chain::now();
         let published = recording == Recording::Published;
         match self.backend() {
