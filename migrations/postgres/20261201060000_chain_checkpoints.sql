@@ -22,9 +22,11 @@ CREATE TABLE chain_checkpoints
 );
 
 -- Every aggregate's head at a checkpoint: kept for the latest and the published ones.
+-- Written in short transactions before their checkpoint row (so no long writing transaction
+-- holds the feed's horizon back), hence no foreign key.
 CREATE TABLE chain_checkpoint_heads
 (
-    checkpoint_id  bigint NOT NULL REFERENCES chain_checkpoints (id) ON DELETE CASCADE,
+    checkpoint_id  bigint NOT NULL,
     aggregate_type text   NOT NULL,
     aggregate_id   text   NOT NULL,
     sequence       bigint NOT NULL,

@@ -224,91 +224,26 @@ impl Store {
         let published = recording == Recording::Published;
         match self.backend() {
             Backend::Postgres(pg) => {
-                let mut tx = pg.pool().begin().await?;
+                // The lock lives in a transaction of its own that never writes, so it takes
+                // no transaction id and does not hold the feed's horizon back; the work
+                // runs in short transactions beside it.
+                let mut lock = pg.pool().begin().await?;
                 if published {
                     sqlx::query("SELECT pg_advisory_xact_lock($1)")
                         .bind(CHECKPOINT_LOCK)
-                        .execute(&mut *tx)
+                        .execute(&mut *lock)
                         .await?;
                 } else {
                     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
                         .bind(CHECKPOINT_LOCK)
-                        .fetch_one(&mut *tx)
+                        .fetch_one(&mut *lock)
                         .await?;
                     if !locked {
                         return Ok(None);
                     }
                 }
-                // The feed's horizon: every transaction below it has ended, so the events
-                // below it are a prefix of the feed that no later commit can extend.
-                let horizon: String =
-                    sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
-                        .fetch_one(&mut *tx)
-                        .await?;
-                let position: Option<i64> = sqlx::query_scalar(
-                    "SELECT position FROM events WHERE transaction_id < $1::text::xid8
-                      ORDER BY transaction_id DESC, position DESC LIMIT 1",
-                )
-                .bind(&horizon)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let count: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM events WHERE transaction_id < $1::text::xid8",
-                )
-                .bind(&horizon)
-                .fetch_one(&mut *tx)
-                .await?;
-                let mut heads: Vec<Head> = sqlx::query(
-                    "SELECT DISTINCT ON (aggregate_type, aggregate_id)
-                            aggregate_type, aggregate_id, sequence,
-                            coalesce(metadata->>'hash', '') AS hash
-                       FROM events WHERE transaction_id < $1::text::xid8
-                      ORDER BY aggregate_type, aggregate_id, sequence DESC",
-                )
-                .bind(&horizon)
-                .fetch(&mut *tx)
-                .map_err(StoreError::from)
-                .and_then(|row| async move { head(&row) })
-                .try_collect()
-                .await?;
-                let checkpoint = sign(&key, position.unwrap_or(0), count, &mut heads, created_at);
-                let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO chain_checkpoints
-                         (chain_version, position, event_count, root, mac, created_at, published)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-                )
-                .bind(checkpoint.chain_version)
-                .bind(checkpoint.position)
-                .bind(checkpoint.count)
-                .bind(&checkpoint.root)
-                .bind(&checkpoint.mac)
-                .bind(checkpoint.created_at)
-                .bind(published)
-                .fetch_one(&mut *tx)
-                .await?;
-                let (types, ids, sequences, hashes) = columns(heads);
-                sqlx::query(
-                    "INSERT INTO chain_checkpoint_heads
-                         (checkpoint_id, aggregate_type, aggregate_id, sequence, hash)
-                     SELECT $1, t, i, s, h
-                       FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::text[])
-                            AS heads(t, i, s, h)",
-                )
-                .bind(id)
-                .bind(&types)
-                .bind(&ids)
-                .bind(&sequences)
-                .bind(&hashes)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "DELETE FROM chain_checkpoint_heads WHERE checkpoint_id IN
-                         (SELECT id FROM chain_checkpoints WHERE id < $1 AND NOT published)",
-                )
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
+                let checkpoint = record_pg(pg.pool(), &key, created_at, published).await?;
+                lock.commit().await?;
                 Ok(Some(checkpoint))
             }
             Backend::Sqlite(lite) => {
@@ -450,6 +385,113 @@ impl Store {
     }
 }
 
+/// Heads written per transaction: a writing transaction holds the feed's horizon back
+/// (cluster-wide) until it commits, so none may last long.
+const HEADS_PER_TRANSACTION: usize = 5_000;
+
+async fn record_pg(
+    pool: &sqlx::PgPool,
+    key: &AuditKey,
+    created_at: DateTime<Utc>,
+    published: bool,
+) -> Result<Checkpoint, StoreError> {
+    // One read-only snapshot for the three reads. The feed's horizon: every transaction
+    // below it has ended, so the events below it are a prefix of the feed that no later
+    // commit can extend.
+    let mut read = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *read)
+        .await?;
+    let horizon: String =
+        sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+            .fetch_one(&mut *read)
+            .await?;
+    let position: Option<i64> = sqlx::query_scalar(
+        "SELECT position FROM events WHERE transaction_id < $1::text::xid8
+          ORDER BY transaction_id DESC, position DESC LIMIT 1",
+    )
+    .bind(&horizon)
+    .fetch_optional(&mut *read)
+    .await?;
+    let count: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE transaction_id < $1::text::xid8")
+            .bind(&horizon)
+            .fetch_one(&mut *read)
+            .await?;
+    let mut heads: Vec<Head> = sqlx::query(
+        "SELECT DISTINCT ON (aggregate_type, aggregate_id)
+                aggregate_type, aggregate_id, sequence, coalesce(metadata->>'hash', '') AS hash
+           FROM events WHERE transaction_id < $1::text::xid8
+          ORDER BY aggregate_type, aggregate_id, sequence DESC",
+    )
+    .bind(&horizon)
+    .fetch(&mut *read)
+    .map_err(StoreError::from)
+    .and_then(|row| async move { head(&row) })
+    .try_collect()
+    .await?;
+    read.commit().await?;
+    let checkpoint = sign(key, position.unwrap_or(0), count, &mut heads, created_at);
+
+    // The heads first, under an id drawn ahead; the checkpoint row last, so a reader never
+    // sees a checkpoint whose heads are not all there.
+    let id: i64 =
+        sqlx::query_scalar("SELECT nextval(pg_get_serial_sequence('chain_checkpoints', 'id'))")
+            .fetch_one(pool)
+            .await?;
+    for chunk in heads.chunks(HEADS_PER_TRANSACTION) {
+        let (types, ids, sequences, hashes) = columns(chunk);
+        sqlx::query(
+            "INSERT INTO chain_checkpoint_heads
+                 (checkpoint_id, aggregate_type, aggregate_id, sequence, hash)
+             SELECT $1, t, i, s, h
+               FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::text[]) AS heads(t, i, s, h)",
+        )
+        .bind(id)
+        .bind(&types)
+        .bind(&ids)
+        .bind(&sequences)
+        .bind(&hashes)
+        .execute(pool)
+        .await?;
+    }
+    sqlx::query(
+        "INSERT INTO chain_checkpoints
+             (id, chain_version, position, event_count, root, mac, created_at, published)
+         OVERRIDING SYSTEM VALUE
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(id)
+    .bind(checkpoint.chain_version)
+    .bind(checkpoint.position)
+    .bind(checkpoint.count)
+    .bind(&checkpoint.root)
+    .bind(&checkpoint.mac)
+    .bind(checkpoint.created_at)
+    .bind(published)
+    .execute(pool)
+    .await?;
+    // Older heads go (but a published checkpoint's, and heads left by a checkpoint that
+    // never finished go too), a few thousand per transaction.
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM chain_checkpoint_heads WHERE ctid IN
+                 (SELECT ctid FROM chain_checkpoint_heads
+                   WHERE checkpoint_id < $1
+                     AND checkpoint_id NOT IN (SELECT id FROM chain_checkpoints WHERE published)
+                   LIMIT $2)",
+        )
+        .bind(id)
+        .bind(HEADS_PER_TRANSACTION as i64)
+        .execute(pool)
+        .await?;
+        if deleted.rows_affected() == 0 {
+            break;
+        }
+    }
+    Ok(checkpoint)
+}
+
 fn sign(
     key: &AuditKey,
     position: i64,
@@ -469,13 +511,13 @@ fn sign(
     checkpoint
 }
 
-fn columns(heads: Vec<Head>) -> (Vec<String>, Vec<String>, Vec<i64>, Vec<String>) {
+fn columns(heads: &[Head]) -> (Vec<String>, Vec<String>, Vec<i64>, Vec<String>) {
     let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for head in heads {
-        columns.0.push(head.aggregate_type);
-        columns.1.push(head.aggregate_id);
+        columns.0.push(head.aggregate_type.clone());
+        columns.1.push(head.aggregate_id.clone());
         columns.2.push(head.sequence);
-        columns.3.push(head.hash);
+        columns.3.push(head.hash.clone());
     }
     columns
 }
