@@ -11,8 +11,9 @@ use crate::auth::secret::ServerKeys;
 use crate::config::Settings;
 use crate::process::http_agent::HttpAgent;
 use crate::read_side::ReadSide;
-use crate::store::{Store, StoreOptions};
+use crate::store::{AuditKey, Store, StoreOptions};
 use crate::tls::{TlsConfig, TlsListener};
+use secrecy::ExposeSecret;
 
 pub struct Application {
     listener: TcpListener,
@@ -32,6 +33,7 @@ impl Application {
             None => None,
         };
         let store = connect_store(&settings).await?;
+        store.set_audit_key(audit_key(&settings, &keys));
         let listener = TcpListener::bind(settings.bind)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.bind))?;
@@ -107,6 +109,11 @@ impl Application {
         background.push(tokio::spawn(
             self.revocations.run(read.events_signal(), stopping.clone()),
         ));
+        background.push(tokio::spawn(crate::store::checkpoint::run_checkpoints(
+            self.state.store.clone(),
+            self.state.settings.audit.checkpoint_every,
+            stopping.clone(),
+        )));
         let _stop_agent = stopping.clone().drop_guard();
         let http_agent = self.http_agent.map(|agent| {
             tokio::spawn(agent.run(
@@ -183,6 +190,25 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
         .migrate()
         .await
         .map_err(|e| anyhow::anyhow!("cannot migrate the event store: {e}"))?;
+    Ok(store)
+}
+
+/// The chain checkpoints' key: from `CHRONICLE_AUDIT__KEY`, else from the server secret.
+pub fn audit_key(settings: &Settings, keys: &ServerKeys) -> AuditKey {
+    match &settings.audit.key {
+        Some(secret) => AuditKey::derive(secret.expose_secret().as_bytes()),
+        None => AuditKey::from_bytes(keys.audit),
+    }
+}
+
+/// The store, migrated, with its checkpoint key (for the commands that need one).
+pub async fn connect_store_with_key(settings: &Settings) -> anyhow::Result<Store> {
+    let store = connect_store(settings).await?;
+    let key = match &settings.audit.key {
+        Some(secret) => AuditKey::derive(secret.expose_secret().as_bytes()),
+        None => AuditKey::from_bytes(ServerKeys::load(settings)?.audit),
+    };
+    store.set_audit_key(key);
     Ok(store)
 }
 

@@ -107,6 +107,25 @@ pub struct StoreSettings {
     pub snapshot_every: usize,
 }
 
+/// Chain checkpoints (see [`crate::store::checkpoint`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditSettings {
+    /// A checkpoint about every this many events; 0 turns the background loop off.
+    pub checkpoint_every: u64,
+    /// The checkpoint MAC key's secret; derived from the server secret when unset.
+    #[serde(skip_serializing)]
+    pub key: Option<SecretString>,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: 1_000,
+            key: None,
+        }
+    }
+}
+
 /// The built-in HTTP agent (`http.request` tasks). See [`crate::process::http_agent`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HttpAgentSettings {
@@ -196,6 +215,7 @@ pub struct Settings {
     /// requests with an `Idempotency-Key` answer 503 right after committing.
     #[serde(skip)]
     pub fail_after_commit: u32,
+    pub audit: AuditSettings,
 }
 
 impl Default for Settings {
@@ -239,6 +259,7 @@ impl Default for Settings {
             tls: TlsSettings::default(),
             status_cache_ms: 1000,
             fail_after_commit: 0,
+            audit: AuditSettings::default(),
         }
     }
 }

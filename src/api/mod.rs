@@ -4,6 +4,7 @@ pub mod agent_ws;
 pub mod agents;
 pub mod analytics;
 pub mod audit;
+pub mod audit_checkpoint;
 pub mod auth;
 pub mod client_ip;
 pub mod cors;
@@ -139,7 +140,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(analytics::usage))
         .routes(routes!(analytics::status))
         .routes(routes!(events::list))
-        .routes(routes!(audit::verify));
+        .routes(routes!(audit::verify))
+        .routes(routes!(audit_checkpoint::latest));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).nest("/api", api)
 }
 

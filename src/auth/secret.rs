@@ -22,6 +22,8 @@ pub struct ServerKeys {
     pub jwt: [u8; 32],
     pub refresh: [u8; 32],
     pub api_key: [u8; 32],
+    /// The chain checkpoints' MAC key, unless `CHRONICLE_AUDIT__KEY` is set.
+    pub audit: [u8; 32],
 }
 
 impl fmt::Debug for ServerKeys {
@@ -50,6 +52,7 @@ impl ServerKeys {
             jwt: derive(secret, b"chronicle/access-token/v1"),
             refresh: derive(secret, b"chronicle/refresh-token/v1"),
             api_key: derive(secret, b"chronicle/api-key/v1"),
+            audit: derive(secret, b"chronicle/audit-checkpoint/v1"),
         }
     }
 

@@ -1,13 +1,15 @@
-//! The `chronicle` command line: serve (the default), migrate, audit, export, user, bench.
+//! The `chronicle` command line: serve (the default), migrate, audit, export and import,
+//! user, bench.
 
+mod audit;
 mod bench;
 mod bench_auth;
 mod bench_target;
 mod bench_tasks;
 mod export;
+mod import;
 mod user;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -67,7 +69,13 @@ enum AuditCommand {
         aggregate_type: Option<String>,
         #[arg(long)]
         aggregate_id: Option<String>,
+        /// Check the heads against this published checkpoint (the JSON line `audit
+        /// checkpoint` printed) instead of the latest stored one.
+        #[arg(long, value_name = "FILE")]
+        against: Option<PathBuf>,
     },
+    /// Record a chain checkpoint now and print it as one JSON line to publish elsewhere.
+    Checkpoint,
 }
 
 #[derive(Subcommand)]
@@ -78,6 +86,8 @@ enum EventsCommand {
         #[arg(long, default_value_t = 0)]
         after: i64,
     },
+    /// Read an export (NDJSON) from stdin into an empty store.
+    Import,
 }
 
 /// Parses arguments, runs the command, and turns any error into one line on stderr.
@@ -117,27 +127,27 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 AuditCommand::Verify {
                     aggregate_type,
                     aggregate_id,
+                    against,
                 },
         } => {
-            let store = connect_store(&settings).await?;
             let filter = AggregateFilter {
                 aggregate_type,
                 aggregate_id,
             };
-            let report = store.verify(&filter).await?;
-            let mut stdout = std::io::stdout().lock();
-            serde_json::to_writer_pretty(&mut stdout, &report)?;
-            writeln!(stdout)?;
-            if !report.ok {
-                return Ok(ExitCode::FAILURE);
-            }
+            return audit::verify(&settings, &filter, against.as_deref()).await;
         }
+        Command::Audit {
+            command: AuditCommand::Checkpoint,
+        } => audit::checkpoint(&settings).await?,
         Command::Events {
             command: EventsCommand::Export { after },
         } => {
             let store = connect_store(&settings).await?;
             export::export(&store, after).await?;
         }
+        Command::Events {
+            command: EventsCommand::Import,
+        } => import::import(&settings).await?,
         Command::User { command } => user::run(command, settings).await?,
         Command::Bench { command } => bench::run(command, settings).await?,
     }

@@ -10,7 +10,7 @@ use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventEnvelope, EventS
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::chain::{ChainLink, GENESIS, HASH, PREV_HASH};
+use super::chain::{self, ChainLink, GENESIS, HASH, PREV_HASH};
 use chronicle_aggregates::codec;
 
 use super::{Backend, Store, StoreError};
@@ -125,6 +125,8 @@ impl<A: Aggregate> AggregateStore<A> {
         let mut serialized = Vec::with_capacity(events.len());
         let mut envelopes = Vec::with_capacity(events.len());
         let mut prev_hash = loaded.last_hash.clone();
+        // One time for the whole commit, set here so that the chain covers it.
+        let recorded_at = chain::now();
         for (offset, event) in events.into_iter().enumerate() {
             let sequence = loaded.version + offset + 1;
             let (event_type, event_version, payload) = codec::encode::<A>(&event)?;
@@ -142,6 +144,7 @@ impl<A: Aggregate> AggregateStore<A> {
                 sequence: sequence as u64,
                 event_type: &event_type,
                 event_version: &event_version,
+                recorded_at,
                 payload: &payload,
                 metadata: &stored_metadata,
             }
@@ -189,9 +192,16 @@ impl<A: Aggregate> AggregateStore<A> {
             None => loaded.snapshot_count,
         };
         match (self.store.backend(), snapshot_update) {
-            (Backend::Postgres(pg), None) => pg.group().append(A::TYPE, serialized).await?,
-            (backend, snapshot_update) => {
-                backend.persist::<A>(&serialized, snapshot_update).await?
+            (Backend::Postgres(pg), None) => {
+                pg.group().append(A::TYPE, serialized, recorded_at).await?
+            }
+            (Backend::Postgres(pg), Some(snapshot_update)) => {
+                pg.append_with_snapshot(A::TYPE, &serialized, snapshot_update, recorded_at)
+                    .await?
+            }
+            (Backend::Sqlite(lite), snapshot_update) => {
+                lite.write(A::TYPE, &serialized, snapshot_update, recorded_at)
+                    .await?
             }
         }
         let loaded = Loaded {

@@ -5,11 +5,13 @@
 //! concurrency check) gets [`StoreError::Conflict`] and none of its events stay: any rows
 //! of it that did insert are deleted in the same transaction.
 //!
-//! Appends that carry a snapshot update take postgres-es's own path (one in N).
+//! Appends that carry a snapshot update take their own transaction (one in N; see
+//! `PgBackend::append_with_snapshot`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use cqrs_es::persist::SerializedEvent;
 use sqlx::postgres::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -24,6 +26,7 @@ const WORKERS: usize = 4;
 struct Request {
     aggregate_type: &'static str,
     events: Vec<SerializedEvent>,
+    recorded_at: DateTime<Utc>,
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -63,16 +66,19 @@ impl GroupCommit {
         Self { sender }
     }
 
-    /// Appends `events` (all of one aggregate) atomically.
+    /// Appends `events` (all of one aggregate) atomically, recorded at `recorded_at` (the
+    /// time their hashes cover).
     pub async fn append(
         &self,
         aggregate_type: &'static str,
         events: Vec<SerializedEvent>,
+        recorded_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             aggregate_type,
             events,
+            recorded_at,
             reply,
         };
         if self.sender.send(request).await.is_err() {
@@ -149,9 +155,11 @@ async fn write_batch(pool: &PgPool, mut batch: Vec<Request>) {
 
 /// Inserts every event of the batch; returns the indexes of the requests that lost.
 async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<usize>, StoreError> {
-    let rows = batch
-        .iter()
-        .flat_map(|r| r.events.iter().map(move |e| (r.aggregate_type, e)));
+    let rows = batch.iter().flat_map(|r| {
+        r.events
+            .iter()
+            .map(move |e| (r.aggregate_type, r.recorded_at, e))
+    });
     let (
         mut types,
         mut ids,
@@ -160,6 +168,7 @@ async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<usize>, Stor
         mut versions,
         mut payloads,
         mut metadata,
+        mut times,
     ) = (
         Vec::new(),
         Vec::new(),
@@ -168,8 +177,9 @@ async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<usize>, Stor
         Vec::new(),
         Vec::new(),
         Vec::new(),
+        Vec::new(),
     );
-    for (aggregate_type, event) in rows {
+    for (aggregate_type, recorded_at, event) in rows {
         types.push(aggregate_type.to_owned());
         ids.push(event.aggregate_id.clone());
         sequences.push(event.sequence as i64);
@@ -177,14 +187,16 @@ async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<usize>, Stor
         versions.push(event.event_version.clone());
         payloads.push(serde_json::to_string(&event.payload)?);
         metadata.push(serde_json::to_string(&event.metadata)?);
+        times.push(recorded_at);
     }
     let mut tx = pool.begin().await.map_err(map_error)?;
     let inserted: Vec<Key> = sqlx::query_as(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
-                             payload, metadata)
-         SELECT t, i, s, e, v, p::json, m::json
+                             payload, metadata, recorded_at)
+         SELECT t, i, s, e, v, p::json, m::json, r
            FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-                       $6::text[], $7::text[]) AS batch(t, i, s, e, v, p, m)
+                       $6::text[], $7::text[], $8::timestamptz[])
+                AS batch(t, i, s, e, v, p, m, r)
          ON CONFLICT (aggregate_type, aggregate_id, sequence) DO NOTHING
          RETURNING aggregate_type, aggregate_id, sequence",
     )
@@ -195,6 +207,7 @@ async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<usize>, Stor
     .bind(&versions)
     .bind(&payloads)
     .bind(&metadata)
+    .bind(&times)
     .fetch_all(&mut *tx)
     .await
     .map_err(map_error)?;
@@ -240,7 +253,7 @@ async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<usize>, Stor
     Ok(conflicted)
 }
 
-fn map_error(error: sqlx::Error) -> StoreError {
+pub(super) fn map_error(error: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &error {
         // deadlock_detected, serialization_failure
         if matches!(db.code().as_deref(), Some("40P01") | Some("40001")) {

@@ -7,11 +7,16 @@
 //! - [`postgres`], [`sqlite`]: the backends; each is a cqrs-es `PersistedEventRepository`
 //!   plus the reads cqrs-es has no word for (global feed, history, audit scan).
 //! - [`chain`]: the hash chain. `group_commit`: PostgreSQL appends batched per transaction.
-//! - [`verify`]: recomputes every chain and names the first broken link.
+//! - [`checkpoint`]: MAC'd checkpoints of every aggregate's head, the chain's anchor.
+//! - [`verify`]: recomputes every chain, names the first broken link, checks the heads
+//!   against a checkpoint.
+//! - [`import`]: loads an export into an empty store.
 
 pub mod aggregate_store;
 pub mod chain;
+pub mod checkpoint;
 mod group_commit;
+pub mod import;
 pub mod postgres;
 pub mod sqlite;
 pub mod verify;
@@ -31,8 +36,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub use aggregate_store::{AggregateStore, Loaded};
+pub use checkpoint::{AuditKey, Checkpoint};
 pub use chronicle_projections::feed::{FeedCursor, RecordedEvent};
-pub use verify::{BrokenLink, VerifyReport};
+pub use verify::{BrokenLink, CheckpointCheck, VerifyReport};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -138,6 +144,7 @@ struct Inner {
     backend: Backend,
     upcasters: Vec<Box<dyn EventUpcaster>>,
     options: StoreOptions,
+    audit_key: std::sync::OnceLock<AuditKey>,
 }
 
 /// The event store, cheap to clone.
@@ -169,6 +176,7 @@ impl Store {
                 backend,
                 upcasters,
                 options,
+                audit_key: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -445,9 +453,19 @@ impl Store {
         }
     }
 
-    /// Recomputes every hash chain that `filter` covers.
+    /// Recomputes every hash chain that `filter` covers and checks their heads against the
+    /// latest checkpoint.
     pub async fn verify(&self, filter: &AggregateFilter) -> Result<VerifyReport, StoreError> {
-        verify::verify(self.scan(filter)).await
+        verify::verify_store(self, filter, None).await
+    }
+
+    /// Like [`Store::verify`], against `checkpoint` (one published elsewhere).
+    pub async fn verify_against(
+        &self,
+        filter: &AggregateFilter,
+        checkpoint: &Checkpoint,
+    ) -> Result<VerifyReport, StoreError> {
+        verify::verify_store(self, filter, Some(checkpoint)).await
     }
 
     /// Recomputes the hash chains of the aggregates `owner` owns that `filter` covers.

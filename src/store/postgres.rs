@@ -1,10 +1,13 @@
-//! PostgreSQL backend: postgres-es's `PostgresEventRepository` appends and loads; the
-//! global feed, histories and audit scans are read here with the xid8 rule.
+//! PostgreSQL backend: postgres-es's `PostgresEventRepository` loads; appends go through
+//! group commit, or (with a snapshot update) [`PgBackend::append_with_snapshot`], both of
+//! which write the `recorded_at` the chain hashes; the global feed, histories and audit
+//! scans are read here with the xid8 rule.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use cqrs_es::persist::SerializedEvent;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use postgres_es::PostgresEventRepository;
@@ -12,7 +15,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::group_commit::GroupCommit;
+use super::group_commit::{map_error, GroupCommit};
 use super::{AggregateFilter, FeedCursor, RecordedEvent, StoreError};
 
 /// `SELECT <every column> FROM events ` followed by the rest of the statement. The text
@@ -66,6 +69,71 @@ impl PgBackend {
 
     pub(super) fn repo(&self) -> &PostgresEventRepository {
         &self.repo
+    }
+
+    /// Appends `events` and moves the aggregate's snapshot in one transaction, as
+    /// postgres-es's `persist` does, but with the `recorded_at` the chain hashes.
+    pub(super) async fn append_with_snapshot(
+        &self,
+        aggregate_type: &str,
+        events: &[SerializedEvent],
+        (aggregate_id, payload, current_snapshot): (String, serde_json::Value, usize),
+        recorded_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_error)?;
+        let mut last_sequence = 0;
+        for event in events {
+            last_sequence = event.sequence as i64;
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                     event_version, payload, metadata, recorded_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(aggregate_type)
+            .bind(&event.aggregate_id)
+            .bind(event.sequence as i64)
+            .bind(&event.event_type)
+            .bind(&event.event_version)
+            .bind(&event.payload)
+            .bind(&event.metadata)
+            .bind(recorded_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_error)?;
+        }
+        let written = if current_snapshot == 1 {
+            sqlx::query(
+                "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence,
+                                        current_snapshot, payload)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(aggregate_type)
+            .bind(&aggregate_id)
+            .bind(last_sequence)
+            .bind(current_snapshot as i64)
+            .bind(&payload)
+            .execute(&mut *tx)
+            .await
+        } else {
+            sqlx::query(
+                "UPDATE snapshots SET last_sequence = $3, current_snapshot = $4, payload = $5
+                  WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $6",
+            )
+            .bind(aggregate_type)
+            .bind(&aggregate_id)
+            .bind(last_sequence)
+            .bind(current_snapshot as i64)
+            .bind(&payload)
+            .bind(current_snapshot as i64 - 1)
+            .execute(&mut *tx)
+            .await
+        }
+        .map_err(map_error)?;
+        if written.rows_affected() != 1 {
+            return Err(StoreError::Conflict);
+        }
+        tx.commit().await.map_err(map_error)?;
+        Ok(())
     }
 
     pub(super) async fn migrate(&self) -> Result<(), StoreError> {

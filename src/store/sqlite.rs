@@ -334,12 +334,16 @@ impl SqliteBackend {
             .collect()
     }
 
-    async fn write(
+    /// Appends `events` recorded at `recorded_at` (the time their hashes cover), with the
+    /// snapshot update if any, in one transaction.
+    pub(super) async fn write(
         &self,
         aggregate_type: &str,
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
+        recorded_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let recorded_at = super::chain::format_recorded_at(recorded_at);
         // IMMEDIATE: take the write lock first, so a writer in another process makes us wait
         // rather than fail when a deferred transaction upgrades.
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
@@ -348,8 +352,8 @@ impl SqliteBackend {
             last_sequence = event.sequence;
             sqlx::query(
                 "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
-                                     event_version, payload, metadata)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                                     event_version, payload, metadata, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
             .bind(aggregate_type)
             .bind(&event.aggregate_id)
@@ -358,6 +362,7 @@ impl SqliteBackend {
             .bind(&event.event_version)
             .bind(serde_json::to_string(&event.payload)?)
             .bind(serde_json::to_string(&event.metadata)?)
+            .bind(&recorded_at)
             .execute(&mut *tx)
             .await?;
         }
@@ -447,7 +452,9 @@ impl PersistedEventRepository for SqliteBackend {
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        Ok(self.write(A::TYPE, events, snapshot_update).await?)
+        Ok(self
+            .write(A::TYPE, events, snapshot_update, super::chain::now())
+            .await?)
     }
 
     async fn stream_events<A: Aggregate>(

@@ -9,12 +9,14 @@
 mod agent_ws;
 mod analytics;
 mod api;
+mod audit_chain;
 mod auth;
 mod crash;
 mod edge;
 mod feed;
 mod helpers;
 mod http_agent;
+mod import;
 mod openapi;
 mod oracles;
 mod orchestration;

@@ -67,6 +67,7 @@ const API_MD: &[(&str, &str)] = &[
     ("GET", "/api/analytics/status"),
     ("GET", "/api/events"),
     ("GET", "/api/audit/verify"),
+    ("GET", "/api/audit/checkpoint"),
     ("GET", "/api/admin/projections"),
     ("POST", "/api/admin/projections/{}/rebuild"),
     ("GET", "/api/health"),
@@ -108,6 +109,7 @@ const IMPLEMENTED: &[(&str, &str)] = &[
     ("GET", "/api/audit/verify"),
     ("GET", "/api/health"),
     ("GET", "/api/status"),
+    ("GET", "/api/audit/checkpoint"),
 ];
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];

@@ -22,14 +22,14 @@ use crate::helpers::{Backend, TestDb};
 
 /// A minimal aggregate for exercising the store: a counter with a name.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-struct Counter {
+pub(crate) struct Counter {
     name: String,
     value: i64,
     applied: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-enum CounterEvent {
+pub(crate) enum CounterEvent {
     #[serde(rename = "Added")]
     Added(Added),
     #[serde(rename = "Named")]
@@ -37,12 +37,12 @@ enum CounterEvent {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Added {
+pub(crate) struct Added {
     amount: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Named {
+pub(crate) struct Named {
     name: String,
 }
 
@@ -63,9 +63,9 @@ impl DomainEvent for CounterEvent {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("refused")]
-struct Refused;
+pub(crate) struct Refused;
 
-enum CounterCommand {
+pub(crate) enum CounterCommand {
     Add(i64),
     AddMany(Vec<i64>),
 }
@@ -119,7 +119,7 @@ fn context() -> CommandContext {
     }
 }
 
-async fn run(
+pub(crate) async fn run(
     bus: &CommandBus,
     id: &str,
     command: impl Fn() -> CounterCommand,
@@ -129,7 +129,7 @@ async fn run(
         .map(|committed| committed.version)
 }
 
-fn no_snapshots() -> StoreOptions {
+pub(crate) fn no_snapshots() -> StoreOptions {
     StoreOptions {
         snapshot_every: 0,
         max_connections: 16,
@@ -318,7 +318,7 @@ async fn snapshot_then_load_equals_full_replay(#[case] backend: Backend) {
     assert_eq!(report.checked, 15);
 }
 
-async fn tamper(store: &Store, sql_pg: &str, sql_lite: &str) {
+pub(crate) async fn tamper(store: &Store, sql_pg: &str, sql_lite: &str) {
     match store.backend() {
         StoreBackend::Postgres(pg) => {
             sqlx::query(sql_pg).execute(pg.pool()).await.unwrap();
