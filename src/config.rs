@@ -135,6 +135,14 @@ impl DispatchSettings {
     }
 }
 
+/// Live subscriptions (`/api/ws`, `/api/tasks/{id}/stream`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LiveSettings {
+    /// Messages queued per connection for a client that reads slower than events come; a
+    /// WebSocket whose queue stays full is closed (4008) and its client resumes.
+    pub buffer: usize,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
     pub bind: SocketAddr,
@@ -155,6 +163,7 @@ pub struct Settings {
     /// Largest request body in bytes.
     pub body_limit: usize,
     pub http_agent: HttpAgentSettings,
+    pub live: LiveSettings,
 }
 
 impl Default for Settings {
@@ -193,6 +202,7 @@ impl Default for Settings {
             dispatch: DispatchSettings { recheck_secs: 5 },
             body_limit: 2 * 1024 * 1024,
             http_agent: HttpAgentSettings::default(),
+            live: LiveSettings { buffer: 256 },
         }
     }
 }
@@ -255,6 +265,11 @@ impl Settings {
         if !(1..=3600).contains(&self.dispatch.recheck_secs) {
             return Err(ConfigError::Invalid(
                 "CHRONICLE_DISPATCH__RECHECK_SECS: must be 1 to 3600".into(),
+            ));
+        }
+        if !(1..=100_000).contains(&self.live.buffer) {
+            return Err(ConfigError::Invalid(
+                "CHRONICLE_LIVE__BUFFER: must be 1 to 100000".into(),
             ));
         }
         // Bounded so that `now + ttl` can never overflow a timestamp.

@@ -113,6 +113,13 @@ impl ReadSide {
         &self.queue
     }
 
+    /// Fired after local commits and when another node announces appended events: what
+    /// projections wake on, for live subscribers too. Register interest (`enable`) before
+    /// reading the feed, so events committed between the read and the wait still wake.
+    pub fn events_signal(&self) -> &Notify {
+        &self.wake
+    }
+
     /// Brings the task views up to a just-committed task so its caller reads its own write,
     /// and wakes waiting agents when the task is ready to lease. A failure here only delays
     /// the view (the catch-up repairs it), so it is logged.

@@ -9,11 +9,13 @@ pub mod extract;
 pub mod idempotency;
 pub mod lease;
 pub mod limits;
+pub mod live_ws;
 pub mod openapi;
 pub mod paging;
 pub mod replay;
 pub mod system;
 pub mod task_updates;
+pub mod task_stream;
 pub mod tasks;
 pub mod users;
 pub mod views;
@@ -97,6 +99,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::create, tasks::list))
         .routes(routes!(tasks::get, tasks::cancel, task_updates::patch))
         .routes(routes!(tasks::events))
+        .routes(routes!(task_stream::stream))
+        .routes(routes!(live_ws::connect))
         .routes(routes!(task_updates::retry))
         .routes(routes!(agents::list))
         .routes(routes!(agents::register))
