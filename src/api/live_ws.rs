@@ -302,7 +302,11 @@ impl Live {
         let mut fields = match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(fields)) => fields,
             Ok(_) => return Err(ApiError::BadRequest("a message is a JSON object".into())),
-            Err(e) => return Err(ApiError::BadRequest(format!("the message is not JSON: {e}"))),
+            Err(e) => {
+                return Err(ApiError::BadRequest(format!(
+                    "the message is not JSON: {e}"
+                )))
+            }
         };
         let kind = match fields.remove("type") {
             Some(Value::String(kind)) => kind,
@@ -372,7 +376,10 @@ impl Live {
             return Ok(Topic::Mine);
         }
         let (kind, id) = topic.split_once(':').ok_or_else(|| {
-            ApiError::validation("topics", format!("{topic:?} is not task:<id>, run:<id> or mine"))
+            ApiError::validation(
+                "topics",
+                format!("{topic:?} is not task:<id>, run:<id> or mine"),
+            )
         })?;
         let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
         match kind {

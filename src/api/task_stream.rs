@@ -65,9 +65,7 @@ pub async fn stream(
                 .to_str()
                 .ok()
                 .and_then(|text| text.trim().parse::<i64>().ok())
-                .ok_or_else(|| {
-                    ApiError::validation("Last-Event-ID", "is not an event position")
-                })?;
+                .ok_or_else(|| ApiError::validation("Last-Event-ID", "is not an event position"))?;
             Some(resume_cursor(&state, position).await?)
         }
     };

@@ -5,6 +5,7 @@ mod bench_auth;
 mod bench_target;
 mod bench_tasks;
 mod export;
+pub mod live_client;
 mod user;
 
 use std::io::Write;

@@ -12,6 +12,7 @@ mod auth;
 mod crash;
 mod helpers;
 mod http_agent;
+mod live;
 mod openapi;
 mod orchestration;
 mod projections;
