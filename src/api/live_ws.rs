@@ -42,7 +42,9 @@ use super::extract::{from_json_value, ApiQuery};
 use super::views::EventView;
 use super::AppState;
 use crate::actor::Actor;
-use crate::process::live::{feed_head, may_follow_task, read_scoped, task_type, Scope, MINE};
+use crate::process::live::{
+    feed_head, look_again, may_follow_task, read_scoped, task_type, Scope, MINE,
+};
 use crate::store::{FeedCursor, RecordedEvent};
 
 /// The close code of a consumer too slow for its queue (4000–4999: the application's own).
@@ -56,9 +58,6 @@ const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// Events read from the store at once.
 const PAGE: u32 = 200;
-
-/// How soon to look again when the ownership projection held delivery back.
-const HELD_BACK_RECHECK: Duration = Duration::from_millis(20);
 
 /// Keeps proxies from closing an idle connection.
 const PING_EVERY: Duration = Duration::from_secs(20);
@@ -184,6 +183,7 @@ impl Live {
         // The safety net under the wake-ups (a commit that announces nothing, a lost
         // notification), shared with the waiting agents.
         let recheck_every = self.state.settings.dispatch.recheck();
+        let mut held_for = 0;
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
         let end = 'session: loop {
@@ -197,8 +197,10 @@ impl Live {
                 Err(end) => break end,
             };
             let recheck = if held_back {
-                HELD_BACK_RECHECK
+                held_for += 1;
+                look_again(held_for)
             } else {
+                held_for = 0;
                 recheck_every
             };
             // Every reason to stop or act is one branch here; a credential that ends
@@ -235,8 +237,8 @@ impl Live {
         end
     }
 
-    /// Pushes every event in scope after the cursor; `Ok(true)` when the ownership
-    /// projection held some back.
+    /// Pushes every event in scope after the cursor; `Ok(true)` when some may be held back
+    /// (see `live::Page::held_back`).
     async fn deliver(&mut self) -> Result<bool, End> {
         loop {
             let Some(cursor) = self.cursor else {

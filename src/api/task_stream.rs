@@ -19,7 +19,7 @@ use super::extract::IdPath;
 use super::live_ws::{http_event, resume_cursor};
 use super::AppState;
 use crate::actor::Actor;
-use crate::process::live::{may_follow_task, read_scoped, task_type, Scope};
+use crate::process::live::{look_again, may_follow_task, read_scoped, task_type, Scope};
 use crate::store::{FeedCursor, RecordedEvent};
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -107,11 +107,13 @@ async fn produce(
     let mut scope = Scope::default();
     scope.add_aggregate(task_type(), &id.to_string(), &format!("task:{id}"));
     let read = state.read.clone();
-    let recheck = state.settings.dispatch.recheck();
+    let recheck_every = state.settings.dispatch.recheck();
+    let mut held_for = 0;
     loop {
         let signal = read.events_signal().notified();
         tokio::pin!(signal);
         signal.as_mut().enable();
+        let mut held_back = false;
         loop {
             let page = match read_scoped(&state.store, &read.db, &scope, cursor, PAGE).await {
                 Ok(page) => page,
@@ -128,9 +130,17 @@ async fn produce(
             }
             cursor = page.next;
             if !more {
+                held_back = page.held_back;
                 break;
             }
         }
+        let recheck = if held_back {
+            held_for += 1;
+            look_again(held_for)
+        } else {
+            held_for = 0;
+            recheck_every
+        };
         // Messages that are not stored (an `llm.chat` task's tokens, `event: token`) will
         // arrive on an in-process channel of the task: one more branch here.
         tokio::select! {

@@ -10,6 +10,7 @@
 //! foreign events again.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chronicle_aggregates::task::Task;
 use chronicle_projections::aggregate_owners::AggregateOwners;
@@ -79,43 +80,60 @@ fn key(aggregate_type: &str, aggregate_id: &str) -> String {
 pub(crate) struct Page {
     pub events: Vec<RecordedEvent>,
     pub next: FeedCursor,
-    /// The ownership projection held this read back: events exist beyond `next` that may
-    /// be in scope once it catches up (it has no wake-up of its own, so look again soon).
+    /// Something held this read back — the ownership projection, or on PostgreSQL the
+    /// feed's horizon: events exist beyond `next` that may be in scope once it moves, and
+    /// nothing announces that, so look again soon.
     pub held_back: bool,
 }
 
 /// The cursor of the feed's last readable event: a subscriber that starts now starts here.
 pub(crate) async fn feed_head(store: &Store) -> Result<FeedCursor, StoreError> {
+    Ok(feed_end(store).await?.0)
+}
+
+/// The feed's last readable event, and whether committed events wait beyond it: on
+/// PostgreSQL an event becomes readable only once every older transaction of the cluster
+/// has ended, which announces nothing, so whoever waits for it must look again.
+async fn feed_end(store: &Store) -> Result<(FeedCursor, bool), StoreError> {
     match store.backend() {
         Backend::Postgres(pg) => {
             let row = sqlx::query(
-                "SELECT transaction_id::text AS xid, position FROM events
-                  WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-                  ORDER BY transaction_id DESC, position DESC LIMIT 1",
+                "SELECT head.xid, head.position,
+                        EXISTS (SELECT 1 FROM events
+                                 WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot()))
+                          AS beyond
+                   FROM (SELECT 1) AS one
+                   LEFT JOIN LATERAL (
+                        SELECT transaction_id::text AS xid, position FROM events
+                         WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+                         ORDER BY transaction_id DESC, position DESC LIMIT 1
+                   ) AS head ON true",
             )
-            .fetch_optional(pg.pool())
+            .fetch_one(pg.pool())
             .await?;
-            row.map(|row| {
-                let text: String = row.try_get("xid")?;
-                let transaction_id = text.parse().map_err(|_| {
-                    StoreError::Codec(format!("transaction id `{text}` is not a number"))
-                })?;
-                Ok(FeedCursor {
-                    transaction_id,
-                    position: row.try_get("position")?,
-                })
-            })
-            .transpose()
-            .map(Option::unwrap_or_default)
+            let xid: Option<String> = row.try_get("xid")?;
+            let position: Option<i64> = row.try_get("position")?;
+            let beyond: bool = row.try_get("beyond")?;
+            let head = match (xid, position) {
+                (Some(text), Some(position)) => FeedCursor {
+                    transaction_id: text.parse().map_err(|_| {
+                        StoreError::Codec(format!("transaction id `{text}` is not a number"))
+                    })?,
+                    position,
+                },
+                _ => FeedCursor::default(),
+            };
+            Ok((head, beyond))
         }
         Backend::Sqlite(lite) => {
             let position: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM events")
                 .fetch_one(lite.reader())
                 .await?;
-            Ok(FeedCursor {
+            let head = FeedCursor {
                 transaction_id: 0,
                 position: position.unwrap_or_default(),
-            })
+            };
+            Ok((head, false))
         }
     }
 }
@@ -129,9 +147,9 @@ pub(crate) async fn read_scoped(
     after: FeedCursor,
     limit: u32,
 ) -> Result<Page, StoreError> {
-    let head = feed_head(store).await?;
+    let (head, beyond) = feed_end(store).await?;
     let mut end = head;
-    let mut held_back = false;
+    let mut held_back = beyond;
     if scope.owner.is_some() {
         let owners = AggregateOwners::checkpoint(db)
             .await
@@ -220,6 +238,13 @@ pub(crate) async fn read_scoped(
     })
 }
 
+/// How soon to read again after the `times`-th read in a row that was held back: 20 ms,
+/// doubling up to 640 ms, so a long transaction elsewhere in the cluster costs a waiting
+/// subscriber a few reads a second, not fifty.
+pub(crate) fn look_again(times: u32) -> Duration {
+    Duration::from_millis(20) * 2u32.pow(times.saturating_sub(1).min(5))
+}
+
 /// May `actor` follow the task `id`? `false` when it does not exist or is not theirs (the
 /// caller answers both the same way: not found).
 pub(crate) async fn may_follow_task(
@@ -237,4 +262,41 @@ pub(crate) async fn may_follow_task(
 /// The aggregate type of a task topic.
 pub(crate) fn task_type() -> &'static str {
     Task::TYPE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_back_reads_back_off_to_a_ceiling() {
+        let delays: Vec<u128> = (1..=8).map(|n| look_again(n).as_millis()).collect();
+        assert_eq!(delays, vec![20, 40, 80, 160, 320, 640, 640, 640]);
+    }
+
+    #[test]
+    fn a_scope_names_its_topics_and_the_topic_of_an_event() {
+        let mut scope = Scope::default();
+        assert!(scope.is_empty());
+        scope.add_aggregate("task", "t1", "task:t1");
+        scope.set_owner(Some(Uuid::nil()));
+        assert_eq!(scope.topics(), vec!["mine", "task:t1"]);
+        let event = |id: &str| RecordedEvent {
+            position: 1,
+            transaction_id: 0,
+            aggregate_type: "task".into(),
+            aggregate_id: id.into(),
+            sequence: 1,
+            event_type: "TaskCreated".into(),
+            event_version: "1".into(),
+            payload: serde_json::Value::Null,
+            metadata: serde_json::Value::Null,
+            recorded_at: chrono::Utc::now(),
+        };
+        assert_eq!(scope.topic_of(&event("t1")), "task:t1");
+        assert_eq!(scope.topic_of(&event("t2")), MINE);
+        scope.remove_aggregate("task", "t1");
+        scope.set_owner(None);
+        assert!(scope.is_empty());
+    }
 }
