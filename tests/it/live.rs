@@ -631,3 +631,32 @@ async fn ws_delivery_latency(#[case] backend: Backend) {
         at(1.0)
     );
 }
+
+/// A server that shuts down closes its live sockets with 1012 (a client reconnects to
+/// another node, or later, and resumes).
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn shutdown_closes_live_sockets_with_1012(#[case] backend: Backend) {
+    let app = spawn_app(backend).await.signed_in().await;
+    let user = app.register_user().await;
+    let (node, stop) = app.second_node(|_| {}).await;
+    let mut client = LiveClient::connect(&node, &token(&user), None)
+        .await
+        .unwrap();
+    subscribe(&mut client, &["mine"], None).await;
+    stop.send(()).unwrap();
+    loop {
+        match client.next(OWED).await.unwrap() {
+            Received::Closed(close) => {
+                let (code, _) = close.expect("a close frame");
+                assert_eq!(code, 1012);
+                break;
+            }
+            // Events committed just before subscribing may still come.
+            Received::Event { .. } => {}
+            other => panic!("expected the close, got {other:?}"),
+        }
+    }
+}
