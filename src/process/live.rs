@@ -238,11 +238,12 @@ pub(crate) async fn read_scoped(
     })
 }
 
-/// How soon to read again after the `times`-th read in a row that was held back: 20 ms,
+/// How soon to read again after the `times`-th read in a row that was held back: every
+/// 20 ms for the first ten (the ownership projection usually catches up within them), then
 /// doubling up to 640 ms, so a long transaction elsewhere in the cluster costs a waiting
 /// subscriber a few reads a second, not fifty.
 pub(crate) fn look_again(times: u32) -> Duration {
-    Duration::from_millis(20) * 2u32.pow(times.saturating_sub(1).min(5))
+    Duration::from_millis(20) * 2u32.pow(times.saturating_sub(10).min(5))
 }
 
 /// May `actor` follow the task `id`? `false` when it does not exist or is not theirs (the
@@ -270,8 +271,11 @@ mod tests {
 
     #[test]
     fn held_back_reads_back_off_to_a_ceiling() {
-        let delays: Vec<u128> = (1..=8).map(|n| look_again(n).as_millis()).collect();
-        assert_eq!(delays, vec![20, 40, 80, 160, 320, 640, 640, 640]);
+        let delays: Vec<u128> = (1..=17).map(|n| look_again(n).as_millis()).collect();
+        assert_eq!(
+            delays,
+            vec![20, 20, 20, 20, 20, 20, 20, 20, 20, 20, 40, 80, 160, 320, 640, 640, 640]
+        );
     }
 
     #[test]

@@ -608,28 +608,32 @@ async fn ws_delivery_latency(#[case] backend: Backend) {
     .await;
     let user = app.register_user().await;
     let task = create_task(&app, &user, json!({})).await;
-    let created = last_position(&app, &user, &task).await;
-    let mut client = connect(&app, &user, None).await;
-    subscribe(&mut client, &[&format!("task:{task}")], Some(created)).await;
-    let mut latencies = Vec::new();
-    for round in 0..300u32 {
-        set_priority(&app, &user, &task, u8::try_from(round % 10).unwrap()).await;
-        match client.next(OWED).await.unwrap() {
-            Received::Event {
-                event, received_at, ..
-            } => latencies.push(delivery_ms(&event, received_at).unwrap()),
-            other => panic!("expected an event, got {other:?}"),
+    for topic in [format!("task:{task}"), "mine".to_owned()] {
+        let after = last_position(&app, &user, &task).await;
+        let mut client = connect(&app, &user, None).await;
+        subscribe(&mut client, &[&topic], Some(after)).await;
+        let mut latencies = Vec::new();
+        for round in 0..300u32 {
+            set_priority(&app, &user, &task, u8::try_from(round % 10).unwrap()).await;
+            match client.next(OWED).await.unwrap() {
+                Received::Event {
+                    event, received_at, ..
+                } => latencies.push(delivery_ms(&event, received_at).unwrap()),
+                other => panic!("expected an event, got {other:?}"),
+            }
         }
+        client.close().await;
+        latencies.sort_by(f64::total_cmp);
+        let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+        println!(
+            "ws delivery ({backend:?}, {}, {} events): p50={:.1} ms p99={:.1} ms max={:.1} ms",
+            topic.split(':').next().unwrap_or_default(),
+            latencies.len(),
+            at(0.5),
+            at(0.99),
+            at(1.0)
+        );
     }
-    latencies.sort_by(f64::total_cmp);
-    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
-    println!(
-        "ws delivery ({backend:?}, task topic, {} events): p50={:.1} ms p99={:.1} ms max={:.1} ms",
-        latencies.len(),
-        at(0.5),
-        at(0.99),
-        at(1.0)
-    );
 }
 
 /// A server that shuts down closes its live sockets with 1012 (a client reconnects to
