@@ -19,9 +19,11 @@
 //! nothing twice. Without either, delivery starts with the first `subscribe`, at the feed's
 //! head. `mine` is every aggregate the caller owns (tasks, agents, keys, their user).
 //!
-//! A client that reads slower than events come fills a bounded queue; when it stays full the
-//! server closes with 4008 and the reason `slow consumer: resume after <position>` (the
-//! last event queued before the close frame). On shutdown it closes with 1012.
+//! A client that reads slower than events come fills a bounded queue
+//! (`CHRONICLE_LIVE__BUFFER` messages, default 256; the store is read no further than the
+//! queue has room, so that is all a connection holds); when it stays full for 2 s the server
+//! closes with 4008 and the reason `slow consumer: resume after <position>` (the last event
+//! written before the close frame). On shutdown it closes with 1012.
 
 use std::time::Duration;
 
@@ -250,12 +252,15 @@ impl Live {
             if self.state.shutdown.is_cancelled() {
                 return Err(End::Close(1012, "server restarting"));
             }
+            // No more than the queue has room for (at least one, to learn that it stays
+            // full): a connection holds at most its queue's worth of events.
+            let limit = u32::try_from(self.out.capacity()).map_or(PAGE, |room| room.clamp(1, PAGE));
             let page = match read_scoped(
                 &self.state.store,
                 &self.state.read.db,
                 &self.scope,
                 cursor,
-                PAGE,
+                limit,
             )
             .await
             {
@@ -265,7 +270,7 @@ impl Live {
                     return Ok(false);
                 }
             };
-            let more = page.events.len() >= PAGE as usize;
+            let more = page.events.len() >= limit as usize;
             for event in page.events {
                 let topic = self.scope.topic_of(&event).to_owned();
                 let position = event.position;

@@ -115,14 +115,16 @@ async fn produce(
         signal.as_mut().enable();
         let mut held_back = false;
         loop {
-            let page = match read_scoped(&state.store, &read.db, &scope, cursor, PAGE).await {
+            // No more than the channel has room for: a stream holds at most that many.
+            let limit = u32::try_from(out.capacity()).map_or(PAGE, |room| room.clamp(1, PAGE));
+            let page = match read_scoped(&state.store, &read.db, &scope, cursor, limit).await {
                 Ok(page) => page,
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the feed; retrying on the next wake-up");
                     break;
                 }
             };
-            let more = page.events.len() >= PAGE as usize;
+            let more = page.events.len() >= limit as usize;
             for event in page.events {
                 if out.send(Ok(sse_event(event))).await.is_err() {
                     return;
