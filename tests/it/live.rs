@@ -583,6 +583,15 @@ async fn the_task_stream_sends_history_then_live_and_resumes(#[case] backend: Ba
         .map(|e| e.2["sequence"].as_i64().unwrap())
         .collect();
     assert_eq!(sequences, vec![3, 4], "resumed right after Last-Event-ID");
+    // Quiet now: a keep-alive comment comes within its 15 s.
+    let keep_alive = tokio::time::timeout(Duration::from_secs(20), async {
+        while !buffer.contains(": keep-alive") {
+            let chunk = body.next().await.expect("the stream is open").unwrap();
+            buffer.push_str(std::str::from_utf8(chunk.as_ref()).unwrap());
+        }
+    })
+    .await;
+    assert!(keep_alive.is_ok(), "no keep-alive comment: {buffer:?}");
 
     let foreign = stranger.client.get(&url).send().await.unwrap();
     assert_eq!(foreign.status(), StatusCode::NOT_FOUND);
