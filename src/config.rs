@@ -184,6 +184,14 @@ impl DispatchSettings {
     }
 }
 
+/// Live subscriptions (`/api/ws`, `/api/tasks/{id}/stream`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LiveSettings {
+    /// Messages queued per connection for a client that reads slower than events come; a
+    /// WebSocket whose queue stays full is closed (4008) and its client resumes.
+    pub buffer: usize,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
     pub bind: SocketAddr,
@@ -216,6 +224,7 @@ pub struct Settings {
     #[serde(skip)]
     pub fail_after_commit: u32,
     pub audit: AuditSettings,
+    pub live: LiveSettings,
 }
 
 impl Default for Settings {
@@ -260,6 +269,7 @@ impl Default for Settings {
             status_cache_ms: 1000,
             fail_after_commit: 0,
             audit: AuditSettings::default(),
+            live: LiveSettings { buffer: 256 },
         }
     }
 }
@@ -379,6 +389,11 @@ impl Settings {
         if !(1..=3600).contains(&self.dispatch.recheck_secs) {
             return Err(ConfigError::Invalid(
                 "CHRONICLE_DISPATCH__RECHECK_SECS: must be 1 to 3600".into(),
+            ));
+        }
+        if !(1..=100_000).contains(&self.live.buffer) {
+            return Err(ConfigError::Invalid(
+                "CHRONICLE_LIVE__BUFFER: must be 1 to 100000".into(),
             ));
         }
         // Bounded so that `now + ttl` can never overflow a timestamp.

@@ -118,15 +118,17 @@ impl ReadSide {
         &self.dispatch
     }
 
-    /// Woken when events were appended, here or (PostgreSQL) on another node.
-    pub fn events_signal(&self) -> Arc<Notify> {
-        self.wake.clone()
-    }
-
     /// The signal behind [`ReadSide::notify_queue`]; register interest (`enable`) before
     /// looking at the queue, so a wake-up between the look and the wait is not lost.
     pub fn queue_signal(&self) -> &Notify {
         &self.queue
+    }
+
+    /// Fired after local commits and when another node announces appended events: what
+    /// projections wake on, for live subscribers too. Register interest (`enable`) before
+    /// reading the feed, so events committed between the read and the wait still wake.
+    pub fn events_signal(&self) -> Arc<Notify> {
+        self.wake.clone()
     }
 
     /// Brings the task views up to a just-committed task so its caller reads its own write,

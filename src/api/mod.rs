@@ -15,6 +15,7 @@ pub mod history;
 pub mod idempotency;
 pub mod lease;
 pub mod limits;
+pub mod live_ws;
 pub mod openapi;
 pub mod paging;
 pub mod query_token;
@@ -22,6 +23,7 @@ pub(crate) mod redact;
 pub mod replay;
 pub mod security_headers;
 pub mod system;
+pub mod task_stream;
 pub mod task_updates;
 pub mod tasks;
 pub mod users;
@@ -120,6 +122,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::create, tasks::list))
         .routes(routes!(tasks::get, tasks::cancel, task_updates::patch))
         .routes(routes!(tasks::events))
+        .routes(routes!(task_stream::stream))
+        .routes(routes!(live_ws::connect))
         .routes(routes!(task_updates::retry))
         .routes(routes!(agents::list))
         .routes(routes!(agents::register))

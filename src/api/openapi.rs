@@ -44,6 +44,7 @@ const NO_STORE_ERRORS: [&str; 3] = ["health", "openapi", "status"];
         (name = "analytics", description = "Usage and status counts built from the event feed: the caller's own, everyone's for auditors and admins."),
         (name = "events", description = "The global event feed: every event the caller may read, gap-free, as pages or an NDJSON stream."),
         (name = "audit", description = "The tamper-evident history: hash-chain verification over what the caller may read, and the chain checkpoints."),
+        (name = "live", description = "Live subscriptions: the event WebSocket (tasks also stream over SSE)."),
     ),
     components(schemas(Problem, FieldError)),
     modifiers(&SecuritySchemes),

@@ -8,6 +8,7 @@ mod bench_target;
 mod bench_tasks;
 mod export;
 mod import;
+pub mod live_client;
 mod user;
 
 use std::path::PathBuf;

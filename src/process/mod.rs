@@ -8,9 +8,11 @@
 //! - [`release`]: returns the tasks of a deregistered agent to the queue.
 //! - [`timers`]: expires leases nobody renewed and wakes agents when a retry delay ends.
 //! - [`http_agent`]: the built-in agent that runs `http.request` tasks, behind an SSRF guard.
+//! - [`live`]: what a live subscriber may receive, read from the feed in order.
 
 pub mod dispatch;
 pub mod http_agent;
+pub(crate) mod live;
 pub mod release;
 pub mod timers;
 

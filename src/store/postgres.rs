@@ -420,7 +420,7 @@ fn parse_xid(row: &PgRow) -> Result<u64, StoreError> {
         .map_err(|_| StoreError::Codec(format!("transaction id `{text}` is not a number")))
 }
 
-fn decode(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+pub(crate) fn decode(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     Ok(RecordedEvent {
         position: row.try_get("position")?,
         transaction_id: parse_xid(row)?,

@@ -514,7 +514,7 @@ fn json_column(row: &SqliteRow, column: &str) -> Result<Value, StoreError> {
     Ok(serde_json::from_str(&text)?)
 }
 
-fn decode(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
+pub(crate) fn decode(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
     let recorded_at: String = row.try_get("recorded_at")?;
     let recorded_at = DateTime::parse_from_rfc3339(&recorded_at)
         .map_err(|e| StoreError::Codec(format!("recorded_at `{recorded_at}`: {e}")))?

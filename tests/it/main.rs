@@ -17,6 +17,7 @@ mod feed;
 mod helpers;
 mod http_agent;
 mod import;
+mod live;
 mod openapi;
 mod oracles;
 mod orchestration;

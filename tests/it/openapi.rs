@@ -77,8 +77,7 @@ const API_MD: &[(&str, &str)] = &[
 ];
 
 /// The endpoints of API.md's Auth, Agents and Tasks tables that the server implements
-/// today; each must answer and be documented. (The task stream comes later; [`API_MD`]
-/// catches it when it does.)
+/// today; each must answer and be documented.
 const IMPLEMENTED: &[(&str, &str)] = &[
     ("POST", "/api/auth/register"),
     ("POST", "/api/auth/login"),
@@ -107,6 +106,8 @@ const IMPLEMENTED: &[(&str, &str)] = &[
     ("GET", "/api/agents/{}/events"),
     ("GET", "/api/events"),
     ("GET", "/api/audit/verify"),
+    ("GET", "/api/tasks/{}/stream"),
+    ("GET", "/api/ws"),
     ("GET", "/api/health"),
     ("GET", "/api/status"),
     ("GET", "/api/audit/checkpoint"),

@@ -1,0 +1,171 @@
+//! `GET /api/tasks/{id}/stream`: a task's events as server-sent events — its history
+//! (after `Last-Event-ID` when given), then live. `id:` is the event's position, so a
+//! reconnecting `EventSource` resumes where it stopped; `event:` is the event type; a
+//! comment every 15 s keeps the connection open.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use chronicle_aggregates::task::Task;
+use cqrs_es::Aggregate;
+use tokio::sync::mpsc;
+
+use super::error::ApiError;
+use super::extract::IdPath;
+use super::live_ws::{http_event, resume_cursor};
+use super::AppState;
+use crate::actor::Actor;
+use crate::process::live::{look_again, may_follow_task, read_scoped, task_type, Scope};
+use crate::store::{FeedCursor, RecordedEvent};
+
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Events read from the store at once.
+const PAGE: u32 = 200;
+
+/// Stream a task's events.
+///
+/// `text/event-stream`: every event of the task (after the one at `Last-Event-ID`, when
+/// given), then each new one as it is committed. `id:` is the event's position, `event:`
+/// its type, `data:` the `Event` as JSON. A comment every 15 s keeps the connection open.
+/// Tokens of an `llm.chat` task will come as `event: token`.
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}/stream",
+    operation_id = "stream_task_events",
+    tag = "tasks",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The task's id"),
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume right after the event at this position"),
+    ),
+    responses(
+        (status = 200, description = "The task's events, then live ones", content_type = "text/event-stream", body = String),
+        (status = 404, description = "No such task, or not yours"),
+        (status = 422, description = "`Last-Event-ID` is not the position of an event"),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(task_id = %id))]
+pub async fn stream(
+    State(state): State<AppState>,
+    actor: Actor,
+    IdPath(id): IdPath,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !may_follow_task(&state.store, &actor, id).await? {
+        return Err(ApiError::NotFound);
+    }
+    let resume = match headers.get("last-event-id") {
+        None => None,
+        Some(value) => {
+            let position = value
+                .to_str()
+                .ok()
+                .and_then(|text| text.trim().parse::<i64>().ok())
+                .ok_or_else(|| ApiError::validation("Last-Event-ID", "is not an event position"))?;
+            Some(resume_cursor(&state, position).await?)
+        }
+    };
+    let (out, mut events) = mpsc::channel(state.settings.live.buffer);
+    tokio::spawn(produce(state, id, resume, out));
+    let stream = futures::stream::poll_fn(move |cx| events.poll_recv(cx));
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+        .into_response())
+}
+
+/// Feeds the stream until the client leaves or the server stops. A full channel waits for
+/// the client (memory stays bounded by the channel).
+async fn produce(
+    state: AppState,
+    id: uuid::Uuid,
+    resume: Option<FeedCursor>,
+    out: mpsc::Sender<Result<SseEvent, Infallible>>,
+) {
+    // History straight from the aggregate's own events; its last one is where live reading
+    // starts (a later event of the task comes after it in feed order).
+    let history = match state.store.history(Task::TYPE, &id.to_string()).await {
+        Ok(history) => history,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the task's history");
+            return;
+        }
+    };
+    let mut cursor = resume.unwrap_or_default();
+    for event in history {
+        if event.cursor() <= cursor {
+            continue;
+        }
+        cursor = event.cursor();
+        if out.send(Ok(sse_event(event))).await.is_err() {
+            return;
+        }
+    }
+    let mut scope = Scope::default();
+    scope.add_aggregate(task_type(), &id.to_string(), &format!("task:{id}"));
+    let read = state.read.clone();
+    let recheck_every = state.settings.dispatch.recheck();
+    let mut held_for = 0;
+    loop {
+        let events = read.events_signal();
+        let signal = events.notified();
+        tokio::pin!(signal);
+        signal.as_mut().enable();
+        let mut held_back = false;
+        loop {
+            // No more than the channel has room for: a stream holds at most that many.
+            let limit = u32::try_from(out.capacity()).map_or(PAGE, |room| room.clamp(1, PAGE));
+            let page = match read_scoped(&state.store, &read.db, &scope, cursor, limit).await {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the feed; retrying on the next wake-up");
+                    break;
+                }
+            };
+            let more = page.events.len() >= limit as usize;
+            for event in page.events {
+                if out.send(Ok(sse_event(event))).await.is_err() {
+                    return;
+                }
+            }
+            cursor = page.next;
+            if !more {
+                held_back = page.held_back;
+                break;
+            }
+        }
+        let recheck = if held_back {
+            held_for += 1;
+            look_again(held_for)
+        } else {
+            held_for = 0;
+            recheck_every
+        };
+        // Messages that are not stored (an `llm.chat` task's tokens, `event: token`) will
+        // arrive on an in-process channel of the task: one more branch here.
+        tokio::select! {
+            () = &mut signal => {}
+            () = tokio::time::sleep(recheck) => {}
+            () = out.closed() => return,
+            () = state.shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn sse_event(event: RecordedEvent) -> SseEvent {
+    let id = event.position.to_string();
+    let kind = event.event_type.clone();
+    let view = http_event(event);
+    let event = SseEvent::default().id(id).event(kind);
+    match event.json_data(&view) {
+        Ok(event) => event,
+        // Serialising our own view cannot fail; should it, the client still learns the id.
+        Err(error) => {
+            tracing::warn!(%error, "cannot serialise an event");
+            SseEvent::default().comment("unserialisable event")
+        }
+    }
+}
