@@ -12,6 +12,7 @@ pub mod limits;
 pub mod openapi;
 pub mod paging;
 pub mod replay;
+pub mod store_link;
 pub mod system;
 pub mod task_updates;
 pub mod tasks;
@@ -131,6 +132,11 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limits::gate,
+        ))
+        // Outside the gate: authenticating needs the store too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            store_link::guard,
         ))
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -10,6 +10,7 @@ mod agent_ws;
 mod api;
 mod auth;
 mod crash;
+mod db_link;
 mod helpers;
 mod http_agent;
 mod openapi;
