@@ -8,7 +8,7 @@ use chronicle_aggregates::task::{Task, TaskCommand, TaskFailure};
 use chronicle_commands::values::{Priority, Tags};
 use chrono::Utc;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -49,8 +49,100 @@ pub struct PatchRequest {
     #[schema(minimum = 0, maximum = 9)]
     pub priority: Option<i64>,
     /// Change: replaces the tags.
+    #[schema(schema_with = chronicle_commands::schema::optional_tags)]
     pub tags: Option<Vec<String>>,
 }
+
+/// The `PATCH` body as the document gives it: one of the shapes [`update`] accepts, each
+/// exact (a field it does not use may only be absent or `null`, as serde reads `null` for
+/// an absent optional field). A derived schema of [`PatchRequest`] would say every
+/// combination of its optional fields is valid, which the server does not accept.
+pub struct TaskPatch;
+
+impl utoipa::PartialSchema for TaskPatch {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        let absent = json!({"type": "null"});
+        let uuid = json!({"type": "string", "format": "uuid"});
+        let unused = |names: &[&str]| -> serde_json::Map<String, Value> {
+            names.iter().map(|name| ((*name).to_owned(), absent.clone())).collect()
+        };
+        let report = |title: &str, required: &[&str], used: Value, others: &[&str]| {
+            let mut properties = unused(others);
+            properties.insert("lease_id".into(), uuid.clone());
+            if let Value::Object(used) = used {
+                properties.extend(used);
+            }
+            json!({
+                "title": title,
+                "type": "object",
+                "additionalProperties": false,
+                "required": required,
+                "properties": properties,
+            })
+        };
+        let failure = json!({
+            "anyOf": [
+                {"type": "null"},
+                {"type": "string"},
+                {
+                    "type": "object",
+                    "required": ["message"],
+                    "properties": {
+                        "message": {"type": "string"},
+                        "code": {"type": ["string", "null"]},
+                        "details": {},
+                    },
+                },
+            ],
+            "description": "A message, or `{message, code?, details?}`",
+        });
+        let tags = serde_json::to_value(chronicle_commands::schema::optional_tags())
+            .unwrap_or(Value::Null);
+        let schema = json!({
+            "description": "A lease holder's report (`lease_id` with `status` and/or `progress`, \
+                `output` with `succeeded`, `error` with `failed`) or the owner's change \
+                (`priority` and/or `tags`), never both.",
+            "anyOf": [
+                report("Start", &["lease_id", "status"],
+                    json!({"status": {"const": "running"}, "progress": {}}),
+                    &["output", "error", "priority", "tags"]),
+                report("Progress", &["lease_id", "progress"],
+                    json!({
+                        "status": {"type": "null"},
+                        "progress": {"type": ["object", "array", "string", "number", "boolean"]},
+                    }),
+                    &["output", "error", "priority", "tags"]),
+                report("Succeeded", &["lease_id", "status"],
+                    json!({"status": {"const": "succeeded"}, "output": {}}),
+                    &["progress", "error", "priority", "tags"]),
+                report("Failed", &["lease_id", "status"],
+                    json!({"status": {"const": "failed"}, "error": failure}),
+                    &["progress", "output", "priority", "tags"]),
+                {
+                    "title": "Change",
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "lease_id": absent, "status": absent, "progress": absent,
+                        "output": absent, "error": absent,
+                        "priority": {"type": ["integer", "null"], "minimum": 0, "maximum": 9},
+                        "tags": tags,
+                    },
+                    "anyOf": [
+                        {"required": ["priority"], "properties": {"priority": {"type": "integer"}}},
+                        {"required": ["tags"], "properties": {"tags": {"type": "array"}}},
+                    ],
+                },
+            ],
+        });
+        serde_json::from_value(schema).unwrap_or_else(|error| {
+            tracing::error!(%error, "the TaskPatch schema does not parse");
+            utoipa::openapi::RefOr::T(utoipa::openapi::Schema::default())
+        })
+    }
+}
+
+impl utoipa::ToSchema for TaskPatch {}
 
 impl PatchRequest {
     fn is_report(&self) -> bool {
@@ -243,7 +335,7 @@ fn change_commands(request: PatchRequest) -> Result<Vec<ReportStep>, ApiError> {
         ("id" = Uuid, Path, description = "The task's id"),
         ("If-Match" = Option<String>, Header, description = "Only if the task is still at this version (an `ETag`)"),
     ),
-    request_body = PatchRequest,
+    request_body = TaskPatch,
     responses(
         (status = 200, description = "The task after the report or change", body = TaskView, headers(
             ("ETag" = String, description = "The task's new version"),
@@ -365,4 +457,20 @@ pub async fn retry(
         .await?;
     committed(&state, &aggregate, version).await;
     task_response(StatusCode::OK, &aggregate, version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_patch_schema_parses_and_lists_every_shape() {
+        let schema = serde_json::to_value(<TaskPatch as utoipa::PartialSchema>::schema())
+            .unwrap_or_default();
+        let titles: Vec<&str> = schema["anyOf"]
+            .as_array()
+            .map(|all| all.iter().filter_map(|s| s["title"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(titles, ["Start", "Progress", "Succeeded", "Failed", "Change"]);
+    }
 }
