@@ -49,7 +49,8 @@ impl AgentName {
         if name.is_empty() || raw.chars().count() > Self::MAX_LEN {
             return Err("must be 1 to 100 characters");
         }
-        if name.chars().any(char::is_control) {
+        // As sent: trimming would drop a trailing control character (NEL, tab) unseen.
+        if raw.chars().any(char::is_control) {
             return Err("must not contain control characters");
         }
         Ok(Self(name.to_owned()))
@@ -101,7 +102,11 @@ impl Default for MaxConcurrency {
 #[schema(description = "An agent to register; every invalid field is named in the 422 answer.")]
 pub struct RegisterAgentRequest {
     /// Trimmed; no control characters.
-    #[schema(min_length = 1, max_length = 100, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
     pub kind: AgentKind,
     /// Dot-separated lowercase segments, e.g. `browser.navigate`; duplicates are dropped.

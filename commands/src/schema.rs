@@ -57,11 +57,26 @@ mod tests {
     #[test]
     fn the_patterns_are_the_rules() {
         let capability = Regex::new(CAPABILITY_PATTERN).unwrap();
-        for raw in ["browser.navigate", "a.b-c_d.e9", "browser", "Browser.x", "a..b", ".a", "a.", ""] {
-            assert_eq!(capability.is_match(raw), Capability::parse(raw).is_ok(), "{raw:?}");
+        for raw in [
+            "browser.navigate",
+            "a.b-c_d.e9",
+            "browser",
+            "Browser.x",
+            "a..b",
+            ".a",
+            "a.",
+            "",
+        ] {
+            assert_eq!(
+                capability.is_match(raw),
+                Capability::parse(raw).is_ok(),
+                "{raw:?}"
+            );
         }
         let name = Regex::new(NAME_PATTERN).unwrap();
-        for raw in ["ext", " ext ", "é 😀", "", " ", "\t", "a\u{7}b", "a\u{85}", "\u{a0}"] {
+        for raw in [
+            "ext", " ext ", "é 😀", "", " ", "\t", "a\u{7}b", "a\u{85}", "\u{a0}",
+        ] {
             assert_eq!(name.is_match(raw), name_rule(raw), "{raw:?}");
         }
         let tag = Regex::new(TAG_PATTERN).unwrap();

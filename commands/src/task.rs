@@ -16,7 +16,11 @@ use crate::ValidationErrors;
 #[schema(description = "A task to create; every invalid field is named in the 422 answer.")]
 pub struct NewTaskRequest {
     /// Dot-separated lowercase segments, e.g. `browser.navigate`.
-    #[schema(max_length = 128, pattern = r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$", example = "browser.navigate")]
+    #[schema(
+        max_length = 128,
+        pattern = r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$",
+        example = "browser.navigate"
+    )]
     pub capability: String,
     /// Any JSON; `null` when absent.
     #[serde(default)]

@@ -142,13 +142,11 @@ impl RetryPolicy {
         // A cap below the initial backoff is no contradiction: every delay is the cap. (A
         // rule across two fields is one the OpenAPI document could not state.)
         match (attempts, initial, max) {
-            (Some(max_attempts), Some(initial_backoff_ms), Some(max_backoff_ms)) => {
-                Ok(Self {
-                    max_attempts,
-                    initial_backoff_ms,
-                    max_backoff_ms,
-                })
-            }
+            (Some(max_attempts), Some(initial_backoff_ms), Some(max_backoff_ms)) => Ok(Self {
+                max_attempts,
+                initial_backoff_ms,
+                max_backoff_ms,
+            }),
             _ => Err(errors),
         }
     }

@@ -18,7 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::extract::{parse_json, ApiJson, ApiQuery, IdPath, RequestMeta};
+use super::extract::{parse_body, ApiJson, ApiQuery, IdPath, RequestMeta};
 use super::paging::{Page, Paging};
 use super::views::AgentView;
 use super::AppState;
@@ -81,7 +81,7 @@ pub(crate) fn optional_body<T: DeserializeOwned + Default>(body: &Bytes) -> Resu
     if body.iter().all(u8::is_ascii_whitespace) {
         Ok(T::default())
     } else {
-        parse_json::<Option<T>>(body).map(Option::unwrap_or_default)
+        parse_body::<Option<T>>(body).map(Option::unwrap_or_default)
     }
 }
 

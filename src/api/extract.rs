@@ -49,7 +49,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                         ApiError::BadRequest("the request body could not be read".into())
                     }
                 })?;
-        parse_json(&bytes).map(ApiJson)
+        parse_body(&bytes).map(ApiJson)
     }
 }
 
@@ -57,6 +57,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    from_json_value(value)
+}
+
+/// A request body: [`parse_json`], and an object (or `null`, where `T` takes it). Every
+/// body of this API is an object; serde alone would also read a struct from an array of
+/// its fields in order (`[null, null]`), which no document says.
+pub(crate) fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    if !matches!(value, Value::Object(_) | Value::Null) {
+        return Err(ApiError::validation("", "must be a JSON object"));
+    }
     from_json_value(value)
 }
 
@@ -106,12 +118,22 @@ fn make_whole_floats_integers(value: &mut Value) -> bool {
             }
             _ => false,
         },
-        Value::Array(items) => items
-            .iter_mut()
-            .fold(false, |any, item| make_whole_floats_integers(item) || any),
-        Value::Object(map) => map
-            .values_mut()
-            .fold(false, |any, item| make_whole_floats_integers(item) || any),
+        // Every item is visited (no short cut at the first change).
+        Value::Array(items) => {
+            items
+                .iter_mut()
+                .map(make_whole_floats_integers)
+                .filter(|changed| *changed)
+                .count()
+                > 0
+        }
+        Value::Object(map) => {
+            map.values_mut()
+                .map(make_whole_floats_integers)
+                .filter(|changed| *changed)
+                .count()
+                > 0
+        }
         _ => false,
     }
 }
@@ -122,18 +144,26 @@ fn make_whole_floats_integers(value: &mut Value) -> bool {
 pub(crate) fn for_clients(message: &str) -> String {
     static RUST_TYPES: std::sync::LazyLock<[(regex::Regex, &'static str); 6]> =
         std::sync::LazyLock::new(|| {
-            let rule = |pattern: &str, words| {
-                (
-                    regex::Regex::new(pattern).expect("static regex"),
-                    words,
-                )
-            };
+            let rule =
+                |pattern: &str, words| (regex::Regex::new(pattern).expect("static regex"), words);
             [
-                rule(r"expected (struct|map) `?\w+`?( with \d+ elements?)?|expected a map", "expected an object"),
-                rule(r"expected enum `?\w+`?", "expected one of the documented values"),
-                rule(r"expected [iu](8|16|32|64|128|size)\b", "expected an integer in range"),
+                rule(
+                    r"expected (struct|map) `?\w+`?( with \d+ elements?)?|expected a map",
+                    "expected an object",
+                ),
+                rule(
+                    r"expected enum `?\w+`?",
+                    "expected one of the documented values",
+                ),
+                rule(
+                    r"expected [iu](8|16|32|64|128|size)\b",
+                    "expected an integer in range",
+                ),
                 rule(r"expected f(32|64)\b", "expected a number"),
-                rule(r"expected (a sequence|tuple struct `?\w+`?|a tuple of size \d+)", "expected an array"),
+                rule(
+                    r"expected (a sequence|tuple struct `?\w+`?|a tuple of size \d+)",
+                    "expected an array",
+                ),
                 rule(r"(untagged )?enum `?\w+`?", "the documented shapes"),
             ]
         });
@@ -291,13 +321,13 @@ impl RequestMeta {
         };
         let if_match = match headers.get(header::IF_MATCH) {
             None => None,
-            Some(value) => Some(parse_if_match(value.to_str().unwrap_or_default()).ok_or_else(
-                || {
+            Some(value) => Some(
+                parse_if_match(value.to_str().unwrap_or_default()).ok_or_else(|| {
                     ApiError::BadRequest(
                         "If-Match must be an ETag given by this server, e.g. \"3\"".into(),
                     )
-                },
-            )?),
+                })?,
+            ),
         };
         let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
             None => None,
@@ -374,6 +404,19 @@ mod tests {
     }
 
     #[test]
+    fn a_body_is_an_object_not_the_fields_in_a_row() {
+        assert!(
+            parse_json::<Body>(br#"["x", 1]"#).is_ok(),
+            "serde's own reading"
+        );
+        match parse_body::<Body>(br#"["x", 1]"#).unwrap_err() {
+            ApiError::Validation(errors) => assert_eq!(errors[0].message, "must be a JSON object"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(parse_body::<Body>(br#"{"name": "x", "count": 1}"#).is_ok());
+    }
+
+    #[test]
     fn whole_floats_are_integers_where_integers_are_wanted() {
         let body = parse_json::<Body>(br#"{"name": "x", "count": 5.0}"#).unwrap();
         assert_eq!(body.count, 5);
@@ -386,11 +429,18 @@ mod tests {
 
     #[test]
     fn errors_name_json_types_not_rust_ones() {
-        for body in [&b"null"[..], br#"{"name": "x", "count": "many"}"#, br#"[1]"#] {
+        for body in [
+            &b"null"[..],
+            br#"{"name": "x", "count": "many"}"#,
+            br#"[1]"#,
+        ] {
             match parse_json::<Body>(body).unwrap_err() {
                 ApiError::Validation(errors) => {
                     let message = &errors[0].message;
-                    assert!(!message.contains("struct") && !message.contains("u8"), "{message}");
+                    assert!(
+                        !message.contains("struct") && !message.contains("u8"),
+                        "{message}"
+                    );
                 }
                 other => panic!("unexpected {other:?}"),
             }
@@ -410,7 +460,16 @@ mod tests {
         assert_eq!(parse_if_match("\"3\""), Some(3));
         assert_eq!(parse_if_match("W/\"3\""), Some(3));
         assert_eq!(parse_if_match("3"), Some(3));
-        for bad in ["", "null", "\"\"", "\"3", "\"\"3\"\"", "-1", "*", "99999999999999999999"] {
+        for bad in [
+            "",
+            "null",
+            "\"\"",
+            "\"3",
+            "\"\"3\"\"",
+            "-1",
+            "*",
+            "99999999999999999999",
+        ] {
             assert_eq!(parse_if_match(bad), None, "{bad}");
         }
         let regex = regex::Regex::new(IF_MATCH_PATTERN).unwrap();
@@ -426,8 +485,21 @@ mod tests {
     #[test]
     fn idempotency_keys_follow_the_documented_pattern() {
         let regex = regex::Regex::new(IDEMPOTENCY_KEY_PATTERN).unwrap();
-        for key in ["a", "order-42", &"k".repeat(255), "", " ", "a b", &"k".repeat(256), "é"] {
-            assert_eq!(idempotency_key_is_valid(key), regex.is_match(key), "{key:?}");
+        for key in [
+            "a",
+            "order-42",
+            &"k".repeat(255),
+            "",
+            " ",
+            "a b",
+            &"k".repeat(256),
+            "é",
+        ] {
+            assert_eq!(
+                idempotency_key_is_valid(key),
+                regex.is_match(key),
+                "{key:?}"
+            );
         }
     }
 

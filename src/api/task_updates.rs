@@ -61,14 +61,18 @@ pub struct TaskPatch;
 
 impl utoipa::PartialSchema for TaskPatch {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        // Written in the subset utoipa's schema model reads back: every schema object
+        // names its `type`, a constant is a one-value `enum`.
         let absent = json!({"type": "null"});
+        let any =
+            json!({"type": ["object", "array", "string", "number", "integer", "boolean", "null"]});
+        let status = |value: &str| json!({"type": "string", "enum": [value]});
         let uuid = json!({"type": "string", "format": "uuid"});
-        let unused = |names: &[&str]| -> serde_json::Map<String, Value> {
-            names.iter().map(|name| ((*name).to_owned(), absent.clone())).collect()
-        };
-        let report = |title: &str, required: &[&str], used: Value, others: &[&str]| {
-            let mut properties = unused(others);
-            properties.insert("lease_id".into(), uuid.clone());
+        let shape = |title: &str, required: &[&str], used: Value, others: &[&str]| {
+            let mut properties: serde_json::Map<String, Value> = others
+                .iter()
+                .map(|name| ((*name).to_owned(), absent.clone()))
+                .collect();
             if let Value::Object(used) = used {
                 properties.extend(used);
             }
@@ -81,6 +85,7 @@ impl utoipa::PartialSchema for TaskPatch {
             })
         };
         let failure = json!({
+            "description": "A message, or `{message, code?, details?}`",
             "anyOf": [
                 {"type": "null"},
                 {"type": "string"},
@@ -90,49 +95,46 @@ impl utoipa::PartialSchema for TaskPatch {
                     "properties": {
                         "message": {"type": "string"},
                         "code": {"type": ["string", "null"]},
-                        "details": {},
+                        "details": any,
                     },
                 },
             ],
-            "description": "A message, or `{message, code?, details?}`",
         });
+        let priority = json!({"type": "integer", "minimum": 0, "maximum": 9});
+        let maybe_priority = json!({"type": ["integer", "null"], "minimum": 0, "maximum": 9});
         let tags = serde_json::to_value(chronicle_commands::schema::optional_tags())
             .unwrap_or(Value::Null);
+        let mut some_tags = tags.clone();
+        some_tags["type"] = json!("array");
+        let report = ["output", "error", "priority", "tags"];
+        let change = ["lease_id", "status", "progress", "output", "error"];
         let schema = json!({
             "description": "A lease holder's report (`lease_id` with `status` and/or `progress`, \
                 `output` with `succeeded`, `error` with `failed`) or the owner's change \
                 (`priority` and/or `tags`), never both.",
             "anyOf": [
-                report("Start", &["lease_id", "status"],
-                    json!({"status": {"const": "running"}, "progress": {}}),
-                    &["output", "error", "priority", "tags"]),
-                report("Progress", &["lease_id", "progress"],
+                shape("Start", &["lease_id", "status"],
+                    json!({"lease_id": uuid, "status": status("running"), "progress": any}),
+                    &report),
+                shape("Progress", &["lease_id", "progress"],
                     json!({
-                        "status": {"type": "null"},
-                        "progress": {"type": ["object", "array", "string", "number", "boolean"]},
+                        "lease_id": uuid,
+                        "status": absent,
+                        "progress": {"type": ["object", "array", "string", "number", "integer", "boolean"]},
                     }),
-                    &["output", "error", "priority", "tags"]),
-                report("Succeeded", &["lease_id", "status"],
-                    json!({"status": {"const": "succeeded"}, "output": {}}),
+                    &report),
+                shape("Succeeded", &["lease_id", "status"],
+                    json!({"lease_id": uuid, "status": status("succeeded"), "output": any}),
                     &["progress", "error", "priority", "tags"]),
-                report("Failed", &["lease_id", "status"],
-                    json!({"status": {"const": "failed"}, "error": failure}),
+                shape("Failed", &["lease_id", "status"],
+                    json!({"lease_id": uuid, "status": status("failed"), "error": failure}),
                     &["progress", "output", "priority", "tags"]),
-                {
-                    "title": "Change",
-                    "type": "object",
-                    "additionalProperties": false,
-                    "properties": {
-                        "lease_id": absent, "status": absent, "progress": absent,
-                        "output": absent, "error": absent,
-                        "priority": {"type": ["integer", "null"], "minimum": 0, "maximum": 9},
-                        "tags": tags,
-                    },
-                    "anyOf": [
-                        {"required": ["priority"], "properties": {"priority": {"type": "integer"}}},
-                        {"required": ["tags"], "properties": {"tags": {"type": "array"}}},
-                    ],
-                },
+                shape("Reprioritise", &["priority"],
+                    json!({"priority": priority, "tags": tags}),
+                    &change),
+                shape("Retag", &["tags"],
+                    json!({"priority": maybe_priority, "tags": some_tags}),
+                    &change),
             ],
         });
         serde_json::from_value(schema).unwrap_or_else(|error| {
@@ -471,6 +473,21 @@ mod tests {
             .as_array()
             .map(|all| all.iter().filter_map(|s| s["title"].as_str()).collect())
             .unwrap_or_default();
-        assert_eq!(titles, ["Start", "Progress", "Succeeded", "Failed", "Change"]);
+        assert_eq!(
+            titles,
+            [
+                "Start",
+                "Progress",
+                "Succeeded",
+                "Failed",
+                "Reprioritise",
+                "Retag"
+            ]
+        );
+        // What the served document says, not a default that hides a parse failure.
+        assert_eq!(
+            schema["anyOf"][0]["properties"]["status"]["enum"],
+            json!(["running"])
+        );
     }
 }

@@ -66,8 +66,13 @@ async fn probe(options: PgConnectOptions, sender: watch::Sender<bool>) {
     let mut failures = 0;
     while !sender.is_closed() {
         let answered = match connection.as_mut() {
-            Some(open) => matches!(tokio::time::timeout(PROBE_TIMEOUT, open.ping()).await, Ok(Ok(()))),
-            None => match tokio::time::timeout(PROBE_TIMEOUT, PgConnection::connect_with(&options)).await {
+            Some(open) => matches!(
+                tokio::time::timeout(PROBE_TIMEOUT, open.ping()).await,
+                Ok(Ok(()))
+            ),
+            None => match tokio::time::timeout(PROBE_TIMEOUT, PgConnection::connect_with(&options))
+                .await
+            {
                 Ok(Ok(opened)) => {
                     connection = Some(opened);
                     true

@@ -114,7 +114,9 @@ impl StoreError {
     pub(crate) fn caused_unavailable(error: &(dyn std::error::Error + 'static)) -> bool {
         let mut next = Some(error);
         while let Some(error) = next {
-            if error.downcast_ref::<StoreError>().is_some_and(Self::is_unavailable)
+            if error
+                .downcast_ref::<StoreError>()
+                .is_some_and(Self::is_unavailable)
                 || error.downcast_ref::<sqlx::Error>().is_some_and(unreachable)
             {
                 return true;

@@ -134,7 +134,11 @@ fn upstream() -> SocketAddr {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let url = url::Url::parse(&admin).expect("CHRONICLE_TEST_PG_URL");
     let host = url.host_str().unwrap_or("127.0.0.1");
-    let host = if host == "localhost" { "127.0.0.1" } else { host };
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
     format!("{host}:{}", url.port().unwrap_or(5432))
         .parse()
         .expect("PostgreSQL address")
@@ -188,16 +192,19 @@ async fn judge(response: reqwest::Result<reqwest::Response>, what: &str, seen: &
                 .wrong
                 .push(format!("{what}: {status}: {body}"));
         }
-        Err(error) => seen
-            .lock()
-            .unwrap()
-            .wrong
-            .push(format!("{what}: no answer within {ANSWER_WITHIN:?}: {error}")),
+        Err(error) => seen.lock().unwrap().wrong.push(format!(
+            "{what}: no answer within {ANSWER_WITHIN:?}: {error}"
+        )),
     }
 }
 
 /// Creates and reads tasks as fast as it can until `stop`.
-async fn load(app_url: String, client: reqwest::Client, seen: Arc<Mutex<Seen>>, stop: Arc<AtomicBool>) {
+async fn load(
+    app_url: String,
+    client: reqwest::Client,
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+) {
     let mut n = 0u64;
     while !stop.load(Ordering::SeqCst) {
         n += 1;
@@ -272,11 +279,7 @@ async fn a_cut_database_link_fails_fast_and_heals_on_its_own(#[case] cut: Link) 
     let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target_url = format!("http://{}/", target.local_addr().unwrap());
     tokio::spawn(async move {
-        axum::serve(
-            target,
-            axum::Router::new().fallback(|| async { "fetched" }),
-        )
-        .await
+        axum::serve(target, axum::Router::new().fallback(|| async { "fetched" })).await
     });
 
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -327,30 +330,38 @@ async fn a_cut_database_link_fails_fast_and_heals_on_its_own(#[case] cut: Link) 
     assert!(unavailable_during_cut > 0, "the cut never showed as 503");
 
     // Writes and reads are back.
-    by(recover_by, "no write succeeded within 5 s of the link returning", || async {
-        let response = app
-            .client
-            .post(app.url("/api/tasks"))
-            .timeout(ANSWER_WITHIN)
-            .json(&json!({"capability": "browser.navigate", "input": {}}))
-            .send()
-            .await;
-        matches!(response, Ok(response) if response.status() == StatusCode::CREATED)
-    })
+    by(
+        recover_by,
+        "no write succeeded within 5 s of the link returning",
+        || async {
+            let response = app
+                .client
+                .post(app.url("/api/tasks"))
+                .timeout(ANSWER_WITHIN)
+                .json(&json!({"capability": "browser.navigate", "input": {}}))
+                .send()
+                .await;
+            matches!(response, Ok(response) if response.status() == StatusCode::CREATED)
+        },
+    )
     .await;
     by(recover_by, "/api/status did not say 200 within 5 s of the link returning", || async {
         matches!(status(&app).await, Some((StatusCode::OK, body)) if body["store"]["ok"] == json!(true))
     })
     .await;
     // The projections caught up with everything, the writes during the cut included.
-    by(recover_by, "the projections did not catch up within 5 s of the link returning", || async {
-        match status(&app).await {
-            Some((StatusCode::OK, body)) => body["projections"]
-                .as_array()
-                .is_some_and(|all| !all.is_empty() && all.iter().all(|p| p["lag_events"] == json!(0))),
-            _ => false,
-        }
-    })
+    by(
+        recover_by,
+        "the projections did not catch up within 5 s of the link returning",
+        || async {
+            match status(&app).await {
+                Some((StatusCode::OK, body)) => body["projections"].as_array().is_some_and(|all| {
+                    !all.is_empty() && all.iter().all(|p| p["lag_events"] == json!(0))
+                }),
+                _ => false,
+            }
+        },
+    )
     .await;
     // The built-in HTTP agent works again.
     let http_task = app
@@ -363,18 +374,22 @@ async fn a_cut_database_link_fails_fast_and_heals_on_its_own(#[case] cut: Link) 
     assert_eq!(http_task.status(), StatusCode::CREATED);
     let http_task: Value = http_task.json().await.unwrap();
     let http_task = http_task["id"].as_str().unwrap().to_owned();
-    by(recover_by, "the built-in HTTP agent did not run a task within 5 s of the link returning", || async {
-        let task: Value = app
-            .client
-            .get(app.url(&format!("/api/tasks/{http_task}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        task["status"] == json!("succeeded")
-    })
+    by(
+        recover_by,
+        "the built-in HTTP agent did not run a task within 5 s of the link returning",
+        || async {
+            let task: Value = app
+                .client
+                .get(app.url(&format!("/api/tasks/{http_task}")))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            task["status"] == json!("succeeded")
+        },
+    )
     .await;
 
     // The second node's listener is back: a task created here wakes a poll there.
@@ -428,10 +443,18 @@ async fn a_cut_database_link_fails_fast_and_heals_on_its_own(#[case] cut: Link) 
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), StatusCode::OK, "acknowledged task {id} is gone");
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "acknowledged task {id} is gone"
+        );
     }
     let direct = app.db.store(StoreOptions::default()).await;
     let report = direct.verify(&AggregateFilter::default()).await.unwrap();
-    assert!(report.ok, "broken chains after the cut: {:?}", report.broken);
+    assert!(
+        report.ok,
+        "broken chains after the cut: {:?}",
+        report.broken
+    );
     assert!(report.checked as usize >= acknowledged.len());
 }
