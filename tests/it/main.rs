@@ -16,4 +16,5 @@ mod http_agent;
 mod openapi;
 mod orchestration;
 mod projections;
+mod schema_rules;
 mod store;
