@@ -92,7 +92,12 @@ impl ReadSide {
             .collect();
         let mut others = Vec::new();
         if let (Some(wakeups), ReadDb::Postgres(pool)) = (&self.wakeups, &self.db) {
-            others.extend(wakeups.spawn(pool.clone(), self.queue.clone(), self.wake.clone()));
+            others.extend(wakeups.spawn(
+                pool.clone(),
+                self.store.link().cloned(),
+                self.queue.clone(),
+                self.wake.clone(),
+            ));
         }
         (projectors, others)
     }

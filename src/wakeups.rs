@@ -8,7 +8,8 @@
 //! `NOTIFY` is on its way, any number of further announcements make one more. Each node
 //! ignores its own notifications (the payload is the sender's node id). A lost listener
 //! connection is re-opened, and every local waiter is woken once, since a notification may
-//! have been missed meanwhile. SQLite is one node: nothing to do there.
+//! have been missed meanwhile; so is one on a link that stopped answering (`store::link`).
+//! SQLite is one node: nothing to do there.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,8 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
+
+use crate::store::link::Link;
 
 /// Channel of "a task may have become ready".
 pub const QUEUE_CHANNEL: &str = "chronicle_queue";
@@ -60,6 +63,7 @@ impl Wakeups {
     pub fn spawn(
         &self,
         pool: PgPool,
+        link: Option<Link>,
         queue_in: Arc<Notify>,
         events_in: Arc<Notify>,
     ) -> Vec<JoinHandle<()>> {
@@ -78,7 +82,7 @@ impl Wakeups {
                 self.events_out.clone(),
                 EVENTS_EVERY,
             )),
-            tokio::spawn(listen(pool, self.node, queue_in, events_in)),
+            tokio::spawn(listen(pool, link, self.node, queue_in, events_in)),
         ]
     }
 }
@@ -107,13 +111,31 @@ async fn send(pool: PgPool, channel: &'static str, node: Uuid, out: Arc<Notify>,
     }
 }
 
-async fn listen(pool: PgPool, node: Uuid, queue_in: Arc<Notify>, events_in: Arc<Notify>) {
+async fn listen(
+    pool: PgPool,
+    link: Option<Link>,
+    node: Uuid,
+    queue_in: Arc<Notify>,
+    events_in: Arc<Notify>,
+) {
     let own = node.to_string();
     let wake_all = || {
         queue_in.notify_waiters();
         events_in.notify_waiters();
     };
+    // A listener on a black-holed link waits for ever without an error: it is dropped
+    // when the link probe says the database stopped answering, and opened again when it
+    // answers.
+    let link_down = || async {
+        match &link {
+            Some(link) => link.down().await,
+            None => std::future::pending().await,
+        }
+    };
     loop {
+        if let Some(link) = &link {
+            link.up().await;
+        }
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(listener) => listener,
             Err(error) => {
@@ -130,7 +152,15 @@ async fn listen(pool: PgPool, node: Uuid, queue_in: Arc<Notify>, events_in: Arc<
         // Whatever was announced while nobody listened is found by looking now.
         wake_all();
         loop {
-            match listener.try_recv().await {
+            let received = tokio::select! {
+                received = listener.try_recv() => received,
+                () = link_down() => {
+                    tracing::warn!("the database stopped answering; listening again once it does");
+                    wake_all();
+                    break;
+                }
+            };
+            match received {
                 Ok(Some(notification)) if notification.payload() == own => {}
                 Ok(Some(notification)) => match notification.channel() {
                     QUEUE_CHANNEL => queue_in.notify_waiters(),

@@ -45,10 +45,12 @@ impl AgentName {
 
     pub fn parse(raw: &str) -> Result<Self, &'static str> {
         let name = raw.trim();
-        if name.is_empty() || name.chars().count() > Self::MAX_LEN {
+        // The length as sent, as the document's `maxLength` counts it.
+        if name.is_empty() || raw.chars().count() > Self::MAX_LEN {
             return Err("must be 1 to 100 characters");
         }
-        if name.chars().any(char::is_control) {
+        // As sent: trimming would drop a trailing control character (NEL, tab) unseen.
+        if raw.chars().any(char::is_control) {
             return Err("must not contain control characters");
         }
         Ok(Self(name.to_owned()))
@@ -99,11 +101,16 @@ impl Default for MaxConcurrency {
 #[serde(deny_unknown_fields)]
 #[schema(description = "An agent to register; every invalid field is named in the 422 answer.")]
 pub struct RegisterAgentRequest {
-    #[schema(min_length = 1, max_length = 100)]
+    /// Trimmed; no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
     pub kind: AgentKind,
     /// Dot-separated lowercase segments, e.g. `browser.navigate`; duplicates are dropped.
-    #[schema(min_items = 1, max_items = 64)]
+    #[schema(schema_with = crate::schema::capabilities)]
     pub capabilities: Vec<String>,
     /// Tasks it may hold at once; 1 when absent.
     #[schema(minimum = 1, maximum = 1000)]

@@ -267,8 +267,12 @@ pub struct RegisterRequest {
     pub email: String,
     #[schema(format = Password, min_length = 8, max_length = 1024)]
     pub password: String,
-    /// The part of `email` before `@` when absent.
-    #[schema(min_length = 1, max_length = 100)]
+    /// The part of `email` before `@` when absent; trimmed, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub display_name: Option<String>,
 }
 
@@ -361,7 +365,12 @@ impl RefreshRequest {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApiKeyRequest {
-    #[schema(min_length = 1, max_length = 100)]
+    /// Trimmed; no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
     /// The key stops working then; never when absent.
     pub expires_at: Option<DateTime<Utc>>,
@@ -397,10 +406,12 @@ fn check_password(password: &str) -> Result<(), &'static str> {
 
 fn bounded_name(raw: &str, max_len: usize) -> Result<String, &'static str> {
     let name = raw.trim();
-    if name.is_empty() || name.chars().count() > max_len {
+    // The length as sent, as the document's `maxLength` counts it.
+    if name.is_empty() || raw.chars().count() > max_len {
         return Err("must be 1 to 100 characters");
     }
-    if name.chars().any(char::is_control) {
+    // As sent: trimming would drop a trailing control character (NEL, tab) unseen.
+    if raw.chars().any(char::is_control) {
         return Err("must not contain control characters");
     }
     Ok(name.to_owned())

@@ -9,10 +9,12 @@
 //! - [`http_request`]: the input of an `http.request` task, checked at creation.
 //! - [`auth`]: registration, login, refresh and API-key requests; email, role, hashes.
 //! - [`workflow`]: workflow definitions — the DAG, conditions, templates, params.
+//! - [`schema`]: JSON Schema patterns for the rules the OpenAPI document states.
 
 pub mod agent;
 pub mod auth;
 pub mod http_request;
+pub mod schema;
 pub mod task;
 pub mod validation;
 pub mod values;

@@ -16,7 +16,11 @@ use crate::ValidationErrors;
 #[schema(description = "A task to create; every invalid field is named in the 422 answer.")]
 pub struct NewTaskRequest {
     /// Dot-separated lowercase segments, e.g. `browser.navigate`.
-    #[schema(max_length = 128, example = "browser.navigate")]
+    #[schema(
+        max_length = 128,
+        pattern = r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$",
+        example = "browser.navigate"
+    )]
     pub capability: String,
     /// Any JSON; `null` when absent.
     #[serde(default)]
@@ -33,8 +37,8 @@ pub struct NewTaskRequest {
     pub retry: Option<RetryRequest>,
     /// Pins the task to this agent.
     pub agent_id: Option<Uuid>,
-    /// At most 32, each 1–64 characters.
-    #[schema(max_items = 32)]
+    /// At most 32, each 1–64 characters without control characters.
+    #[schema(schema_with = crate::schema::optional_tags)]
     pub tags: Option<Vec<String>>,
     /// Not leased before this time.
     pub not_before: Option<DateTime<Utc>>,
@@ -46,7 +50,7 @@ pub struct RetryRequest {
     /// 1000 by default.
     #[schema(minimum = 0, maximum = 86_400_000)]
     pub initial_backoff_ms: i64,
-    /// 60000 by default; not less than `initial_backoff_ms`.
+    /// 60000 by default; caps every delay (below `initial_backoff_ms`, every delay is this).
     #[schema(minimum = 0, maximum = 86_400_000)]
     pub max_backoff_ms: i64,
 }

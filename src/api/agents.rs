@@ -18,7 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::extract::{parse_json, ApiJson, ApiQuery, IdPath, RequestMeta};
+use super::extract::{parse_body, ApiJson, ApiQuery, IdPath, RequestMeta};
 use super::paging::{Page, Paging};
 use super::views::AgentView;
 use super::AppState;
@@ -106,12 +106,12 @@ pub(crate) fn agent_context(meta: &RequestMeta, actor: &Actor, agent_id: Uuid) -
     }
 }
 
-/// An optional JSON body: nothing at all means the defaults.
+/// An optional JSON body: nothing at all, or `null`, means the defaults.
 pub(crate) fn optional_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         Ok(T::default())
     } else {
-        parse_json(body)
+        parse_body::<Option<T>>(body).map(Option::unwrap_or_default)
     }
 }
 
@@ -211,6 +211,7 @@ pub struct ListQuery {
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     pub cursor: Option<String>,
 }
 

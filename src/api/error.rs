@@ -121,6 +121,7 @@ impl ApiError {
             | Self::Unprocessable { detail, .. }
             | Self::PreconditionFailed(detail) => detail.clone(),
             Self::Validation(errors) => match errors.as_slice() {
+                [one] if one.field.is_empty() => format!("the body: {}", one.message),
                 [one] => format!("`{}` {}", one.field, one.message),
                 many => format!("{} fields are invalid", many.len()),
             },
@@ -169,16 +170,30 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// An internal error whose cause is an unreachable database is a 503, wherever it was
+    /// wrapped (a read model's error, a middleware's query).
+    fn reclassified(self) -> Self {
+        match self {
+            Self::Internal(cause) if StoreError::caused_unavailable(cause.as_ref()) => {
+                Self::Unavailable(StoreError::Unavailable(cause))
+            }
+            other => other,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        let this = self.reclassified();
+        let status = this.status();
+        let body = serde_json::to_vec(&this.problem()).unwrap_or_default();
         let mut response = (status, body).into_response();
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         let headers = response.headers_mut();
-        match &self {
+        match &this {
             Self::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }

@@ -50,7 +50,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                         ApiError::BadRequest("the request body could not be read".into())
                     }
                 })?;
-        parse_json(&bytes).map(ApiJson)
+        parse_body(&bytes).map(ApiJson)
     }
 }
 
@@ -61,24 +61,118 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     from_json_value(value)
 }
 
+/// A request body: [`parse_json`], and an object (or `null`, where `T` takes it). Every
+/// body of this API is an object; serde alone would also read a struct from an array of
+/// its fields in order (`[null, null]`), which no document says.
+pub(crate) fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    if !matches!(value, Value::Object(_) | Value::Null) {
+        return Err(ApiError::validation("", "must be a JSON object"));
+    }
+    from_json_value(value)
+}
+
 /// An already parsed JSON value as `T`: the same limits as a request body, and a wrong
 /// or missing field is a 422 naming it.
+///
+/// A whole number written as a float (`5.0`) is an integer, as JSON Schema says: when `T`
+/// refuses the value as sent, it is tried once more with such numbers made integers (only
+/// then, so free-form JSON such as a task's `input` keeps what the client wrote).
 pub fn from_json_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
     check_value(&value, 0, "")?;
-    serde_path_to_error::deserialize::<_, T>(value).map_err(|error| {
-        let path = error.path().to_string();
-        let message = error.inner().to_string();
-        let field = match path.as_str() {
-            // serde names a missing field only in its message: "missing field `x`".
-            "." => message
-                .strip_prefix("missing field `")
-                .and_then(|rest| rest.split('`').next())
-                .unwrap_or_default()
-                .to_owned(),
-            _ => path,
-        };
-        ApiError::validation(&field, message)
-    })
+    let refused = match serde_path_to_error::deserialize::<_, T>(&value) {
+        Ok(done) => return Ok(done),
+        Err(error) => error,
+    };
+    let mut integral = value;
+    if make_whole_floats_integers(&mut integral) {
+        if let Ok(done) = serde_path_to_error::deserialize::<_, T>(&integral) {
+            return Ok(done);
+        }
+    }
+    let path = refused.path().to_string();
+    let message = for_clients(&refused.inner().to_string());
+    let field = match path.as_str() {
+        // serde names a missing field only in its message: "missing field `x`".
+        "." => message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+            .unwrap_or_default()
+            .to_owned(),
+        _ => path,
+    };
+    Err(ApiError::validation(&field, message))
+}
+
+/// Turns every float with no fraction (within `i64`) into an integer; whether any was.
+fn make_whole_floats_integers(value: &mut Value) -> bool {
+    match value {
+        Value::Number(number) if number.is_f64() => match number.as_f64() {
+            // Bounds exclusive of 2^63 itself, which an i64 cannot hold.
+            Some(float) if float.fract() == 0.0 && float.abs() < 9.223_372_036_854_776e18 => {
+                // The check above makes the cast exact.
+                #[allow(clippy::cast_possible_truncation)]
+                let whole = float as i64;
+                *value = Value::from(whole);
+                true
+            }
+            _ => false,
+        },
+        // Every item is visited (no short cut at the first change).
+        Value::Array(items) => {
+            items
+                .iter_mut()
+                .map(make_whole_floats_integers)
+                .filter(|changed| *changed)
+                .count()
+                > 0
+        }
+        Value::Object(map) => {
+            map.values_mut()
+                .map(make_whole_floats_integers)
+                .filter(|changed| *changed)
+                .count()
+                > 0
+        }
+        _ => false,
+    }
+}
+
+/// serde's message in a client's words: JSON types, not the Rust types behind them
+/// ("expected struct HeartbeatRequest" → "expected an object", "expected i64" → "expected
+/// an integer").
+pub(crate) fn for_clients(message: &str) -> String {
+    static RUST_TYPES: std::sync::LazyLock<[(regex::Regex, &'static str); 6]> =
+        std::sync::LazyLock::new(|| {
+            let rule =
+                |pattern: &str, words| (regex::Regex::new(pattern).expect("static regex"), words);
+            [
+                rule(
+                    r"expected (struct|map) `?\w+`?( with \d+ elements?)?|expected a map",
+                    "expected an object",
+                ),
+                rule(
+                    r"expected enum `?\w+`?",
+                    "expected one of the documented values",
+                ),
+                rule(
+                    r"expected [iu](8|16|32|64|128|size)\b",
+                    "expected an integer in range",
+                ),
+                rule(r"expected f(32|64)\b", "expected a number"),
+                rule(
+                    r"expected (a sequence|tuple struct `?\w+`?|a tuple of size \d+)",
+                    "expected an array",
+                ),
+                rule(r"(untagged )?enum `?\w+`?", "the documented shapes"),
+            ]
+        });
+    RUST_TYPES
+        .iter()
+        .fold(message.to_owned(), |text, (pattern, words)| {
+            pattern.replace_all(&text, *words).into_owned()
+        })
 }
 
 /// Refuses what some backends cannot store or what would only hurt: nesting deeper than
@@ -124,7 +218,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             .map(ApiQuery)
             .map_err(|error| {
                 let field = error.path().to_string();
-                ApiError::validation(&field, error.inner().to_string())
+                ApiError::validation(&field, for_clients(&error.inner().to_string()))
             })
     }
 }
@@ -198,6 +292,36 @@ impl<S: Send + Sync> FromRequestParts<S> for Grant {
     }
 }
 
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The rule for an `Idempotency-Key`, as the document's pattern says it.
+pub(crate) const IDEMPOTENCY_KEY_RULE: &str =
+    "Idempotency-Key must be 1 to 255 visible ASCII characters (no spaces)";
+/// [`IDEMPOTENCY_KEY_RULE`] as a JSON Schema pattern.
+pub(crate) const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]{1,255}$";
+
+pub(crate) fn idempotency_key_is_valid(key: &str) -> bool {
+    (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// An `If-Match` this server can have given, as a JSON Schema pattern: `"3"` (its `ETag`),
+/// also weak (`W/"3"`) or bare (`3`).
+pub(crate) const IF_MATCH_PATTERN: &str = r#"^(W/)?("[0-9]{1,19}"|[0-9]{1,19})$"#;
+
+/// The version an `If-Match` of [`IF_MATCH_PATTERN`] names; `None` for anything else (a
+/// malformed header is a 400, a version that is not the current one a 412).
+fn parse_if_match(raw: &str) -> Option<usize> {
+    let raw = raw.strip_prefix("W/").unwrap_or(raw);
+    let digits = match raw.strip_prefix('"') {
+        Some(quoted) => quoted.strip_suffix('"')?,
+        None => raw,
+    };
+    if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// What a request says about itself: its id, idempotency key and `If-Match` version.
 #[derive(Debug, Clone, Default)]
 pub struct RequestMeta {
@@ -218,24 +342,21 @@ impl RequestMeta {
         };
         let if_match = match headers.get(header::IF_MATCH) {
             None => None,
-            Some(value) => {
-                let raw = value.to_str().unwrap_or_default().trim();
-                let raw = raw.strip_prefix("W/").unwrap_or(raw).trim_matches('"');
-                Some(raw.parse::<usize>().map_err(|_| {
-                    ApiError::PreconditionFailed(
+            Some(value) => Some(
+                parse_if_match(value.to_str().unwrap_or_default()).ok_or_else(|| {
+                    ApiError::BadRequest(
                         "If-Match must be an ETag given by this server, e.g. \"3\"".into(),
                     )
-                })?)
-            }
+                })?,
+            ),
         };
-        let idempotency_key = text("idempotency-key");
-        if let Some(key) = &idempotency_key {
-            if key.is_empty() || key.len() > 255 {
-                return Err(ApiError::BadRequest(
-                    "Idempotency-Key must be 1 to 255 characters".into(),
-                ));
-            }
-        }
+        let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
+            None => None,
+            Some(value) => match value.to_str() {
+                Ok(key) if idempotency_key_is_valid(key) => Some(key.to_owned()),
+                _ => return Err(ApiError::BadRequest(IDEMPOTENCY_KEY_RULE.into())),
+            },
+        };
         Ok(Self {
             request_id: text("x-request-id"),
             idempotency_key,
@@ -305,6 +426,106 @@ mod tests {
         let nested = "[".repeat(100) + &"]".repeat(100);
         let error = parse_json::<Value>(nested.as_bytes()).unwrap_err();
         assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn a_body_is_an_object_not_the_fields_in_a_row() {
+        assert!(
+            parse_json::<Body>(br#"["x", 1]"#).is_ok(),
+            "serde's own reading"
+        );
+        match parse_body::<Body>(br#"["x", 1]"#).unwrap_err() {
+            ApiError::Validation(errors) => assert_eq!(errors[0].message, "must be a JSON object"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(parse_body::<Body>(br#"{"name": "x", "count": 1}"#).is_ok());
+    }
+
+    #[test]
+    fn whole_floats_are_integers_where_integers_are_wanted() {
+        let body = parse_json::<Body>(br#"{"name": "x", "count": 5.0}"#).unwrap();
+        assert_eq!(body.count, 5);
+        assert!(parse_json::<Body>(br#"{"name": "x", "count": 5.5}"#).is_err());
+        // Free-form JSON keeps what the client wrote.
+        let free = parse_json::<Value>(br#"{"count": 5.0}"#).unwrap();
+        assert_eq!(free["count"].as_f64(), Some(5.0));
+        assert!(free["count"].is_f64());
+    }
+
+    #[test]
+    fn errors_name_json_types_not_rust_ones() {
+        for body in [
+            &b"null"[..],
+            br#"{"name": "x", "count": "many"}"#,
+            br#"[1]"#,
+        ] {
+            match parse_json::<Body>(body).unwrap_err() {
+                ApiError::Validation(errors) => {
+                    let message = &errors[0].message;
+                    assert!(
+                        !message.contains("struct") && !message.contains("u8"),
+                        "{message}"
+                    );
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(
+            for_clients("invalid type: null, expected struct HeartbeatRequest"),
+            "invalid type: null, expected an object"
+        );
+        assert_eq!(
+            for_clients("invalid type: string \"x\", expected i64"),
+            "invalid type: string \"x\", expected an integer in range"
+        );
+    }
+
+    #[test]
+    fn if_match_is_an_etag_or_a_bad_request() {
+        assert_eq!(parse_if_match("\"3\""), Some(3));
+        assert_eq!(parse_if_match("W/\"3\""), Some(3));
+        assert_eq!(parse_if_match("3"), Some(3));
+        for bad in [
+            "",
+            "null",
+            "\"\"",
+            "\"3",
+            "\"\"3\"\"",
+            "-1",
+            "*",
+            "99999999999999999999",
+        ] {
+            assert_eq!(parse_if_match(bad), None, "{bad}");
+        }
+        let regex = regex::Regex::new(IF_MATCH_PATTERN).unwrap();
+        for good in ["\"3\"", "W/\"3\"", "3"] {
+            assert!(regex.is_match(good), "{good}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(header::IF_MATCH, "null".parse().unwrap());
+        let error = RequestMeta::from_headers(&headers).unwrap_err();
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn idempotency_keys_follow_the_documented_pattern() {
+        let regex = regex::Regex::new(IDEMPOTENCY_KEY_PATTERN).unwrap();
+        for key in [
+            "a",
+            "order-42",
+            &"k".repeat(255),
+            "",
+            " ",
+            "a b",
+            &"k".repeat(256),
+            "é",
+        ] {
+            assert_eq!(
+                idempotency_key_is_valid(key),
+                regex.is_match(key),
+                "{key:?}"
+            );
+        }
     }
 
     #[test]

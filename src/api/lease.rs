@@ -150,6 +150,7 @@ pub struct ExecuteRequest {
     #[serde(default)]
     pub input: Value,
     /// One of the agent's capabilities; its first when absent.
+    #[schema(max_length = 128, pattern = r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$")]
     pub capability: Option<String>,
     /// 0–9, 9 first; 5 when absent.
     #[schema(minimum = 0, maximum = 9)]

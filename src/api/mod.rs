@@ -22,6 +22,7 @@ pub mod query_token;
 pub(crate) mod redact;
 pub mod replay;
 pub mod security_headers;
+pub mod store_link;
 pub mod system;
 pub mod task_stream;
 pub mod task_updates;
@@ -173,6 +174,11 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             client_ip::layer,
+        ))
+        // Outside the gate: authenticating needs the store too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            store_link::guard,
         ))
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))

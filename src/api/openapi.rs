@@ -14,10 +14,11 @@ use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn,
 use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
 };
-use utoipa::openapi::{Content, Object, Ref, RefOr, Required, Type};
+use utoipa::openapi::{Content, Object, ObjectBuilder, Ref, RefOr, Required, Schema, Type};
 use utoipa::{Modify, OpenApi};
 
 use super::error::{ApiError, Problem, PROBLEM_JSON};
+use super::extract::{IDEMPOTENCY_KEY_PATTERN, IF_MATCH_PATTERN};
 
 /// Operations that never answer 500 or a problem 503: they do not touch the store, or
 /// (`status`) answer its failure themselves.
@@ -28,7 +29,7 @@ const NO_STORE_ERRORS: [&str; 3] = ["health", "openapi", "status"];
     info(
         title = "Chronicle",
         description = "The HTTP API of Chronicle, an event-sourced orchestration engine.\n\n\
-            JSON bodies, UTF-8; ids are UUIDs; times are RFC 3339 UTC. Errors are \
+            JSON bodies, UTF-8, no string holding NUL (`\\u0000`) anywhere; ids are UUIDs; times are RFC 3339 UTC. Errors are \
             `application/problem+json` (RFC 9457). Lists take `limit` (default 50, max 500) \
             and an opaque `cursor`, and answer `{items, next_cursor}`. Single resources carry \
             `ETag: \"<version>\"`; writes that say so accept `If-Match`. Every answer carries \
@@ -175,6 +176,75 @@ fn with_retry_after(mut response: utoipa::openapi::Response) -> utoipa::openapi:
     response
 }
 
+fn string_matching(pattern: &str, lengths: Option<(usize, usize)>) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(pattern))
+        .min_length(lengths.map(|(min, _)| min))
+        .max_length(lengths.map(|(_, max)| max))
+        .build()
+}
+
+/// The headers the extractors check, wherever an operation declares them, with their rule
+/// as a schema: `If-Match` is one of this server's `ETag`s (anything else is a 400; a
+/// version that is not the current one, a 412), `Idempotency-Key` 1–255 visible ASCII
+/// characters (anything else is a 400).
+fn header_rules(operation: &mut Operation) {
+    for parameter in operation.parameters.iter_mut().flatten() {
+        if parameter.parameter_in != ParameterIn::Header {
+            continue;
+        }
+        let rule = if parameter.name.eq_ignore_ascii_case("If-Match") {
+            string_matching(IF_MATCH_PATTERN, None)
+        } else if parameter.name.eq_ignore_ascii_case("Idempotency-Key") {
+            string_matching(IDEMPOTENCY_KEY_PATTERN, Some((1, 255)))
+        } else {
+            continue;
+        };
+        parameter.schema = Some(RefOr::T(Schema::Object(rule)));
+    }
+}
+
+/// A WebSocket route (one that answers 101) takes only an upgrade: the headers of RFC 6455
+/// §4.1 are required, as axum's `WebSocketUpgrade` checks them (anything else is a 400).
+fn upgrade_headers(operation: &mut Operation) {
+    if !operation.responses.responses.contains_key("101") {
+        return;
+    }
+    let required = |name: &str, schema: Object, description: &str| {
+        ParameterBuilder::new()
+            .name(name)
+            .parameter_in(ParameterIn::Header)
+            .required(Required::True)
+            .schema(Some(schema))
+            .description(Some(description))
+            .build()
+    };
+    let parameters = operation.parameters.get_or_insert_with(Vec::new);
+    parameters.extend([
+        required(
+            "Connection",
+            string_matching("^(.*[,\\s])?[Uu][Pp][Gg][Rr][Aa][Dd][Ee]([,\\s].*)?$", None),
+            "Names `upgrade` among its tokens",
+        ),
+        required(
+            "Upgrade",
+            string_matching("^[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]$", None),
+            "`websocket`",
+        ),
+        required(
+            "Sec-WebSocket-Version",
+            string_matching("^13$", None),
+            "`13`",
+        ),
+        required(
+            "Sec-WebSocket-Key",
+            Object::with_type(Type::String),
+            "The client's nonce (RFC 6455: 16 random bytes, base64)",
+        ),
+    ]);
+}
+
 fn request_id_parameter() -> Parameter {
     ParameterBuilder::new()
         .name("X-Request-Id")
@@ -196,9 +266,9 @@ fn idempotent(operation: &mut Operation) {
                 .name("Idempotency-Key")
                 .parameter_in(ParameterIn::Header)
                 .required(Required::False)
-                .schema(Some(Object::with_type(Type::String)))
+                .schema(Some(string_matching(IDEMPOTENCY_KEY_PATTERN, Some((1, 255)))))
                 .description(Some(
-                    "1–255 characters. The same key from the same user within 24 h returns the \
+                    "1–255 visible ASCII characters, no spaces. The same key from the same user within 24 h returns the \
                      first answer (with `Idempotent-Replayed: true`) and has no second effect; \
                      a new API key's secret is not repeated (`key: null`).",
                 ))
@@ -308,6 +378,8 @@ fn complete(spec: &mut utoipa::openapi::OpenApi) {
                     ),
                 );
             }
+            header_rules(operation);
+            upgrade_headers(operation);
             operation
                 .parameters
                 .get_or_insert_with(Vec::new)

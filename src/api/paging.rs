@@ -46,10 +46,13 @@ impl Paging {
                 ))
             }
         };
+        // Exactly the form `next_cursor` takes (the pattern the document gives).
         let before_id = cursor
             .map(|cursor| {
-                Uuid::parse_str(cursor)
-                    .map_err(|_| ApiError::validation("cursor", "is not a cursor from this API"))
+                Uuid::try_parse(cursor)
+                    .ok()
+                    .filter(|id| id.hyphenated().to_string() == cursor)
+                    .ok_or_else(|| ApiError::validation("cursor", "is not a cursor from this API"))
             })
             .transpose()?;
         Ok(Self { limit, before_id })

@@ -47,6 +47,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::error::ApiError;
+use super::extract::{idempotency_key_is_valid, IDEMPOTENCY_KEY_RULE};
 use super::AppState;
 use crate::auth::keys::KEY_PREFIX;
 use crate::auth::Authentication;
@@ -134,9 +135,10 @@ impl Drop for Holding<'_> {
 }
 
 pub async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if matches!(
+    // Only the writes: any other method (TRACE, …) goes on to routing, which answers 405.
+    if !matches!(
         *request.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     ) || request.uri().path().starts_with("/api/auth/")
     {
         return next.run(request).await;
@@ -145,13 +147,8 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
         return next.run(request).await;
     };
     let key = match raw_key.to_str() {
-        Ok(key) if !key.is_empty() && key.len() <= 255 => key.to_owned(),
-        _ => {
-            return ApiError::BadRequest(
-                "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
-            )
-            .into_response()
-        }
+        Ok(key) if idempotency_key_is_valid(key) => key.to_owned(),
+        _ => return ApiError::BadRequest(IDEMPOTENCY_KEY_RULE.into()).into_response(),
     };
     let owner = match request.extensions().get::<Authentication>() {
         Some(Authentication::Actor(actor)) => actor.id,

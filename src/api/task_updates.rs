@@ -9,7 +9,7 @@ use chronicle_aggregates::task::{Task, TaskCommand, TaskError, TaskFailure};
 use chronicle_commands::values::{Priority, Tags};
 use chrono::Utc;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -51,8 +51,102 @@ pub struct PatchRequest {
     #[schema(minimum = 0, maximum = 9)]
     pub priority: Option<i64>,
     /// Change: replaces the tags.
+    #[schema(schema_with = chronicle_commands::schema::optional_tags)]
     pub tags: Option<Vec<String>>,
 }
+
+/// The `PATCH` body as the document gives it: one of the shapes [`update`] accepts, each
+/// exact (a field it does not use may only be absent or `null`, as serde reads `null` for
+/// an absent optional field). A derived schema of [`PatchRequest`] would say every
+/// combination of its optional fields is valid, which the server does not accept.
+pub struct TaskPatch;
+
+impl utoipa::PartialSchema for TaskPatch {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        // Written in the subset utoipa's schema model reads back: every schema object
+        // names its `type`, a constant is a one-value `enum`.
+        let absent = json!({"type": "null"});
+        let any =
+            json!({"type": ["object", "array", "string", "number", "integer", "boolean", "null"]});
+        let status = |value: &str| json!({"type": "string", "enum": [value]});
+        let uuid = json!({"type": "string", "format": "uuid"});
+        let shape = |title: &str, required: &[&str], used: Value, others: &[&str]| {
+            let mut properties: serde_json::Map<String, Value> = others
+                .iter()
+                .map(|name| ((*name).to_owned(), absent.clone()))
+                .collect();
+            if let Value::Object(used) = used {
+                properties.extend(used);
+            }
+            json!({
+                "title": title,
+                "type": "object",
+                "additionalProperties": false,
+                "required": required,
+                "properties": properties,
+            })
+        };
+        let failure = json!({
+            "description": "A message, or `{message, code?, details?}`",
+            "anyOf": [
+                {"type": "null"},
+                {"type": "string"},
+                {
+                    "type": "object",
+                    "required": ["message"],
+                    "properties": {
+                        "message": {"type": "string"},
+                        "code": {"type": ["string", "null"]},
+                        "details": any,
+                    },
+                },
+            ],
+        });
+        let priority = json!({"type": "integer", "minimum": 0, "maximum": 9});
+        let maybe_priority = json!({"type": ["integer", "null"], "minimum": 0, "maximum": 9});
+        let tags = serde_json::to_value(chronicle_commands::schema::optional_tags())
+            .unwrap_or(Value::Null);
+        let mut some_tags = tags.clone();
+        some_tags["type"] = json!("array");
+        let report = ["output", "error", "priority", "tags"];
+        let change = ["lease_id", "status", "progress", "output", "error"];
+        let schema = json!({
+            "description": "A lease holder's report (`lease_id` with `status` and/or `progress`, \
+                `output` with `succeeded`, `error` with `failed`) or the owner's change \
+                (`priority` and/or `tags`), never both.",
+            "anyOf": [
+                shape("Start", &["lease_id", "status"],
+                    json!({"lease_id": uuid, "status": status("running"), "progress": any}),
+                    &report),
+                shape("Progress", &["lease_id", "progress"],
+                    json!({
+                        "lease_id": uuid,
+                        "status": absent,
+                        "progress": {"type": ["object", "array", "string", "number", "integer", "boolean"]},
+                    }),
+                    &report),
+                shape("Succeeded", &["lease_id", "status"],
+                    json!({"lease_id": uuid, "status": status("succeeded"), "output": any}),
+                    &["progress", "error", "priority", "tags"]),
+                shape("Failed", &["lease_id", "status"],
+                    json!({"lease_id": uuid, "status": status("failed"), "error": failure}),
+                    &["progress", "output", "priority", "tags"]),
+                shape("Reprioritise", &["priority"],
+                    json!({"priority": priority, "tags": tags}),
+                    &change),
+                shape("Retag", &["tags"],
+                    json!({"priority": maybe_priority, "tags": some_tags}),
+                    &change),
+            ],
+        });
+        serde_json::from_value(schema).unwrap_or_else(|error| {
+            tracing::error!(%error, "the TaskPatch schema does not parse");
+            utoipa::openapi::RefOr::T(utoipa::openapi::Schema::default())
+        })
+    }
+}
+
+impl utoipa::ToSchema for TaskPatch {}
 
 impl PatchRequest {
     fn is_report(&self) -> bool {
@@ -252,7 +346,7 @@ fn change_commands(request: PatchRequest) -> Result<Vec<ReportStep>, ApiError> {
         ("id" = Uuid, Path, description = "The task's id"),
         ("If-Match" = Option<String>, Header, description = "Only if the task is still at this version (an `ETag`)"),
     ),
-    request_body = PatchRequest,
+    request_body = TaskPatch,
     responses(
         (status = 200, description = "The task after the report or change", body = TaskView, headers(
             ("ETag" = String, description = "The task's new version"),
@@ -439,4 +533,35 @@ pub async fn retry(
         .await?;
     committed(&state, &aggregate, version).await;
     task_response(StatusCode::OK, &aggregate, version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_patch_schema_parses_and_lists_every_shape() {
+        let schema = serde_json::to_value(<TaskPatch as utoipa::PartialSchema>::schema())
+            .unwrap_or_default();
+        let titles: Vec<&str> = schema["anyOf"]
+            .as_array()
+            .map(|all| all.iter().filter_map(|s| s["title"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            titles,
+            [
+                "Start",
+                "Progress",
+                "Succeeded",
+                "Failed",
+                "Reprioritise",
+                "Retag"
+            ]
+        );
+        // What the served document says, not a default that hides a parse failure.
+        assert_eq!(
+            schema["anyOf"][0]["properties"]["status"]["enum"],
+            json!(["running"])
+        );
+    }
 }

@@ -158,7 +158,8 @@ async fn usable_agent(state: &AppState, actor: &Actor, agent_id: Uuid) -> Result
 pub struct GetQuery {
     /// The task as it stood at this time (RFC 3339).
     pub as_of: Option<DateTime<Utc>>,
-    /// The task as it stood after this many events; not with `as_of`.
+    /// The task as it stood after this many events; with `as_of` too, after the last event
+    /// within both.
     #[param(minimum = 1)]
     pub as_of_version: Option<u64>,
 }
@@ -196,10 +197,6 @@ pub async fn get(
     }
     match (query.as_of, query.as_of_version) {
         (None, None) => task_response(StatusCode::OK, &loaded.aggregate, loaded.version),
-        (Some(_), Some(_)) => Err(ApiError::validation(
-            "as_of",
-            "give as_of or as_of_version, not both",
-        )),
         (_, Some(0)) => Err(ApiError::validation("as_of_version", "must be at least 1")),
         (as_of, as_of_version) => {
             let (task, version) = replay(&state, id, as_of, as_of_version).await?;
@@ -351,6 +348,7 @@ pub struct ListQuery {
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     pub cursor: Option<String>,
 }
 

@@ -51,7 +51,9 @@ pub async fn me(State(state): State<AppState>, actor: Actor) -> Result<Json<User
 pub struct IssuedKeyView {
     id: Uuid,
     name: String,
-    /// `chr_<key id>_<secret>`, for `Authorization: Bearer` or `X-API-Key`; shown once.
+    /// `chr_<key id>_<secret>`, for `Authorization: Bearer` or `X-API-Key`; shown once:
+    /// `null` when this answer is an `Idempotency-Key` replay (the secret is never stored).
+    #[schema(nullable)]
     key: String,
     /// The public part of `key`, to recognise it by.
     prefix: String,
@@ -268,6 +270,7 @@ pub struct KeyListQuery {
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     pub cursor: Option<String>,
 }
 

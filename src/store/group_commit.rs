@@ -109,6 +109,9 @@ async fn write_batch(pool: &PgPool, mut batch: Vec<Request>) {
     let mut aggregates = HashSet::new();
     let batch: Vec<Request> = batch
         .into_iter()
+        // A command whose caller gave up (its request was answered 503 while the database
+        // did not answer) is not written later behind its back.
+        .filter(|request| !request.reply.is_closed())
         .filter_map(|request| {
             let aggregate = request
                 .events

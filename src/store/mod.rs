@@ -11,12 +11,14 @@
 //! - [`verify`]: recomputes every chain, names the first broken link, checks the heads
 //!   against a checkpoint.
 //! - [`import`]: loads an export into an empty store.
+//! - [`link`]: whether PostgreSQL answers, probed from a connection of its own.
 
 pub mod aggregate_store;
 pub mod chain;
 pub mod checkpoint;
 mod group_commit;
 pub mod import;
+pub mod link;
 pub mod postgres;
 pub mod sqlite;
 pub mod verify;
@@ -64,14 +66,22 @@ impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         match &error {
             sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict,
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => Self::Unavailable(Box::new(error)),
+            _ if unreachable(&error) => Self::Unavailable(Box::new(error)),
             _ => Self::Database(Box::new(error)),
         }
     }
+}
+
+/// True when sqlx could not reach the database (as opposed to the database refusing).
+pub(crate) fn unreachable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+    )
 }
 
 impl From<chronicle_aggregates::codec::CodecError> for StoreError {
@@ -107,6 +117,22 @@ impl StoreError {
     /// True when the database could not be reached (as opposed to refusing something).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
+    }
+
+    /// True when `error` or any of its causes says the database could not be reached.
+    pub(crate) fn caused_unavailable(error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut next = Some(error);
+        while let Some(error) = next {
+            if error
+                .downcast_ref::<StoreError>()
+                .is_some_and(Self::is_unavailable)
+                || error.downcast_ref::<sqlx::Error>().is_some_and(unreachable)
+            {
+                return true;
+            }
+            next = error.source();
+        }
+        false
     }
 }
 
@@ -220,6 +246,14 @@ impl Store {
     /// The typed store for one aggregate, a cqrs-es `EventStore`.
     pub fn aggregate<A: Aggregate>(&self) -> AggregateStore<A> {
         AggregateStore::new(self.clone())
+    }
+
+    /// Whether the database answers; `None` for SQLite, which has no link to lose.
+    pub fn link(&self) -> Option<&link::Link> {
+        match self.backend() {
+            Backend::Postgres(pg) => Some(pg.link()),
+            Backend::Sqlite(_) => None,
+        }
     }
 
     /// Round-trip time of a trivial query.

@@ -11,11 +11,12 @@ use cqrs_es::persist::SerializedEvent;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use postgres_es::PostgresEventRepository;
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 use uuid::Uuid;
 
 use super::group_commit::{map_error, GroupCommit};
+use super::link::Link;
 use super::{AggregateFilter, FeedCursor, RecordedEvent, StoreError};
 
 /// `SELECT <every column> FROM events ` followed by the rest of the statement. The text
@@ -36,7 +37,12 @@ pub struct PgBackend {
     pool: PgPool,
     repo: PostgresEventRepository,
     group: GroupCommit,
+    link: Link,
 }
+
+/// How long a request may wait for a pooled connection, or for a new one to open, before
+/// it is answered 503: well under the 2 s a client should wait for an answer.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl PgBackend {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
@@ -44,19 +50,44 @@ impl PgBackend {
         // (refused, unknown database, authentication).
         sqlx::Connection::close(<sqlx::PgConnection as sqlx::Connection>::connect(url).await?)
             .await?;
+        let options: PgConnectOptions = url.parse()?;
+        let (link, _prober) = Link::watch(options.clone());
+        let released = link.clone();
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            // While the link is down, a released connection is closed rather than tested:
+            // sqlx's test on release waits for an answer without a time limit.
+            .after_release(move |_, _| {
+                let keep = released.is_up();
+                Box::pin(async move { Ok(keep) })
+            })
+            .connect_with(options)
             .await?;
-        Ok(Self::from_pool(pool))
+        Ok(Self::with_link(pool, link))
     }
 
-    /// Must be called within a tokio runtime: it starts the group-commit workers.
+    /// Must be called within a tokio runtime: it starts the group-commit workers and the
+    /// link probe.
     pub fn from_pool(pool: PgPool) -> Self {
+        let (link, _prober) = Link::watch((*pool.connect_options()).clone());
+        Self::with_link(pool, link)
+    }
+
+    fn with_link(pool: PgPool, link: Link) -> Self {
         let repo = PostgresEventRepository::new(pool.clone());
         let group = GroupCommit::start(pool.clone());
-        Self { pool, repo, group }
+        Self {
+            pool,
+            repo,
+            group,
+            link,
+        }
+    }
+
+    /// Whether the database answers (probed about five times a second).
+    pub fn link(&self) -> &Link {
+        &self.link
     }
 
     pub(super) fn group(&self) -> &GroupCommit {
@@ -144,8 +175,14 @@ impl PgBackend {
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        match tokio::time::timeout(ACQUIRE_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool))
+            .await
+        {
+            Ok(done) => done.map(|_| ()).map_err(StoreError::from),
+            Err(_) => Err(StoreError::Unavailable(
+                "the database did not answer a ping in time".into(),
+            )),
+        }
     }
 
     /// Reads in `(transaction_id, position)` order and only events of transactions older
