@@ -54,7 +54,7 @@ pub struct UsageParams {
     /// `from`.
     pub to: Option<DateTime<Utc>>,
     /// `day` when absent.
-    #[param(value_type = Option<UsageGroupBy>)]
+    #[param(inline)]
     pub group_by: Option<UsageGroupBy>,
 }
 
