@@ -1,5 +1,6 @@
 //! The HTTP API (API.md): routes, shared state and the middleware every request passes.
 
+pub mod admin;
 pub mod agent_ws;
 pub mod agents;
 pub mod auth;
@@ -112,7 +113,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(users::me))
         .routes(routes!(users::create_key, users::list_keys))
         .routes(routes!(users::revoke_key))
-        .routes(routes!(users::rotate_key));
+        .routes(routes!(users::rotate_key))
+        .routes(routes!(admin::list))
+        .routes(routes!(admin::rebuild));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).nest("/api", api)
 }
 

@@ -41,6 +41,7 @@ const NO_STORE_ERRORS: [&str; 3] = ["health", "openapi", "status"];
         (name = "users", description = "The caller and their API keys."),
         (name = "agents", description = "Agents: registration, heartbeats, leasing work, pinned tasks."),
         (name = "tasks", description = "Tasks: creation, reads (also as of a version or a time), reports by the lease holder, cancellation, retries and history."),
+        (name = "admin", description = "Operating the read side: projection status and rebuilds."),
     ),
     components(schemas(Problem, FieldError)),
     modifiers(&SecuritySchemes),

@@ -1,10 +1,12 @@
-//! The `chronicle` command line: serve (the default), migrate, audit, export, user, bench.
+//! The `chronicle` command line: serve (the default), migrate, audit, export, user,
+//! projections, bench.
 
 mod bench;
 mod bench_auth;
 mod bench_target;
 mod bench_tasks;
 mod export;
+mod projections;
 mod user;
 
 use std::io::Write;
@@ -46,6 +48,11 @@ enum Command {
     Events {
         #[command(subcommand)]
         command: EventsCommand,
+    },
+    /// Rebuild read models.
+    Projections {
+        #[command(subcommand)]
+        command: projections::ProjectionsCommand,
     },
     /// Manage users.
     User {
@@ -138,6 +145,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             let store = connect_store(&settings).await?;
             export::export(&store, after).await?;
         }
+        Command::Projections { command } => projections::run(command, settings).await?,
         Command::User { command } => user::run(command, settings).await?,
         Command::Bench { command } => bench::run(command, settings).await?,
     }

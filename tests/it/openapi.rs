@@ -102,6 +102,8 @@ const IMPLEMENTED: &[(&str, &str)] = &[
     ("DELETE", "/api/tasks/{}"),
     ("POST", "/api/tasks/{}/retry"),
     ("GET", "/api/tasks/{}/events"),
+    ("GET", "/api/admin/projections"),
+    ("POST", "/api/admin/projections/{}/rebuild"),
     ("GET", "/api/health"),
     ("GET", "/api/status"),
 ];
