@@ -15,4 +15,5 @@ mod http_agent;
 mod openapi;
 mod orchestration;
 mod projections;
+mod rebuild;
 mod store;
