@@ -365,6 +365,34 @@ impl ReadSide {
         }
     }
 
+    /// Where each live projection's checkpoint stands: cheaper than [`ReadSide::status`].
+    pub async fn checkpoints(&self) -> Result<Vec<(&'static str, FeedCursor)>, ProjectionError> {
+        let rows: Vec<(String, i64, i64, i64)> =
+            chronicle_projections::on_reader!(&self.db, |pool| {
+                sqlx::query_as(
+                    "SELECT name, version, transaction_id, position FROM projection_checkpoints",
+                )
+                .fetch_all(pool)
+                .await
+            })?;
+        Ok(self
+            .projectors
+            .iter()
+            .filter_map(|p| {
+                let (_, _, transaction_id, position) = rows
+                    .iter()
+                    .find(|(name, version, _, _)| name == p.name() && *version == p.version())?;
+                Some((
+                    p.name(),
+                    FeedCursor {
+                        transaction_id: u64::try_from(*transaction_id).unwrap_or_default(),
+                        position: *position,
+                    },
+                ))
+            })
+            .collect())
+    }
+
     /// Where each projection stands and how far behind the feed it is.
     pub async fn status(&self) -> Result<Vec<ProjectionStatus>, ProjectionError> {
         let rows: Vec<(String, i64, i64, i64)> =

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_auth;
+mod bench_projections;
 mod bench_target;
 mod bench_tasks;
 mod export;
