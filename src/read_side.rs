@@ -8,11 +8,11 @@ use std::time::Duration;
 use chronicle_aggregates::agent::Agent;
 use chronicle_aggregates::api_key::ApiKey;
 use chronicle_aggregates::task::{is_ready, Task};
-use chronicle_projections::aggregate_owners::AggregateOwners;
 use chronicle_projections::agent_view::AgentView;
+use chronicle_projections::aggregate_owners::AggregateOwners;
 use chronicle_projections::api_key_view::ApiKeyView;
-use chronicle_projections::task_view::TaskView;
 use chronicle_projections::rebuild::Shadow;
+use chronicle_projections::task_view::TaskView;
 use chronicle_projections::{
     AnyProjector, FeedCursor, ProjectionError, ProjectionStatus, Projector, ReadDb,
 };

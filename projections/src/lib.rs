@@ -14,8 +14,8 @@
 //! - [`api_key_view`]: each user's API keys, without their secrets.
 //! - [`aggregate_owners`]: who owns each aggregate, for scoping the event history.
 
-pub mod aggregate_owners;
 pub mod agent_view;
+pub mod aggregate_owners;
 pub mod api_key_view;
 pub mod db;
 pub mod feed;

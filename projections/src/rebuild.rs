@@ -228,9 +228,10 @@ impl Shadow {
     pub async fn discard(self) {
         match (&self.place, &self.db) {
             (Place::Schema(schema), ReadDb::Postgres(pool)) => {
-                let dropped = sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", quoted(schema)))
-                    .execute(pool)
-                    .await;
+                let dropped =
+                    sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", quoted(schema)))
+                        .execute(pool)
+                        .await;
                 if let Err(error) = dropped {
                     tracing::warn!(%error, schema, "could not drop a rebuild schema");
                 }

@@ -407,10 +407,8 @@ pub trait AnyProjector: Send + Sync + 'static {
     fn setup(&self) -> BoxFuture<'_, Result<(), ProjectionError>>;
     fn catch_up(&self) -> BoxFuture<'_, Result<u64, ProjectionError>>;
     fn advance(&self) -> BoxFuture<'_, Result<u64, ProjectionError>>;
-    fn catch_up_in<'a>(
-        &'a self,
-        tx: &'a mut ReadTx,
-    ) -> BoxFuture<'a, Result<u64, ProjectionError>>;
+    fn catch_up_in<'a>(&'a self, tx: &'a mut ReadTx)
+        -> BoxFuture<'a, Result<u64, ProjectionError>>;
     fn failure(&self) -> Option<ProjectionFailure>;
     fn clear_failure(&self);
     fn failures_total(&self) -> u64;

@@ -31,7 +31,10 @@ pub async fn run(command: ProjectionsCommand, settings: Settings) -> anyhow::Res
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the projections: {e}"))?;
     let names: Vec<String> = if all {
-        read.projection_names().into_iter().map(String::from).collect()
+        read.projection_names()
+            .into_iter()
+            .map(String::from)
+            .collect()
     } else {
         name.into_iter().collect()
     };

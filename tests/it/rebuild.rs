@@ -28,7 +28,11 @@ const TABLES: &[(&str, &str, &str)] = &[
         "id, owner_id, kind, lifecycle, last_heartbeat_at, created_at, updated_at, version, state",
         "id",
     ),
-    ("agent_view_caps_v1", "agent_id, capability", "agent_id, capability"),
+    (
+        "agent_view_caps_v1",
+        "agent_id, capability",
+        "agent_id, capability",
+    ),
     (
         "api_key_view_v1",
         "id, owner_id, name, prefix, created_at, expires_at, rotated_at, revoked_at, version",
@@ -53,14 +57,11 @@ async fn snapshot(db: &ReadDb) -> Vec<(String, Vec<Vec<Option<String>>>)> {
         let width = select.len();
         let rows: Vec<Vec<Option<String>>> = on_reader!(db, |pool| {
             use sqlx::Row;
-            sqlx::query(&sql)
-                .fetch_all(pool)
-                .await
-                .map(|rows| {
-                    rows.iter()
-                        .map(|row| (0..width).map(|i| row.get(i)).collect())
-                        .collect()
-                })
+            sqlx::query(&sql).fetch_all(pool).await.map(|rows| {
+                rows.iter()
+                    .map(|row| (0..width).map(|i| row.get(i)).collect())
+                    .collect()
+            })
         })
         .unwrap();
         tables.push(((*table).to_owned(), rows));
@@ -106,8 +107,12 @@ async fn send(request: reqwest::RequestBuilder, commands: &AtomicU64) -> Option<
         response.json().await.ok()
     } else {
         assert!(
-            [StatusCode::NOT_FOUND, StatusCode::CONFLICT, StatusCode::UNPROCESSABLE_ENTITY]
-                .contains(&status),
+            [
+                StatusCode::NOT_FOUND,
+                StatusCode::CONFLICT,
+                StatusCode::UNPROCESSABLE_ENTITY
+            ]
+            .contains(&status),
             "unexpected {status}"
         );
         None
@@ -150,8 +155,14 @@ async fn client_workload(
                     "retry": {"initial_backoff_ms": 1, "max_backoff_ms": 2},
                     "tags": tags,
                 });
-                if let Some(task) = send(client.post(app.url("/api/tasks")).json(&body), &commands).await {
-                    known.lock().unwrap().tasks.push(task["id"].as_str().unwrap().to_owned());
+                if let Some(task) =
+                    send(client.post(app.url("/api/tasks")).json(&body), &commands).await
+                {
+                    known
+                        .lock()
+                        .unwrap()
+                        .tasks
+                        .push(task["id"].as_str().unwrap().to_owned());
                 }
             }
             30..=34 => {
@@ -163,7 +174,11 @@ async fn client_workload(
                 });
                 let url = app.url("/api/agents/register");
                 if let Some(agent) = send(client.post(url).json(&body), &commands).await {
-                    known.lock().unwrap().agents.push(agent["id"].as_str().unwrap().to_owned());
+                    known
+                        .lock()
+                        .unwrap()
+                        .agents
+                        .push(agent["id"].as_str().unwrap().to_owned());
                 }
             }
             35..=59 => {
@@ -179,7 +194,9 @@ async fn client_workload(
                     let body = match dice.below(3) {
                         0 => json!({"status": "failed", "lease_id": lease_id, "error": "boom"}),
                         1 => json!({"status": "running", "lease_id": lease_id}),
-                        _ => json!({"status": "succeeded", "lease_id": lease_id, "output": {"ok": true}}),
+                        _ => {
+                            json!({"status": "succeeded", "lease_id": lease_id, "output": {"ok": true}})
+                        }
                     };
                     let url = app.url(&format!("/api/tasks/{id}"));
                     send(client.patch(url).json(&body), &commands).await;
@@ -192,7 +209,11 @@ async fn client_workload(
             }
             68..=75 => {
                 let Some(task) = task else { continue };
-                send(client.delete(app.url(&format!("/api/tasks/{task}"))), &commands).await;
+                send(
+                    client.delete(app.url(&format!("/api/tasks/{task}"))),
+                    &commands,
+                )
+                .await;
             }
             76..=83 => {
                 let Some(task) = task else { continue };
@@ -203,7 +224,11 @@ async fn client_workload(
                 let url = app.url("/api/users/me/api-keys");
                 let body = json!({"name": format!("key {}", dice.below(100))});
                 if let Some(key) = send(client.post(url).json(&body), &commands).await {
-                    known.lock().unwrap().keys.push(key["id"].as_str().unwrap().to_owned());
+                    known
+                        .lock()
+                        .unwrap()
+                        .keys
+                        .push(key["id"].as_str().unwrap().to_owned());
                 }
             }
             89..=92 => {
@@ -218,7 +243,11 @@ async fn client_workload(
             }
             _ => {
                 let Some(agent) = agent else { continue };
-                send(client.delete(app.url(&format!("/api/agents/{agent}"))), &commands).await;
+                send(
+                    client.delete(app.url(&format!("/api/agents/{agent}"))),
+                    &commands,
+                )
+                .await;
             }
         }
     }
@@ -239,10 +268,16 @@ async fn settle(client: &Client, app: &TestApp) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let all = projections(client, app).await;
-        if all.iter().all(|p| p["status"] == "live" && p["lag_events"] == 0) {
+        if all
+            .iter()
+            .all(|p| p["status"] == "live" && p["lag_events"] == 0)
+        {
             return;
         }
-        assert!(Instant::now() < deadline, "projections did not settle: {all:?}");
+        assert!(
+            Instant::now() < deadline,
+            "projections did not settle: {all:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -275,10 +310,12 @@ async fn rebuilt_read_models_equal_the_live_ones_while_reads_go_on(#[case] backe
     const CLIENTS_PER_USER: u64 = 2;
     const USERS: u64 = 2;
     const ROUNDS: u32 = 600;
-    let app = spawn_app_with(backend, |settings| settings.rate_limit.per_minute = 1_000_000)
-        .await
-        .signed_in()
-        .await;
+    let app = spawn_app_with(backend, |settings| {
+        settings.rate_limit.per_minute = 1_000_000
+    })
+    .await
+    .signed_in()
+    .await;
     let admin = app.client.clone();
     let mut users: Vec<TestUser> = Vec::new();
     for _ in 0..USERS {
@@ -331,7 +368,11 @@ async fn rebuilt_read_models_equal_the_live_ones_while_reads_go_on(#[case] backe
             while !stop.load(Ordering::Relaxed) {
                 for path in ["/api/tasks", "/api/agents"] {
                     let response = client.get(app.url(path)).send().await.unwrap();
-                    assert_eq!(response.status(), StatusCode::OK, "{path} during the rebuild");
+                    assert_eq!(
+                        response.status(),
+                        StatusCode::OK,
+                        "{path} during the rebuild"
+                    );
                     let page: Value = response.json().await.unwrap();
                     assert!(
                         !page["items"].as_array().unwrap().is_empty(),
@@ -385,11 +426,23 @@ async fn rebuilt_read_models_equal_the_live_ones_while_reads_go_on(#[case] backe
 async fn create_user_with_role(app: &TestApp, email: &str, role: &str) -> TestUser {
     let output = cli(
         app,
-        &["user", "create", "--email", email, "--role", role, "--password-stdin"],
+        &[
+            "user",
+            "create",
+            "--email",
+            email,
+            "--role",
+            role,
+            "--password-stdin",
+        ],
         &format!("{PASSWORD}\n"),
     )
     .await;
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let response = Client::new()
         .post(app.url("/api/auth/login"))
         .json(&json!({"email": email, "password": PASSWORD}))
@@ -422,7 +475,14 @@ async fn admins_rebuild_over_http_auditors_read_others_see_nothing(#[case] backe
     let names: Vec<&str> = listed.iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert!(names.contains(&"task_view"), "{names:?}");
     for p in &listed {
-        for field in ["name", "version", "position", "lag_events", "lag_seconds", "status"] {
+        for field in [
+            "name",
+            "version",
+            "position",
+            "lag_events",
+            "lag_seconds",
+            "status",
+        ] {
             assert!(p.get(field).is_some(), "{field} missing in {p}");
         }
     }
@@ -448,7 +508,12 @@ async fn admins_rebuild_over_http_auditors_read_others_see_nothing(#[case] backe
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        status_of(auditor.client.clone(), reqwest::Method::POST, rebuild.clone()).await,
+        status_of(
+            auditor.client.clone(),
+            reqwest::Method::POST,
+            rebuild.clone()
+        )
+        .await,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
@@ -588,7 +653,10 @@ async fn a_projection_that_cannot_apply_an_event_stops_there_and_the_others_go_o
     let in_status = find(status["projections"].as_array().unwrap(), "task_view");
     assert_eq!(in_status["status"], "failed");
     assert_eq!(in_status["error"].as_str(), Some(error));
-    assert!(in_status["lag_events"].as_i64().unwrap() > lag, "{in_status}");
+    assert!(
+        in_status["lag_events"].as_i64().unwrap() > lag,
+        "{in_status}"
+    );
     assert_eq!(in_status["position"], failed["position"]);
 
     // After a fix — here, the event made readable — a rebuild lets it go on.
