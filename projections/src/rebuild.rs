@@ -26,6 +26,11 @@ use crate::db::{ReadDb, ReadTx};
 use crate::on_tx;
 use crate::runner::{AnyProjector, ProjectionError};
 
+/// How often the PostgreSQL switch tries to take the live tables, and how long it waits
+/// between tries.
+const SWITCH_ATTEMPTS: u32 = 1_000;
+const SWITCH_RETRY: Duration = Duration::from_millis(10);
+
 /// A copy of a projection being built beside the live one.
 pub struct Shadow {
     name: &'static str,
@@ -146,60 +151,20 @@ impl Shadow {
     ) -> Result<u64, ProjectionError> {
         Ok(match (&self.place, live) {
             (Place::Schema(schema), ReadDb::Postgres(pool)) => {
-                let mut tx = ReadTx::Postgres(pool.begin().await?);
-                // Every runner of the live projection, on any node, takes this lock before
-                // it reads the feed: none applies anything between the final catch-up and
-                // the switch.
-                on_tx!(&mut tx, |conn| {
-                    sqlx::query(
-                        "SELECT position FROM public.projection_checkpoints
-                          WHERE name = $1 AND version = $2 FOR UPDATE",
-                    )
-                    .bind(self.name)
-                    .bind(self.version)
-                    .fetch_optional(conn)
-                    .await
-                    .map(|_| ())
-                })?;
-                tx.execute_all(&[&format!(
-                    "SET LOCAL search_path = {}, public",
-                    quoted(schema)
-                )])
-                .await?;
-                let applied = projector.catch_up_in(&mut tx).await?;
-                tx.execute_all(&["SET LOCAL search_path = public"]).await?;
-                let tables: Vec<String> = on_tx!(&mut tx, |conn| {
-                    sqlx::query_scalar(
-                        "SELECT table_name::text FROM information_schema.tables
-                          WHERE table_schema = $1 AND table_name <> 'projection_checkpoints'
-                          ORDER BY table_name",
-                    )
-                    .bind(schema.as_str())
-                    .fetch_all(conn)
-                    .await
-                })?;
-                let mut statements = Vec::new();
-                for table in &tables {
-                    statements.push(format!("DROP TABLE IF EXISTS public.{}", quoted(table)));
-                    statements.push(format!(
-                        "ALTER TABLE {}.{} SET SCHEMA public",
-                        quoted(schema),
-                        quoted(table)
-                    ));
+                let mut attempts = 0u32;
+                loop {
+                    if let Some(applied) = self.pg_switch(pool, schema, projector).await? {
+                        break applied;
+                    }
+                    attempts += 1;
+                    if attempts >= SWITCH_ATTEMPTS {
+                        return Err(ProjectionError::Rebuild(format!(
+                            "the live tables of {} stayed busy through {attempts} attempts",
+                            self.name
+                        )));
+                    }
+                    tokio::time::sleep(SWITCH_RETRY).await;
                 }
-                statements.push(format!(
-                    "UPDATE public.projection_checkpoints p
-                        SET transaction_id = s.transaction_id, position = s.position,
-                            updated_at = s.updated_at
-                       FROM {}.projection_checkpoints s
-                      WHERE p.name = s.name AND p.version = s.version",
-                    quoted(schema)
-                ));
-                statements.push(format!("DROP SCHEMA {} CASCADE", quoted(schema)));
-                let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
-                tx.execute_all(&statements).await?;
-                tx.commit().await?;
-                applied
             }
             (Place::File(file), ReadDb::Sqlite { writer, .. }) => {
                 let mut conn = writer.acquire().await?;
@@ -222,6 +187,91 @@ impl Shadow {
                 ))
             }
         })
+    }
+
+    /// One attempt at the PostgreSQL switch; `None` when a live table was busy (the
+    /// transaction is rolled back and the caller tries again).
+    async fn pg_switch(
+        &self,
+        pool: &sqlx::PgPool,
+        schema: &str,
+        projector: &dyn AnyProjector,
+    ) -> Result<Option<u64>, ProjectionError> {
+        let mut tx = ReadTx::Postgres(pool.begin().await?);
+        // Every runner of the live projection, on any node, takes this lock before it reads
+        // the feed: none applies anything between the final catch-up and the switch.
+        on_tx!(&mut tx, |conn| {
+            sqlx::query(
+                "SELECT position FROM public.projection_checkpoints
+                  WHERE name = $1 AND version = $2 FOR UPDATE",
+            )
+            .bind(self.name)
+            .bind(self.version)
+            .fetch_optional(conn)
+            .await
+            .map(|_| ())
+        })?;
+        tx.execute_all(&[&format!(
+            "SET LOCAL search_path = {}, public",
+            quoted(schema)
+        )])
+        .await?;
+        let applied = projector.catch_up_in(&mut tx).await?;
+        tx.execute_all(&["SET LOCAL search_path = public"]).await?;
+        let tables: Vec<(String, bool)> = on_tx!(&mut tx, |conn| {
+            sqlx::query_as(
+                "SELECT s.table_name::text, EXISTS (SELECT 1 FROM information_schema.tables p
+                          WHERE p.table_schema = 'public' AND p.table_name = s.table_name)
+                   FROM information_schema.tables s
+                  WHERE s.table_schema = $1 AND s.table_name <> 'projection_checkpoints'
+                  ORDER BY s.table_name",
+            )
+            .bind(schema)
+            .fetch_all(conn)
+            .await
+        })?;
+        // All live tables at once, without waiting: a reader holding one of them while it
+        // waits for another would deadlock with a switch that waits. Busy → try again.
+        let live: Vec<String> = tables
+            .iter()
+            .filter(|(_, exists)| *exists)
+            .map(|(table, _)| format!("public.{}", quoted(table)))
+            .collect();
+        if !live.is_empty() {
+            let lock = format!(
+                "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE NOWAIT",
+                live.join(", ")
+            );
+            match tx.execute_all(&[&lock]).await {
+                Ok(()) => {}
+                Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("55P03") => {
+                    return Ok(None);
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        let mut statements = Vec::new();
+        for (table, _) in &tables {
+            statements.push(format!("DROP TABLE IF EXISTS public.{}", quoted(table)));
+            statements.push(format!(
+                "ALTER TABLE {}.{} SET SCHEMA public",
+                quoted(schema),
+                quoted(table)
+            ));
+        }
+        statements.push(format!(
+            "UPDATE public.projection_checkpoints p
+                SET transaction_id = s.transaction_id, position = s.position,
+                    updated_at = s.updated_at
+               FROM {}.projection_checkpoints s
+              WHERE p.name = s.name AND p.version = s.version",
+            quoted(schema)
+        ));
+        statements.push(format!("DROP SCHEMA {} CASCADE", quoted(schema)));
+        let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
+        tx.execute_all(&statements).await?;
+        tx.commit().await?;
+        Ok(Some(applied))
     }
 
     /// Throws the copy away (after the switch, or when the rebuild failed).

@@ -10,9 +10,10 @@
 //!    live copy and switched in ([`ReadSide::rebuild`]); the figure is events in the feed
 //!    per second of that wall time (each projection reads the whole feed);
 //! 2. **lag**: runs the projections live and a `bench tasks`-like load (`--load-tasks`
-//!    tasks at `--rate` a second, each created, leased and completed), and measures for each
-//!    created task the time from its commit until every projection's checkpoint has passed
-//!    its event (polled every millisecond);
+//!    tasks at `--rate` a second, each created, leased and completed, the task view written
+//!    inline after each commit as the server does), and measures for each created task the
+//!    time from its commit until every projection's checkpoint has passed its event (polled
+//!    every millisecond);
 //! 3. **ws**: WebSocket delivery, from [`ws_delivery_p99_ms`].
 //!
 //! It ends with one line: `projections: rebuild=<N> events/s lag_p99=<ms> ws_p99=<ms>`.
@@ -403,18 +404,21 @@ async fn measure_lag(
             let id = task_id.to_string();
             let context = context(&actor, task_id);
             let at = Utc::now();
-            bus.create::<Task, CommandError<_>>(&id, &context, |_| {
-                Ok(TaskCommand::CreateTask {
-                    task_id,
-                    owner_id: actor.id,
-                    spec: spec.clone(),
-                    workflow_run_id: None,
-                    at,
+            let created = bus
+                .create::<Task, CommandError<_>>(&id, &context, |_| {
+                    Ok(TaskCommand::CreateTask {
+                        task_id,
+                        owner_id: actor.id,
+                        spec: spec.clone(),
+                        workflow_run_id: None,
+                        at,
+                    })
                 })
-            })
-            .await?;
+                .await?;
             let committed = Instant::now();
-            read.notify();
+            // As the server does: the task view written inline, the projections woken.
+            read.task_committed(&created.aggregate, created.version)
+                .await;
             let first = store
                 .history("task", &id)
                 .await?
@@ -438,9 +442,10 @@ async fn measure_lag(
                     at: Utc::now(),
                 },
             ] {
-                bus.execute::<Task, CommandError<_>>(&id, &context, None, |_| Ok(command.clone()))
+                let done = bus
+                    .execute::<Task, CommandError<_>>(&id, &context, None, |_| Ok(command.clone()))
                     .await?;
-                read.notify();
+                read.task_committed(&done.aggregate, done.version).await;
             }
             anyhow::Ok(())
         }));

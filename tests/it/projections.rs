@@ -132,8 +132,16 @@ async fn lists_filter_and_page_newest_first(#[case] backend: Backend) {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["agent_view", "api_key_view", "task_view"]);
-    assert_eq!(projections[2]["version"], 2);
+    assert_eq!(
+        names,
+        [
+            "agent_view",
+            "aggregate_owners",
+            "api_key_view",
+            "task_view"
+        ]
+    );
+    assert_eq!(projections[3]["version"], 2);
 }
 
 async fn view_rows(app: &TestApp) -> Vec<(String, i64, String)> {

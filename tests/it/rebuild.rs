@@ -537,7 +537,12 @@ async fn admins_rebuild_over_http_auditors_read_others_see_nothing(#[case] backe
         if task_view["status"] == "live" {
             break;
         }
-        assert_eq!(task_view["status"], "rebuilding", "{task_view}");
+        // `catching_up` after the switch, when the feed's horizon holds the last events
+        // back for a moment.
+        assert!(
+            ["rebuilding", "catching_up"].contains(&task_view["status"].as_str().unwrap()),
+            "{task_view}"
+        );
         assert!(Instant::now() < deadline, "the rebuild did not finish");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
