@@ -1,7 +1,8 @@
 //! The read side at run time: sets up the projections, catches them up at start, keeps
-//! them current in the background, and reports their lag.
+//! them current in the background, reports their lag, and rebuilds them without downtime.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chronicle_aggregates::agent::Agent;
@@ -10,6 +11,7 @@ use chronicle_aggregates::task::{is_ready, Task};
 use chronicle_projections::agent_view::AgentView;
 use chronicle_projections::aggregate_owners::AggregateOwners;
 use chronicle_projections::api_key_view::ApiKeyView;
+use chronicle_projections::rebuild::Shadow;
 use chronicle_projections::task_view::TaskView;
 use chronicle_projections::usage::UsageView;
 use chronicle_projections::{
@@ -42,6 +44,58 @@ pub struct ReadSide {
     wakeups: Option<Wakeups>,
     /// What this node's lease calls share.
     dispatch: Arc<DispatchState>,
+    /// Projections this node is rebuilding now.
+    rebuilding: Arc<Mutex<HashSet<&'static str>>>,
+}
+
+/// Events per transaction while a rebuild builds its copy: larger than the live batch,
+/// since nobody waits on the copy's checkpoint.
+const REBUILD_BATCH: u32 = 5_000;
+
+/// Why a rebuild did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("no projection is named {0:?}")]
+    Unknown(String),
+    #[error("projection {0} is being rebuilt already")]
+    Running(&'static str),
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+}
+
+/// The right to rebuild one projection: at most one per projection per node (and, on
+/// PostgreSQL, per cluster: [`ReadSide::rebuild_claimed`] takes an advisory lock too).
+/// Released on drop.
+pub struct RebuildClaim {
+    projector: Arc<dyn AnyProjector>,
+    rebuilding: Arc<Mutex<HashSet<&'static str>>>,
+}
+
+impl RebuildClaim {
+    pub fn name(&self) -> &'static str {
+        self.projector.name()
+    }
+}
+
+impl Drop for RebuildClaim {
+    fn drop(&mut self) {
+        self.rebuilding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(self.projector.name());
+    }
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone)]
+pub struct RebuildReport {
+    pub name: &'static str,
+    pub version: i64,
+    /// Events applied to the copy, the final catch-up inside the switch included.
+    pub applied: u64,
+    /// Of those, applied inside the switch transaction.
+    pub in_switch: u64,
+    pub elapsed: Duration,
 }
 
 impl ReadSide {
@@ -55,14 +109,24 @@ impl ReadSide {
             Arc::new(Projector::new(AggregateOwners, store.clone(), db.clone())),
             Arc::new(Projector::new(UsageView, store.clone(), db.clone())),
         ]);
+        // A new `VERSION` is a new set of tables (`…_v<N>`): it is built here from the
+        // first event before the API serves, beside the older version's tables, which nodes
+        // still running the old code go on using.
         for projector in projectors.iter() {
             projector.setup().await?;
-            let applied = projector.catch_up().await?;
-            tracing::info!(
-                projection = projector.name(),
-                applied,
-                "projection caught up"
-            );
+            match projector.catch_up().await {
+                Ok(applied) => tracing::info!(
+                    projection = projector.name(),
+                    applied,
+                    "projection caught up"
+                ),
+                // Stopped at an event it cannot apply (logged): the others go on, and the
+                // API serves, with `/api/status` saying so.
+                Err(error) if projector.failure().is_some() => {
+                    tracing::warn!(projection = projector.name(), %error, "projection failed");
+                }
+                Err(error) => return Err(error),
+            }
         }
         Ok(Self {
             wake: Arc::new(Notify::new()),
@@ -72,7 +136,154 @@ impl ReadSide {
             projectors,
             store: store.clone(),
             dispatch: Arc::default(),
+            rebuilding: Arc::default(),
         })
+    }
+
+    /// The names of the projections, live versions only.
+    pub fn projection_names(&self) -> Vec<&'static str> {
+        self.projectors.iter().map(|p| p.name()).collect()
+    }
+
+    /// How many times each projection stopped at an event it could not apply, since this
+    /// process started: `chronicle_projection_failures_total{projection}` for the metrics
+    /// endpoint.
+    pub fn projection_failures(&self) -> Vec<(&'static str, u64)> {
+        self.projectors
+            .iter()
+            .map(|p| (p.name(), p.failures_total()))
+            .collect()
+    }
+
+    /// Claims the rebuild of projection `name` on this node.
+    pub fn claim_rebuild(&self, name: &str) -> Result<RebuildClaim, RebuildError> {
+        let projector = self
+            .projectors
+            .iter()
+            .find(|p| p.name() == name)
+            .cloned()
+            .ok_or_else(|| RebuildError::Unknown(name.to_owned()))?;
+        let mut rebuilding = self
+            .rebuilding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !rebuilding.insert(projector.name()) {
+            return Err(RebuildError::Running(projector.name()));
+        }
+        Ok(RebuildClaim {
+            projector,
+            rebuilding: self.rebuilding.clone(),
+        })
+    }
+
+    /// Rebuilds projection `name` without downtime; see [`ReadSide::rebuild_claimed`].
+    pub async fn rebuild(
+        &self,
+        name: &str,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<RebuildReport, RebuildError> {
+        let claim = self.claim_rebuild(name)?;
+        self.rebuild_claimed(claim, progress).await
+    }
+
+    /// Builds the claimed projection again from the first event in fresh tables beside the
+    /// live ones, which serve reads meanwhile (and take the inline writes), then applies
+    /// what is left and swaps the copy in, atomically
+    /// ([`chronicle_projections::rebuild`]). `progress` gets (events applied, events in
+    /// the feed) after each batch. A failed projection goes on again once rebuilt.
+    pub async fn rebuild_claimed(
+        &self,
+        claim: RebuildClaim,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<RebuildReport, RebuildError> {
+        let started = std::time::Instant::now();
+        let projector = claim.projector.clone();
+        let name = projector.name();
+        // Across nodes: a session advisory lock, held on this connection until the end.
+        let mut cluster_lock = match &self.db {
+            ReadDb::Postgres(pool) => {
+                let mut conn = pool.acquire().await.map_err(ProjectionError::from)?;
+                let locked: bool =
+                    sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1)::bigint)")
+                        .bind(format!("chronicle.rebuild.{name}"))
+                        .fetch_one(&mut *conn)
+                        .await
+                        .map_err(ProjectionError::from)?;
+                if !locked {
+                    return Err(RebuildError::Running(name));
+                }
+                Some(conn)
+            }
+            ReadDb::Sqlite { .. } => None,
+        };
+        let built = self.build_and_switch(&*projector, progress).await;
+        if let Some(conn) = cluster_lock.as_mut() {
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtext($1)::bigint)")
+                .bind(format!("chronicle.rebuild.{name}"))
+                .execute(&mut **conn)
+                .await;
+            if let Err(error) = unlocked {
+                // The lock ends with the connection: close it rather than return it.
+                tracing::warn!(%error, "could not release the rebuild lock");
+                if let Some(conn) = cluster_lock.take() {
+                    drop(conn.detach());
+                }
+            }
+        }
+        let (applied, in_switch) = built?;
+        projector.clear_failure();
+        self.notify();
+        let report = RebuildReport {
+            name,
+            version: projector.version(),
+            applied,
+            in_switch,
+            elapsed: started.elapsed(),
+        };
+        tracing::info!(
+            projection = name,
+            applied,
+            in_switch,
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "projection rebuilt and switched"
+        );
+        drop(claim);
+        Ok(report)
+    }
+
+    async fn build_and_switch(
+        &self,
+        projector: &dyn AnyProjector,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<(u64, u64), ProjectionError> {
+        let (total, _) = self
+            .store
+            .lag_after(FeedCursor::default())
+            .await
+            .map_err(|e| ProjectionError::Source(Box::new(e)))?;
+        let total = u64::try_from(total).unwrap_or_default();
+        let shadow = Shadow::create(&self.db, projector.name(), projector.version()).await?;
+        let copy = projector.with_db(shadow.db().clone(), REBUILD_BATCH);
+        let mut applied = 0;
+        let built = async {
+            copy.setup().await?;
+            loop {
+                let batch = copy.advance().await?;
+                applied += batch;
+                progress(applied, total.max(applied));
+                if batch < u64::from(REBUILD_BATCH) {
+                    return Ok::<_, ProjectionError>(());
+                }
+            }
+        }
+        .await;
+        if let Err(error) = built {
+            shadow.discard().await;
+            return Err(error);
+        }
+        let in_switch = shadow.switch(&self.db, &*copy).await?;
+        progress(applied + in_switch, total.max(applied + in_switch));
+        Ok((applied + in_switch, in_switch))
     }
 
     /// Keeps the projections current until `stop` is cancelled (they finish the catch-up
@@ -177,6 +388,34 @@ impl ReadSide {
         }
     }
 
+    /// Where each live projection's checkpoint stands: cheaper than [`ReadSide::status`].
+    pub async fn checkpoints(&self) -> Result<Vec<(&'static str, FeedCursor)>, ProjectionError> {
+        let rows: Vec<(String, i64, i64, i64)> =
+            chronicle_projections::on_reader!(&self.db, |pool| {
+                sqlx::query_as(
+                    "SELECT name, version, transaction_id, position FROM projection_checkpoints",
+                )
+                .fetch_all(pool)
+                .await
+            })?;
+        Ok(self
+            .projectors
+            .iter()
+            .filter_map(|p| {
+                let (_, _, transaction_id, position) = rows
+                    .iter()
+                    .find(|(name, version, _, _)| name == p.name() && *version == p.version())?;
+                Some((
+                    p.name(),
+                    FeedCursor {
+                        transaction_id: u64::try_from(*transaction_id).unwrap_or_default(),
+                        position: *position,
+                    },
+                ))
+            })
+            .collect())
+    }
+
     /// Where each projection stands and how far behind the feed it is.
     pub async fn status(&self) -> Result<Vec<ProjectionStatus>, ProjectionError> {
         let rows: Vec<(String, i64, i64, i64)> =
@@ -205,20 +444,31 @@ impl ReadSide {
             let live = self
                 .projectors
                 .iter()
-                .any(|p| p.name() == name && p.version() == version);
+                .find(|p| p.name() == name && p.version() == version);
+            let failure = live.and_then(|p| p.failure());
+            let rebuilding = self
+                .rebuilding
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(name.as_str());
             statuses.push(ProjectionStatus {
-                name,
-                version,
-                position,
-                lag_events,
-                lag_seconds,
-                status: if !live {
+                status: if live.is_none() {
                     "retired"
+                } else if failure.is_some() {
+                    "failed"
+                } else if rebuilding {
+                    "rebuilding"
                 } else if lag_events == 0 {
                     "live"
                 } else {
                     "catching_up"
                 },
+                error: failure.map(|f| format!("at position {}: {}", f.position, f.message)),
+                name,
+                version,
+                position,
+                lag_events,
+                lag_seconds,
             });
         }
         Ok(statuses)

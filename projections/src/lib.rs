@@ -7,6 +7,7 @@
 //!   (implemented by the runtime's store).
 //! - [`db`]: the read-model database, PostgreSQL or SQLite, one SQL text for both.
 //! - [`runner`]: the `Projection` trait and checkpointed catch-up.
+//! - [`rebuild`]: a projection built again beside the live one and swapped in atomically.
 //! - [`task_view`]: the task list read model.
 //! - [`task_queue`]: the task view's queue reads — ready tasks, held leases, deadlines.
 //! - [`agent_view`]: the agent registry read model.
@@ -19,6 +20,7 @@ pub mod aggregate_owners;
 pub mod api_key_view;
 pub mod db;
 pub mod feed;
+pub mod rebuild;
 pub mod runner;
 pub mod task_queue;
 pub mod task_view;
@@ -26,4 +28,6 @@ pub mod usage;
 
 pub use db::{ReadDb, ReadTx};
 pub use feed::{EventSource, FeedCursor, RecordedEvent};
-pub use runner::{AnyProjector, Projection, ProjectionError, ProjectionStatus, Projector};
+pub use runner::{
+    AnyProjector, Projection, ProjectionError, ProjectionFailure, ProjectionStatus, Projector,
+};

@@ -4,7 +4,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -33,6 +34,12 @@ pub enum ProjectionError {
         sequence: i64,
         message: String,
     },
+    /// The projection stopped at an event it could not apply; it stays there until the
+    /// process restarts or the projection is rebuilt.
+    #[error("stopped at event {position}: {message}")]
+    Failed { position: i64, message: String },
+    #[error("rebuild: {0}")]
+    Rebuild(String),
 }
 
 impl ProjectionError {
@@ -130,26 +137,97 @@ pub struct ProjectionStatus {
     /// Age of the oldest of those events.
     pub lag_seconds: f64,
     #[schema(value_type = String, example = "live")]
-    /// `live`, `catching_up`, or `retired` (an older version of a projection).
+    /// `live`, `catching_up`, `rebuilding` (a new copy is being built beside it),
+    /// `failed` (stopped at an event it cannot apply: see `error`), or `retired` (an older
+    /// version of a projection).
     pub status: &'static str,
+    /// Why a `failed` projection stopped, naming the event's position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
+
+/// Where and why a projection stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectionFailure {
+    /// The position of the event it could not apply; its checkpoint stays just before.
+    pub position: i64,
+    pub message: String,
+}
+
+impl ProjectionFailure {
+    fn error(&self) -> ProjectionError {
+        ProjectionError::Failed {
+            position: self.position,
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// Events per catch-up transaction.
+pub const DEFAULT_BATCH: u32 = 500;
 
 /// Runs one projection against one event source.
 pub struct Projector<P, S> {
-    projection: P,
+    projection: Arc<P>,
     source: S,
     db: ReadDb,
     batch: u32,
+    /// Set when an event cannot be applied: the projector applies nothing more.
+    failure: Mutex<Option<ProjectionFailure>>,
+    /// How many times the projection has stopped at an event, for the metrics.
+    failures: AtomicU64,
 }
 
 impl<P: Projection, S: EventSource> Projector<P, S> {
     pub fn new(projection: P, source: S, db: ReadDb) -> Self {
+        Self::with_shared(Arc::new(projection), source, db, DEFAULT_BATCH)
+    }
+
+    fn with_shared(projection: Arc<P>, source: S, db: ReadDb, batch: u32) -> Self {
         Self {
             projection,
             source,
             db,
-            batch: 500,
+            batch: batch.max(1),
+            failure: Mutex::new(None),
+            failures: AtomicU64::new(0),
         }
+    }
+
+    /// Where the projection stopped, if it did.
+    pub fn failure(&self) -> Option<ProjectionFailure> {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Lets a stopped projection go on (after a rebuild replaced its tables).
+    pub fn clear_failure(&self) {
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// How many times it stopped at an event since the process started: the counter behind
+    /// `chronicle_projection_failures_total{projection}`.
+    pub fn failures_total(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    fn fail(&self, event: &RecordedEvent, error: &ProjectionError) {
+        let failure = ProjectionFailure {
+            position: event.position,
+            message: error.to_string(),
+        };
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            projection = P::NAME,
+            version = P::VERSION,
+            position = failure.position,
+            error = %failure.message,
+            "projection stopped at an event it cannot apply; the other projections go on; \
+             restart or rebuild it after a fix"
+        );
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(failure);
     }
 
     pub fn projection(&self) -> &P {
@@ -181,7 +259,7 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
     pub async fn catch_up(&self) -> Result<u64, ProjectionError> {
         let mut total = 0;
         loop {
-            let applied = self.step().await?;
+            let applied = self.advance().await?;
             total += applied;
             if applied < u64::from(self.batch) {
                 return Ok(total);
@@ -189,11 +267,53 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
         }
     }
 
-    async fn step(&self) -> Result<u64, ProjectionError> {
+    /// Applies one batch. When an event of it cannot be applied, the events before it are
+    /// applied one by one, so the checkpoint stops right before the bad one, and the
+    /// projector stops there ([`Projector::failure`]).
+    pub async fn advance(&self) -> Result<u64, ProjectionError> {
+        if let Some(failure) = self.failure() {
+            return Err(failure.error());
+        }
+        match self.step(self.batch).await {
+            Err(ProjectionError::Event { .. }) => {}
+            other => return other,
+        }
+        let mut applied = 0;
+        loop {
+            match self.step(1).await {
+                Ok(0) => return Ok(applied),
+                Ok(n) => applied += n,
+                Err(error) => return Err(self.failure().map_or(error, |f| f.error())),
+            }
+        }
+    }
+
+    async fn step(&self, limit: u32) -> Result<u64, ProjectionError> {
         let mut tx = self.db.begin().await?;
+        let applied = self.step_in(&mut tx, limit).await?;
+        if applied > 0 {
+            tx.commit().await?;
+        }
+        Ok(applied)
+    }
+
+    /// Applies everything after the checkpoint inside `tx`, which the caller commits: the
+    /// final catch-up of a rebuild, in the transaction that switches the tables.
+    pub async fn catch_up_in(&self, tx: &mut ReadTx) -> Result<u64, ProjectionError> {
+        let mut total = 0;
+        loop {
+            let applied = self.step_in(tx, self.batch).await?;
+            total += applied;
+            if applied < u64::from(self.batch) {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn step_in(&self, tx: &mut ReadTx, limit: u32) -> Result<u64, ProjectionError> {
         // A no-op update takes the row lock (PostgreSQL) or the write lock (SQLite), so
         // two runners never apply the same batch.
-        let (transaction_id, position): (i64, i64) = on_tx!(&mut tx, |conn| {
+        let (transaction_id, position): (i64, i64) = on_tx!(&mut *tx, |conn| {
             sqlx::query(
                 "UPDATE projection_checkpoints SET updated_at = updated_at
                   WHERE name = $1 AND version = $2",
@@ -217,14 +337,19 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
         };
         let events = self
             .source
-            .events_after(cursor, self.batch)
+            .events_after(cursor, limit)
             .await
             .map_err(ProjectionError::Source)?;
         let Some(last) = events.last().map(RecordedEvent::cursor) else {
             return Ok(0);
         };
-        self.projection.apply_batch(&mut tx, &events).await?;
-        on_tx!(&mut tx, |conn| {
+        if let Err(error) = self.projection.apply_batch(tx, &events).await {
+            if let (ProjectionError::Event { .. }, [event]) = (&error, events.as_slice()) {
+                self.fail(event, &error);
+            }
+            return Err(error);
+        }
+        on_tx!(&mut *tx, |conn| {
             sqlx::query(
                 "UPDATE projection_checkpoints
                     SET transaction_id = $3, position = $4, updated_at = $5
@@ -239,7 +364,6 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
             .await
             .map(|r| r.rows_affected())
         })?;
-        tx.commit().await?;
         Ok(events.len() as u64)
     }
 
@@ -247,8 +371,9 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
     /// aborted; after a wake-up it lets `settle` pass first, so a burst of commits is
     /// applied as one batch instead of one catch-up each (the committing node's own views
     /// are written inline, so this delays only what the feed repairs or other nodes wrote).
-    /// Errors are logged and retried: a projection falls behind, it never stops — until
-    /// `stop` is cancelled, which it obeys between catch-ups, never inside one (an aborted
+    /// Database and feed errors are logged and retried: the projection falls behind. An
+    /// event it cannot apply stops it there ([`Projector::advance`]) while the other
+    /// projections go on. `stop` is obeyed between catch-ups, never inside one (an aborted
     /// transaction can leave a SQLite connection unusable).
     pub async fn run(
         self: Arc<Self>,
@@ -261,6 +386,8 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
             match self.catch_up().await {
                 Ok(0) => {}
                 Ok(applied) => tracing::debug!(projection = P::NAME, applied, "caught up"),
+                // Logged once, when it stopped.
+                Err(ProjectionError::Failed { .. }) => {}
                 Err(error) => tracing::error!(projection = P::NAME, %error, "catch-up failed"),
             }
             tokio::select! {
@@ -279,6 +406,15 @@ pub trait AnyProjector: Send + Sync + 'static {
     fn version(&self) -> i64;
     fn setup(&self) -> BoxFuture<'_, Result<(), ProjectionError>>;
     fn catch_up(&self) -> BoxFuture<'_, Result<u64, ProjectionError>>;
+    fn advance(&self) -> BoxFuture<'_, Result<u64, ProjectionError>>;
+    fn catch_up_in<'a>(&'a self, tx: &'a mut ReadTx)
+        -> BoxFuture<'a, Result<u64, ProjectionError>>;
+    fn failure(&self) -> Option<ProjectionFailure>;
+    fn clear_failure(&self);
+    fn failures_total(&self) -> u64;
+    /// The same projection over the same feed, writing to `db` in batches of `batch`: the
+    /// copy a rebuild builds beside the live one.
+    fn with_db(&self, db: ReadDb, batch: u32) -> Arc<dyn AnyProjector>;
     fn run(
         self: Arc<Self>,
         wake: Arc<Notify>,
@@ -288,7 +424,7 @@ pub trait AnyProjector: Send + Sync + 'static {
     ) -> BoxFuture<'static, ()>;
 }
 
-impl<P: Projection, S: EventSource + 'static> AnyProjector for Projector<P, S> {
+impl<P: Projection, S: EventSource + Clone + 'static> AnyProjector for Projector<P, S> {
     fn name(&self) -> &'static str {
         P::NAME
     }
@@ -303,6 +439,38 @@ impl<P: Projection, S: EventSource + 'static> AnyProjector for Projector<P, S> {
 
     fn catch_up(&self) -> BoxFuture<'_, Result<u64, ProjectionError>> {
         Box::pin(Projector::catch_up(self))
+    }
+
+    fn advance(&self) -> BoxFuture<'_, Result<u64, ProjectionError>> {
+        Box::pin(Projector::advance(self))
+    }
+
+    fn catch_up_in<'a>(
+        &'a self,
+        tx: &'a mut ReadTx,
+    ) -> BoxFuture<'a, Result<u64, ProjectionError>> {
+        Box::pin(Projector::catch_up_in(self, tx))
+    }
+
+    fn failure(&self) -> Option<ProjectionFailure> {
+        Projector::failure(self)
+    }
+
+    fn clear_failure(&self) {
+        Projector::clear_failure(self);
+    }
+
+    fn failures_total(&self) -> u64 {
+        Projector::failures_total(self)
+    }
+
+    fn with_db(&self, db: ReadDb, batch: u32) -> Arc<dyn AnyProjector> {
+        Arc::new(Projector::with_shared(
+            self.projection.clone(),
+            self.source.clone(),
+            db,
+            batch,
+        ))
     }
 
     fn run(

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::db::{ReadDb, ReadTx};
 use crate::feed::RecordedEvent;
-use crate::runner::{fold_next, Projection, ProjectionError};
+use crate::runner::{decode_event, fold_next, Projection, ProjectionError};
 use crate::{on_reader, on_tx};
 
 pub struct TaskView;
@@ -286,8 +286,9 @@ impl Projection for TaskView {
     }
 
     /// Most events in the feed were already written inline by the node that committed
-    /// them: one query reads the versions of the batch's tasks, and only events past them
-    /// are applied one by one.
+    /// them: one query reads the stored state and version of the batch's tasks, events
+    /// past them are folded in memory, and each task that changed is written once — in a
+    /// rebuild, one write per task per batch instead of one per event.
     async fn apply_batch(
         &self,
         tx: &mut ReadTx,
@@ -303,28 +304,55 @@ impl Projection for TaskView {
         if ids.is_empty() {
             return Ok(());
         }
-        let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
-        let sql = format!(
-            "SELECT id, version FROM task_view_v2 WHERE id IN ({})",
-            placeholders.join(", ")
-        );
-        let rows: Vec<(String, i64)> = on_tx!(&mut *tx, |conn| {
-            let mut query = sqlx::query_as(&sql);
-            for id in &ids {
-                query = query.bind(*id);
-            }
-            query.fetch_all(conn).await
-        })?;
-        let mut versions: HashMap<String, i64> = rows.into_iter().collect();
+        let mut stored: HashMap<String, (String, i64)> = HashMap::with_capacity(ids.len());
+        // Only placeholders are formatted in; every value is bound. Chunks stay under
+        // SQLite's bound-parameter limit.
+        for chunk in ids.chunks(5_000) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+            let sql = format!(
+                "SELECT id, state, version FROM task_view_v2 WHERE id IN ({})",
+                placeholders.join(", ")
+            );
+            let rows: Vec<(String, String, i64)> = on_tx!(&mut *tx, |conn| {
+                let mut query = sqlx::query_as(&sql);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                query.fetch_all(conn).await
+            })?;
+            stored.extend(
+                rows.into_iter()
+                    .map(|(id, state, version)| (id, (state, version))),
+            );
+        }
+        let mut folded: HashMap<&str, (Task, i64)> = HashMap::new();
+        let mut order: Vec<&str> = Vec::new();
         for event in tasks {
-            if versions
-                .get(&event.aggregate_id)
-                .is_some_and(|version| event.sequence <= *version)
-            {
+            let id = event.aggregate_id.as_str();
+            if let Some((task, version)) = folded.get_mut(id) {
+                if event.sequence <= *version {
+                    continue;
+                }
+                if event.sequence != *version + 1 {
+                    return Err(ProjectionError::event(
+                        event,
+                        format!("the view is at version {version}; events are missing"),
+                    ));
+                }
+                task.apply(decode_event::<Task>(event)?);
+                *version = event.sequence;
                 continue;
             }
-            self.apply(tx, event).await?;
-            versions.insert(event.aggregate_id.clone(), event.sequence);
+            if let Some(task) = fold_next::<Task>(stored.get(id).cloned(), event)? {
+                stored.remove(id);
+                folded.insert(id, (task, event.sequence));
+                order.push(id);
+            }
+        }
+        for id in order {
+            if let Some((task, version)) = folded.get(id) {
+                Self::upsert(tx, task, *version as usize).await?;
+            }
         }
         Ok(())
     }

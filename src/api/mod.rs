@@ -1,5 +1,6 @@
 //! The HTTP API (API.md): routes, shared state and the middleware every request passes.
 
+pub mod admin;
 pub mod agent_ws;
 pub mod agents;
 pub mod analytics;
@@ -146,7 +147,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(analytics::status))
         .routes(routes!(events::list))
         .routes(routes!(audit::verify))
-        .routes(routes!(audit_checkpoint::latest));
+        .routes(routes!(audit_checkpoint::latest))
+        .routes(routes!(admin::list))
+        .routes(routes!(admin::rebuild));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).nest("/api", api)
 }
 

@@ -6,7 +6,8 @@
 //! server's connection pool (`CHRONICLE_STORE__MAX_CONNECTIONS`), as requests do.
 //!
 //! `chronicle bench tasks` ([`super::bench_tasks`]) and `chronicle bench auth`
-//! ([`super::bench_auth`]) measure over HTTP, against a running server or one they start.
+//! ([`super::bench_auth`]) measure over HTTP, against a running server or one they start;
+//! `chronicle bench projections` ([`super::bench_projections`]) the read side, in process.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -49,6 +50,8 @@ pub enum BenchCommand {
     /// The cost of authentication: /api/health against GET /api/tasks/{id} with a JWT and
     /// with an API key.
     Auth(super::bench_auth::AuthArgs),
+    /// Rebuild throughput of every projection, and live projection lag under load.
+    Projections(super::bench_projections::ProjectionsArgs),
 }
 
 pub async fn run(command: BenchCommand, settings: Settings) -> anyhow::Result<()> {
@@ -69,6 +72,7 @@ pub async fn run(command: BenchCommand, settings: Settings) -> anyhow::Result<()
         }
         BenchCommand::Tasks(args) => super::bench_tasks::run(args, settings).await,
         BenchCommand::Auth(args) => super::bench_auth::run(args, settings).await,
+        BenchCommand::Projections(args) => super::bench_projections::run(args, settings).await,
     }
 }
 

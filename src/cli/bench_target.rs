@@ -38,7 +38,7 @@ struct OwnServer {
     _dir: tempfile::TempDir,
 }
 
-enum ThrowAwayDatabase {
+pub(crate) enum ThrowAwayDatabase {
     Postgres { admin_url: String, name: String },
     Sqlite,
 }
@@ -79,40 +79,8 @@ impl Target {
 
     async fn start(settings: &Settings, backend: BackendArg) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
-        let (database_url, database) = match backend {
-            BackendArg::Sqlite => (
-                format!("sqlite://{}", dir.path().join("bench.db").display()),
-                ThrowAwayDatabase::Sqlite,
-            ),
-            BackendArg::Postgres => {
-                let admin_url = settings.database_url.clone();
-                if !admin_url.starts_with("postgres") {
-                    anyhow::bail!(
-                        "--backend postgres creates a throw-away database: set \
-                         CHRONICLE_DATABASE_URL to a PostgreSQL server where it may (now {})",
-                        crate::store::redact_url(&admin_url)
-                    );
-                }
-                let name = format!("chronicle_bench_{}", Uuid::new_v4().simple());
-                let mut connection =
-                    sqlx::PgConnection::connect(&admin_url)
-                        .await
-                        .with_context(|| {
-                            format!("cannot connect to {}", crate::store::redact_url(&admin_url))
-                        })?;
-                // The name is minted here, never taken from input.
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&mut connection)
-                    .await
-                    .context("cannot create the benchmark database")?;
-                let mut url = Url::parse(&admin_url).context("CHRONICLE_DATABASE_URL")?;
-                url.set_path(&format!("/{name}"));
-                (
-                    url.to_string(),
-                    ThrowAwayDatabase::Postgres { admin_url, name },
-                )
-            }
-        };
+        let (database_url, database) =
+            ThrowAwayDatabase::create(settings, backend, dir.path()).await?;
         let mut server_settings = settings.clone();
         server_settings.bind = ([127, 0, 0, 1], 0).into();
         server_settings.database_url = database_url;
@@ -184,7 +152,50 @@ impl Target {
 }
 
 impl ThrowAwayDatabase {
-    async fn drop_now(&self) {
+    /// A fresh database for `backend` (a SQLite file in `dir`, or a new database on the
+    /// PostgreSQL server of `CHRONICLE_DATABASE_URL`): its URL, and what drops it.
+    pub(crate) async fn create(
+        settings: &Settings,
+        backend: BackendArg,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<(String, Self)> {
+        Ok(match backend {
+            BackendArg::Sqlite => (
+                format!("sqlite://{}", dir.join("bench.db").display()),
+                ThrowAwayDatabase::Sqlite,
+            ),
+            BackendArg::Postgres => {
+                let admin_url = settings.database_url.clone();
+                if !admin_url.starts_with("postgres") {
+                    anyhow::bail!(
+                        "--backend postgres creates a throw-away database: set \
+                         CHRONICLE_DATABASE_URL to a PostgreSQL server where it may (now {})",
+                        crate::store::redact_url(&admin_url)
+                    );
+                }
+                let name = format!("chronicle_bench_{}", Uuid::new_v4().simple());
+                let mut connection =
+                    sqlx::PgConnection::connect(&admin_url)
+                        .await
+                        .with_context(|| {
+                            format!("cannot connect to {}", crate::store::redact_url(&admin_url))
+                        })?;
+                // The name is minted here, never taken from input.
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut connection)
+                    .await
+                    .context("cannot create the benchmark database")?;
+                let mut url = Url::parse(&admin_url).context("CHRONICLE_DATABASE_URL")?;
+                url.set_path(&format!("/{name}"));
+                (
+                    url.to_string(),
+                    ThrowAwayDatabase::Postgres { admin_url, name },
+                )
+            }
+        })
+    }
+
+    pub(crate) async fn drop_now(&self) {
         let Self::Postgres { admin_url, name } = self else {
             return;
         };

@@ -1,14 +1,16 @@
 //! The `chronicle` command line: serve (the default), migrate, audit, export and import,
-//! user, bench.
+//! user, projections, bench.
 
 mod audit;
 mod bench;
 mod bench_auth;
+mod bench_projections;
 mod bench_target;
 mod bench_tasks;
 mod export;
 mod import;
 pub mod live_client;
+mod projections;
 mod user;
 
 use std::path::PathBuf;
@@ -49,6 +51,11 @@ enum Command {
     Events {
         #[command(subcommand)]
         command: EventsCommand,
+    },
+    /// Rebuild read models.
+    Projections {
+        #[command(subcommand)]
+        command: projections::ProjectionsCommand,
     },
     /// Manage users.
     User {
@@ -149,6 +156,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
         Command::Events {
             command: EventsCommand::Import,
         } => import::import(&settings).await?,
+        Command::Projections { command } => projections::run(command, settings).await?,
         Command::User { command } => user::run(command, settings).await?,
         Command::Bench { command } => bench::run(command, settings).await?,
     }

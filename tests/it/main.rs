@@ -25,4 +25,5 @@ mod orchestration;
 mod projections;
 mod revocation;
 mod schema_rules;
+mod rebuild;
 mod store;

@@ -108,6 +108,8 @@ const IMPLEMENTED: &[(&str, &str)] = &[
     ("GET", "/api/audit/verify"),
     ("GET", "/api/tasks/{}/stream"),
     ("GET", "/api/ws"),
+    ("GET", "/api/admin/projections"),
+    ("POST", "/api/admin/projections/{}/rebuild"),
     ("GET", "/api/health"),
     ("GET", "/api/status"),
     ("GET", "/api/audit/checkpoint"),
