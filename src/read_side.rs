@@ -44,6 +44,9 @@ pub struct ReadSide {
     wakeups: Option<Wakeups>,
     /// What this node's lease calls share.
     dispatch: Arc<DispatchState>,
+    /// Fired after a projection applied events: readers scoped by a projection's
+    /// checkpoint (the owners) look again.
+    projected: Arc<Notify>,
     /// Projections this node is rebuilding now.
     rebuilding: Arc<Mutex<HashSet<&'static str>>>,
 }
@@ -136,6 +139,7 @@ impl ReadSide {
             projectors,
             store: store.clone(),
             dispatch: Arc::default(),
+            projected: Arc::default(),
             rebuilding: Arc::default(),
         })
     }
@@ -294,11 +298,13 @@ impl ReadSide {
             .projectors
             .iter()
             .map(|projector| {
-                tokio::spawn(
-                    projector
-                        .clone()
-                        .run(self.wake.clone(), POLL, SETTLE, stop.clone()),
-                )
+                tokio::spawn(projector.clone().run(
+                    self.wake.clone(),
+                    self.projected.clone(),
+                    POLL,
+                    SETTLE,
+                    stop.clone(),
+                ))
             })
             .collect();
         let mut others = Vec::new();
@@ -332,6 +338,11 @@ impl ReadSide {
     /// What this node's lease calls share (see `process::dispatch`).
     pub(crate) fn dispatch(&self) -> &DispatchState {
         &self.dispatch
+    }
+
+    /// Fired after a projection on this node applied events (see the `projected` field).
+    pub fn projected_signal(&self) -> Arc<Notify> {
+        self.projected.clone()
     }
 
     /// The signal behind [`ReadSide::notify_queue`]; register interest (`enable`) before

@@ -378,6 +378,7 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
     pub async fn run(
         self: Arc<Self>,
         wake: Arc<Notify>,
+        progress: Arc<Notify>,
         every: Duration,
         settle: Duration,
         stop: CancellationToken,
@@ -385,7 +386,10 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
         loop {
             match self.catch_up().await {
                 Ok(0) => {}
-                Ok(applied) => tracing::debug!(projection = P::NAME, applied, "caught up"),
+                Ok(applied) => {
+                    tracing::debug!(projection = P::NAME, applied, "caught up");
+                    progress.notify_waiters();
+                }
                 // Logged once, when it stopped.
                 Err(ProjectionError::Failed { .. }) => {}
                 Err(error) => tracing::error!(projection = P::NAME, %error, "catch-up failed"),
@@ -415,9 +419,12 @@ pub trait AnyProjector: Send + Sync + 'static {
     /// The same projection over the same feed, writing to `db` in batches of `batch`: the
     /// copy a rebuild builds beside the live one.
     fn with_db(&self, db: ReadDb, batch: u32) -> Arc<dyn AnyProjector>;
+    /// Catches up on every `wake` (after `settle`) and at least every `every` until `stop`;
+    /// fires `progress` after each catch-up that applied events.
     fn run(
         self: Arc<Self>,
         wake: Arc<Notify>,
+        progress: Arc<Notify>,
         every: Duration,
         settle: Duration,
         stop: CancellationToken,
@@ -476,10 +483,11 @@ impl<P: Projection, S: EventSource + Clone + 'static> AnyProjector for Projector
     fn run(
         self: Arc<Self>,
         wake: Arc<Notify>,
+        progress: Arc<Notify>,
         every: Duration,
         settle: Duration,
         stop: CancellationToken,
     ) -> BoxFuture<'static, ()> {
-        Box::pin(Projector::run(self, wake, every, settle, stop))
+        Box::pin(Projector::run(self, wake, progress, every, settle, stop))
     }
 }

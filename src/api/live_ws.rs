@@ -201,6 +201,11 @@ impl Live {
             let signal = events.notified();
             tokio::pin!(signal);
             signal.as_mut().enable();
+            // Held back by the owners projection: its next batch is what lets more through.
+            let projected = read.projected_signal();
+            let progressed = projected.notified();
+            tokio::pin!(progressed);
+            progressed.as_mut().enable();
             let held_back = match self.deliver().await {
                 Ok(held_back) => held_back,
                 Err(end) => break end,
@@ -221,6 +226,7 @@ impl Live {
                     break End::Close(CloseReason::CODE, reason.reason());
                 }
                 () = &mut signal => {}
+                () = &mut progressed, if held_back => {}
                 () = tokio::time::sleep(recheck) => {}
                 () = shutdown.cancelled() => break End::Close(1012, "server restarting"),
                 _ = ping.tick() => {

@@ -114,6 +114,11 @@ async fn produce(
         let signal = events.notified();
         tokio::pin!(signal);
         signal.as_mut().enable();
+        // Held back by the owners projection: its next batch is what lets more through.
+        let projected = read.projected_signal();
+        let progressed = projected.notified();
+        tokio::pin!(progressed);
+        progressed.as_mut().enable();
         let mut held_back = false;
         loop {
             // No more than the channel has room for: a stream holds at most that many.
@@ -148,6 +153,7 @@ async fn produce(
         // arrive on an in-process channel of the task: one more branch here.
         tokio::select! {
             () = &mut signal => {}
+            () = &mut progressed, if held_back => {}
             () = tokio::time::sleep(recheck) => {}
             () = out.closed() => return,
             () = state.shutdown.cancelled() => return,

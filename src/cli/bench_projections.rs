@@ -14,7 +14,7 @@
 //!    inline after each commit as the server does), and measures for each created task the
 //!    time from its commit until every projection's checkpoint has passed its event (polled
 //!    every millisecond);
-//! 3. **ws**: WebSocket delivery, from [`ws_delivery_p99_ms`].
+//! 3. **ws**: WebSocket delivery under a paced create load, from [`ws_delivery_p99_ms`].
 //!
 //! It ends with one line: `projections: rebuild=<N> events/s lag_p99=<ms> ws_p99=<ms>`.
 
@@ -38,7 +38,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::bench::BackendArg;
-use super::bench_target::{latency_histogram, micros, millis_at, ThrowAwayDatabase};
+use super::bench_target::{
+    bearer_client, expect_status, latency_histogram, micros, millis_at, Target, ThrowAwayDatabase,
+};
+use super::live_client::{delivery_ms, LiveClient, Received};
 use crate::actor::Actor;
 use crate::auth::keys;
 use crate::bus::{CommandBus, CommandContext, CommandError};
@@ -76,21 +79,72 @@ pub async fn run(args: ProjectionsArgs, settings: Settings) -> anyhow::Result<()
     let measured = super::bench_target::until_interrupted(measure(&args, &settings, &url)).await;
     database.drop_now().await;
     let (rebuild_rate, lag_p99) = measured?;
-    let ws = ws_delivery_p99_ms();
+    let ws_p99 =
+        super::bench_target::until_interrupted(ws_delivery_p99_ms(&args, &settings)).await?;
     println!(
-        "projections: rebuild={rebuild_rate:.0} events/s lag_p99={lag_p99:.1} ws_p99={}",
-        ws.map_or_else(|| "n/a".to_owned(), |ms| format!("{ms:.1}"))
+        "projections: rebuild={rebuild_rate:.0} events/s lag_p99={lag_p99:.1} ws_p99={ws_p99:.1}"
     );
     Ok(())
 }
 
-/// WebSocket delivery p99 in ms (commit → a client subscribed on `/api/ws` has the event).
-///
-/// TO PLUG IN when `/api/ws` lands: start a server on the bench's store, subscribe a
-/// client to `mine`, run the load of [`measure_lag`] through it, and return the p99 of
-/// (receive time − commit time). `None` prints `ws_p99=n/a`.
-fn ws_delivery_p99_ms() -> Option<f64> {
-    None
+/// WebSocket delivery p99 in ms: a server on a throw-away database, one client subscribed
+/// to `mine` on `/api/ws`, and `--load-tasks` tasks created over HTTP at `--rate` a second
+/// by 8 creators; for each `TaskCreated` the time from its `recorded_at` (set just before
+/// the commit) to its arrival at the client.
+async fn ws_delivery_p99_ms(args: &ProjectionsArgs, settings: &Settings) -> anyhow::Result<f64> {
+    let target = Target::open(settings, args.backend, None).await?;
+    let measured = ws_delivery(&target, args).await;
+    target.close().await?;
+    measured
+}
+
+async fn ws_delivery(target: &Target, args: &ProjectionsArgs) -> anyhow::Result<f64> {
+    const CREATORS: u64 = 8;
+    let user = target.sign_up().await?;
+    let mut client = LiveClient::connect(&target.base, &user.access_token, None).await?;
+    client
+        .subscribe(&["mine"], None, Duration::from_secs(10))
+        .await?;
+    let creator = bearer_client(&user.access_token)?;
+    let every = Duration::from_secs_f64(CREATORS as f64 / args.rate);
+    let creators: Vec<_> = (0..CREATORS)
+        .map(|n| {
+            let (client, url) = (creator.clone(), target.url("/api/tasks"));
+            let count = args.load_tasks / CREATORS + u64::from(n < args.load_tasks % CREATORS);
+            tokio::spawn(async move {
+                let mut pace = tokio::time::interval(every);
+                for _ in 0..count {
+                    pace.tick().await;
+                    let response = client
+                        .post(&url)
+                        .json(&json!({"capability": "bench.ws", "input": {}}))
+                        .send()
+                        .await?;
+                    expect_status(response, reqwest::StatusCode::CREATED, "POST /api/tasks")
+                        .await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    let mut histogram = latency_histogram()?;
+    while histogram.len() < args.load_tasks {
+        match client.next(Duration::from_secs(30)).await? {
+            Received::Event {
+                event, received_at, ..
+            } if event["event_type"] == "TaskCreated" => {
+                let ms = delivery_ms(&event, received_at)
+                    .ok_or_else(|| anyhow::anyhow!("an event without recorded_at: {event}"))?;
+                histogram.record((ms * 1000.0).max(1.0) as u64)?;
+            }
+            Received::Closed(close) => anyhow::bail!("the server closed the socket: {close:?}"),
+            _ => {}
+        }
+    }
+    for creator in creators {
+        creator.await??;
+    }
+    Ok(millis_at(&histogram, 0.99))
 }
 
 async fn measure(

@@ -23,7 +23,7 @@ mod openapi;
 mod oracles;
 mod orchestration;
 mod projections;
+mod rebuild;
 mod revocation;
 mod schema_rules;
-mod rebuild;
 mod store;
