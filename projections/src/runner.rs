@@ -207,8 +207,9 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
         *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
-    /// How many times it stopped at an event since the process started: the counter behind
-    /// `chronicle_projection_failures_total{projection}`.
+    /// How many times it stopped at an event since the process started; each stop also
+    /// raises the metric `chronicle_projection_failures_total{projection}` (the `metrics`
+    /// facade: exported by whatever recorder the process installs).
     pub fn failures_total(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
@@ -219,6 +220,8 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
             message: error.to_string(),
         };
         self.failures.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("chronicle_projection_failures_total", "projection" => P::NAME)
+            .increment(1);
         tracing::error!(
             projection = P::NAME,
             version = P::VERSION,

@@ -33,6 +33,19 @@ const PAGE: u32 = 200;
 /// given), then each new one as it is committed. `id:` is the event's position, `event:`
 /// its type, `data:` the `Event` as JSON. A comment every 15 s keeps the connection open.
 /// Tokens of an `llm.chat` task will come as `event: token`.
+/// One server-sent event of a task stream, as an `EventSource` parses it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SseFrame {
+    /// The event's position in the feed.
+    #[schema(pattern = r"^[0-9]+$")]
+    id: String,
+    /// The event type, e.g. `TaskCreated`.
+    event: String,
+    /// The `Event` as JSON.
+    data: String,
+}
+
 #[utoipa::path(
     get,
     path = "/tasks/{id}/stream",
@@ -40,10 +53,10 @@ const PAGE: u32 = 200;
     tag = "tasks",
     params(
         ("id" = uuid::Uuid, Path, description = "The task's id"),
-        ("Last-Event-ID" = Option<i64>, Header, description = "Resume right after the event at this position"),
+        ("Last-Event-ID" = Option<String>, Header, pattern = r"^[0-9]{1,19}$", description = "Resume right after the event at this position (the `id:` of the last event received)"),
     ),
     responses(
-        (status = 200, description = "The task's events, then live ones", content_type = "text/event-stream", body = String),
+        (status = 200, description = "The task's events, then live ones", content_type = "text/event-stream", body = SseFrame),
         (status = 404, description = "No such task, or not yours"),
         (status = 422, description = "`Last-Event-ID` is not the position of an event"),
     ),
@@ -64,7 +77,9 @@ pub async fn stream(
             let position = value
                 .to_str()
                 .ok()
-                .and_then(|text| text.trim().parse::<i64>().ok())
+                .map(str::trim)
+                .filter(|text| (1..=19).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|text| text.parse::<i64>().ok())
                 .ok_or_else(|| ApiError::validation("Last-Event-ID", "is not an event position"))?;
             Some(resume_cursor(&state, position).await?)
         }

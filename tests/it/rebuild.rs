@@ -610,6 +610,10 @@ fn find<'a>(all: &'a [Value], name: &str) -> &'a Value {
 async fn a_projection_that_cannot_apply_an_event_stops_there_and_the_others_go_on(
     #[case] backend: Backend,
 ) {
+    // Each test runs in its own process (nextest): this recorder sees this server only.
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install().expect("the test's own metrics recorder");
     let app = spawn_app(backend).await.signed_in().await;
     create_task(&app).await;
     settle(&app.client, &app).await;
@@ -633,6 +637,24 @@ async fn a_projection_that_cannot_apply_an_event_stops_there_and_the_others_go_o
         assert!(Instant::now() < deadline, "no failure shown: {all:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // Counted as a metric, once per stop.
+    let failures: Vec<_> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "chronicle_projection_failures_total")
+        .filter(|(key, ..)| {
+            key.key()
+                .labels()
+                .any(|label| label.key() == "projection" && label.value() == "task_view")
+        })
+        .map(|(.., value)| value)
+        .collect();
+    assert_eq!(
+        failures,
+        [metrics_util::debugging::DebugValue::Counter(1)],
+        "the failure metric"
+    );
     // Stopped right before the bad event, naming it.
     let position = failed["position"].as_i64().unwrap();
     assert!(position < bad, "{failed}");
