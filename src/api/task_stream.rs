@@ -27,12 +27,6 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Events read from the store at once.
 const PAGE: u32 = 200;
 
-/// Stream a task's events.
-///
-/// `text/event-stream`: every event of the task (after the one at `Last-Event-ID`, when
-/// given), then each new one as it is committed. `id:` is the event's position, `event:`
-/// its type, `data:` the `Event` as JSON. A comment every 15 s keeps the connection open.
-/// Tokens of an `llm.chat` task will come as `event: token`.
 /// One server-sent event of a task stream, as an `EventSource` parses it.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
@@ -46,6 +40,12 @@ pub struct SseFrame {
     data: String,
 }
 
+/// Stream a task's events.
+///
+/// `text/event-stream`: every event of the task (after the one at `Last-Event-ID`, when
+/// given), then each new one as it is committed. `id:` is the event's position, `event:`
+/// its type, `data:` the `Event` as JSON. A comment every 15 s keeps the connection open.
+/// Tokens of an `llm.chat` task will come as `event: token`.
 #[utoipa::path(
     get,
     path = "/tasks/{id}/stream",
@@ -78,7 +78,9 @@ pub async fn stream(
                 .to_str()
                 .ok()
                 .map(str::trim)
-                .filter(|text| (1..=19).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit()))
+                .filter(|text| {
+                    (1..=19).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit())
+                })
                 .and_then(|text| text.parse::<i64>().ok())
                 .ok_or_else(|| ApiError::validation("Last-Event-ID", "is not an event position"))?;
             Some(resume_cursor(&state, position).await?)
