@@ -103,21 +103,26 @@ pub async fn agent_events(
     IdPath(id): IdPath,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Response, ApiError> {
-    let loaded = state
-        .store
-        .aggregate::<Agent>()
-        .load(&id.to_string())
-        .await?;
-    match loaded.aggregate.state() {
-        Some(agent) if actor.can_read(agent.owner_id) => {}
-        _ => return Err(ApiError::NotFound),
-    }
-    answer(
-        &state,
-        Agent::TYPE,
-        id,
-        &format!("/api/agents/{id}/events"),
-        &query,
-    )
+    let path = format!("/api/agents/{id}/events");
+    owned_answer::<Agent>(&state, &actor, id, &path, &query, |agent| {
+        agent.state().map(|agent| agent.owner_id)
+    })
     .await
+}
+
+/// [`answer`] for aggregate `A`, after checking that `actor` may read it (`owner` names its
+/// owner; `None`: it does not exist). Another's or a missing one is 404 alike.
+pub(crate) async fn owned_answer<A: Aggregate>(
+    state: &AppState,
+    actor: &Actor,
+    id: Uuid,
+    path: &str,
+    query: &HistoryQuery,
+    owner: fn(&A) -> Option<Uuid>,
+) -> Result<Response, ApiError> {
+    let loaded = state.store.aggregate::<A>().load(&id.to_string()).await?;
+    match owner(&loaded.aggregate) {
+        Some(owner) if actor.can_read(owner) => answer(state, A::TYPE, id, path, query).await,
+        _ => Err(ApiError::NotFound),
+    }
 }

@@ -317,17 +317,11 @@ pub async fn events(
     IdPath(id): IdPath,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Response, ApiError> {
-    let loaded = state
-        .store
-        .aggregate::<Task>()
-        .load(&id.to_string())
-        .await?;
-    match loaded.aggregate.state() {
-        Some(task) if actor.can_read(task.owner_id) => {}
-        _ => return Err(ApiError::NotFound),
-    }
     let path = format!("/api/tasks/{id}/events");
-    history::answer(&state, Task::TYPE, id, &path, &query).await
+    history::owned_answer::<Task>(&state, &actor, id, &path, &query, |task| {
+        task.state().map(|task| task.owner_id)
+    })
+    .await
 }
 
 /// `GET /api/tasks` query: filters, `limit` (default 50, max 500) and an opaque `cursor`.
