@@ -31,6 +31,22 @@ impl ReadDb {
             }
         })
     }
+
+    /// A transaction for a projection's `CREATE … IF NOT EXISTS`. On PostgreSQL two nodes
+    /// starting at once would otherwise race on the same catalog rows (a deadlock, or a
+    /// unique violation on `pg_type`): a transaction-scoped advisory lock makes them take
+    /// turns, the second finding everything there. SQLite's `BEGIN IMMEDIATE` already does.
+    pub async fn begin_setup(&self) -> Result<ReadTx, sqlx::Error> {
+        let mut tx = self.begin().await?;
+        if let ReadTx::Postgres(pg) = &mut tx {
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(hashtext('chronicle:read-model-setup')::bigint)",
+            )
+            .execute(&mut **pg)
+            .await?;
+        }
+        Ok(tx)
+    }
 }
 
 impl ReadTx {

@@ -237,23 +237,39 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
         &self.projection
     }
 
-    /// Creates the tables and the checkpoint row.
+    /// Creates the tables and the checkpoint row, in one transaction: a checkpoint row for
+    /// this `(NAME, VERSION)` means the tables are there, and nothing is run again. That
+    /// matters with several nodes on one PostgreSQL: a `CREATE INDEX IF NOT EXISTS` locks
+    /// its table even when the index exists, and a node starting while another applies
+    /// events would deadlock against it. A change to a projection's tables is therefore a
+    /// new `VERSION` (built beside the old one), never an edit of its `setup`.
     pub async fn setup(&self) -> Result<(), ProjectionError> {
-        let mut tx = self.db.begin().await?;
-        self.projection.setup(&mut tx).await?;
-        on_tx!(&mut tx, |conn| {
-            sqlx::query(
-                "INSERT INTO projection_checkpoints (name, version, transaction_id, position, updated_at)
-                 VALUES ($1, $2, 0, 0, $3)
-                 ON CONFLICT (name, version) DO NOTHING",
+        let mut tx = self.db.begin_setup().await?;
+        let present: Option<i64> = on_tx!(&mut tx, |conn| {
+            sqlx::query_scalar(
+                "SELECT version FROM projection_checkpoints WHERE name = $1 AND version = $2",
             )
             .bind(P::NAME)
             .bind(P::VERSION)
-            .bind(Utc::now().timestamp_millis())
-            .execute(conn)
+            .fetch_optional(conn)
             .await
-            .map(|r| r.rows_affected())
         })?;
+        if present.is_none() {
+            self.projection.setup(&mut tx).await?;
+            on_tx!(&mut tx, |conn| {
+                sqlx::query(
+                    "INSERT INTO projection_checkpoints (name, version, transaction_id, position, updated_at)
+                     VALUES ($1, $2, 0, 0, $3)
+                     ON CONFLICT (name, version) DO NOTHING",
+                )
+                .bind(P::NAME)
+                .bind(P::VERSION)
+                .bind(Utc::now().timestamp_millis())
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected())
+            })?;
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -220,3 +220,57 @@ async fn the_rebuilt_view_equals_the_live_one(#[case] backend: Backend) {
     let _ = applied;
     assert_eq!(view_rows(&app).await, live);
 }
+
+/// Nodes joining a busy cluster: each starts its read side while the others apply events.
+/// Before the setup skipped a present `(name, version)`, a `CREATE INDEX IF NOT EXISTS`
+/// on a live table could deadlock against a running projection ("deadlock detected" at
+/// start-up, seen in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_a_busy_cluster() {
+    let app = crate::helpers::spawn_app_with(Backend::Postgres, |settings| {
+        settings.rate_limit.per_minute = 1_000_000;
+    })
+    .await
+    .signed_in()
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url, stop) = (app.client.clone(), app.url("/api/tasks"), stop.clone());
+            tokio::spawn(async move {
+                let mut created = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let response = client
+                        .post(&url)
+                        .json(&json!({"capability": "browser.navigate", "input": {}, "tags": ["a", "b"]}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), StatusCode::CREATED);
+                    created += 1;
+                }
+                created
+            })
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for _ in 0..4 {
+        let (first, second) = tokio::join!(app.second_node(|_| {}), app.second_node(|_| {}));
+        nodes.extend([first, second]);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut created = 0;
+    for writer in writers {
+        created += writer.await.unwrap();
+    }
+    assert!(created > 0, "no task was created while the nodes joined");
+    for (address, _stop) in &nodes {
+        let response = app
+            .client
+            .get(format!("{address}/api/tasks?limit=1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "node {address}");
+    }
+}
