@@ -81,8 +81,10 @@ mod tests {
 
     #[test]
     fn the_own_url_is_on_loopback_when_bound_to_every_address() {
-        let mut settings = Settings::default();
-        settings.bind = "0.0.0.0:8080".parse().expect("address");
+        let mut settings = Settings {
+            bind: "0.0.0.0:8080".parse().expect("address"),
+            ..Settings::default()
+        };
         assert_eq!(
             own_url(&settings).expect("url").as_str(),
             "http://127.0.0.1:8080/api/health"
