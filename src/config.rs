@@ -1,11 +1,12 @@
-//! Settings: built-in defaults → `chronicle.toml` (or `--config` / `CHRONICLE_CONFIG`) →
-//! `CHRONICLE_*` environment variables, `__` for nesting. The variable names are a contract
-//! with operators (API.md, Configuration).
+//! Settings: built-in defaults → `chronicle.toml` or `chronicle.yaml` (or `--config` /
+//! `CHRONICLE_CONFIG`) → `CHRONICLE_*` environment variables, `__` for nesting. The variable
+//! names are a contract with operators (API.md, Configuration); `ops/config/*.toml` shows
+//! every setting with its meaning.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format, Serialized, Toml, Yaml};
 use figment::Figment;
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -288,24 +289,31 @@ pub enum ConfigError {
 }
 
 impl Settings {
-    /// Reads the layers. `file` wins over `CHRONICLE_CONFIG`; a missing default
-    /// `chronicle.toml` is fine, a missing named file is not.
+    /// Reads the layers. `file` wins over `CHRONICLE_CONFIG`; a file named `.yaml` or `.yml`
+    /// is YAML, any other TOML. A missing default `chronicle.toml` / `chronicle.yaml` is
+    /// fine, a missing named file is not, and so are both defaults at once.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let named = file
             .map(Path::to_path_buf)
             .or_else(|| std::env::var_os("CHRONICLE_CONFIG").map(PathBuf::from));
-        // What the operator wrote, apart from the defaults: production asks whether some
-        // settings were chosen rather than inherited.
-        let mut layers = Figment::new();
-        match &named {
+        let path = match named {
             Some(path) if !path.is_file() => {
                 return Err(ConfigError::Invalid(format!(
                     "configuration file {} does not exist",
                     path.display()
                 )))
             }
-            Some(path) => layers = layers.merge(Toml::file(path)),
-            None => layers = layers.merge(Toml::file("chronicle.toml")),
+            Some(path) => Some(path),
+            None => default_file()?,
+        };
+        // What the operator wrote, apart from the defaults: production asks whether some
+        // settings were chosen rather than inherited.
+        let mut layers = Figment::new();
+        if let Some(path) = &path {
+            layers = match FileFormat::of(path) {
+                FileFormat::Toml => layers.merge(Toml::file(path)),
+                FileFormat::Yaml => layers.merge(Yaml::file(path)),
+            };
         }
         let layers = layers.merge(Env::prefixed("CHRONICLE_").split("__").ignore(&["config"]));
         let settings: Settings = Figment::from(Serialized::defaults(Settings::default()))
@@ -456,6 +464,46 @@ struct Chosen {
     registration: bool,
 }
 
+/// The configuration files read when none is named, in the working directory.
+const DEFAULT_FILES: [&str; 3] = ["chronicle.toml", "chronicle.yaml", "chronicle.yml"];
+
+/// The default file that is present, if one is; two of them would leave it unclear which
+/// one the operator edits.
+fn default_file() -> Result<Option<PathBuf>, ConfigError> {
+    let present: Vec<&str> = DEFAULT_FILES
+        .into_iter()
+        .filter(|name| Path::new(name).is_file())
+        .collect();
+    match present.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(PathBuf::from(one))),
+        several => Err(ConfigError::Invalid(format!(
+            "configuration files {} are all present; keep one (or name it with --config)",
+            several.join(" and ")
+        ))),
+    }
+}
+
+/// How a configuration file is written, told by its extension.
+enum FileFormat {
+    Toml,
+    Yaml,
+}
+
+impl FileFormat {
+    fn of(path: &Path) -> Self {
+        match path.extension().and_then(|extension| extension.to_str()) {
+            Some(extension)
+                if extension.eq_ignore_ascii_case("yaml")
+                    || extension.eq_ignore_ascii_case("yml") =>
+            {
+                Self::Yaml
+            }
+            _ => Self::Toml,
+        }
+    }
+}
+
 /// A CIDR, or a bare address as its own /32 or /128.
 fn parse_network(network: &str, variable: &str) -> Result<ipnet::IpNet, ConfigError> {
     network
@@ -468,14 +516,23 @@ fn parse_network(network: &str, variable: &str) -> Result<ipnet::IpNet, ConfigEr
         })
 }
 
-/// figment's message, with the key spelled as the environment variable an operator sets.
+/// figment's message, with the key spelled as the environment variable an operator sets and
+/// the file it came from, if it came from one.
 fn describe(error: &figment::Error) -> String {
     let key = error.path.join(".");
     let variable = format!("CHRONICLE_{}", error.path.join("__").to_uppercase());
-    if key.is_empty() {
-        error.to_string()
-    } else {
-        format!("{variable} (`{key}`): {}", error.kind)
+    let file = error
+        .metadata
+        .as_ref()
+        .and_then(|metadata| metadata.source.as_ref())
+        .and_then(|source| source.file_path());
+    match (key.is_empty(), file) {
+        (true, Some(file)) => format!("configuration file {}: {}", file.display(), error.kind),
+        (true, None) => error.to_string(),
+        (false, Some(file)) => {
+            format!("{variable} (`{key}` in {}): {}", file.display(), error.kind)
+        }
+        (false, None) => format!("{variable} (`{key}`): {}", error.kind),
     }
 }
 
@@ -729,6 +786,269 @@ mod tests {
             jail.set_env("CHRONICLE_TRUSTED_PROXIES", "10.0.0.0/33");
             let error = Settings::load(None).unwrap_err().to_string();
             assert!(error.starts_with("CHRONICLE_TRUSTED_PROXIES"), "{error}");
+            Ok(())
+        });
+    }
+
+    /// One configuration with a value in every table, written twice.
+    const SAME_AS_TOML: &str = r#"
+bind = "0.0.0.0:9001"
+database_url = "postgres://chronicle@db:5432/chronicle"
+jwt_secret = "a yaml and toml secret of thirty-two bytes"
+registration = "closed"
+trusted_proxies = ["10.0.0.0/8", "192.0.2.1"]
+body_limit = 1048576
+
+[rate_limit]
+per_minute = 120
+per_ip_per_minute = 900
+
+[cors]
+origins = ["chrome-extension://abcdefghijklmnopabcdefghijklmnop", "https://console.example"]
+
+[llm]
+provider = "ollama"
+base_url = "http://127.0.0.1:11434"
+model = "llama3"
+
+[http_agent]
+max_concurrency = 4
+allow_networks = ["10.1.2.0/24"]
+
+[audit]
+checkpoint_every = 10
+key = "an audit key"
+
+[live]
+buffer = 64
+"#;
+
+    const SAME_AS_YAML: &str = r#"
+# The same settings as SAME_AS_TOML.
+bind: 0.0.0.0:9001
+database_url: postgres://chronicle@db:5432/chronicle
+jwt_secret: a yaml and toml secret of thirty-two bytes
+registration: closed
+trusted_proxies:
+  - 10.0.0.0/8
+  - 192.0.2.1
+body_limit: 1048576
+rate_limit:
+  per_minute: 120
+  per_ip_per_minute: 900
+cors:
+  origins: [chrome-extension://abcdefghijklmnopabcdefghijklmnop, https://console.example]
+llm:
+  provider: ollama
+  base_url: http://127.0.0.1:11434
+  model: llama3
+http_agent:
+  max_concurrency: 4
+  allow_networks: [10.1.2.0/24]
+audit:
+  checkpoint_every: 10
+  key: an audit key
+live:
+  buffer: 64
+"#;
+
+    /// Everything in `settings`, secrets included, for comparing two loads.
+    fn everything(settings: &Settings) -> serde_json::Value {
+        use secrecy::ExposeSecret;
+        let mut value = serde_json::to_value(settings).expect("settings serialize");
+        value["jwt_secret"] = settings
+            .jwt_secret
+            .as_ref()
+            .map(|secret| secret.expose_secret().to_owned())
+            .into();
+        value["audit"]["key"] = settings
+            .audit
+            .key
+            .as_ref()
+            .map(|key| key.expose_secret().to_owned())
+            .into();
+        value
+    }
+
+    #[test]
+    fn a_yaml_file_gives_the_settings_of_the_same_toml_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file("chronicle.toml", SAME_AS_TOML)?;
+            jail.create_file("named.yml", SAME_AS_YAML)?;
+            let from_toml = Settings::load(None).expect("valid TOML");
+            let from_yaml = Settings::load(Some(Path::new("named.yml"))).expect("valid YAML");
+            assert_eq!(everything(&from_toml), everything(&from_yaml));
+            // Not the defaults: the files were read.
+            assert_eq!(from_yaml.bind.port(), 9001);
+            assert_eq!(from_yaml.trusted_proxies, ["10.0.0.0/8", "192.0.2.1"]);
+            assert_eq!(from_yaml.rate_limit.per_ip(), 900);
+            assert_eq!(from_yaml.live.buffer, 64);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn chronicle_yaml_is_read_by_default_and_the_environment_still_wins() {
+        Jail::expect_with(|jail| {
+            jail.create_file("chronicle.yaml", SAME_AS_YAML)?;
+            jail.set_env("CHRONICLE_LIVE__BUFFER", "8");
+            let settings = Settings::load(None).expect("valid YAML");
+            assert_eq!(settings.registration, Registration::Closed);
+            assert_eq!(settings.live.buffer, 8);
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file("settings.yaml", "registration: closed")?;
+            jail.set_env("CHRONICLE_CONFIG", "settings.yaml");
+            let settings = Settings::load(None).expect("valid YAML");
+            assert_eq!(settings.registration, Registration::Closed);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn two_default_files_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file("chronicle.toml", "registration = \"closed\"")?;
+            jail.create_file("chronicle.yaml", "registration: open")?;
+            let error = Settings::load(None).unwrap_err().to_string();
+            assert!(
+                error.contains("chronicle.toml and chronicle.yaml"),
+                "{error}"
+            );
+            // Naming one settles it.
+            let settings = Settings::load(Some(Path::new("chronicle.yaml"))).expect("named");
+            assert_eq!(settings.registration, Registration::Open);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_yaml_file_names_the_file_and_the_line() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "chronicle.yaml",
+                "bind: 0.0.0.0:1\nrate_limit:\n  per_minute: [1\n",
+            )?;
+            let error = Settings::load(None).unwrap_err().to_string();
+            assert!(
+                error.starts_with("configuration file ") && error.contains("chronicle.yaml"),
+                "{error}"
+            );
+            assert!(error.contains("line 3"), "{error}");
+            Ok(())
+        });
+        // Well-formed YAML with a value of the wrong kind: the key, its variable and the file.
+        Jail::expect_with(|jail| {
+            jail.create_file("chronicle.yaml", "live:\n  buffer: lots\n")?;
+            let error = Settings::load(None).unwrap_err().to_string();
+            assert!(
+                error.starts_with("CHRONICLE_LIVE__BUFFER (`live.buffer` in ")
+                    && error.contains("chronicle.yaml"),
+                "{error}"
+            );
+            Ok(())
+        });
+    }
+
+    /// The example files under `ops/config/`.
+    fn example(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("ops/config")
+            .join(name)
+    }
+
+    /// The settings never serialized (secrets), which the examples still show.
+    const SECRET_KEYS: [&str; 3] = ["jwt_secret", "llm.api_key", "audit.key"];
+
+    /// Every leaf key of `value` (a table of tables), dotted.
+    fn leaf_keys(prefix: &str, value: &serde_json::Value, keys: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(table) => {
+                for (name, value) in table {
+                    let key = if prefix.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{prefix}.{name}")
+                    };
+                    leaf_keys(&key, value, keys);
+                }
+            }
+            _ => keys.push(prefix.to_owned()),
+        }
+    }
+
+    /// `text` with each commented-out setting (`# key = value`) switched on.
+    fn uncommented(text: &str) -> String {
+        let setting = regex::Regex::new(r"^#\s?([a-z_]+ = )").expect("pattern");
+        text.lines()
+            .map(|line| setting.replace(line, "$1").into_owned() + "\n")
+            .collect()
+    }
+
+    /// Every setting, shown in `file` (set or commented out), and nothing that is not one.
+    fn assert_shows_every_setting(file: &Path) {
+        let text = std::fs::read_to_string(file).expect("example file");
+        let shown: serde_json::Value = Figment::from(Toml::string(&uncommented(&text)))
+            .extract()
+            .expect("the example, uncommented, is TOML");
+        let mut shown_keys = Vec::new();
+        leaf_keys("", &shown, &mut shown_keys);
+        let mut setting_keys = Vec::new();
+        leaf_keys(
+            "",
+            &serde_json::to_value(Settings::default()).expect("settings serialize"),
+            &mut setting_keys,
+        );
+        setting_keys.extend(SECRET_KEYS.map(str::to_owned));
+        let missing: Vec<_> = setting_keys
+            .iter()
+            .filter(|key| !shown_keys.contains(key))
+            .collect();
+        let unknown: Vec<_> = shown_keys
+            .iter()
+            .filter(|key| !setting_keys.contains(key))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{}: show (and explain) {missing:?}",
+            file.display()
+        );
+        assert!(
+            unknown.is_empty(),
+            "{}: {unknown:?} are not settings",
+            file.display()
+        );
+        // The commented-out values are valid too, so uncommenting one is safe.
+        let all_on: Settings = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string(&uncommented(&text)))
+            .extract()
+            .unwrap_or_else(|e| panic!("{}: {}", file.display(), describe(&e)));
+        all_on.check().expect("valid values");
+    }
+
+    #[test]
+    fn the_development_example_is_the_defaults_with_every_setting_explained() {
+        let file = example("development.toml");
+        assert_shows_every_setting(&file);
+        Jail::expect_with(|_| {
+            let settings = Settings::load(Some(&file)).expect("the development example loads");
+            assert_eq!(everything(&settings), everything(&Settings::default()));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_production_example_passes_the_production_checks_given_its_secret() {
+        let file = example("production.toml");
+        assert_shows_every_setting(&file);
+        Jail::expect_with(|jail| {
+            let error = Settings::load(Some(&file)).unwrap_err().to_string();
+            assert!(error.starts_with("CHRONICLE_JWT_SECRET"), "{error}");
+            jail.set_env("CHRONICLE_JWT_SECRET", "0123456789abcdef0123456789abcdef");
+            let settings = Settings::load(Some(&file)).expect("the production example loads");
+            assert_eq!(settings.profile, Profile::Production);
+            assert!(settings.database_url.starts_with("postgres://"));
             Ok(())
         });
     }

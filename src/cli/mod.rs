@@ -1,5 +1,5 @@
-//! The `chronicle` command line: serve (the default), migrate, audit, export and import,
-//! user, projections, bench.
+//! The `chronicle` command line: serve (the default), migrate, health, audit, export and
+//! import, user, projections, bench.
 
 mod audit;
 mod bench;
@@ -8,6 +8,7 @@ mod bench_projections;
 mod bench_target;
 mod bench_tasks;
 mod export;
+mod health;
 mod import;
 pub mod live_client;
 mod projections;
@@ -29,7 +30,8 @@ use crate::store::AggregateFilter;
     about = "Event-sourced orchestration engine"
 )]
 struct Cli {
-    /// Configuration file (default: ./chronicle.toml if present).
+    /// Configuration file, TOML or (named .yaml/.yml) YAML (default: ./chronicle.toml or
+    /// ./chronicle.yaml if present).
     #[arg(long, global = true, env = "CHRONICLE_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -40,8 +42,19 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API (the default).
     Serve,
-    /// Apply the database migrations and exit.
+    /// Apply the database migrations and exit (a release step: run it before the new
+    /// version serves).
     Migrate,
+    /// Ask a running server's /api/health; exit 0 when it answers ok (a container's
+    /// HEALTHCHECK).
+    Health {
+        /// The health URL to ask (default: this configuration's server on loopback).
+        #[arg(long)]
+        url: Option<url::Url>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout_secs: u64,
+    },
     /// Check the tamper-evident history.
     Audit {
         #[command(subcommand)]
@@ -129,6 +142,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
         Command::Migrate => {
             connect_store(&settings).await?;
             eprintln!("migrations applied");
+        }
+        Command::Health { url, timeout_secs } => {
+            let timeout = std::time::Duration::from_secs(timeout_secs);
+            return health::check(&settings, url, timeout).await;
         }
         Command::Audit {
             command:

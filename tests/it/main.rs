@@ -24,6 +24,7 @@ mod oracles;
 mod orchestration;
 mod projections;
 mod rebuild;
+mod release;
 mod revocation;
 mod schema_rules;
 mod store;
