@@ -27,7 +27,7 @@ use super::views::{LeasedTaskView, TaskView};
 use super::AppState;
 use crate::actor::Actor;
 use crate::bus::Committed;
-use crate::process::dispatch::{lease_ready, Granted, MAX_TASKS_PER_LEASE};
+use crate::process::dispatch::{lease_ready, DispatchError, Granted, MAX_TASKS_PER_LEASE};
 
 /// Longest long-poll a client may ask for.
 pub const MAX_WAIT_SECS: i64 = 30;
@@ -111,8 +111,9 @@ pub async fn lease(
     };
     let context = agent_context(&meta, &actor, id);
     // A lease call is a sign of life; it renews no lease of its own.
-    let Committed { aggregate, .. } =
-        record_heartbeat(&state, &actor, &context, id, Some(Vec::new())).await?;
+    let Committed {
+        aggregate, version, ..
+    } = record_heartbeat(&state, &actor, &context, id, Some(Vec::new())).await?;
     let agent = aggregate.state().ok_or(ApiError::NotFound)?;
     if agent.lifecycle != AgentLifecycle::Active {
         // A draining agent finishes what it has and takes nothing new.
@@ -125,7 +126,14 @@ pub async fn lease(
         let signal = state.read.queue_signal().notified();
         tokio::pin!(signal);
         signal.as_mut().enable();
-        let granted = lease_ready(&state.bus, &state.read, agent, max_tasks, &context).await?;
+        let granted =
+            match lease_ready(&state.bus, &state.read, agent, version, max_tasks, &context).await {
+                Ok(granted) => granted,
+                // Drained or deregistered since the heartbeat: answered as if it had been
+                // before, which the store makes true (no lease was appended after it).
+                Err(DispatchError::AgentRetired) => return retired(&state, &actor, id).await,
+                Err(error) => return Err(error.into()),
+            };
         let now = Instant::now();
         if !granted.is_empty() || now >= deadline {
             let tasks = granted.iter().filter_map(leased_view).collect();
@@ -140,6 +148,13 @@ pub async fn lease(
             }
         }
     }
+}
+
+/// The answer to a lease by an agent that retired while it leased: 409 when it is
+/// deregistered, an empty list when it is draining.
+async fn retired(state: &AppState, actor: &Actor, id: Uuid) -> Result<Json<LeaseAnswer>, ApiError> {
+    registered_agent(state, actor, id).await?;
+    Ok(Json(LeaseAnswer { tasks: Vec::new() }))
 }
 
 /// `POST /api/agents/{id}/execute` body: a task for exactly this agent.
