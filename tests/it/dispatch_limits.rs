@@ -286,3 +286,86 @@ async fn read_side(store: &Store) -> ReadSide {
     }
     ReadSide::start(store).await.unwrap()
 }
+
+/// A long-poll whose client goes away after its lease was sent to be committed keeps no
+/// task: the task is leasable by another agent well before the lease (600 s) runs out.
+/// The test holds a lock on the lease slots, so the lease's transaction waits while the
+/// client leaves and commits only after the server dropped the request (PostgreSQL: its
+/// group commit writes a command whose caller is still waiting when the batch is taken).
+#[tokio::test]
+async fn a_lease_whose_answer_cannot_be_delivered_is_returned() {
+    use tokio::io::AsyncWriteExt;
+
+    let app = spawn_app(Backend::Postgres).await;
+    let user = app.register_user().await;
+    let token = user.body["access_token"].as_str().unwrap().to_owned();
+    let gone = register_agent(&user.client, &app.address, 1).await;
+    let other = register_agent(&user.client, &app.address, 1).await;
+    let task = create_task(&user.client, &app.address).await;
+
+    let store = app.db.store(Default::default()).await;
+    let StoreBackend::Postgres(pg) = store.backend() else {
+        unreachable!("a PostgreSQL test");
+    };
+    let mut blocker = pg.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE lease_slots IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let body = r#"{"wait_secs":30}"#;
+    let request = format!(
+        "POST /api/agents/{gone}/lease HTTP/1.1\r\nHost: {address}\r\n\
+         Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    socket.flush().await.unwrap();
+    // The lease waits on the lock; the client goes away; then the lease commits.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    blocker.rollback().await.unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = user
+            .client
+            .post(app.url(&format!("/api/agents/{other}/lease")))
+            .json(&json!({"wait_secs": 2}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let answer: Value = response.json().await.unwrap();
+        if let Some(leased) = answer["tasks"].as_array().unwrap().first() {
+            assert_eq!(leased["id"], task.as_str());
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the task stayed with the agent that went away"
+        );
+    }
+    // The agent that went away was granted it first, and it came back undelivered.
+    let events: Value = user
+        .client
+        .get(app.url(&format!("/api/tasks/{task}/events")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let failed = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_type"] == "TaskAttemptFailed")
+        .unwrap_or_else(|| panic!("no failed attempt: {events:#}"));
+    assert_eq!(failed["payload"]["agent_id"], gone.as_str(), "{failed:#}");
+    assert_eq!(failed["payload"]["error"]["code"], "delivery_failed");
+}
