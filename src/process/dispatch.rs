@@ -205,7 +205,7 @@ pub async fn lease_ready(
         let mut failure = None;
         for attempt in futures::future::join_all(attempts).await {
             match attempt {
-                Ok(Leased::Granted(grant)) => granted.push(grant),
+                Ok(Leased::Granted(grant)) => granted.push(*grant),
                 Ok(Leased::Lost) => {}
                 // Another node's leases took the free slots.
                 Ok(Leased::Full) => full = true,
@@ -228,7 +228,7 @@ pub async fn lease_ready(
 
 /// How one lease attempt ended, short of an error.
 enum Leased {
-    Granted(Granted),
+    Granted(Box<Granted>),
     /// The task is no longer there to lease (another agent won, it was cancelled, it is
     /// not ready after all).
     Lost,
@@ -271,11 +271,11 @@ async fn try_lease(
                 .state()
                 .and_then(|state| state.lease_id)
                 .unwrap_or(lease_id);
-            Ok(Leased::Granted(Granted {
+            Ok(Leased::Granted(Box::new(Granted {
                 task: aggregate,
                 version,
                 lease_id,
-            }))
+            })))
         }
         Err(CommandError::Store(StoreError::NoFreeSlot)) => {
             // The task is still ready: calls that skipped it look again.

@@ -156,7 +156,7 @@ async fn an_agents_limit_holds_across_two_nodes() {
 #[tokio::test]
 async fn an_agents_limit_holds_for_concurrent_leases_on_sqlite() {
     let app = spawn_app(Backend::Sqlite).await.signed_in().await;
-    limit_holds(&app, &[app.address.clone()], 6).await;
+    limit_holds(&app, std::slice::from_ref(&app.address), 6).await;
 }
 
 async fn lease_with(
