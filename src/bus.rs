@@ -10,7 +10,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, EventEnvelope};
 use rand::Rng;
 
-use crate::store::{Store, StoreError};
+use crate::store::{LeaseSlot, Store, StoreError};
 
 /// How often a command is tried against fresh state before a conflict is reported.
 const MAX_ATTEMPTS: u32 = 5;
@@ -177,7 +177,25 @@ impl CommandBus {
         A: Aggregate<Services = ()>,
         R: From<CommandError<A::Error>>,
     {
-        self.run(aggregate_id, context, expected_version, false, decide)
+        self.run(aggregate_id, context, expected_version, false, None, decide)
+            .await
+    }
+
+    /// Like [`execute`](Self::execute) for a lease: the append also takes `slot`, in its
+    /// own transaction, or fails with [`StoreError::NoFreeSlot`] or
+    /// [`StoreError::AgentRetired`] (see [`crate::store::lease_slots`]).
+    pub async fn lease<A, R>(
+        &self,
+        aggregate_id: &str,
+        context: &CommandContext,
+        slot: &LeaseSlot,
+        decide: impl FnMut(&A) -> Result<A::Command, R>,
+    ) -> Result<Committed<A>, R>
+    where
+        A: Aggregate<Services = ()>,
+        R: From<CommandError<A::Error>>,
+    {
+        self.run(aggregate_id, context, None, false, Some(slot), decide)
             .await
     }
 
@@ -195,7 +213,8 @@ impl CommandBus {
         A: Aggregate<Services = ()>,
         R: From<CommandError<A::Error>>,
     {
-        self.run(aggregate_id, context, None, true, decide).await
+        self.run(aggregate_id, context, None, true, None, decide)
+            .await
     }
 
     async fn run<A, R>(
@@ -204,6 +223,7 @@ impl CommandBus {
         context: &CommandContext,
         expected_version: Option<usize>,
         assume_new: bool,
+        slot: Option<&LeaseSlot>,
         mut decide: impl FnMut(&A) -> Result<A::Command, R>,
     ) -> Result<Committed<A>, R>
     where
@@ -259,7 +279,7 @@ impl CommandBus {
                 return Err(R::from(CommandError::Refused(refusal)));
             }
             let events = sink.collect().await;
-            match store.append(events, loaded, &metadata).await {
+            match store.append_with(events, loaded, &metadata, slot).await {
                 Ok((events, loaded)) => {
                     if let Some(log) = log.filter(|_| !events.is_empty()) {
                         log.record(A::TYPE, aggregate_id);

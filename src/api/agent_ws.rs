@@ -51,7 +51,7 @@ use crate::actor::Actor;
 use crate::auth::revocation::{CloseReason, Grant};
 use crate::auth::{authenticate_bearer, Authentication};
 use crate::bus::CommandContext;
-use crate::process::dispatch::{lease_ready, MAX_TASKS_PER_LEASE};
+use crate::process::dispatch::{lease_ready, DispatchError, MAX_TASKS_PER_LEASE};
 use crate::process::release::fail_held;
 use crate::store::StoreError;
 
@@ -258,12 +258,15 @@ impl Session {
             &self.state.bus,
             &self.state.read,
             agent,
+            loaded.version,
             MAX_TASKS_PER_LEASE,
             &self.context,
         )
         .await
         {
             Ok(granted) => granted,
+            // Drained or deregistered meanwhile: the next wake-up loads it and says which.
+            Err(DispatchError::AgentRetired) => return Ok(false),
             Err(error) => {
                 tracing::warn!(%error, "dispatch failed; retrying on the next wake-up");
                 return Ok(false);

@@ -33,6 +33,10 @@ impl From<DispatchError> for ApiError {
         match error {
             DispatchError::Store(store) => Self::from(store),
             DispatchError::Read(read) => Self::Internal(Box::new(read)),
+            DispatchError::AgentRetired => Self::Conflict {
+                code: "agent.retired",
+                detail: "the agent is draining or deregistered; it takes no new work".into(),
+            },
         }
     }
 }

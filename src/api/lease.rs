@@ -8,17 +8,19 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use bytes::Bytes;
-use chronicle_aggregates::agent::AgentLifecycle;
-use chronicle_aggregates::task::{Task, TaskCommand};
+use chronicle_aggregates::agent::{AgentLifecycle, AgentState};
+use chronicle_aggregates::task::{Task, TaskCommand, TaskFailure};
 use chronicle_commands::task::NewTaskRequest;
 use chronicle_commands::values::Capability;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::agent_ws::DELIVERY_FAILED;
 use super::agents::{agent_context, optional_body, record_heartbeat, registered_agent};
 use super::error::ApiError;
 use super::extract::{ApiJson, IdPath, RequestMeta};
@@ -26,8 +28,9 @@ use super::tasks::{committed, task_response};
 use super::views::{LeasedTaskView, TaskView};
 use super::AppState;
 use crate::actor::Actor;
-use crate::bus::Committed;
-use crate::process::dispatch::{lease_ready, Granted, MAX_TASKS_PER_LEASE};
+use crate::bus::{CommandContext, Committed};
+use crate::process::dispatch::{lease_ready, DispatchError, Granted, MAX_TASKS_PER_LEASE};
+use crate::process::release::fail_held;
 
 /// Longest long-poll a client may ask for.
 pub const MAX_WAIT_SECS: i64 = 30;
@@ -111,8 +114,9 @@ pub async fn lease(
     };
     let context = agent_context(&meta, &actor, id);
     // A lease call is a sign of life; it renews no lease of its own.
-    let Committed { aggregate, .. } =
-        record_heartbeat(&state, &actor, &context, id, Some(Vec::new())).await?;
+    let Committed {
+        aggregate, version, ..
+    } = record_heartbeat(&state, &actor, &context, id, Some(Vec::new())).await?;
     let agent = aggregate.state().ok_or(ApiError::NotFound)?;
     if agent.lifecycle != AgentLifecycle::Active {
         // A draining agent finishes what it has and takes nothing new.
@@ -125,7 +129,13 @@ pub async fn lease(
         let signal = state.read.queue_signal().notified();
         tokio::pin!(signal);
         signal.as_mut().enable();
-        let granted = lease_ready(&state.bus, &state.read, agent, max_tasks, &context).await?;
+        let granted = match lease_for_answer(&state, agent, version, max_tasks, &context).await {
+            Ok(granted) => granted,
+            // Drained or deregistered since the heartbeat: answered as if it had been
+            // before, which the store makes true (no lease was appended after it).
+            Err(DispatchError::AgentRetired) => return retired(&state, &actor, id).await,
+            Err(error) => return Err(error.into()),
+        };
         let now = Instant::now();
         if !granted.is_empty() || now >= deadline {
             let tasks = granted.iter().filter_map(leased_view).collect();
@@ -140,6 +150,63 @@ pub async fn lease(
             }
         }
     }
+}
+
+/// Leases in a task of its own, so that leases granted to a poll whose client went away
+/// meanwhile (the connection closed and the handler was dropped) are returned at once
+/// (`delivery_failed`, retried like any failed attempt) instead of waiting for the lease to
+/// run out, as the agent socket does with a push it cannot deliver.
+async fn lease_for_answer(
+    state: &AppState,
+    agent: &AgentState,
+    version: usize,
+    max_tasks: u32,
+    context: &CommandContext,
+) -> Result<Vec<Granted>, DispatchError> {
+    let (answer, answered) = oneshot::channel();
+    let (state, agent, context) = (state.clone(), agent.clone(), context.clone());
+    tokio::spawn(async move {
+        let leased = lease_ready(
+            &state.bus,
+            &state.read,
+            &agent,
+            version,
+            max_tasks,
+            &context,
+        );
+        if let Err(Ok(granted)) = answer.send(leased.await) {
+            for grant in granted {
+                let Some(task_id) = grant.task.state().map(|task| task.id) else {
+                    continue;
+                };
+                let failure = TaskFailure {
+                    message: "the lease answer could not be delivered to the agent".into(),
+                    code: Some(DELIVERY_FAILED.into()),
+                    details: None,
+                };
+                let returned = fail_held(
+                    &state.bus,
+                    &state.read,
+                    agent.id,
+                    task_id,
+                    failure,
+                    &context,
+                );
+                if let Err(error) = returned.await {
+                    tracing::warn!(%task_id, %error, "cannot return an undelivered lease; it will expire");
+                }
+            }
+        }
+    });
+    // A leasing task that panicked granted nothing it could answer.
+    answered.await.unwrap_or_else(|_| Ok(Vec::new()))
+}
+
+/// The answer to a lease by an agent that retired while it leased: 409 when it is
+/// deregistered, an empty list when it is draining.
+async fn retired(state: &AppState, actor: &Actor, id: Uuid) -> Result<Json<LeaseAnswer>, ApiError> {
+    registered_agent(state, actor, id).await?;
+    Ok(Json(LeaseAnswer { tasks: Vec::new() }))
 }
 
 /// `POST /api/agents/{id}/execute` body: a task for exactly this agent.

@@ -1,8 +1,12 @@
 //! Dispatch: leases ready tasks to an agent. Candidates come from the task view (priority
 //! first, then age); each lease is a `LeaseTask` command on the task, so when two agents
 //! race for one task the aggregate lets exactly one win and the loser moves on to the next
-//! candidate. An agent never holds more than its `max_concurrency` leases: leasing for one
-//! agent is serialised in this node, and counts what the view says it holds.
+//! candidate. An agent never holds more than its `max_concurrency` leases, on however many
+//! nodes it leases: each lease's append takes one of the agent's slots in its own
+//! transaction, or is refused (`store::lease_slots`), and a lease for an agent that drained
+//! or left after it was loaded is refused the same way. Leasing for one agent is also
+//! serialised in this node and asks for no more than the view says is free, so that the
+//! store's refusal is the rare case of a race between nodes.
 //!
 //! Every agent woken by a new task reads the same best-first candidates. So that they do
 //! not all load and race for the first one (only one can win; the others pay a load, and
@@ -25,7 +29,7 @@ use uuid::Uuid;
 
 use crate::bus::{CommandBus, CommandContext, CommandError, Committed};
 use crate::read_side::ReadSide;
-use crate::store::StoreError;
+use crate::store::{LeaseSlot, StoreError};
 
 /// Most tasks one lease call hands out.
 pub const MAX_TASKS_PER_LEASE: u32 = 100;
@@ -40,6 +44,9 @@ pub enum DispatchError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Read(#[from] ProjectionError),
+    /// The agent drained or deregistered since it was loaded: it takes no new work.
+    #[error("the agent takes no new work")]
+    AgentRetired,
 }
 
 /// One lease granted: the task as it is now, and the lease the agent must name.
@@ -129,12 +136,13 @@ pub fn serves_every_user(agent: &AgentState) -> bool {
     agent.kind != AgentKind::Remote && agent.owner_id == Uuid::nil()
 }
 
-/// Leases up to `max_tasks` ready tasks to `agent`, fewer if its concurrency limit or the
-/// queue says so; an empty list when nothing fits.
+/// Leases up to `max_tasks` ready tasks to `agent` (as of its `agent_version`), fewer if its
+/// concurrency limit or the queue says so; an empty list when nothing fits.
 pub async fn lease_ready(
     bus: &CommandBus,
     read: &ReadSide,
     agent: &AgentState,
+    agent_version: usize,
     max_tasks: u32,
     context: &CommandContext,
 ) -> Result<Vec<Granted>, DispatchError> {
@@ -152,9 +160,18 @@ pub async fn lease_ready(
         .iter()
         .map(|c| c.as_str().to_owned())
         .collect();
+    let slot = LeaseSlot {
+        agent_id: agent.id.to_string(),
+        agent_version,
+        max_concurrency: agent.max_concurrency.get(),
+    };
     let mut granted = Vec::with_capacity(wanted);
     let mut tried = HashSet::new();
+    let mut full = false;
     for _ in 0..ROUNDS {
+        if full {
+            break;
+        }
         let still = wanted - granted.len();
         if still == 0 {
             break;
@@ -184,12 +201,15 @@ pub async fn lease_ready(
         // At once: their appends share a commit, and the call takes one lease's time.
         let attempts = claims
             .iter()
-            .map(|claim| try_lease(bus, read, agent.id, claim.task_id, context));
+            .map(|claim| try_lease(bus, read, &slot, claim.task_id, context));
         let mut failure = None;
         for attempt in futures::future::join_all(attempts).await {
             match attempt {
-                Ok(Some(grant)) => granted.push(grant),
-                Ok(None) => {}
+                Ok(Leased::Granted(grant)) => granted.push(*grant),
+                Ok(Leased::Lost) => {}
+                // Another node's leases took the free slots.
+                Ok(Leased::Full) => full = true,
+                Err(DispatchError::AgentRetired) if !granted.is_empty() => full = true,
                 Err(error) => failure = Some(error),
             }
         }
@@ -206,18 +226,33 @@ pub async fn lease_ready(
     Ok(granted)
 }
 
-/// One `LeaseTask`; `None` when the task is no longer there to lease (another agent won,
-/// it was cancelled, it is not ready after all).
+/// How one lease attempt ended, short of an error.
+enum Leased {
+    Granted(Box<Granted>),
+    /// The task is no longer there to lease (another agent won, it was cancelled, it is
+    /// not ready after all).
+    Lost,
+    /// The agent holds as many leases as it may.
+    Full,
+}
+
+/// One `LeaseTask`, taking one of the agent's slots.
 async fn try_lease(
     bus: &CommandBus,
     read: &ReadSide,
-    agent_id: Uuid,
+    slot: &LeaseSlot,
     task_id: Uuid,
     context: &CommandContext,
-) -> Result<Option<Granted>, DispatchError> {
+) -> Result<Leased, DispatchError> {
     let lease_id = Uuid::now_v7();
+    let agent_id = Uuid::parse_str(&slot.agent_id).map_err(|e| {
+        DispatchError::Store(StoreError::Codec(format!(
+            "agent id `{}`: {e}",
+            slot.agent_id
+        )))
+    })?;
     let result = bus
-        .execute::<Task, CommandError<TaskError>>(&task_id.to_string(), context, None, |_| {
+        .lease::<Task, CommandError<TaskError>>(&task_id.to_string(), context, slot, |_| {
             Ok(TaskCommand::LeaseTask {
                 agent_id,
                 lease_id,
@@ -236,11 +271,20 @@ async fn try_lease(
                 .state()
                 .and_then(|state| state.lease_id)
                 .unwrap_or(lease_id);
-            Ok(Some(Granted {
+            Ok(Leased::Granted(Box::new(Granted {
                 task: aggregate,
                 version,
                 lease_id,
-            }))
+            })))
+        }
+        Err(CommandError::Store(StoreError::NoFreeSlot)) => {
+            // The task is still ready: calls that skipped it look again.
+            read.notify_queue();
+            Ok(Leased::Full)
+        }
+        Err(CommandError::Store(StoreError::AgentRetired)) => {
+            read.notify_queue();
+            Err(DispatchError::AgentRetired)
         }
         Err(CommandError::Store(error)) => {
             // Calls that skipped the task while it was claimed look again.
@@ -250,11 +294,11 @@ async fn try_lease(
         Err(CommandError::Conflict) => {
             read.notify_queue();
             tracing::debug!(%task_id, "the task kept changing; trying the next candidate");
-            Ok(None)
+            Ok(Leased::Lost)
         }
         Err(error) => {
             tracing::debug!(%task_id, %error, "lease lost; trying the next candidate");
-            Ok(None)
+            Ok(Leased::Lost)
         }
     }
 }

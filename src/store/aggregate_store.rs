@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use super::chain::{self, ChainLink, GENESIS, HASH, PREV_HASH};
 use chronicle_aggregates::codec;
 
-use super::{Backend, Store, StoreError};
+use super::{Backend, LeaseSlot, Store, StoreError};
 
 /// An aggregate as loaded: its state, its version (last sequence) and the hash that the
 /// next event must chain to.
@@ -119,6 +119,18 @@ impl<A: Aggregate> AggregateStore<A> {
         loaded: Loaded<A>,
         metadata: &HashMap<String, String>,
     ) -> Result<(Vec<EventEnvelope<A>>, Loaded<A>), StoreError> {
+        self.append_with(events, loaded, metadata, None).await
+    }
+
+    /// Like [`append`](Self::append) for a lease: in the same transaction, `slot` is taken
+    /// for the aggregate's first new event, or the append refused (see [`super::lease_slots`]).
+    pub async fn append_with(
+        &self,
+        events: Vec<A::Event>,
+        loaded: Loaded<A>,
+        metadata: &HashMap<String, String>,
+        slot: Option<&LeaseSlot>,
+    ) -> Result<(Vec<EventEnvelope<A>>, Loaded<A>), StoreError> {
         if events.is_empty() {
             return Ok((Vec::new(), loaded));
         }
@@ -193,14 +205,16 @@ impl<A: Aggregate> AggregateStore<A> {
         };
         match (self.store.backend(), snapshot_update) {
             (Backend::Postgres(pg), None) => {
-                pg.group().append(A::TYPE, serialized, recorded_at).await?
+                pg.group()
+                    .append(A::TYPE, serialized, recorded_at, slot.cloned())
+                    .await?
             }
             (Backend::Postgres(pg), Some(snapshot_update)) => {
-                pg.append_with_snapshot(A::TYPE, &serialized, snapshot_update, recorded_at)
+                pg.append_with_snapshot(A::TYPE, &serialized, snapshot_update, recorded_at, slot)
                     .await?
             }
             (Backend::Sqlite(lite), snapshot_update) => {
-                lite.write(A::TYPE, &serialized, snapshot_update, recorded_at)
+                lite.write(A::TYPE, &serialized, snapshot_update, recorded_at, slot)
                     .await?
             }
         }

@@ -5,10 +5,14 @@
 //! concurrency check) gets [`StoreError::Conflict`] and none of its events stay: any rows
 //! of it that did insert are deleted in the same transaction.
 //!
+//! A lease's request carries its [`LeaseSlot`]: the transaction takes each agent's slot lock
+//! before it inserts a row (agents in one order), refuses the leases that do not fit, and
+//! records the slots of those that were appended (see [`super::lease_slots`]).
+//!
 //! Appends that carry a snapshot update take their own transaction (one in N; see
 //! `PgBackend::append_with_snapshot`).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -16,6 +20,7 @@ use cqrs_es::persist::SerializedEvent;
 use sqlx::postgres::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use super::lease_slots::{self, LeaseSlot};
 use super::StoreError;
 
 /// Requests one worker takes into one transaction at most.
@@ -27,6 +32,7 @@ struct Request {
     aggregate_type: &'static str,
     events: Vec<SerializedEvent>,
     recorded_at: DateTime<Utc>,
+    slot: Option<LeaseSlot>,
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -67,18 +73,20 @@ impl GroupCommit {
     }
 
     /// Appends `events` (all of one aggregate) atomically, recorded at `recorded_at` (the
-    /// time their hashes cover).
+    /// time their hashes cover); with `slot`, only if the lease fits its agent.
     pub async fn append(
         &self,
         aggregate_type: &'static str,
         events: Vec<SerializedEvent>,
         recorded_at: DateTime<Utc>,
+        slot: Option<LeaseSlot>,
     ) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             aggregate_type,
             events,
             recorded_at,
+            slot,
             reply,
         };
         if self.sender.send(request).await.is_err() {
@@ -129,12 +137,11 @@ async fn write_batch(pool: &PgPool, mut batch: Vec<Request>) {
         return;
     }
     match insert(pool, &batch).await {
-        Ok(conflicted) => {
+        Ok(mut failed) => {
             for (index, request) in batch.into_iter().enumerate() {
-                let outcome = if conflicted.contains(&index) {
-                    Err(StoreError::Conflict)
-                } else {
-                    Ok(())
+                let outcome = match failed.remove(&index) {
+                    Some(error) => Err(error),
+                    None => Ok(()),
                 };
                 let _ = request.reply.send(outcome);
             }
@@ -156,13 +163,49 @@ async fn write_batch(pool: &PgPool, mut batch: Vec<Request>) {
     }
 }
 
-/// Inserts every event of the batch; returns the indexes of the requests that lost.
-async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<usize>, StoreError> {
-    let rows = batch.iter().flat_map(|r| {
-        r.events
-            .iter()
-            .map(move |e| (r.aggregate_type, r.recorded_at, e))
-    });
+/// Inserts every event of the batch; returns the requests that lost (a conflict) or were
+/// refused (a lease that does not fit its agent), by index.
+async fn insert(
+    pool: &PgPool,
+    batch: &[Request],
+) -> Result<HashMap<usize, StoreError>, StoreError> {
+    let mut tx = pool.begin().await.map_err(map_error)?;
+    let mut failed = HashMap::new();
+    // Every agent's lock before any row: a batch waiting on another's rows holds no lock
+    // that one needs. Two batches still take agents in one order.
+    let mut leases: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (index, request) in batch.iter().enumerate() {
+        if let Some(slot) = &request.slot {
+            leases.entry(&slot.agent_id).or_default().push(index);
+        }
+    }
+    for indexes in leases.values() {
+        let Some(slot) = indexes.first().and_then(|&i| batch[i].slot.as_ref()) else {
+            continue;
+        };
+        match lease_slots::free_pg(&mut tx, slot).await {
+            Ok(free) => {
+                for &index in indexes.iter().skip(free as usize) {
+                    failed.insert(index, StoreError::NoFreeSlot);
+                }
+            }
+            Err(StoreError::AgentRetired) => {
+                for &index in indexes {
+                    failed.insert(index, StoreError::AgentRetired);
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    let rows = batch
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| !failed.contains_key(index))
+        .flat_map(|(_, r)| {
+            r.events
+                .iter()
+                .map(move |e| (r.aggregate_type, r.recorded_at, e))
+        });
     let (
         mut types,
         mut ids,
@@ -192,7 +235,6 @@ async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<usize>, Stor
         metadata.push(serde_json::to_string(&event.metadata)?);
         times.push(recorded_at);
     }
-    let mut tx = pool.begin().await.map_err(map_error)?;
     let inserted: Vec<Key> = sqlx::query_as(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
                              payload, metadata, recorded_at)
@@ -218,9 +260,12 @@ async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<usize>, Stor
 
     // Each aggregate appears once per batch, so a request owns its keys: it wins when all
     // of them inserted, and a loser's rows that did insert are taken back.
-    let mut conflicted = HashSet::new();
     let mut undo: Vec<Key> = Vec::new();
+    let mut taken = Vec::new();
     for (index, request) in batch.iter().enumerate() {
+        if failed.contains_key(&index) {
+            continue;
+        }
         let keys: Vec<Key> = request
             .events
             .iter()
@@ -233,8 +278,10 @@ async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<usize>, Stor
             })
             .collect();
         if !keys.iter().all(|key| inserted.contains(key)) {
-            conflicted.insert(index);
+            failed.insert(index, StoreError::Conflict);
             undo.extend(keys.into_iter().filter(|key| inserted.contains(key)));
+        } else if let (Some(slot), Some((_, task_id, sequence))) = (&request.slot, keys.first()) {
+            taken.push((slot.agent_id.clone(), task_id.clone(), *sequence));
         }
     }
     if !undo.is_empty() {
@@ -252,8 +299,9 @@ async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<usize>, Stor
         .await
         .map_err(map_error)?;
     }
+    lease_slots::take_pg(&mut tx, &taken).await?;
     tx.commit().await.map_err(map_error)?;
-    Ok(conflicted)
+    Ok(failed)
 }
 
 pub(super) fn map_error(error: sqlx::Error) -> StoreError {

@@ -10,6 +10,7 @@
 //! - [`checkpoint`]: MAC'd checkpoints of every aggregate's head, the chain's anchor.
 //! - [`verify`]: recomputes every chain, names the first broken link, checks the heads
 //!   against a checkpoint.
+//! - [`lease_slots`]: an agent's concurrency limit, decided in the lease's transaction.
 //! - [`import`]: loads an export into an empty store.
 //! - [`link`]: whether PostgreSQL answers, probed from a connection of its own.
 
@@ -18,6 +19,7 @@ pub mod chain;
 pub mod checkpoint;
 mod group_commit;
 pub mod import;
+pub mod lease_slots;
 pub mod link;
 pub mod postgres;
 pub mod sqlite;
@@ -40,6 +42,7 @@ use uuid::Uuid;
 pub use aggregate_store::{AggregateStore, Loaded};
 pub use checkpoint::{AuditKey, Checkpoint};
 pub use chronicle_projections::feed::{FeedCursor, RecordedEvent};
+pub use lease_slots::LeaseSlot;
 pub use verify::{BrokenLink, CheckpointCheck, VerifyReport};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -58,6 +61,12 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data does not decode: {0}")]
     Codec(String),
+    /// A lease for an agent that already holds `max_concurrency` leases.
+    #[error("the agent holds as many leases as it may")]
+    NoFreeSlot,
+    /// A lease for an agent that drained or deregistered since it was loaded.
+    #[error("the agent takes no new work")]
+    AgentRetired,
     #[error("unsupported database URL `{0}`: use sqlite://… or postgres://…")]
     UnsupportedUrl(String),
 }

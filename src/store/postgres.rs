@@ -16,6 +16,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::group_commit::{map_error, GroupCommit};
+use super::lease_slots::{self, LeaseSlot};
 use super::link::Link;
 use super::{AggregateFilter, FeedCursor, RecordedEvent, StoreError};
 
@@ -110,8 +111,14 @@ impl PgBackend {
         events: &[SerializedEvent],
         (aggregate_id, payload, current_snapshot): (String, serde_json::Value, usize),
         recorded_at: DateTime<Utc>,
+        slot: Option<&LeaseSlot>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_error)?;
+        if let Some(slot) = slot {
+            if lease_slots::free_pg(&mut tx, slot).await? == 0 {
+                return Err(StoreError::NoFreeSlot);
+            }
+        }
         let mut last_sequence = 0;
         for event in events {
             last_sequence = event.sequence as i64;
@@ -162,6 +169,14 @@ impl PgBackend {
         .map_err(map_error)?;
         if written.rows_affected() != 1 {
             return Err(StoreError::Conflict);
+        }
+        if let (Some(slot), Some(first)) = (slot, events.first()) {
+            let taken = (
+                slot.agent_id.clone(),
+                first.aggregate_id.clone(),
+                first.sequence as i64,
+            );
+            lease_slots::take_pg(&mut tx, &[taken]).await?;
         }
         tx.commit().await.map_err(map_error)?;
         Ok(())

@@ -21,6 +21,7 @@ use sqlx::sqlite::{
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::lease_slots::{self, LeaseSlot};
 use super::{AggregateFilter, FeedCursor, RecordedEvent, StoreError};
 
 macro_rules! select_events {
@@ -342,11 +343,26 @@ impl SqliteBackend {
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
         recorded_at: DateTime<Utc>,
+        slot: Option<&LeaseSlot>,
     ) -> Result<(), StoreError> {
         let recorded_at = super::chain::format_recorded_at(recorded_at);
         // IMMEDIATE: take the write lock first, so a writer in another process makes us wait
         // rather than fail when a deferred transaction upgrades.
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        if let Some(slot) = slot {
+            if lease_slots::free_sqlite(&mut tx, slot).await? == 0 {
+                return Err(StoreError::NoFreeSlot);
+            }
+            if let Some(first) = events.first() {
+                lease_slots::take_sqlite(
+                    &mut tx,
+                    &slot.agent_id,
+                    &first.aggregate_id,
+                    first.sequence as i64,
+                )
+                .await?;
+            }
+        }
         let mut last_sequence = 0;
         for event in events {
             last_sequence = event.sequence;
@@ -453,7 +469,7 @@ impl PersistedEventRepository for SqliteBackend {
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
         Ok(self
-            .write(A::TYPE, events, snapshot_update, super::chain::now())
+            .write(A::TYPE, events, snapshot_update, super::chain::now(), None)
             .await?)
     }
 

@@ -13,6 +13,7 @@ mod audit_chain;
 mod auth;
 mod crash;
 mod db_link;
+mod dispatch_limits;
 mod edge;
 mod feed;
 mod helpers;

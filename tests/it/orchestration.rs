@@ -758,6 +758,7 @@ async fn agents_lease_only_their_owners_tasks(#[case] backend: Backend) {
             &bus,
             &read,
             their_agent,
+            registered.version,
             5,
             &CommandContext::default(),
         )

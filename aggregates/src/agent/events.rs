@@ -68,6 +68,22 @@ pub struct AgentReconfigured {
     pub at: DateTime<Utc>,
 }
 
+impl AgentEvent {
+    /// The types of the events after which the agent takes no new work; a lease appended
+    /// after one of them is refused by the store.
+    pub const RETIRING_TYPES: [&'static str; 2] = ["AgentDraining", "AgentDeregistered"];
+
+    /// Whether the agent takes no new work after this event (see [`Self::RETIRING_TYPES`]).
+    pub fn retires(&self) -> bool {
+        match self {
+            Self::AgentDraining(_) | Self::AgentDeregistered(_) => true,
+            Self::AgentRegistered(_)
+            | Self::AgentHeartbeatRecorded(_)
+            | Self::AgentReconfigured(_) => false,
+        }
+    }
+}
+
 impl DomainEvent for AgentEvent {
     fn event_type(&self) -> String {
         match self {

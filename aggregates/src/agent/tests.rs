@@ -357,3 +357,16 @@ fn refusals_are_classified() {
     assert_eq!(AgentError::Deregistered.kind(), RefusalKind::Conflict);
     assert_eq!(AgentError::Deregistered.code(), "agent.deregistered");
 }
+
+#[test]
+fn the_retiring_types_name_the_events_that_retire() {
+    for event in [
+        registered(),
+        heartbeat_recorded(1),
+        drained(2),
+        deregistered(3),
+    ] {
+        let listed = AgentEvent::RETIRING_TYPES.contains(&event.event_type().as_str());
+        assert_eq!(listed, event.retires(), "{}", event.event_type());
+    }
+}

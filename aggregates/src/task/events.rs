@@ -148,6 +148,28 @@ pub struct TaskReprioritised {
     pub at: DateTime<Utc>,
 }
 
+impl TaskEvent {
+    /// The types of the events that end the hold a `TaskLeased` began (the task leaves
+    /// `leased`/`running`); the lease slots of the store count a hold until one follows.
+    pub const HOLD_ENDING_TYPES: [&'static str; 3] =
+        ["TaskSucceeded", "TaskAttemptFailed", "TaskCancelled"];
+
+    /// Whether this event ends a hold (see [`Self::HOLD_ENDING_TYPES`]).
+    pub fn ends_hold(&self) -> bool {
+        match self {
+            Self::TaskSucceeded(_) | Self::TaskAttemptFailed(_) | Self::TaskCancelled(_) => true,
+            // A requeue follows a hold's end, never a hold.
+            Self::TaskCreated(_)
+            | Self::TaskLeased(_)
+            | Self::TaskStarted(_)
+            | Self::TaskProgressed(_)
+            | Self::LeaseExtended(_)
+            | Self::TaskRequeued(_)
+            | Self::TaskReprioritised(_) => false,
+        }
+    }
+}
+
 impl DomainEvent for TaskEvent {
     fn event_type(&self) -> String {
         match self {

@@ -50,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::{Builder, Uuid};
 
 use self::exchange::{Exchanger, HttpFailure};
-use super::dispatch::{lease_ready, Granted};
+use super::dispatch::{lease_ready, DispatchError, Granted};
 use super::{heartbeat_resolution, jitter};
 use crate::bus::{CommandBus, CommandContext, CommandError, Committed};
 use crate::config::HttpAgentSettings;
@@ -109,6 +109,8 @@ pub enum StartError {
 /// The registered agent, ready to run.
 pub struct HttpAgent {
     agent: AgentState,
+    /// The agent's version as registered.
+    version: usize,
     exchanger: Exchanger,
     max_concurrency: usize,
 }
@@ -168,6 +170,7 @@ impl HttpAgent {
                     tracing::info!(agent_id = %id, generation, "built-in HTTP agent registered");
                     return Ok(Self {
                         agent,
+                        version,
                         exchanger,
                         max_concurrency: max_concurrency.get() as usize,
                     });
@@ -203,13 +206,15 @@ impl HttpAgent {
             abort: CancellationToken::new(),
         });
         let mut agent = self.agent;
+        let mut version = self.version;
         let slots = Arc::new(Semaphore::new(self.max_concurrency));
         let mut running = JoinSet::new();
         let mut next_heartbeat = Instant::now();
         while !shutdown.is_cancelled() {
             if Instant::now() >= next_heartbeat {
-                if let Some(state) = worker.heartbeat(&agent).await {
+                if let Some((state, now)) = worker.heartbeat(&agent, version).await {
                     agent = state;
+                    version = now;
                 }
                 next_heartbeat = Instant::now() + heartbeat_every();
             }
@@ -219,7 +224,7 @@ impl HttpAgent {
             tokio::pin!(queued);
             queued.as_mut().enable();
             if agent.lifecycle == AgentLifecycle::Active {
-                worker.lease(&agent, &slots, &mut running).await;
+                worker.lease(&agent, version, &slots, &mut running).await;
             }
             let wait = RECHECK.min(next_heartbeat.saturating_duration_since(Instant::now()));
             tokio::select! {
@@ -271,8 +276,9 @@ enum Sent {
 }
 
 impl Worker {
-    /// Records a sign of life; the agent as it is now, `None` when that is unknown.
-    async fn heartbeat(&self, agent: &AgentState) -> Option<AgentState> {
+    /// Records a sign of life; the agent and its version as they are now, `None` when that
+    /// is unknown.
+    async fn heartbeat(&self, agent: &AgentState, version: usize) -> Option<(AgentState, usize)> {
         let result = self
             .bus
             .execute::<Agent, CommandError<AgentError>>(
@@ -299,7 +305,7 @@ impl Worker {
                 {
                     tracing::warn!("the built-in HTTP agent was drained; it takes no new work");
                 }
-                aggregate.state().cloned()
+                aggregate.state().cloned().map(|state| (state, version))
             }
             Err(CommandError::Refused(AgentError::Deregistered)) => {
                 if agent.lifecycle != AgentLifecycle::Deregistered {
@@ -307,10 +313,13 @@ impl Worker {
                         "the built-in HTTP agent was deregistered; it takes no new work until the node restarts"
                     );
                 }
-                Some(AgentState {
-                    lifecycle: AgentLifecycle::Deregistered,
-                    ..agent.clone()
-                })
+                Some((
+                    AgentState {
+                        lifecycle: AgentLifecycle::Deregistered,
+                        ..agent.clone()
+                    },
+                    version,
+                ))
             }
             Err(error) => {
                 tracing::warn!(%error, "heartbeat of the built-in HTTP agent failed");
@@ -323,6 +332,7 @@ impl Worker {
     async fn lease(
         self: &Arc<Self>,
         agent: &AgentState,
+        version: usize,
         slots: &Arc<Semaphore>,
         running: &mut JoinSet<()>,
     ) {
@@ -332,8 +342,13 @@ impl Worker {
         }
         let context = agent_context(agent.id);
         let max_tasks = u32::try_from(free).unwrap_or(u32::MAX);
-        let granted = match lease_ready(&self.bus, &self.read, agent, max_tasks, &context).await {
+        let leasing = lease_ready(&self.bus, &self.read, agent, version, max_tasks, &context);
+        let granted = match leasing.await {
             Ok(granted) => granted,
+            Err(DispatchError::AgentRetired) => {
+                tracing::info!("the built-in HTTP agent retired; its next heartbeat says how");
+                return;
+            }
             Err(error) => {
                 tracing::error!(%error, "leasing http.request tasks failed");
                 return;
