@@ -27,3 +27,4 @@ mod rebuild;
 mod revocation;
 mod schema_rules;
 mod store;
+mod workflows;
