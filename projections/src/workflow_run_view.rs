@@ -7,9 +7,11 @@ use uuid::Uuid;
 
 use crate::db::{ReadDb, ReadTx};
 use crate::feed::RecordedEvent;
-use crate::runner::{fold_next, Projection, ProjectionError};
+use crate::runner::{fold_next, ProjectionError};
 use crate::{on_reader, on_tx};
 
+/// The run rows; kept by the [`crate::workflow_view::WorkflowView`] projection, which
+/// follows both workflow and run events (one projector, one connection fewer).
 pub struct WorkflowRunView;
 
 /// A run as the read model holds it.
@@ -111,7 +113,10 @@ impl WorkflowRunView {
             .fetch_all(pool)
             .await
         })?;
-        Ok(ids.iter().filter_map(|id| Uuid::parse_str(id).ok()).collect())
+        Ok(ids
+            .iter()
+            .filter_map(|id| Uuid::parse_str(id).ok())
+            .collect())
     }
 
     /// The runs of a workflow, newest first, at most `limit`, before `before_id` if given.
@@ -137,32 +142,27 @@ impl WorkflowRunView {
     }
 }
 
-impl Projection for WorkflowRunView {
-    const NAME: &'static str = "workflow_run_view";
-    const VERSION: i64 = 1;
+impl WorkflowRunView {
+    pub(crate) const SETUP: [&'static str; 3] = [
+        "CREATE TABLE IF NOT EXISTS workflow_run_view_v1 (
+            id          TEXT PRIMARY KEY,
+            workflow_id TEXT NOT NULL,
+            owner_id    TEXT NOT NULL,
+            status      TEXT NOT NULL,
+            version     BIGINT NOT NULL,
+            state       TEXT NOT NULL
+        )",
+        "CREATE INDEX IF NOT EXISTS workflow_run_view_v1_workflow
+            ON workflow_run_view_v1 (workflow_id, id)",
+        "CREATE INDEX IF NOT EXISTS workflow_run_view_v1_status
+            ON workflow_run_view_v1 (status, id)",
+    ];
 
-    async fn setup(&self, tx: &mut ReadTx) -> Result<(), sqlx::Error> {
-        let statements = [
-            "CREATE TABLE IF NOT EXISTS workflow_run_view_v1 (
-                id          TEXT PRIMARY KEY,
-                workflow_id TEXT NOT NULL,
-                owner_id    TEXT NOT NULL,
-                status      TEXT NOT NULL,
-                version     BIGINT NOT NULL,
-                state       TEXT NOT NULL
-            )",
-            "CREATE INDEX IF NOT EXISTS workflow_run_view_v1_workflow
-                ON workflow_run_view_v1 (workflow_id, id)",
-            "CREATE INDEX IF NOT EXISTS workflow_run_view_v1_status
-                ON workflow_run_view_v1 (status, id)",
-        ];
-        tx.execute_all(&statements).await
-    }
-
-    async fn apply(&self, tx: &mut ReadTx, event: &RecordedEvent) -> Result<(), ProjectionError> {
-        if event.aggregate_type != WorkflowRun::TYPE {
-            return Ok(());
-        }
+    /// Folds one run event into its row.
+    pub(crate) async fn apply(
+        tx: &mut ReadTx,
+        event: &RecordedEvent,
+    ) -> Result<(), ProjectionError> {
         let current: Option<(String, i64)> = on_tx!(&mut *tx, |conn| {
             sqlx::query_as("SELECT state, version FROM workflow_run_view_v1 WHERE id = $1")
                 .bind(&event.aggregate_id)

@@ -1,13 +1,16 @@
 //! The workflow list read model: one row per workflow with its owner and whether it is
-//! archived, and the aggregate's state (every version) as JSON.
+//! archived, and the aggregate's state (every version) as JSON. The same projection keeps
+//! the run rows ([`WorkflowRunView`]).
 
 use chronicle_aggregates::workflow::{Workflow, WorkflowState};
+use chronicle_aggregates::workflow_run::WorkflowRun;
 use cqrs_es::Aggregate;
 use uuid::Uuid;
 
 use crate::db::{ReadDb, ReadTx};
 use crate::feed::RecordedEvent;
 use crate::runner::{fold_next, Projection, ProjectionError};
+use crate::workflow_run_view::WorkflowRunView;
 use crate::{on_reader, on_tx};
 
 pub struct WorkflowView;
@@ -125,10 +128,11 @@ impl WorkflowView {
 }
 
 impl Projection for WorkflowView {
-    const NAME: &'static str = "workflow_view";
+    const NAME: &'static str = "workflow_views";
     const VERSION: i64 = 1;
 
     async fn setup(&self, tx: &mut ReadTx) -> Result<(), sqlx::Error> {
+        tx.execute_all(&WorkflowRunView::SETUP).await?;
         let statements = [
             "CREATE TABLE IF NOT EXISTS workflow_view_v1 (
                 id       TEXT PRIMARY KEY,
@@ -144,6 +148,9 @@ impl Projection for WorkflowView {
     }
 
     async fn apply(&self, tx: &mut ReadTx, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        if event.aggregate_type == WorkflowRun::TYPE {
+            return WorkflowRunView::apply(tx, event).await;
+        }
         if event.aggregate_type != Workflow::TYPE {
             return Ok(());
         }

@@ -152,7 +152,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::list))
         .routes(routes!(admin::rebuild))
         .routes(routes!(workflows::create, workflows::list))
-        .routes(routes!(workflows::get, workflows::update, workflows::archive))
+        .routes(routes!(
+            workflows::get,
+            workflows::update,
+            workflows::archive
+        ))
         .routes(routes!(workflows::execute))
         .routes(routes!(workflows::status))
         .routes(routes!(workflows::get_run, workflows::cancel_run));

@@ -9,8 +9,7 @@
 
 use chronicle_aggregates::task::{Task, TaskCommand, TaskError, TaskFailure, TaskStatus};
 use chronicle_aggregates::workflow_run::{
-    next, Next, RunState, RunStatus, StepStatus, WorkflowRun, WorkflowRunCommand,
-    WorkflowRunError,
+    next, Next, RunState, RunStatus, StepStatus, WorkflowRun, WorkflowRunCommand, WorkflowRunError,
 };
 use chronicle_commands::task::NewTaskRequest;
 use chronicle_commands::workflow::StepRequest;
@@ -99,10 +98,9 @@ pub async fn advance(bus: &CommandBus, read: &ReadSide, run_id: Uuid) -> Result<
         let mut commands = observe_tasks(bus, state).await?;
         if commands.is_empty() {
             for action in next(state) {
-                commands.push(carry_out(bus, read, state, action, &context).await?);
+                commands.extend(carry_out(bus, read, state, action, &context).await?);
             }
         }
-        let commands: Vec<WorkflowRunCommand> = commands.into_iter().flatten().collect();
         if commands.is_empty() {
             return Ok(());
         }
@@ -147,7 +145,7 @@ pub(crate) async fn run_command(
 async fn observe_tasks(
     bus: &CommandBus,
     state: &RunState,
-) -> Result<Vec<Option<WorkflowRunCommand>>, StoreError> {
+) -> Result<Vec<WorkflowRunCommand>, StoreError> {
     let tasks = bus.store().aggregate::<Task>();
     let mut commands = Vec::new();
     for (step_id, step) in &state.steps {
@@ -188,7 +186,7 @@ async fn observe_tasks(
             }),
             _ => None,
         };
-        commands.push(command);
+        commands.extend(command);
     }
     Ok(commands)
 }
@@ -330,6 +328,9 @@ mod tests {
         assert_eq!(step_task_id(run, "a", 1), step_task_id(run, "a", 1));
         assert_ne!(step_task_id(run, "a", 1), step_task_id(run, "a", 2));
         assert_ne!(step_task_id(run, "a", 1), step_task_id(run, "b", 1));
-        assert_ne!(step_task_id(run, "a", 1), step_task_id(Uuid::from_u128(8), "a", 1));
+        assert_ne!(
+            step_task_id(run, "a", 1),
+            step_task_id(Uuid::from_u128(8), "a", 1)
+        );
     }
 }

@@ -37,19 +37,27 @@ async fn execute(app: &TestApp, workflow: &str, params: Value) -> String {
 }
 
 async fn register_agent(app: &TestApp, capabilities: Value) -> String {
-    let (status, body) = send(app.client.post(app.url("/api/agents/register")).json(&json!({
-        "name": "workflow agent",
-        "kind": "remote",
-        "capabilities": capabilities,
-        "max_concurrency": 4,
-    })))
+    let (status, body) = send(
+        app.client
+            .post(app.url("/api/agents/register"))
+            .json(&json!({
+                "name": "workflow agent",
+                "kind": "remote",
+                "capabilities": capabilities,
+                "max_concurrency": 4,
+            })),
+    )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     body["id"].as_str().unwrap().to_owned()
 }
 
 async fn run_view(app: &TestApp, run: &str) -> Value {
-    let (status, body) = send(app.client.get(app.url(&format!("/api/workflow-runs/{run}")))).await;
+    let (status, body) = send(
+        app.client
+            .get(app.url(&format!("/api/workflow-runs/{run}"))),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body
 }
@@ -133,7 +141,10 @@ async fn a_linear_workflow_runs_to_success_with_outputs_templated_into_inputs(
 
     let first = lease_one(&app, &agent).await;
     assert_eq!(first["capability"], "browser.navigate");
-    assert_eq!(first["input"], json!({"url": "https://example.com", "depth": 2}));
+    assert_eq!(
+        first["input"],
+        json!({"url": "https://example.com", "depth": 2})
+    );
     assert_eq!(first["workflow_run_id"], run.as_str());
     let view = run_view(&app, &run).await;
     assert_eq!(view["steps"]["open"]["status"], "running");
@@ -163,11 +174,18 @@ async fn a_linear_workflow_runs_to_success_with_outputs_templated_into_inputs(
     assert!(done["finished_at"].is_string());
 
     // The run's tasks are filterable by run.
-    let (_, tasks) = send(app.client.get(app.url(&format!("/api/tasks?workflow_run_id={run}")))).await;
+    let (_, tasks) = send(
+        app.client
+            .get(app.url(&format!("/api/tasks?workflow_run_id={run}"))),
+    )
+    .await;
     assert_eq!(tasks["items"].as_array().unwrap().len(), 2, "{tasks}");
     // Its history is its events, started first.
-    let (_, status) =
-        send(app.client.get(app.url(&format!("/api/workflows/{workflow}/status")))).await;
+    let (_, status) = send(
+        app.client
+            .get(app.url(&format!("/api/workflows/{workflow}/status"))),
+    )
+    .await;
     assert_eq!(status["runs"][0]["id"], run.as_str());
 }
 
@@ -211,7 +229,11 @@ async fn a_false_condition_skips_its_step_and_the_steps_that_depend_only_on_it(
     succeed(&app, &d, json!(null)).await;
     let done = wait_run(&app, &run, |r| r["status"] != "running").await;
     assert_eq!(done["status"], "succeeded", "{done}");
-    let (_, tasks) = send(app.client.get(app.url(&format!("/api/tasks?workflow_run_id={run}")))).await;
+    let (_, tasks) = send(
+        app.client
+            .get(app.url(&format!("/api/tasks?workflow_run_id={run}"))),
+    )
+    .await;
     assert_eq!(tasks["items"].as_array().unwrap().len(), 3, "{tasks}");
 }
 
@@ -273,8 +295,11 @@ async fn cancelling_a_run_cancels_its_open_tasks(#[case] backend: Backend) {
         r["steps"]["a"]["status"] == "running" && r["steps"]["b"]["status"] == "running"
     })
     .await;
-    let (status, cancelled) =
-        send(app.client.delete(app.url(&format!("/api/workflow-runs/{run}")))).await;
+    let (status, cancelled) = send(
+        app.client
+            .delete(app.url(&format!("/api/workflow-runs/{run}"))),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{cancelled}");
     assert_eq!(cancelled["status"], "cancelled");
     for step in ["a", "b", "c"] {
@@ -286,12 +311,19 @@ async fn cancelling_a_run_cancels_its_open_tasks(#[case] backend: Backend) {
         assert_eq!(task["status"], "cancelled", "{task}");
     }
     // Again: the same answer, nothing new.
-    let (status, again) =
-        send(app.client.delete(app.url(&format!("/api/workflow-runs/{run}")))).await;
+    let (status, again) = send(
+        app.client
+            .delete(app.url(&format!("/api/workflow-runs/{run}"))),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again["status"], "cancelled");
     // A cancelled run starts no more steps.
-    let (_, tasks) = send(app.client.get(app.url(&format!("/api/tasks?workflow_run_id={run}")))).await;
+    let (_, tasks) = send(
+        app.client
+            .get(app.url(&format!("/api/tasks?workflow_run_id={run}"))),
+    )
+    .await;
     assert_eq!(tasks["items"].as_array().unwrap().len(), 2, "{tasks}");
 }
 
@@ -306,14 +338,30 @@ async fn versions_archive_and_bad_definitions(#[case] backend: Backend) {
     let (status, updated) = send(
         app.client
             .put(app.url(&format!("/api/workflows/{workflow}")))
-            .json(&json!({"name": "two", "steps": [{"id": "a", "capability": "x.run", "input": {}}]})),
+            .json(
+                &json!({"name": "two", "steps": [{"id": "a", "capability": "x.run", "input": {}}]}),
+            ),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{updated}");
-    assert_eq!((updated["version"].clone(), updated["name"].clone()), (json!(2), json!("two")));
-    let (_, old) = send(app.client.get(app.url(&format!("/api/workflows/{workflow}?version=1")))).await;
-    assert_eq!((old["version"].clone(), old["name"].clone()), (json!(1), json!("one")));
-    let (status, _) = send(app.client.get(app.url(&format!("/api/workflows/{workflow}?version=3")))).await;
+    assert_eq!(
+        (updated["version"].clone(), updated["name"].clone()),
+        (json!(2), json!("two"))
+    );
+    let (_, old) = send(
+        app.client
+            .get(app.url(&format!("/api/workflows/{workflow}?version=1"))),
+    )
+    .await;
+    assert_eq!(
+        (old["version"].clone(), old["name"].clone()),
+        (json!(1), json!("one"))
+    );
+    let (status, _) = send(
+        app.client
+            .get(app.url(&format!("/api/workflows/{workflow}?version=3"))),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     let (status, cycle) = send(app.client.post(app.url("/api/workflows")).json(&json!({
@@ -329,7 +377,11 @@ async fn versions_archive_and_bad_definitions(#[case] backend: Backend) {
 
     let (_, list) = send(app.client.get(app.url("/api/workflows"))).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
-    let (status, _) = send(app.client.delete(app.url(&format!("/api/workflows/{workflow}")))).await;
+    let (status, _) = send(
+        app.client
+            .delete(app.url(&format!("/api/workflows/{workflow}"))),
+    )
+    .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (_, list) = send(app.client.get(app.url("/api/workflows"))).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 0);
@@ -379,12 +431,18 @@ async fn another_user_gets_404_for_a_workflow_and_its_run(#[case] backend: Backe
     let definition = json!({"name": "x", "steps": [{"id": "a", "capability": "x.run"}]});
     for request in [
         b.client.get(app.url(&format!("/api/workflows/{id}"))),
-        b.client.put(app.url(&format!("/api/workflows/{id}"))).json(&definition),
+        b.client
+            .put(app.url(&format!("/api/workflows/{id}")))
+            .json(&definition),
         b.client.delete(app.url(&format!("/api/workflows/{id}"))),
-        b.client.post(app.url(&format!("/api/workflows/{id}/execute"))).json(&json!({})),
-        b.client.get(app.url(&format!("/api/workflows/{id}/status"))),
+        b.client
+            .post(app.url(&format!("/api/workflows/{id}/execute")))
+            .json(&json!({})),
+        b.client
+            .get(app.url(&format!("/api/workflows/{id}/status"))),
         b.client.get(app.url(&format!("/api/workflow-runs/{run}"))),
-        b.client.delete(app.url(&format!("/api/workflow-runs/{run}"))),
+        b.client
+            .delete(app.url(&format!("/api/workflow-runs/{run}"))),
     ] {
         let (status, body) = send(request).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
@@ -393,7 +451,10 @@ async fn another_user_gets_404_for_a_workflow_and_its_run(#[case] backend: Backe
     assert_eq!(list["items"], json!([]));
     // Still A's, unchanged.
     let (status, mine) = send(a.client.get(app.url(&format!("/api/workflows/{id}")))).await;
-    assert_eq!((status, mine["version"].clone()), (StatusCode::OK, json!(1)));
+    assert_eq!(
+        (status, mine["version"].clone()),
+        (StatusCode::OK, json!(1))
+    );
     let (status, _) = send(a.client.get(app.url(&format!("/api/workflow-runs/{run}")))).await;
     assert_eq!(status, StatusCode::OK);
 }
