@@ -29,6 +29,10 @@ use crate::store::StoreError;
 /// commits wake it too, through the events signal).
 const POLL: Duration = Duration::from_millis(500);
 
+/// After a wake-up the driver waits this long, so that a burst of commits (anyone's: the
+/// signal does not say which) is one look at the runs, not one each.
+const SETTLE: Duration = Duration::from_millis(20);
+
 /// Runs looked after per pass.
 const BATCH: u32 = 1_000;
 
@@ -76,7 +80,7 @@ pub async fn run(bus: CommandBus, read: ReadSide, stop: CancellationToken) {
             Err(error) => tracing::warn!(%error, "could not list running workflow runs"),
         }
         tokio::select! {
-            () = &mut notified => {}
+            () = &mut notified => tokio::time::sleep(SETTLE).await,
             () = tokio::time::sleep(POLL) => {}
             () = stop.cancelled() => return,
         }
