@@ -106,6 +106,11 @@ impl Application {
             self.state.bus.clone(),
             read.clone(),
         )));
+        background.push(tokio::spawn(crate::process::workflows::run(
+            self.state.bus.clone(),
+            read.clone(),
+            stopping.clone(),
+        )));
         background.push(tokio::spawn(
             self.revocations.run(read.events_signal(), stopping.clone()),
         ));

@@ -8,12 +8,16 @@ use std::time::Duration;
 use chronicle_aggregates::agent::Agent;
 use chronicle_aggregates::api_key::ApiKey;
 use chronicle_aggregates::task::{is_ready, Task};
+use chronicle_aggregates::workflow::Workflow;
+use chronicle_aggregates::workflow_run::WorkflowRun;
 use chronicle_projections::agent_view::AgentView;
 use chronicle_projections::aggregate_owners::AggregateOwners;
 use chronicle_projections::api_key_view::ApiKeyView;
 use chronicle_projections::rebuild::Shadow;
 use chronicle_projections::task_view::TaskView;
 use chronicle_projections::usage::UsageView;
+use chronicle_projections::workflow_run_view::WorkflowRunView;
+use chronicle_projections::workflow_view::WorkflowView;
 use chronicle_projections::{
     AnyProjector, FeedCursor, ProjectionError, ProjectionStatus, Projector, ReadDb,
 };
@@ -111,6 +115,7 @@ impl ReadSide {
             Arc::new(Projector::new(ApiKeyView, store.clone(), db.clone())),
             Arc::new(Projector::new(AggregateOwners, store.clone(), db.clone())),
             Arc::new(Projector::new(UsageView, store.clone(), db.clone())),
+            Arc::new(Projector::new(WorkflowView, store.clone(), db.clone())),
         ]);
         // A new `VERSION` is a new set of tables (`…_v<N>`): it is built here from the
         // first event before the API serves, beside the older version's tables, which nodes
@@ -386,6 +391,23 @@ impl ReadSide {
     pub async fn api_key_committed(&self, key: &ApiKey, version: usize) {
         if let Err(error) = ApiKeyView::write_committed(&self.db, key, version).await {
             tracing::warn!(%error, "inline API key view write failed; catch-up will repair it");
+        }
+        self.notify();
+    }
+
+    /// Brings the workflow list up to a just-committed workflow; see
+    /// [`ReadSide::task_committed`].
+    pub async fn workflow_committed(&self, workflow: &Workflow, version: usize) {
+        if let Err(error) = WorkflowView::write_committed(&self.db, workflow, version).await {
+            tracing::warn!(%error, "inline workflow view write failed; catch-up will repair it");
+        }
+        self.notify();
+    }
+
+    /// Brings the run view up to a just-committed run; see [`ReadSide::task_committed`].
+    pub async fn workflow_run_committed(&self, run: &WorkflowRun, version: usize) {
+        if let Err(error) = WorkflowRunView::write_committed(&self.db, run, version).await {
+            tracing::warn!(%error, "inline run view write failed; catch-up will repair it");
         }
         self.notify();
     }

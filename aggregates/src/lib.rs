@@ -9,6 +9,9 @@
 //! - [`first_user`]: one aggregate for the system, so exactly one user is the first.
 //! - [`session`]: refresh-token families — rotation and reuse detection.
 //! - [`api_key`]: a user's API keys — issue, rotate, revoke; stored only as hashes.
+//! - [`workflow`]: the Workflow aggregate — a versioned definition, archived at the end.
+//! - [`workflow_run`]: the WorkflowRun aggregate — one run of a version, step by step, and
+//!   what a run is ready for next.
 //! - [`codec`]: events to `(event_type, event_version, payload)` and back.
 //! - [`error`]: how a domain refusal is classified for the edges (missing, conflict, invalid).
 
@@ -21,5 +24,7 @@ pub mod first_user;
 pub mod session;
 pub mod task;
 pub mod user;
+pub mod workflow;
+pub mod workflow_run;
 
 pub use error::{DomainError, RefusalKind};

@@ -14,6 +14,8 @@
 //! - [`api_key_view`]: each user's API keys, without their secrets.
 //! - [`aggregate_owners`]: who owns each aggregate, for scoping the event history.
 //! - [`usage`]: usage analytics — one fact per counted task event, reported by bucket.
+//! - [`workflow_view`]: the workflow list read model, every version in each row.
+//! - [`workflow_run_view`]: workflow runs with their per-step map.
 
 pub mod agent_view;
 pub mod aggregate_owners;
@@ -25,6 +27,8 @@ pub mod runner;
 pub mod task_queue;
 pub mod task_view;
 pub mod usage;
+pub mod workflow_run_view;
+pub mod workflow_view;
 
 pub use db::{ReadDb, ReadTx};
 pub use feed::{EventSource, FeedCursor, RecordedEvent};

@@ -238,7 +238,7 @@ impl ApiError {
         }
     }
 
-    fn kept_changing() -> Self {
+    pub(crate) fn kept_changing() -> Self {
         Self::Conflict {
             code: "store.conflict",
             detail: "the resource kept changing concurrently; retry".into(),

@@ -30,6 +30,7 @@ pub mod task_updates;
 pub mod tasks;
 pub mod users;
 pub mod views;
+pub mod workflows;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -149,7 +150,16 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::verify))
         .routes(routes!(audit_checkpoint::latest))
         .routes(routes!(admin::list))
-        .routes(routes!(admin::rebuild));
+        .routes(routes!(admin::rebuild))
+        .routes(routes!(workflows::create, workflows::list))
+        .routes(routes!(
+            workflows::get,
+            workflows::update,
+            workflows::archive
+        ))
+        .routes(routes!(workflows::execute))
+        .routes(routes!(workflows::status))
+        .routes(routes!(workflows::get_run, workflows::cancel_run));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).nest("/api", api)
 }
 

@@ -46,6 +46,7 @@ const NO_STORE_ERRORS: [&str; 3] = ["health", "openapi", "status"];
         (name = "events", description = "The global event feed: every event the caller may read, gap-free, as pages or an NDJSON stream."),
         (name = "audit", description = "The tamper-evident history: hash-chain verification over what the caller may read, and the chain checkpoints."),
         (name = "live", description = "Live subscriptions: the event WebSocket (tasks also stream over SSE)."),
+        (name = "workflows", description = "Workflows: versioned DAGs of steps, their runs, step by step, and cancellation."),
         (name = "admin", description = "Operating the read side: projection status and rebuilds."),
     ),
     components(schemas(Problem, FieldError)),

@@ -136,7 +136,11 @@ pub async fn create(
 /// Refuses a pin to an agent that would not serve the caller's task: one of another user's
 /// (an agent leases only its owner's tasks) or none at all. Both get the same 422, so a pin
 /// does not tell whether someone else's agent exists.
-async fn usable_agent(state: &AppState, actor: &Actor, agent_id: Uuid) -> Result<(), ApiError> {
+pub(crate) async fn usable_agent(
+    state: &AppState,
+    actor: &Actor,
+    agent_id: Uuid,
+) -> Result<(), ApiError> {
     let loaded = state
         .store
         .aggregate::<Agent>()

@@ -8,6 +8,8 @@
 //! - [`release`]: returns the tasks of a deregistered agent to the queue.
 //! - [`timers`]: expires leases nobody renewed and wakes agents when a retry delay ends.
 //! - [`http_agent`]: the built-in agent that runs `http.request` tasks, behind an SSRF guard.
+//! - [`workflows`]: the workflow driver — starts ready steps as tasks, records how they
+//!   ended, finishes runs.
 //! - [`live`]: what a live subscriber may receive, read from the feed in order.
 
 pub mod dispatch;
@@ -15,6 +17,7 @@ pub mod http_agent;
 pub(crate) mod live;
 pub mod release;
 pub mod timers;
+pub mod workflows;
 
 use chronicle_aggregates::task::{Task, TaskCommand, TaskError};
 use chrono::TimeDelta;

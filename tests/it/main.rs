@@ -29,3 +29,4 @@ mod release;
 mod revocation;
 mod schema_rules;
 mod store;
+mod workflows;

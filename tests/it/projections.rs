@@ -139,7 +139,8 @@ async fn lists_filter_and_page_newest_first(#[case] backend: Backend) {
             "aggregate_owners",
             "api_key_view",
             "task_view",
-            "usage"
+            "usage",
+            "workflow_views"
         ]
     );
     assert_eq!(projections[3]["version"], 2);

@@ -1,0 +1,124 @@
+//! WorkflowRun events. Type strings and versions are written out, never derived from Rust
+//! names, so renaming a variant cannot orphan stored events.
+
+use chronicle_commands::workflow::WorkflowDefinition;
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::task::TaskFailure;
+
+/// Serialized externally tagged; each `rename` equals its `event_type()`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WorkflowRunEvent {
+    #[serde(rename = "WorkflowRunStarted")]
+    RunStarted(WorkflowRunStarted),
+    #[serde(rename = "WorkflowStepStarted")]
+    StepStarted(WorkflowStepStarted),
+    #[serde(rename = "WorkflowStepSucceeded")]
+    StepSucceeded(WorkflowStepSucceeded),
+    #[serde(rename = "WorkflowStepFailed")]
+    StepFailed(WorkflowStepFailed),
+    #[serde(rename = "WorkflowStepSkipped")]
+    StepSkipped(WorkflowStepSkipped),
+    #[serde(rename = "WorkflowRunSucceeded")]
+    RunSucceeded(WorkflowRunSucceeded),
+    #[serde(rename = "WorkflowRunFailed")]
+    RunFailed(WorkflowRunFailed),
+    #[serde(rename = "WorkflowRunCancelled")]
+    RunCancelled(WorkflowRunCancelled),
+}
+
+/// The run keeps the definition it started with: a later version changes nothing here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowRunStarted {
+    pub run_id: Uuid,
+    pub workflow_id: Uuid,
+    pub owner_id: Uuid,
+    pub version: u32,
+    pub definition: WorkflowDefinition,
+    /// Bound: checked against their types, defaults filled in.
+    pub params: Map<String, Value>,
+    pub at: DateTime<Utc>,
+}
+
+/// The step's task was created with `task_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowStepStarted {
+    pub step_id: String,
+    pub task_id: Uuid,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowStepSucceeded {
+    pub step_id: String,
+    pub output: Value,
+    /// The task's attempt that succeeded.
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+}
+
+/// Failed for good: the task used up its attempts, was cancelled, or could not be made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowStepFailed {
+    pub step_id: String,
+    pub error: TaskFailure,
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowStepSkipped {
+    pub step_id: String,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowRunSucceeded {
+    pub at: DateTime<Utc>,
+}
+
+/// The run failed because `step_id` did, with that step's error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowRunFailed {
+    pub step_id: String,
+    pub error: TaskFailure,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowRunCancelled {
+    pub at: DateTime<Utc>,
+}
+
+impl DomainEvent for WorkflowRunEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::RunStarted(_) => "WorkflowRunStarted",
+            Self::StepStarted(_) => "WorkflowStepStarted",
+            Self::StepSucceeded(_) => "WorkflowStepSucceeded",
+            Self::StepFailed(_) => "WorkflowStepFailed",
+            Self::StepSkipped(_) => "WorkflowStepSkipped",
+            Self::RunSucceeded(_) => "WorkflowRunSucceeded",
+            Self::RunFailed(_) => "WorkflowRunFailed",
+            Self::RunCancelled(_) => "WorkflowRunCancelled",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_owned()
+    }
+}

@@ -1,0 +1,250 @@
+//! The WorkflowRun aggregate: one execution of one version of a workflow. It records what
+//! the process manager decided (a step started as a task, finished, skipped) and how the
+//! run ended; [`next`] says what a run is ready for. The aggregate refuses whatever has
+//! become stale — a step started twice, a step of a finished run — so several managers
+//! (nodes, a restart) acting on one run have one effect.
+
+mod error;
+mod events;
+mod rules;
+mod state;
+
+use chronicle_commands::workflow::WorkflowDefinition;
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::task::TaskFailure;
+
+pub use error::WorkflowRunError;
+pub use events::{
+    WorkflowRunCancelled, WorkflowRunEvent, WorkflowRunFailed, WorkflowRunStarted,
+    WorkflowRunSucceeded, WorkflowStepFailed, WorkflowStepSkipped, WorkflowStepStarted,
+    WorkflowStepSucceeded,
+};
+pub use rules::{context, next, Next};
+pub use state::{RunFailure, RunState, RunStatus, StepState, StepStatus};
+
+/// The aggregate: empty until `WorkflowRunStarted`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowRun {
+    state: Option<RunState>,
+}
+
+impl WorkflowRun {
+    /// The run, or `None` when no `WorkflowRunStarted` has been applied.
+    pub fn state(&self) -> Option<&RunState> {
+        self.state.as_ref()
+    }
+}
+
+/// What can be asked of a run. Time and identities come in the command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkflowRunCommand {
+    StartRun {
+        run_id: Uuid,
+        workflow_id: Uuid,
+        owner_id: Uuid,
+        version: u32,
+        definition: WorkflowDefinition,
+        params: Map<String, Value>,
+        at: DateTime<Utc>,
+    },
+    /// From pending only.
+    StartStep {
+        step_id: String,
+        task_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    /// From running only.
+    CompleteStep {
+        step_id: String,
+        output: Value,
+        attempt: u32,
+        at: DateTime<Utc>,
+    },
+    /// From pending (it could not start) or running.
+    FailStep {
+        step_id: String,
+        error: TaskFailure,
+        attempt: u32,
+        at: DateTime<Utc>,
+    },
+    /// From pending only.
+    SkipStep {
+        step_id: String,
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    /// Once every step succeeded or was skipped.
+    SucceedRun {
+        at: DateTime<Utc>,
+    },
+    FailRun {
+        step_id: String,
+        error: TaskFailure,
+        at: DateTime<Utc>,
+    },
+    CancelRun {
+        at: DateTime<Utc>,
+    },
+}
+
+type Decision = Result<WorkflowRunEvent, WorkflowRunError>;
+
+fn decide(state: Option<&RunState>, command: WorkflowRunCommand) -> Decision {
+    if let WorkflowRunCommand::StartRun {
+        run_id,
+        workflow_id,
+        owner_id,
+        version,
+        definition,
+        params,
+        at,
+    } = command
+    {
+        if state.is_some() {
+            return Err(WorkflowRunError::AlreadyExists);
+        }
+        return Ok(WorkflowRunEvent::RunStarted(WorkflowRunStarted {
+            run_id,
+            workflow_id,
+            owner_id,
+            version,
+            definition,
+            params,
+            at,
+        }));
+    }
+    let state = state.ok_or(WorkflowRunError::NotFound)?;
+    if state.status != RunStatus::Running {
+        return Err(WorkflowRunError::Finished);
+    }
+    let step_status = |step_id: &str| {
+        state
+            .steps
+            .get(step_id)
+            .map(|s| s.status)
+            .ok_or_else(|| WorkflowRunError::UnknownStep(step_id.to_owned()))
+    };
+    match command {
+        WorkflowRunCommand::StartRun { .. } => Err(WorkflowRunError::AlreadyExists),
+        WorkflowRunCommand::StartStep {
+            step_id,
+            task_id,
+            at,
+        } => {
+            if step_status(&step_id)? != StepStatus::Pending {
+                return Err(WorkflowRunError::StepNotPending(step_id));
+            }
+            Ok(WorkflowRunEvent::StepStarted(WorkflowStepStarted {
+                step_id,
+                task_id,
+                at,
+            }))
+        }
+        WorkflowRunCommand::CompleteStep {
+            step_id,
+            output,
+            attempt,
+            at,
+        } => {
+            if step_status(&step_id)? != StepStatus::Running {
+                return Err(WorkflowRunError::StepNotRunning(step_id));
+            }
+            Ok(WorkflowRunEvent::StepSucceeded(WorkflowStepSucceeded {
+                step_id,
+                output,
+                attempt,
+                at,
+            }))
+        }
+        WorkflowRunCommand::FailStep {
+            step_id,
+            error,
+            attempt,
+            at,
+        } => {
+            if !matches!(
+                step_status(&step_id)?,
+                StepStatus::Pending | StepStatus::Running
+            ) {
+                return Err(WorkflowRunError::StepNotRunning(step_id));
+            }
+            Ok(WorkflowRunEvent::StepFailed(WorkflowStepFailed {
+                step_id,
+                error,
+                attempt,
+                at,
+            }))
+        }
+        WorkflowRunCommand::SkipStep {
+            step_id,
+            reason,
+            at,
+        } => {
+            if step_status(&step_id)? != StepStatus::Pending {
+                return Err(WorkflowRunError::StepNotPending(step_id));
+            }
+            Ok(WorkflowRunEvent::StepSkipped(WorkflowStepSkipped {
+                step_id,
+                reason,
+                at,
+            }))
+        }
+        WorkflowRunCommand::SucceedRun { at } => {
+            if !state.steps.values().all(|s| s.status.is_done()) {
+                return Err(WorkflowRunError::StepsOpen);
+            }
+            Ok(WorkflowRunEvent::RunSucceeded(WorkflowRunSucceeded { at }))
+        }
+        WorkflowRunCommand::FailRun { step_id, error, at } => {
+            step_status(&step_id)?;
+            Ok(WorkflowRunEvent::RunFailed(WorkflowRunFailed {
+                step_id,
+                error,
+                at,
+            }))
+        }
+        WorkflowRunCommand::CancelRun { at } => {
+            Ok(WorkflowRunEvent::RunCancelled(WorkflowRunCancelled { at }))
+        }
+    }
+}
+
+impl Aggregate for WorkflowRun {
+    const TYPE: &'static str = "workflow_run";
+    type Command = WorkflowRunCommand;
+    type Event = WorkflowRunEvent;
+    type Error = WorkflowRunError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        let event = decide(self.state.as_ref(), command)?;
+        sink.write(event, self).await;
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match (event, self.state.as_mut()) {
+            (WorkflowRunEvent::RunStarted(started), _) => {
+                self.state = Some(RunState::started(started));
+            }
+            (event, Some(state)) => state.apply(event),
+            // Only a corrupt stream has events before its `WorkflowRunStarted`.
+            (_, None) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

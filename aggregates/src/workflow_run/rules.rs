@@ -1,0 +1,140 @@
+//! What a running run does next, from its state alone: DAG readiness, skips, conditions,
+//! input templates, and when the run is over. The process manager carries it out.
+
+use chronicle_commands::workflow::{evaluate_condition, template};
+use serde_json::{json, Map, Value};
+
+use super::state::{RunState, RunStatus, StepStatus};
+use crate::task::TaskFailure;
+
+/// One thing a run is ready for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Start the step as a task with this (rendered) input.
+    Start {
+        step_id: String,
+        input: Value,
+    },
+    Skip {
+        step_id: String,
+        reason: String,
+    },
+    /// The step cannot run (its condition does not evaluate, it is an approval step).
+    FailStep {
+        step_id: String,
+        error: TaskFailure,
+    },
+    /// A step failed for good: so does the run, with its error.
+    FailRun {
+        step_id: String,
+        error: TaskFailure,
+    },
+    Succeed,
+}
+
+/// `{params, steps: {<id>: {status, output}}}`: what templates and conditions read.
+pub fn context(state: &RunState) -> Value {
+    let steps: Map<String, Value> = state
+        .steps
+        .iter()
+        .map(|(id, step)| {
+            (
+                id.clone(),
+                json!({"status": step.status, "output": step.output}),
+            )
+        })
+        .collect();
+    json!({"params": state.params, "steps": steps})
+}
+
+/// Everything the run is ready for now; empty while it waits on running steps or is over.
+/// Each pending step whose dependencies are all done is started, or skipped when every
+/// dependency was skipped or its condition is false. Carrying out one answer can make
+/// more steps ready: ask again until the answer is empty.
+pub fn next(state: &RunState) -> Vec<Next> {
+    if state.status != RunStatus::Running {
+        return Vec::new();
+    }
+    if let Some((step_id, step)) = state
+        .steps
+        .iter()
+        .find(|(_, step)| step.status == StepStatus::Failed)
+    {
+        let error = step.error.clone().unwrap_or_else(|| TaskFailure {
+            message: "the step failed".into(),
+            code: None,
+            details: None,
+        });
+        return vec![Next::FailRun {
+            step_id: step_id.clone(),
+            error,
+        }];
+    }
+    if state.steps.values().all(|step| step.status.is_done()) {
+        return vec![Next::Succeed];
+    }
+    let context = context(state);
+    let mut ready = Vec::new();
+    for step in state.definition.steps() {
+        let pending = state
+            .steps
+            .get(&step.id)
+            .is_some_and(|s| s.status == StepStatus::Pending);
+        if !pending {
+            continue;
+        }
+        let statuses: Vec<StepStatus> = step
+            .depends_on
+            .iter()
+            .filter_map(|dep| state.steps.get(dep).map(|s| s.status))
+            .collect();
+        if !statuses.iter().all(|status| status.is_done()) {
+            continue;
+        }
+        let step_id = step.id.clone();
+        if !statuses.is_empty() && statuses.iter().all(|s| *s == StepStatus::Skipped) {
+            ready.push(Next::Skip {
+                step_id,
+                reason: "every step it depends on was skipped".into(),
+            });
+            continue;
+        }
+        if let Some(condition) = &step.condition {
+            match evaluate_condition(condition, &context) {
+                Ok(true) => {}
+                Ok(false) => {
+                    ready.push(Next::Skip {
+                        step_id,
+                        reason: "its condition was false".into(),
+                    });
+                    continue;
+                }
+                Err(message) => {
+                    ready.push(Next::FailStep {
+                        step_id,
+                        error: TaskFailure {
+                            message: format!("the condition {message}"),
+                            code: Some("condition_failed".into()),
+                            details: None,
+                        },
+                    });
+                    continue;
+                }
+            }
+        }
+        if step.approval.is_some() {
+            ready.push(Next::FailStep {
+                step_id,
+                error: TaskFailure {
+                    message: "approval steps are not supported yet".into(),
+                    code: Some("unsupported".into()),
+                    details: None,
+                },
+            });
+            continue;
+        }
+        let input = template::render(step.input.as_ref().unwrap_or(&Value::Null), &context);
+        ready.push(Next::Start { step_id, input });
+    }
+    ready
+}

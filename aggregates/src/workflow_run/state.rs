@@ -1,0 +1,177 @@
+//! A run as its events leave it: the run's status and one entry per step.
+
+use std::collections::BTreeMap;
+
+use chronicle_commands::workflow::WorkflowDefinition;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::events::{WorkflowRunEvent, WorkflowRunStarted};
+use crate::task::TaskFailure;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl StepStatus {
+    /// Done in a way its dependants may go on from.
+    pub fn is_done(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Skipped)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    pub status: StepStatus,
+    pub task_id: Option<Uuid>,
+    pub output: Option<Value>,
+    pub error: Option<TaskFailure>,
+    pub attempt: u32,
+}
+
+/// Why the run failed: the step that failed for good and its error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunFailure {
+    pub step_id: String,
+    pub error: TaskFailure,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub id: Uuid,
+    pub workflow_id: Uuid,
+    pub owner_id: Uuid,
+    pub version: u32,
+    pub definition: WorkflowDefinition,
+    pub params: Map<String, Value>,
+    pub status: RunStatus,
+    pub steps: BTreeMap<String, StepState>,
+    pub error: Option<RunFailure>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl RunState {
+    pub(super) fn started(started: WorkflowRunStarted) -> Self {
+        let steps = started
+            .definition
+            .steps()
+            .iter()
+            .map(|step| {
+                (
+                    step.id.clone(),
+                    StepState {
+                        status: StepStatus::Pending,
+                        task_id: None,
+                        output: None,
+                        error: None,
+                        attempt: 0,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            id: started.run_id,
+            workflow_id: started.workflow_id,
+            owner_id: started.owner_id,
+            version: started.version,
+            definition: started.definition,
+            params: started.params,
+            status: RunStatus::Running,
+            steps,
+            error: None,
+            started_at: started.at,
+            finished_at: None,
+        }
+    }
+
+    /// The tasks of steps still running: what cancelling the run has to cancel.
+    pub fn open_tasks(&self) -> Vec<Uuid> {
+        self.steps
+            .values()
+            .filter(|step| step.status == StepStatus::Running)
+            .filter_map(|step| step.task_id)
+            .collect()
+    }
+
+    pub(super) fn apply(&mut self, event: WorkflowRunEvent) {
+        match event {
+            WorkflowRunEvent::RunStarted(_) => {}
+            WorkflowRunEvent::StepStarted(e) => {
+                if let Some(step) = self.steps.get_mut(&e.step_id) {
+                    step.status = StepStatus::Running;
+                    step.task_id = Some(e.task_id);
+                }
+            }
+            WorkflowRunEvent::StepSucceeded(e) => {
+                if let Some(step) = self.steps.get_mut(&e.step_id) {
+                    step.status = StepStatus::Succeeded;
+                    step.output = Some(e.output);
+                    step.attempt = e.attempt;
+                }
+            }
+            WorkflowRunEvent::StepFailed(e) => {
+                if let Some(step) = self.steps.get_mut(&e.step_id) {
+                    step.status = StepStatus::Failed;
+                    step.error = Some(e.error);
+                    step.attempt = e.attempt;
+                }
+            }
+            WorkflowRunEvent::StepSkipped(e) => {
+                if let Some(step) = self.steps.get_mut(&e.step_id) {
+                    step.status = StepStatus::Skipped;
+                }
+            }
+            WorkflowRunEvent::RunSucceeded(e) => {
+                self.status = RunStatus::Succeeded;
+                self.finished_at = Some(e.at);
+            }
+            WorkflowRunEvent::RunFailed(e) => {
+                self.status = RunStatus::Failed;
+                self.error = Some(RunFailure {
+                    step_id: e.step_id,
+                    error: e.error,
+                });
+                self.finished_at = Some(e.at);
+            }
+            WorkflowRunEvent::RunCancelled(e) => {
+                self.status = RunStatus::Cancelled;
+                for step in self.steps.values_mut() {
+                    if matches!(step.status, StepStatus::Pending | StepStatus::Running) {
+                        step.status = StepStatus::Cancelled;
+                    }
+                }
+                self.finished_at = Some(e.at);
+            }
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! Given/when/then tests of the WorkflowRun aggregate and of what a run does next.
+
+use chronicle_commands::workflow::WorkflowDefinitionRequest;
+use chrono::TimeZone;
+use cqrs_es::test::TestFramework;
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+
+type RunTest = TestFramework<WorkflowRun>;
+
+fn at(seconds: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_790_000_000 + seconds, 0).unwrap()
+}
+
+fn run_id() -> Uuid {
+    Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0e01)
+}
+
+fn task_id(n: u128) -> Uuid {
+    Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0d00 + n)
+}
+
+fn definition(value: Value) -> WorkflowDefinition {
+    serde_json::from_value::<WorkflowDefinitionRequest>(value)
+        .unwrap()
+        .validate()
+        .unwrap()
+}
+
+fn linear() -> WorkflowDefinition {
+    definition(json!({
+        "name": "linear",
+        "params": {"url": {"type": "string"}},
+        "steps": [
+            {"id": "fetch", "capability": "http.request", "input": {"url": "{{params.url}}"}},
+            {"id": "sum", "capability": "llm.chat", "depends_on": ["fetch"],
+             "input": {"n": "{{steps.fetch.output.count}}", "text": "got {{steps.fetch.output.count}}"}},
+        ],
+    }))
+}
+
+fn diamond() -> WorkflowDefinition {
+    definition(json!({
+        "name": "diamond",
+        "steps": [
+            {"id": "a", "capability": "x.y", "input": null},
+            {"id": "b", "capability": "x.y", "depends_on": ["a"],
+             "condition": {"==": [{"var": "steps.a.output.go"}, true]}},
+            {"id": "c", "capability": "x.y", "depends_on": ["a"]},
+            {"id": "d", "capability": "x.y", "depends_on": ["b"]},
+            {"id": "e", "capability": "x.y", "depends_on": ["c", "d"]},
+        ],
+    }))
+}
+
+fn started(definition: WorkflowDefinition) -> WorkflowRunEvent {
+    let mut params = Map::new();
+    params.insert("url".into(), json!("https://example.com"));
+    WorkflowRunEvent::RunStarted(WorkflowRunStarted {
+        run_id: run_id(),
+        workflow_id: Uuid::nil(),
+        owner_id: Uuid::nil(),
+        version: 1,
+        definition,
+        params,
+        at: at(0),
+    })
+}
+
+fn step_started(step: &str, n: u128) -> WorkflowRunEvent {
+    WorkflowRunEvent::StepStarted(WorkflowStepStarted {
+        step_id: step.into(),
+        task_id: task_id(n),
+        at: at(1),
+    })
+}
+
+fn step_succeeded(step: &str, output: Value) -> WorkflowRunEvent {
+    WorkflowRunEvent::StepSucceeded(WorkflowStepSucceeded {
+        step_id: step.into(),
+        output,
+        attempt: 1,
+        at: at(2),
+    })
+}
+
+fn failure() -> TaskFailure {
+    TaskFailure {
+        message: "boom".into(),
+        code: Some("x".into()),
+        details: None,
+    }
+}
+
+fn state_after(events: Vec<WorkflowRunEvent>) -> RunState {
+    let mut run = WorkflowRun::default();
+    for event in events {
+        run.apply(event);
+    }
+    run.state().unwrap().clone()
+}
+
+#[test]
+fn start_run_then_refuse_a_second_start() {
+    let start = WorkflowRunCommand::StartRun {
+        run_id: run_id(),
+        workflow_id: Uuid::nil(),
+        owner_id: Uuid::nil(),
+        version: 1,
+        definition: linear(),
+        params: [("url".to_owned(), json!("https://example.com"))]
+            .into_iter()
+            .collect(),
+        at: at(0),
+    };
+    RunTest::with(())
+        .given_no_previous_events()
+        .when(start.clone())
+        .then_expect_events(vec![started(linear())]);
+    RunTest::with(())
+        .given(vec![started(linear())])
+        .when(start)
+        .then_expect_error(WorkflowRunError::AlreadyExists);
+}
+
+#[test]
+fn a_step_starts_once() {
+    let start = WorkflowRunCommand::StartStep {
+        step_id: "fetch".into(),
+        task_id: task_id(1),
+        at: at(1),
+    };
+    RunTest::with(())
+        .given(vec![started(linear())])
+        .when(start.clone())
+        .then_expect_events(vec![step_started("fetch", 1)]);
+    RunTest::with(())
+        .given(vec![started(linear()), step_started("fetch", 1)])
+        .when(start)
+        .then_expect_error(WorkflowRunError::StepNotPending("fetch".into()));
+    RunTest::with(())
+        .given(vec![started(linear())])
+        .when(WorkflowRunCommand::StartStep {
+            step_id: "nope".into(),
+            task_id: task_id(1),
+            at: at(1),
+        })
+        .then_expect_error(WorkflowRunError::UnknownStep("nope".into()));
+}
+
+#[test]
+fn a_step_completes_or_fails_only_while_running() {
+    RunTest::with(())
+        .given(vec![started(linear()), step_started("fetch", 1)])
+        .when(WorkflowRunCommand::CompleteStep {
+            step_id: "fetch".into(),
+            output: json!({"count": 3}),
+            attempt: 1,
+            at: at(2),
+        })
+        .then_expect_events(vec![step_succeeded("fetch", json!({"count": 3}))]);
+    RunTest::with(())
+        .given(vec![started(linear())])
+        .when(WorkflowRunCommand::CompleteStep {
+            step_id: "fetch".into(),
+            output: json!(null),
+            attempt: 1,
+            at: at(2),
+        })
+        .then_expect_error(WorkflowRunError::StepNotRunning("fetch".into()));
+    RunTest::with(())
+        .given(vec![started(linear()), step_started("fetch", 1)])
+        .when(WorkflowRunCommand::FailStep {
+            step_id: "fetch".into(),
+            error: failure(),
+            attempt: 3,
+            at: at(2),
+        })
+        .then_expect_events(vec![WorkflowRunEvent::StepFailed(WorkflowStepFailed {
+            step_id: "fetch".into(),
+            error: failure(),
+            attempt: 3,
+            at: at(2),
+        })]);
+}
+
+#[test]
+fn skip_only_a_pending_step() {
+    RunTest::with(())
+        .given(vec![started(linear()), step_started("fetch", 1)])
+        .when(WorkflowRunCommand::SkipStep {
+            step_id: "fetch".into(),
+            reason: "r".into(),
+            at: at(2),
+        })
+        .then_expect_error(WorkflowRunError::StepNotPending("fetch".into()));
+}
+
+#[test]
+fn succeed_only_when_every_step_is_done() {
+    RunTest::with(())
+        .given(vec![
+            started(linear()),
+            step_started("fetch", 1),
+            step_succeeded("fetch", json!({})),
+        ])
+        .when(WorkflowRunCommand::SucceedRun { at: at(3) })
+        .then_expect_error(WorkflowRunError::StepsOpen);
+    RunTest::with(())
+        .given(vec![
+            started(linear()),
+            step_started("fetch", 1),
+            step_succeeded("fetch", json!({})),
+            step_started("sum", 2),
+            step_succeeded("sum", json!({})),
+        ])
+        .when(WorkflowRunCommand::SucceedRun { at: at(3) })
+        .then_expect_events(vec![WorkflowRunEvent::RunSucceeded(WorkflowRunSucceeded {
+            at: at(3),
+        })]);
+}
+
+#[test]
+fn a_finished_run_refuses_everything() {
+    let cancelled = WorkflowRunEvent::RunCancelled(WorkflowRunCancelled { at: at(3) });
+    RunTest::with(())
+        .given(vec![started(linear())])
+        .when(WorkflowRunCommand::CancelRun { at: at(3) })
+        .then_expect_events(vec![cancelled.clone()]);
+    for command in [
+        WorkflowRunCommand::CancelRun { at: at(4) },
+        WorkflowRunCommand::StartStep {
+            step_id: "fetch".into(),
+            task_id: task_id(1),
+            at: at(4),
+        },
+        WorkflowRunCommand::FailRun {
+            step_id: "fetch".into(),
+            error: failure(),
+            at: at(4),
+        },
+    ] {
+        RunTest::with(())
+            .given(vec![started(linear()), cancelled.clone()])
+            .when(command)
+            .then_expect_error(WorkflowRunError::Finished);
+    }
+    RunTest::with(())
+        .given_no_previous_events()
+        .when(WorkflowRunCommand::CancelRun { at: at(4) })
+        .then_expect_error(WorkflowRunError::NotFound);
+}
+
+#[test]
+fn cancelling_cancels_open_steps_and_names_their_tasks() {
+    let state = state_after(vec![started(linear()), step_started("fetch", 1)]);
+    assert_eq!(state.open_tasks(), vec![task_id(1)]);
+    let state = state_after(vec![
+        started(linear()),
+        step_started("fetch", 1),
+        WorkflowRunEvent::RunCancelled(WorkflowRunCancelled { at: at(3) }),
+    ]);
+    assert_eq!(state.status, RunStatus::Cancelled);
+    assert!(state
+        .steps
+        .values()
+        .all(|s| s.status == StepStatus::Cancelled));
+}
+
+#[test]
+fn next_starts_ready_steps_with_rendered_input_keeping_types() {
+    let state = state_after(vec![started(linear())]);
+    assert_eq!(
+        next(&state),
+        vec![Next::Start {
+            step_id: "fetch".into(),
+            input: json!({"url": "https://example.com"}),
+        }]
+    );
+    let state = state_after(vec![started(linear()), step_started("fetch", 1)]);
+    assert_eq!(next(&state), vec![]);
+    let state = state_after(vec![
+        started(linear()),
+        step_started("fetch", 1),
+        step_succeeded("fetch", json!({"count": 3})),
+    ]);
+    assert_eq!(
+        next(&state),
+        vec![Next::Start {
+            step_id: "sum".into(),
+            input: json!({"n": 3, "text": "got 3"}),
+        }]
+    );
+}
+
+#[test]
+fn a_false_condition_skips_and_skips_propagate() {
+    let mut events = vec![
+        started(diamond()),
+        step_started("a", 1),
+        step_succeeded("a", json!({"go": false})),
+    ];
+    let state = state_after(events.clone());
+    assert_eq!(
+        next(&state),
+        vec![
+            Next::Skip {
+                step_id: "b".into(),
+                reason: "its condition was false".into()
+            },
+            Next::Start {
+                step_id: "c".into(),
+                input: Value::Null
+            },
+        ]
+    );
+    events.push(WorkflowRunEvent::StepSkipped(WorkflowStepSkipped {
+        step_id: "b".into(),
+        reason: "r".into(),
+        at: at(3),
+    }));
+    let state = state_after(events.clone());
+    assert!(next(&state)
+        .iter()
+        .any(|n| matches!(n, Next::Skip { step_id, .. } if step_id == "d")));
+    events.push(WorkflowRunEvent::StepSkipped(WorkflowStepSkipped {
+        step_id: "d".into(),
+        reason: "r".into(),
+        at: at(3),
+    }));
+    events.push(step_started("c", 3));
+    let state = state_after(events.clone());
+    // `e` waits for `c`; it depends on a skipped step, but not only on skipped ones.
+    assert!(next(&state)
+        .iter()
+        .all(|n| !matches!(n, Next::Skip { step_id, .. } if step_id == "e")));
+    events.push(step_succeeded("c", json!(1)));
+    let state = state_after(events);
+    assert_eq!(
+        next(&state),
+        vec![Next::Start {
+            step_id: "e".into(),
+            input: Value::Null
+        }]
+    );
+}
+
+#[test]
+fn a_failed_step_fails_the_run_with_its_error() {
+    let state = state_after(vec![
+        started(linear()),
+        step_started("fetch", 1),
+        WorkflowRunEvent::StepFailed(WorkflowStepFailed {
+            step_id: "fetch".into(),
+            error: failure(),
+            attempt: 3,
+            at: at(2),
+        }),
+    ]);
+    assert_eq!(
+        next(&state),
+        vec![Next::FailRun {
+            step_id: "fetch".into(),
+            error: failure()
+        }]
+    );
+}
+
+#[test]
+fn events_round_trip_through_the_codec() {
+    let event = step_succeeded("fetch", json!({"a": [1, "b"]}));
+    let (event_type, _, payload) = crate::codec::encode::<WorkflowRun>(&event).unwrap();
+    assert_eq!(event_type, "WorkflowStepSucceeded");
+    assert_eq!(
+        crate::codec::decode::<WorkflowRun>(&event_type, payload).unwrap(),
+        event
+    );
+}
+
+/// A chain of `n` steps where each step depends on a random subset of earlier ones.
+fn random_dag() -> impl Strategy<Value = (WorkflowDefinition, Vec<bool>)> {
+    (2usize..8)
+        .prop_flat_map(|n| {
+            (
+                proptest::collection::vec(proptest::collection::vec(any::<bool>(), n), n),
+                proptest::collection::vec(any::<bool>(), n),
+            )
+        })
+        .prop_map(|(edges, outcomes)| {
+            let steps: Vec<Value> = (0..edges.len())
+                .map(|i| {
+                    let deps: Vec<String> = (0..i)
+                        .filter(|j| edges[i][*j])
+                        .map(|j| format!("s{j}"))
+                        .collect();
+                    json!({"id": format!("s{i}"), "capability": "x.y", "depends_on": deps})
+                })
+                .collect();
+            (definition(json!({"name": "p", "steps": steps})), outcomes)
+        })
+}
+
+proptest! {
+    /// Driving a run by `next` until it says nothing more ends it, starts each step at most
+    /// once, and ends it failed exactly when a started step failed.
+    #[test]
+    fn driving_a_run_by_next_ends_it((definition, outcomes) in random_dag()) {
+        let mut run = WorkflowRun::default();
+        run.apply(started(definition));
+        let mut starts = std::collections::BTreeMap::<String, u32>::new();
+        for _ in 0..100 {
+            let state = run.state().unwrap().clone();
+            let mut actions = next(&state);
+            if actions.is_empty() {
+                // Running steps finish, as their tasks would.
+                let running: Vec<String> = state.steps.iter()
+                    .filter(|(_, s)| s.status == StepStatus::Running)
+                    .map(|(id, _)| id.clone()).collect();
+                if running.is_empty() { break; }
+                for id in running {
+                    let index: usize = id[1..].parse().unwrap();
+                    let event = if outcomes[index] {
+                        step_succeeded(&id, json!(index))
+                    } else {
+                        WorkflowRunEvent::StepFailed(WorkflowStepFailed {
+                            step_id: id, error: failure(), attempt: 1, at: at(2),
+                        })
+                    };
+                    run.apply(event);
+                }
+                continue;
+            }
+            for action in actions.drain(..) {
+                let event = match action {
+                    Next::Start { step_id, .. } => {
+                        *starts.entry(step_id.clone()).or_default() += 1;
+                        step_started(&step_id, 1)
+                    }
+                    Next::Skip { step_id, reason } => WorkflowRunEvent::StepSkipped(
+                        WorkflowStepSkipped { step_id, reason, at: at(3) }),
+                    Next::FailStep { step_id, error } => WorkflowRunEvent::StepFailed(
+                        WorkflowStepFailed { step_id, error, attempt: 0, at: at(3) }),
+                    Next::FailRun { step_id, error } => WorkflowRunEvent::RunFailed(
+                        WorkflowRunFailed { step_id, error, at: at(3) }),
+                    Next::Succeed => WorkflowRunEvent::RunSucceeded(
+                        WorkflowRunSucceeded { at: at(3) }),
+                };
+                run.apply(event);
+            }
+        }
+        let state = run.state().unwrap();
+        prop_assert!(state.status != RunStatus::Running);
+        prop_assert!(starts.values().all(|n| *n == 1));
+        let any_failed = starts.keys().any(|id| !outcomes[id[1..].parse::<usize>().unwrap()]);
+        prop_assert_eq!(state.status == RunStatus::Failed, any_failed);
+    }
+}

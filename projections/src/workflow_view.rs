@@ -1,0 +1,168 @@
+//! The workflow list read model: one row per workflow with its owner and whether it is
+//! archived, and the aggregate's state (every version) as JSON. The same projection keeps
+//! the run rows ([`WorkflowRunView`]).
+
+use chronicle_aggregates::workflow::{Workflow, WorkflowState};
+use chronicle_aggregates::workflow_run::WorkflowRun;
+use cqrs_es::Aggregate;
+use uuid::Uuid;
+
+use crate::db::{ReadDb, ReadTx};
+use crate::feed::RecordedEvent;
+use crate::runner::{fold_next, Projection, ProjectionError};
+use crate::workflow_run_view::WorkflowRunView;
+use crate::{on_reader, on_tx};
+
+pub struct WorkflowView;
+
+/// A workflow as the read model holds it.
+#[derive(Debug, Clone)]
+pub struct WorkflowRow {
+    pub workflow: Workflow,
+    /// The aggregate's version (its event count), for `ETag`.
+    pub version: usize,
+}
+
+impl WorkflowRow {
+    pub fn state(&self) -> Option<&WorkflowState> {
+        self.workflow.state()
+    }
+}
+
+fn decode_row(state: &str, version: i64) -> Result<WorkflowRow, ProjectionError> {
+    let workflow: Workflow = serde_json::from_str(state).map_err(|e| ProjectionError::Event {
+        aggregate_type: Workflow::TYPE.into(),
+        aggregate_id: String::new(),
+        sequence: version,
+        message: format!("stored workflow state does not decode: {e}"),
+    })?;
+    Ok(WorkflowRow {
+        workflow,
+        version: usize::try_from(version).unwrap_or_default(),
+    })
+}
+
+impl WorkflowView {
+    /// Writes `workflow` at `version` unless the row already reflects that version or a
+    /// later one.
+    pub async fn upsert(
+        tx: &mut ReadTx,
+        workflow: &Workflow,
+        version: usize,
+    ) -> Result<(), ProjectionError> {
+        let Some(state) = workflow.state() else {
+            return Ok(());
+        };
+        let json = serde_json::to_string(workflow).map_err(|e| ProjectionError::Event {
+            aggregate_type: Workflow::TYPE.into(),
+            aggregate_id: state.id.to_string(),
+            sequence: version as i64,
+            message: e.to_string(),
+        })?;
+        on_tx!(tx, |conn| {
+            sqlx::query(
+                "INSERT INTO workflow_view_v1 (id, owner_id, archived, version, state)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE SET
+                        archived = excluded.archived, version = excluded.version,
+                        state = excluded.state
+                  WHERE workflow_view_v1.version < excluded.version",
+            )
+            .bind(state.id.to_string())
+            .bind(state.owner_id.to_string())
+            .bind(i64::from(state.archived))
+            .bind(version as i64)
+            .bind(&json)
+            .execute(&mut *conn)
+            .await
+            .map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    /// Writes a just-committed workflow in its own transaction, so the caller reads its
+    /// own write; the catch-up repeats it harmlessly.
+    pub async fn write_committed(
+        db: &ReadDb,
+        workflow: &Workflow,
+        version: usize,
+    ) -> Result<(), ProjectionError> {
+        let mut tx = db.begin().await?;
+        Self::upsert(&mut tx, workflow, version).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The owner's workflows that are not archived, newest first (ids are UUIDv7), at most
+    /// `limit`, before `before_id` when given.
+    pub async fn list(
+        db: &ReadDb,
+        owner_id: Uuid,
+        before_id: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<WorkflowRow>, ProjectionError> {
+        let rows: Vec<(String, i64)> = on_reader!(db, |pool| {
+            sqlx::query_as(
+                "SELECT state, version FROM workflow_view_v1
+                  WHERE owner_id = $1 AND archived = 0 AND ($2 IS NULL OR id < $2)
+                  ORDER BY id DESC LIMIT $3",
+            )
+            .bind(owner_id.to_string())
+            .bind(before_id.map(|u| u.to_string()))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+        })?;
+        rows.iter().map(|(s, v)| decode_row(s, *v)).collect()
+    }
+
+    pub async fn get(db: &ReadDb, id: Uuid) -> Result<Option<WorkflowRow>, ProjectionError> {
+        let row: Option<(String, i64)> = on_reader!(db, |pool| {
+            sqlx::query_as("SELECT state, version FROM workflow_view_v1 WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(pool)
+                .await
+        })?;
+        row.map(|(s, v)| decode_row(&s, v)).transpose()
+    }
+}
+
+impl Projection for WorkflowView {
+    const NAME: &'static str = "workflow_views";
+    const VERSION: i64 = 1;
+
+    async fn setup(&self, tx: &mut ReadTx) -> Result<(), sqlx::Error> {
+        tx.execute_all(&WorkflowRunView::SETUP).await?;
+        let statements = [
+            "CREATE TABLE IF NOT EXISTS workflow_view_v1 (
+                id       TEXT PRIMARY KEY,
+                owner_id TEXT NOT NULL,
+                archived BIGINT NOT NULL,
+                version  BIGINT NOT NULL,
+                state    TEXT NOT NULL
+            )",
+            "CREATE INDEX IF NOT EXISTS workflow_view_v1_owner
+                ON workflow_view_v1 (owner_id, archived, id)",
+        ];
+        tx.execute_all(&statements).await
+    }
+
+    async fn apply(&self, tx: &mut ReadTx, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        if event.aggregate_type == WorkflowRun::TYPE {
+            return WorkflowRunView::apply(tx, event).await;
+        }
+        if event.aggregate_type != Workflow::TYPE {
+            return Ok(());
+        }
+        let current: Option<(String, i64)> = on_tx!(&mut *tx, |conn| {
+            sqlx::query_as("SELECT state, version FROM workflow_view_v1 WHERE id = $1")
+                .bind(&event.aggregate_id)
+                .fetch_optional(conn)
+                .await
+        })?;
+        let Some(workflow) = fold_next::<Workflow>(current, event)? else {
+            return Ok(());
+        };
+        Self::upsert(tx, &workflow, event.sequence as usize).await
+    }
+}

@@ -1,0 +1,629 @@
+//! `/api/workflows` and `/api/workflow-runs`: definitions (versioned, archived), runs
+//! started from them, read and cancelled. The workflow driver (`process::workflows`)
+//! moves runs forward; handlers only translate HTTP to commands.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chronicle_aggregates::task::TaskFailure;
+use chronicle_aggregates::workflow::{Workflow, WorkflowCommand, WorkflowState};
+use chronicle_aggregates::workflow_run::{
+    RunState, RunStatus, StepStatus, WorkflowRun, WorkflowRunCommand,
+};
+use chronicle_commands::workflow::{
+    ParamSpec, StepRequest, WorkflowDefinition, WorkflowDefinitionRequest,
+};
+use chronicle_projections::workflow_run_view::WorkflowRunView;
+use chronicle_projections::workflow_view::WorkflowView;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery, IdPath, RequestMeta};
+use super::paging::{Page, Paging};
+use super::tasks::usable_agent;
+use super::AppState;
+use crate::actor::Actor;
+use crate::process::workflows::{advance, cancel_tasks, run_command};
+
+/// A workflow at one version.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkflowBody {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+    /// This body's version; `latest_version` is the newest.
+    pub version: u32,
+    pub latest_version: u32,
+    pub params: BTreeMap<String, ParamSpec>,
+    pub steps: Vec<StepRequest>,
+    pub archived: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl WorkflowBody {
+    fn new(state: &WorkflowState, version: u32, definition: &WorkflowDefinition) -> Self {
+        let request = definition.request();
+        Self {
+            id: state.id,
+            owner_id: state.owner_id,
+            name: definition.name().to_owned(),
+            description: request.description.clone(),
+            version,
+            latest_version: state.version(),
+            params: request.params.clone(),
+            steps: request.steps.clone(),
+            archived: state.archived,
+            created_at: state.created_at,
+            updated_at: state.updated_at,
+        }
+    }
+
+    fn latest(state: &WorkflowState) -> Option<Self> {
+        Some(Self::new(state, state.version(), state.latest()?))
+    }
+}
+
+/// One step of a run.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunStepBody {
+    /// `pending`, `running`, `waiting_approval`, `succeeded`, `failed`, `skipped`, `cancelled`.
+    pub status: String,
+    pub task_id: Option<Uuid>,
+    #[schema(value_type = Object)]
+    pub output: Option<Value>,
+    pub error: Option<TaskFailure>,
+    /// The attempt of the step's task that ended it; 0 before.
+    pub attempt: u32,
+}
+
+/// Why a run failed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunErrorBody {
+    pub step_id: String,
+    pub error: TaskFailure,
+}
+
+/// A run and its per-step map.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkflowRunBody {
+    pub id: Uuid,
+    pub workflow_id: Uuid,
+    pub version: u32,
+    /// `running`, `succeeded`, `failed`, `cancelled`.
+    pub status: String,
+    #[schema(value_type = Object)]
+    pub params: Map<String, Value>,
+    pub steps: BTreeMap<String, RunStepBody>,
+    pub error: Option<RunErrorBody>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+fn step_status(status: StepStatus) -> &'static str {
+    match status {
+        StepStatus::Pending => "pending",
+        StepStatus::Running => "running",
+        StepStatus::Succeeded => "succeeded",
+        StepStatus::Failed => "failed",
+        StepStatus::Skipped => "skipped",
+        StepStatus::Cancelled => "cancelled",
+    }
+}
+
+impl From<&RunState> for WorkflowRunBody {
+    fn from(run: &RunState) -> Self {
+        Self {
+            id: run.id,
+            workflow_id: run.workflow_id,
+            version: run.version,
+            status: run.status.as_str().to_owned(),
+            params: run.params.clone(),
+            steps: run
+                .steps
+                .iter()
+                .map(|(id, step)| {
+                    (
+                        id.clone(),
+                        RunStepBody {
+                            status: step_status(step.status).to_owned(),
+                            task_id: step.task_id,
+                            output: step.output.clone(),
+                            error: step.error.clone(),
+                            attempt: step.attempt,
+                        },
+                    )
+                })
+                .collect(),
+            error: run.error.as_ref().map(|e| RunErrorBody {
+                step_id: e.step_id.clone(),
+                error: e.error.clone(),
+            }),
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+        }
+    }
+}
+
+/// The definition, validated, with every pinned agent one that may run the caller's tasks.
+async fn checked(
+    state: &AppState,
+    actor: &Actor,
+    request: WorkflowDefinitionRequest,
+) -> Result<WorkflowDefinition, ApiError> {
+    let definition = request.validate()?;
+    for (index, step) in definition.steps().iter().enumerate() {
+        if let Some(agent_id) = step.agent_id {
+            usable_agent(state, actor, agent_id).await.map_err(|_| {
+                ApiError::validation(
+                    &format!("steps[{index}].agent_id"),
+                    "is not an agent that can run your tasks",
+                )
+            })?;
+        }
+    }
+    Ok(definition)
+}
+
+/// The workflow if the caller may read it; 404 otherwise.
+async fn readable(state: &AppState, actor: &Actor, id: Uuid) -> Result<Workflow, ApiError> {
+    let loaded = state
+        .store
+        .aggregate::<Workflow>()
+        .load(&id.to_string())
+        .await?;
+    match loaded.aggregate.state() {
+        Some(workflow) if actor.can_read(workflow.owner_id) => Ok(loaded.aggregate),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// The workflow's state if the caller may change it: 404 when it may not see it, 403 when
+/// it may only look.
+fn writable(actor: &Actor, workflow: &Workflow) -> Result<(), ApiError> {
+    match workflow.state() {
+        Some(state) if actor.can_write(state.owner_id) => Ok(()),
+        Some(state) if actor.can_read(state.owner_id) => Err(ApiError::Forbidden),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+fn workflow_answer(status: StatusCode, workflow: &Workflow) -> Result<Response, ApiError> {
+    let body = workflow
+        .state()
+        .and_then(WorkflowBody::latest)
+        .ok_or(ApiError::NotFound)?;
+    Ok((status, Json(body)).into_response())
+}
+
+/// Create a workflow (version 1).
+#[utoipa::path(
+    post,
+    path = "/workflows",
+    operation_id = "create_workflow",
+    tag = "workflows",
+    request_body = WorkflowDefinitionRequest,
+    responses(
+        (status = 201, description = "Created", body = WorkflowBody),
+        (status = 400, description = "Malformed JSON"),
+        (status = 403, description = "The caller may not create (auditor)"),
+        (status = 422, description = "An invalid definition: a cycle (named), a dangling `depends_on`, a duplicate id, an unknown template reference, a bad condition"),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(workflow_id))]
+pub async fn create(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    ApiJson(request): ApiJson<WorkflowDefinitionRequest>,
+) -> Result<Response, ApiError> {
+    if !actor.can_create() {
+        return Err(ApiError::Forbidden);
+    }
+    let definition = checked(&state, &actor, request).await?;
+    let workflow_id = Uuid::now_v7();
+    tracing::Span::current().record("workflow_id", tracing::field::display(workflow_id));
+    let owner_id = actor.id;
+    let committed = state
+        .bus
+        .create::<Workflow, ApiError>(&workflow_id.to_string(), &meta.context(&actor), |_| {
+            Ok(WorkflowCommand::CreateWorkflow {
+                workflow_id,
+                owner_id,
+                definition: definition.clone(),
+                at: Utc::now(),
+            })
+        })
+        .await?;
+    state
+        .read
+        .workflow_committed(&committed.aggregate, committed.version)
+        .await;
+    workflow_answer(StatusCode::CREATED, &committed.aggregate)
+}
+
+/// `GET /api/workflows` query.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// 50 when absent.
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+    pub cursor: Option<String>,
+}
+
+/// The caller's workflows that are not archived, newest first.
+#[utoipa::path(
+    get,
+    path = "/workflows",
+    operation_id = "list_workflows",
+    tag = "workflows",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of workflows, latest versions", body = Page<WorkflowBody>),
+        (status = 422, description = "A bad query parameter"),
+    ),
+)]
+#[tracing::instrument(skip_all)]
+pub async fn list(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<Page<WorkflowBody>>, ApiError> {
+    let paging = Paging::parse(query.limit, query.cursor.as_deref())?;
+    let rows = WorkflowView::list(&state.read.db, actor.id, paging.before_id, paging.fetch())
+        .await
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    Ok(Json(paging.page(
+        rows,
+        |row| row.state().and_then(WorkflowBody::latest),
+        |workflow| workflow.id,
+    )))
+}
+
+/// `GET /api/workflows/{id}` query.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct GetQuery {
+    /// An older version; the latest when absent.
+    #[param(minimum = 1)]
+    pub version: Option<u32>,
+}
+
+/// Read a workflow, at its latest version or an older one.
+#[utoipa::path(
+    get,
+    path = "/workflows/{id}",
+    operation_id = "get_workflow",
+    tag = "workflows",
+    params(("id" = Uuid, Path, description = "The workflow's id"), GetQuery),
+    responses(
+        (status = 200, description = "The workflow", body = WorkflowBody),
+        (status = 404, description = "No such workflow or version, or not yours"),
+        (status = 422, description = "A bad query parameter"),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(workflow_id = %id))]
+pub async fn get(
+    State(state): State<AppState>,
+    actor: Actor,
+    IdPath(id): IdPath,
+    ApiQuery(query): ApiQuery<GetQuery>,
+) -> Result<Response, ApiError> {
+    let workflow = readable(&state, &actor, id).await?;
+    let workflow = workflow.state().ok_or(ApiError::NotFound)?;
+    let version = query.version.unwrap_or_else(|| workflow.version());
+    let definition = workflow.at_version(version).ok_or(ApiError::NotFound)?;
+    Ok(Json(WorkflowBody::new(workflow, version, definition)).into_response())
+}
+
+/// A new version of a workflow; running runs keep theirs.
+#[utoipa::path(
+    put,
+    path = "/workflows/{id}",
+    operation_id = "update_workflow",
+    tag = "workflows",
+    params(("id" = Uuid, Path, description = "The workflow's id")),
+    request_body = WorkflowDefinitionRequest,
+    responses(
+        (status = 200, description = "The workflow at its new version", body = WorkflowBody),
+        (status = 400, description = "Malformed JSON"),
+        (status = 403, description = "The caller may read the workflow but not change it"),
+        (status = 404, description = "No such workflow, or not yours"),
+        (status = 409, description = "The workflow is archived"),
+        (status = 422, description = "An invalid definition"),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(workflow_id = %id))]
+pub async fn update(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    IdPath(id): IdPath,
+    ApiJson(request): ApiJson<WorkflowDefinitionRequest>,
+) -> Result<Response, ApiError> {
+    writable(&actor, &readable(&state, &actor, id).await?)?;
+    let definition = checked(&state, &actor, request).await?;
+    let committed = state
+        .bus
+        .execute::<Workflow, ApiError>(&id.to_string(), &meta.context(&actor), meta.if_match, |w| {
+            writable(&actor, w)?;
+            Ok(WorkflowCommand::UpdateWorkflow {
+                definition: definition.clone(),
+                at: Utc::now(),
+            })
+        })
+        .await?;
+    state
+        .read
+        .workflow_committed(&committed.aggregate, committed.version)
+        .await;
+    workflow_answer(StatusCode::OK, &committed.aggregate)
+}
+
+/// Archive a workflow: no longer listed nor executable; its runs stay readable.
+#[utoipa::path(
+    delete,
+    path = "/workflows/{id}",
+    operation_id = "archive_workflow",
+    tag = "workflows",
+    params(("id" = Uuid, Path, description = "The workflow's id")),
+    responses(
+        (status = 204, description = "Archived"),
+        (status = 403, description = "The caller may read the workflow but not change it"),
+        (status = 404, description = "No such workflow, or not yours"),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(workflow_id = %id))]
+pub async fn archive(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    IdPath(id): IdPath,
+) -> Result<Response, ApiError> {
+    let committed = state
+        .bus
+        .execute::<Workflow, ApiError>(&id.to_string(), &meta.context(&actor), meta.if_match, |w| {
+            writable(&actor, w)?;
+            Ok(WorkflowCommand::ArchiveWorkflow { at: Utc::now() })
+        })
+        .await?;
+    state
+        .read
+        .workflow_committed(&committed.aggregate, committed.version)
+        .await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /api/workflows/{id}/execute` body.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteRequest {
+    /// Checked against the declared param types; defaults fill the rest.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: Map<String, Value>,
+}
+
+/// Start a run of the workflow's latest version.
+#[utoipa::path(
+    post,
+    path = "/workflows/{id}/execute",
+    operation_id = "execute_workflow",
+    tag = "workflows",
+    params(("id" = Uuid, Path, description = "The workflow's id")),
+    request_body = ExecuteRequest,
+    responses(
+        (status = 202, description = "The run, started", body = WorkflowRunBody),
+        (status = 400, description = "Malformed JSON"),
+        (status = 403, description = "The caller may not run workflows (auditor)"),
+        (status = 404, description = "No such workflow, or not yours"),
+        (status = 409, description = "The workflow is archived"),
+        (status = 422, description = "A param missing, unknown or of the wrong type (`params.<name>`)"),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(workflow_id = %id, run_id))]
+pub async fn execute(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    IdPath(id): IdPath,
+    ApiJson(request): ApiJson<ExecuteRequest>,
+) -> Result<Response, ApiError> {
+    let workflow = readable(&state, &actor, id).await?;
+    writable(&actor, &workflow)?;
+    let workflow = workflow.state().ok_or(ApiError::NotFound)?;
+    if workflow.archived {
+        return Err(ApiError::Conflict {
+            code: "workflow.archived",
+            detail: "the workflow is archived".into(),
+        });
+    }
+    let definition = workflow.latest().ok_or(ApiError::NotFound)?.clone();
+    let params = definition.bind_params(request.params)?;
+    let run_id = Uuid::now_v7();
+    tracing::Span::current().record("run_id", tracing::field::display(run_id));
+    let (version, owner_id) = (workflow.version(), workflow.owner_id);
+    let committed = state
+        .bus
+        .create::<WorkflowRun, ApiError>(&run_id.to_string(), &meta.context(&actor), |_| {
+            Ok(WorkflowRunCommand::StartRun {
+                run_id,
+                workflow_id: id,
+                owner_id,
+                version,
+                definition: definition.clone(),
+                params: params.clone(),
+                at: Utc::now(),
+            })
+        })
+        .await?;
+    state
+        .read
+        .workflow_run_committed(&committed.aggregate, committed.version)
+        .await;
+    let body = committed
+        .aggregate
+        .state()
+        .map(WorkflowRunBody::from)
+        .ok_or(ApiError::NotFound)?;
+    // The first steps start now rather than at the driver's next look.
+    let (bus, read) = (state.bus.clone(), state.read.clone());
+    tokio::spawn(async move {
+        if let Err(error) = advance(&bus, &read, run_id).await {
+            tracing::warn!(%run_id, %error, "could not advance the new run");
+        }
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// `{workflow_id, runs}` of `GET /api/workflows/{id}/status`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkflowStatusBody {
+    pub workflow_id: Uuid,
+    /// Newest first.
+    pub runs: Vec<WorkflowRunBody>,
+    pub next_cursor: Option<String>,
+}
+
+/// The workflow's runs, newest first.
+#[utoipa::path(
+    get,
+    path = "/workflows/{id}/status",
+    operation_id = "workflow_status",
+    tag = "workflows",
+    params(("id" = Uuid, Path, description = "The workflow's id"), ListQuery),
+    responses(
+        (status = 200, description = "The runs, newest first", body = WorkflowStatusBody),
+        (status = 404, description = "No such workflow, or not yours"),
+        (status = 422, description = "A bad query parameter"),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(workflow_id = %id))]
+pub async fn status(
+    State(state): State<AppState>,
+    actor: Actor,
+    IdPath(id): IdPath,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<WorkflowStatusBody>, ApiError> {
+    readable(&state, &actor, id).await?;
+    let paging = Paging::parse(query.limit, query.cursor.as_deref())?;
+    let rows = WorkflowRunView::of_workflow(&state.read.db, id, paging.before_id, paging.fetch())
+        .await
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let page = paging.page(
+        rows,
+        |row| row.state().map(WorkflowRunBody::from),
+        |run| run.id,
+    );
+    Ok(Json(WorkflowStatusBody {
+        workflow_id: id,
+        runs: page.items,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// The run if the caller may read it; 404 otherwise.
+async fn readable_run(state: &AppState, actor: &Actor, id: Uuid) -> Result<WorkflowRun, ApiError> {
+    let loaded = state
+        .store
+        .aggregate::<WorkflowRun>()
+        .load(&id.to_string())
+        .await?;
+    match loaded.aggregate.state() {
+        Some(run) if actor.can_read(run.owner_id) => Ok(loaded.aggregate),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// Read a run with its per-step map.
+#[utoipa::path(
+    get,
+    path = "/workflow-runs/{id}",
+    operation_id = "get_workflow_run",
+    tag = "workflows",
+    params(("id" = Uuid, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The run", body = WorkflowRunBody),
+        (status = 404, description = "No such run, or not yours"),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(run_id = %id))]
+pub async fn get_run(
+    State(state): State<AppState>,
+    actor: Actor,
+    IdPath(id): IdPath,
+) -> Result<Json<WorkflowRunBody>, ApiError> {
+    let run = readable_run(&state, &actor, id).await?;
+    run.state()
+        .map(|run| Json(WorkflowRunBody::from(run)))
+        .ok_or(ApiError::NotFound)
+}
+
+/// Cancel a run and its open tasks; a leased task's agent learns it at its next report.
+#[utoipa::path(
+    delete,
+    path = "/workflow-runs/{id}",
+    operation_id = "cancel_workflow_run",
+    tag = "workflows",
+    params(("id" = Uuid, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The run, cancelled", body = WorkflowRunBody),
+        (status = 403, description = "The caller may read the run but not change it"),
+        (status = 404, description = "No such run, or not yours"),
+        (status = 409, description = "The run had already succeeded or failed"),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(run_id = %id))]
+pub async fn cancel_run(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    IdPath(id): IdPath,
+) -> Result<Json<WorkflowRunBody>, ApiError> {
+    let run = readable_run(&state, &actor, id).await?;
+    let current = run.state().ok_or(ApiError::NotFound)?;
+    if !actor.can_write(current.owner_id) {
+        return Err(ApiError::Forbidden);
+    }
+    let context = meta.context(&actor);
+    if current.status == RunStatus::Running {
+        run_command(
+            &state.bus,
+            &state.read,
+            id,
+            &context,
+            WorkflowRunCommand::CancelRun { at: Utc::now() },
+        )
+        .await?;
+    }
+    let run = readable_run(&state, &actor, id).await?;
+    let run = run.state().ok_or(ApiError::NotFound)?;
+    match run.status {
+        RunStatus::Cancelled => {}
+        RunStatus::Running => return Err(ApiError::kept_changing()),
+        RunStatus::Succeeded | RunStatus::Failed => {
+            return Err(ApiError::Conflict {
+                code: "workflow_run.finished",
+                detail: format!("the run has already {}", run.status.as_str()),
+            })
+        }
+    }
+    // Every task a step of the run ever started: those still open are cancelled, the
+    // others refuse (already finished), so a repeated DELETE repairs a partial one.
+    let tasks: Vec<Uuid> = run.steps.values().filter_map(|s| s.task_id).collect();
+    cancel_tasks(&state.bus, &state.read, &tasks, &context).await?;
+    Ok(Json(WorkflowRunBody::from(run)))
+}
