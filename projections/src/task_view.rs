@@ -48,6 +48,20 @@ fn millis(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()
 }
 
+/// A stored row's state and version as a [`TaskRow`].
+fn decode_row(state: &str, version: i64) -> Result<TaskRow, ProjectionError> {
+    let task: Task = serde_json::from_str(state).map_err(|e| ProjectionError::Event {
+        aggregate_type: Task::TYPE.into(),
+        aggregate_id: String::new(),
+        sequence: version,
+        message: format!("stored task state does not decode: {e}"),
+    })?;
+    Ok(TaskRow {
+        task,
+        version: usize::try_from(version).unwrap_or_default(),
+    })
+}
+
 impl TaskView {
     /// Writes `task` at `version` unless the row already reflects that version or a later
     /// one.
@@ -147,6 +161,19 @@ impl TaskView {
         Ok(())
     }
 
+    /// One task as the view holds it, with the version it reflects; `None` when the view
+    /// has no row for it (no such task, or the view has not caught up with its creation).
+    pub async fn get(db: &ReadDb, id: Uuid) -> Result<Option<TaskRow>, ProjectionError> {
+        let row: Option<(String, i64)> = on_reader!(db, |pool| {
+            sqlx::query_as("SELECT state, version FROM task_view_v2 WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(pool)
+                .await
+        })?;
+        row.map(|(state, version)| decode_row(&state, version))
+            .transpose()
+    }
+
     /// Newest first, at most `limit`.
     pub async fn list(
         db: &ReadDb,
@@ -182,19 +209,7 @@ impl TaskView {
                 .await
         })?;
         rows.into_iter()
-            .map(|(state, version)| {
-                let task: Task =
-                    serde_json::from_str(&state).map_err(|e| ProjectionError::Event {
-                        aggregate_type: Task::TYPE.into(),
-                        aggregate_id: String::new(),
-                        sequence: version,
-                        message: format!("stored task state does not decode: {e}"),
-                    })?;
-                Ok(TaskRow {
-                    task,
-                    version: usize::try_from(version).unwrap_or_default(),
-                })
-            })
+            .map(|(state, version)| decode_row(&state, version))
             .collect()
     }
 

@@ -190,23 +190,39 @@ pub async fn get(
     IdPath(id): IdPath,
     ApiQuery(query): ApiQuery<GetQuery>,
 ) -> Result<Response, ApiError> {
-    let loaded = state
-        .store
-        .aggregate::<Task>()
-        .load(&id.to_string())
-        .await?;
-    match loaded.aggregate.state() {
+    let (task, version) = current(&state, id).await?;
+    match task.state() {
         Some(task) if actor.can_read(task.owner_id) => {}
         _ => return Err(ApiError::NotFound),
     }
     match (query.as_of, query.as_of_version) {
-        (None, None) => task_response(StatusCode::OK, &loaded.aggregate, loaded.version),
+        (None, None) => task_response(StatusCode::OK, &task, version),
         (_, Some(0)) => Err(ApiError::validation("as_of_version", "must be at least 1")),
         (as_of, as_of_version) => {
             let (task, version) = replay(&state, id, as_of, as_of_version).await?;
             task_response(StatusCode::OK, &task, version)
         }
     }
+}
+
+/// The task as it stands, with its version: from the task view, which every command on a
+/// task writes inline before it answers (so a caller reads its own write), one indexed read
+/// instead of loading the aggregate. When the view has no row — the task does not exist, or
+/// the inline write of its creation failed and the catch-up has not repaired it yet — the
+/// event store answers.
+async fn current(state: &AppState, id: Uuid) -> Result<(Task, usize), ApiError> {
+    let row = TaskViewModel::get(&state.read.db, id)
+        .await
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    if let Some(row) = row {
+        return Ok((row.task, row.version));
+    }
+    let loaded = state
+        .store
+        .aggregate::<Task>()
+        .load(&id.to_string())
+        .await?;
+    Ok((loaded.aggregate, loaded.version))
 }
 
 /// The task rebuilt from its history up to a version or a time; 404 when it did not exist

@@ -5,15 +5,20 @@ use std::time::{Duration, Instant};
 
 use chronicle::api::error::ApiError;
 use chronicle::bus::{CommandBus, CommandContext};
+use chronicle::store::Store;
 use chronicle_aggregates::task::{Task, TaskCommand, TaskFailure};
 use chronicle_commands::task::NewTaskRequest;
+use chronicle_projections::usage::{GroupBy, UsageQuery, UsageRow, UsageView};
+use chronicle_projections::{
+    on_reader, AnyProjector, Projection, ProjectionError, Projector, ReadDb, ReadTx, RecordedEvent,
+};
 use chrono::{DateTime, TimeZone, Utc};
 use reqwest::StatusCode;
 use rstest::rstest;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{spawn_app, Backend, TestApp};
+use crate::helpers::{spawn_app, Backend, TestApp, TestDb};
 
 fn at(day: u32, hour: u32, ms: i64) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 1, day, hour, 0, 0).unwrap() + chrono::Duration::milliseconds(ms)
@@ -299,5 +304,203 @@ async fn bad_windows_and_groupings_are_422_and_strangers_401(#[case] backend: Ba
     for path in ["/api/analytics/usage", "/api/analytics/status"] {
         let response = reqwest::get(app.url(path)).await.unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+}
+
+/// The usage projection applied one event at a time, for comparison with its batches.
+struct EventByEvent;
+
+impl Projection for EventByEvent {
+    const NAME: &'static str = "usage_event_by_event";
+    const VERSION: i64 = 1;
+
+    async fn setup(&self, tx: &mut ReadTx) -> Result<(), sqlx::Error> {
+        UsageView.setup(tx).await
+    }
+
+    async fn apply(&self, tx: &mut ReadTx, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        UsageView.apply(tx, event).await
+    }
+}
+
+type FactRow = (
+    String,
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    String,
+    Option<i64>,
+    i64,
+    i64,
+);
+
+/// Every stored row of the usage view, and its report under each grouping.
+async fn usage_snapshot(
+    db: &ReadDb,
+) -> (
+    Vec<FactRow>,
+    Vec<(String, String, String, Option<i64>)>,
+    Vec<Vec<UsageRow>>,
+) {
+    let facts: Vec<FactRow> = on_reader!(db, |pool| {
+        sqlx::query_as(
+            "SELECT task_id, sequence, kind, owner_id, capability, agent_id, at, day_utc,
+                    duration_ms, input_tokens, output_tokens
+               FROM usage_facts_v1 ORDER BY task_id, sequence",
+        )
+        .fetch_all(pool)
+        .await
+    })
+    .unwrap();
+    let tasks: Vec<(String, String, String, Option<i64>)> = on_reader!(db, |pool| {
+        sqlx::query_as(
+            "SELECT task_id, owner_id, capability, first_leased_at FROM usage_tasks_v1
+              ORDER BY task_id",
+        )
+        .fetch_all(pool)
+        .await
+    })
+    .unwrap();
+    let mut reports = Vec::new();
+    for group_by in [
+        GroupBy::Day,
+        GroupBy::Agent,
+        GroupBy::Capability,
+        GroupBy::User,
+    ] {
+        let query = UsageQuery {
+            from: at(1, 0, 0),
+            to: at(28, 0, 0),
+            owner_id: None,
+            group_by,
+        };
+        reports.push(UsageView::report(db, &query).await.unwrap());
+    }
+    (facts, tasks, reports)
+}
+
+async fn clear_usage(db: &ReadDb) {
+    for statement in [
+        "DELETE FROM usage_facts_v1",
+        "DELETE FROM usage_tasks_v1",
+        "UPDATE projection_checkpoints SET transaction_id = 0, position = 0 WHERE name = 'usage'",
+    ] {
+        match db {
+            ReadDb::Postgres(pool) => sqlx::query(statement).execute(pool).await.map(|_| ()),
+            ReadDb::Sqlite { writer, .. } => {
+                sqlx::query(statement).execute(writer).await.map(|_| ())
+            }
+        }
+        .unwrap();
+    }
+}
+
+/// Catches `projector` up past everything written so far (on PostgreSQL, transactions of
+/// other tests on the cluster may hold the feed's horizon back for a moment).
+async fn catch_up_fully(store: &Store, projector: &dyn AnyProjector) {
+    projector.setup().await.unwrap();
+    let watermark = store.feed_watermark().await.unwrap();
+    while !store.feed_reached(watermark).await.unwrap() {
+        projector.catch_up().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    projector.catch_up().await.unwrap();
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn a_batch_applied_usage_view_equals_one_applied_event_by_event(#[case] backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let store = test_db.store(Default::default()).await;
+    let driver = Driver {
+        bus: CommandBus::new(store.clone()),
+        agent: Uuid::now_v7(),
+    };
+    let owners = [Uuid::now_v7(), Uuid::now_v7()];
+    // Lifecycles of every kind, their events interleaved across tasks (so that a batch
+    // holds parts of many tasks and a task spans batches), over three days.
+    let mut tasks = Vec::new();
+    for n in 0..24i64 {
+        let day = 3 + u32::try_from(n % 3).unwrap();
+        let capability = ["x.alpha", "x.beta", "x.gamma"][usize::try_from(n % 3).unwrap()];
+        let task = driver
+            .create(
+                owners[usize::try_from(n % 2).unwrap()],
+                capability,
+                2,
+                at(day, 8, n),
+            )
+            .await;
+        tasks.push((n, day, task));
+    }
+    let mut leases = Vec::new();
+    for &(n, day, task) in &tasks {
+        if n % 6 != 5 {
+            leases.push(driver.lease(task, at(day, 9, n * 7)).await);
+        } else {
+            leases.push(Uuid::nil());
+        }
+    }
+    for (&(n, day, task), &lease_id) in tasks.iter().zip(&leases) {
+        let when = at(day, 9, 1_000 + n * 113);
+        let command = match n % 6 {
+            0 | 3 => TaskCommand::CompleteTask {
+                lease_id,
+                output: json!({"usage": {"input_tokens": n, "output_tokens": 2 * n}}),
+                at: when,
+            },
+            1 | 4 => {
+                driver.fail(task, lease_id, when).await;
+                let again = driver.lease(task, at(day, 11, n * 31)).await;
+                if n % 6 == 1 {
+                    TaskCommand::CompleteTask {
+                        lease_id: again,
+                        output: json!({}),
+                        at: at(day, 11, 2_000 + n * 57),
+                    }
+                } else {
+                    driver.fail(task, again, at(day, 11, 2_000 + n * 57)).await;
+                    // Failed for good, then queued again by hand and run once more.
+                    driver
+                        .run(task, TaskCommand::RetryTask { at: at(day, 13, 0) })
+                        .await;
+                    let third = driver.lease(task, at(day, 14, n)).await;
+                    TaskCommand::CompleteTask {
+                        lease_id: third,
+                        output: json!({"usage": {"output_tokens": 5}}),
+                        at: at(day, 14, 500 + n * 11),
+                    }
+                }
+            }
+            // Cancelled while an agent held it, and before any did.
+            _ => TaskCommand::CancelTask {
+                reason: None,
+                at: when,
+            },
+        };
+        driver.run(task, command).await;
+    }
+
+    let db = store.read_db();
+    let by_event = Projector::new(EventByEvent, store.clone(), db.clone());
+    catch_up_fully(&store, &by_event).await;
+    let expected = usage_snapshot(&db).await;
+    assert_eq!(expected.1.len(), 24, "every task has its row");
+    assert!(
+        expected.0.iter().any(|fact| fact.2 == "retry") && expected.2[0].len() == 3,
+        "{expected:?}"
+    );
+    // Batches small enough to cut lifecycles apart, and one batch for the whole feed.
+    for batch in [7, 5_000] {
+        clear_usage(&db).await;
+        let batched =
+            Projector::new(UsageView, store.clone(), db.clone()).with_db(db.clone(), batch);
+        catch_up_fully(&store, batched.as_ref()).await;
+        assert_eq!(usage_snapshot(&db).await, expected, "batches of {batch}");
     }
 }
