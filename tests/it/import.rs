@@ -2,8 +2,7 @@
 //! events (positions, sequences, metadata, hashes, recorded_at), a chain that verifies,
 //! and read models equal to the original's; on both backends, and SQLite → PostgreSQL.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use chronicle::app::Application;
@@ -11,13 +10,16 @@ use reqwest::StatusCode;
 use rstest::rstest;
 use secrecy::SecretString;
 use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 
 use crate::helpers::{bearer_client, spawn_app_with, test_settings, Backend, TestApp, TestDb};
 
 const SECRET: &str = "an import test secret of at least thirty-two bytes";
 
-fn chronicle(db: &TestDb, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chronicle"));
+/// Runs the CLI on `db` without blocking the runtime: the source server's projections run
+/// on this test's runtime, and a CLI that waits for the feed's horizon waits for them.
+async fn chronicle(db: &TestDb, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_chronicle"));
     command
         .args(args)
         .env("CHRONICLE_DATABASE_URL", &db.url)
@@ -28,14 +30,15 @@ fn chronicle(db: &TestDb, args: &[&str], stdin: Option<&[u8]>) -> Output {
         .current_dir(db.dir.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     let mut child = command.spawn().expect("run chronicle");
     let mut input = child.stdin.take().expect("stdin");
     if let Some(bytes) = stdin {
-        input.write_all(bytes).expect("write stdin");
+        input.write_all(bytes).await.expect("write stdin");
     }
     drop(input);
-    child.wait_with_output().expect("chronicle output")
+    child.wait_with_output().await.expect("chronicle output")
 }
 
 fn lines(ndjson: &[u8]) -> Vec<Value> {
@@ -120,18 +123,18 @@ async fn export_then_import_keeps_events_chain_and_read_models(
     })
     .await;
     let admin = workload(&app).await;
-    let published = chronicle(&app.db, &["audit", "checkpoint"], None);
+    let published = chronicle(&app.db, &["audit", "checkpoint"], None).await;
     assert!(published.status.success(), "{published:?}");
-    let exported = chronicle(&app.db, &["events", "export"], None);
+    let exported = chronicle(&app.db, &["events", "export"], None).await;
     assert!(exported.status.success(), "{exported:?}");
     let original = lines(&exported.stdout);
     assert!(original.len() > 20, "{} events", original.len());
 
     let target = TestDb::new(to).await;
-    let imported = chronicle(&target, &["events", "import"], Some(&exported.stdout));
+    let imported = chronicle(&target, &["events", "import"], Some(&exported.stdout)).await;
     assert!(imported.status.success(), "{imported:?}");
     // A second import finds the store no longer empty.
-    let again = chronicle(&target, &["events", "import"], Some(&exported.stdout));
+    let again = chronicle(&target, &["events", "import"], Some(&exported.stdout)).await;
     assert!(!again.status.success());
     let message = String::from_utf8_lossy(&again.stderr);
     assert!(
@@ -139,12 +142,12 @@ async fn export_then_import_keeps_events_chain_and_read_models(
         "{message}"
     );
 
-    let copy = lines(&chronicle(&target, &["events", "export"], None).stdout);
+    let copy = lines(&chronicle(&target, &["events", "export"], None).await.stdout);
     assert_eq!(
         copy, original,
         "the same events, in the same order, with the same numbers"
     );
-    let verify = chronicle(&target, &["audit", "verify"], None);
+    let verify = chronicle(&target, &["audit", "verify"], None).await;
     assert!(verify.status.success(), "{verify:?}");
     let report: Value = serde_json::from_slice(&verify.stdout).unwrap();
     assert_eq!(report["ok"], true);
@@ -156,7 +159,8 @@ async fn export_then_import_keeps_events_chain_and_read_models(
         &target,
         &["audit", "verify", "--against", file.to_str().unwrap()],
         None,
-    );
+    )
+    .await;
     assert!(against.status.success(), "{against:?}");
     let report: Value = serde_json::from_slice(&against.stdout).unwrap();
     assert_eq!(report["checkpoint"]["status"], "ok", "{report}");
@@ -194,7 +198,7 @@ async fn export_then_import_keeps_events_chain_and_read_models(
         .await
         .unwrap();
     assert_eq!(created.status(), StatusCode::CREATED);
-    let after = lines(&chronicle(&target, &["events", "export"], None).stdout);
+    let after = lines(&chronicle(&target, &["events", "export"], None).await.stdout);
     let last_imported = original.last().unwrap()["position"].as_i64().unwrap();
     assert!(after[original.len()..]
         .iter()
