@@ -126,6 +126,14 @@ impl Default for AuditSettings {
     }
 }
 
+/// `GET /api/metrics` (see [`crate::meters`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MetricsSettings {
+    /// When set, a scrape must bring it as `Authorization: Bearer …`; else anyone may scrape.
+    #[serde(skip_serializing)]
+    pub token: Option<SecretString>,
+}
+
 /// The built-in HTTP agent (`http.request` tasks). See [`crate::process::http_agent`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HttpAgentSettings {
@@ -225,6 +233,7 @@ pub struct Settings {
     pub fail_after_commit: u32,
     pub audit: AuditSettings,
     pub live: LiveSettings,
+    pub metrics: MetricsSettings,
 }
 
 impl Default for Settings {
@@ -270,6 +279,7 @@ impl Default for Settings {
             fail_after_commit: 0,
             audit: AuditSettings::default(),
             live: LiveSettings { buffer: 256 },
+            metrics: MetricsSettings::default(),
         }
     }
 }
