@@ -187,6 +187,8 @@ pub struct TaskTimes {
 impl TaskTimes {
     /// `before` is the aggregate the events were decided on; `None` for other aggregates
     /// and for events that neither lease nor end an attempt.
+    // A `Vec`, not a slice: a slice cannot be downcast.
+    #[allow(clippy::ptr_arg)]
     pub fn of<A: Any, E: Any>(before: &A, events: &Vec<E>) -> Option<Self> {
         let task = (before as &dyn Any).downcast_ref::<Task>()?;
         let events = (events as &dyn Any).downcast_ref::<Vec<TaskEvent>>()?;

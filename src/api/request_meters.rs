@@ -16,11 +16,14 @@ use crate::meters;
 /// Requests that matched no route.
 const UNMATCHED: &str = "unmatched";
 
+/// Each route's series by method and status.
+type ByRoute = HashMap<String, HashMap<(&'static str, u16), (Counter, Histogram)>>;
+
 /// The series handles of each (route, method, status) seen, so that a request costs a
 /// read lock and a lookup, not a label set built and hashed by the recorder.
 #[derive(Default)]
 pub struct RequestMeters {
-    routes: RwLock<HashMap<String, HashMap<(&'static str, u16), (Counter, Histogram)>>>,
+    routes: RwLock<ByRoute>,
 }
 
 impl RequestMeters {

@@ -2,6 +2,7 @@
 //! there, and the counts follow what was done; a configured token is required.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use rstest::rstest;
@@ -126,7 +127,7 @@ fn parse(text: &str) -> Scrape {
     scrape
 }
 
-async fn scrape(app: &TestApp) -> (String, Scrape) {
+async fn scrape_of(app: &TestApp) -> (String, Scrape) {
     let response = reqwest::get(app.url("/api/metrics")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let content_type = response.headers()["content-type"]
@@ -238,7 +239,7 @@ async fn a_scrape_after_a_workload_shows_every_family_and_its_counts(#[case] bac
         .unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 
-    let (text, scrape) = scrape(&app).await;
+    let (text, scrape) = scrape_of(&app).await;
     for family in FAMILIES {
         assert!(
             scrape.types.contains_key(*family),
@@ -319,13 +320,29 @@ async fn a_scrape_after_a_workload_shows_every_family_and_its_counts(#[case] bac
         ),
         0.0
     );
-    assert!(
-        total(
-            &scrape,
+    // The projector checkpoints in the background: later scrapes see it move.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (text, later) = scrape_of(&app).await;
+        let position = total(
+            &later,
             "chronicle_projection_position",
-            &[("projection", "task_view")]
-        ) > 0.0
-    );
+            &[("projection", "task_view")],
+        );
+        let lag = total(
+            &later,
+            "chronicle_projection_lag_events",
+            &[("projection", "task_view")],
+        );
+        if position > 0.0 && lag == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task_view never caught up:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(total(&scrape, "chronicle_db_pool_connections", &[]) >= 1.0);
 }
 
