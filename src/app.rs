@@ -119,6 +119,14 @@ impl Application {
             self.state.settings.audit.checkpoint_every,
             stopping.clone(),
         )));
+        background.push(tokio::spawn(async {
+            // Histogram samples wait in buckets until a scrape or this drains them.
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                crate::meters::handle().run_upkeep();
+            }
+        }));
         let _stop_agent = stopping.clone().drop_guard();
         let http_agent = self.http_agent.map(|agent| {
             tokio::spawn(agent.run(

@@ -4,12 +4,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use chronicle_aggregates::CommandName;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, EventEnvelope};
 use rand::Rng;
 
+use crate::meters;
 use crate::store::{LeaseSlot, Store, StoreError};
 
 /// How often a command is tried against fresh state before a conflict is reported.
@@ -174,7 +176,8 @@ impl CommandBus {
         decide: impl FnMut(&A) -> Result<A::Command, R>,
     ) -> Result<Committed<A>, R>
     where
-        A: Aggregate<Services = ()>,
+        A: Aggregate<Services = ()> + 'static,
+        A::Command: CommandName,
         R: From<CommandError<A::Error>>,
     {
         self.run(aggregate_id, context, expected_version, false, None, decide)
@@ -192,7 +195,8 @@ impl CommandBus {
         decide: impl FnMut(&A) -> Result<A::Command, R>,
     ) -> Result<Committed<A>, R>
     where
-        A: Aggregate<Services = ()>,
+        A: Aggregate<Services = ()> + 'static,
+        A::Command: CommandName,
         R: From<CommandError<A::Error>>,
     {
         self.run(aggregate_id, context, None, false, Some(slot), decide)
@@ -210,13 +214,16 @@ impl CommandBus {
         decide: impl FnMut(&A) -> Result<A::Command, R>,
     ) -> Result<Committed<A>, R>
     where
-        A: Aggregate<Services = ()>,
+        A: Aggregate<Services = ()> + 'static,
+        A::Command: CommandName,
         R: From<CommandError<A::Error>>,
     {
         self.run(aggregate_id, context, None, true, None, decide)
             .await
     }
 
+    /// [`attempts`](Self::attempts), measured: `chronicle_commands_total` and its latency
+    /// by aggregate, command (the last one decided) and outcome.
     async fn run<A, R>(
         &self,
         aggregate_id: &str,
@@ -227,16 +234,60 @@ impl CommandBus {
         mut decide: impl FnMut(&A) -> Result<A::Command, R>,
     ) -> Result<Committed<A>, R>
     where
-        A: Aggregate<Services = ()>,
+        A: Aggregate<Services = ()> + 'static,
+        A::Command: CommandName,
+        R: From<CommandError<A::Error>>,
+    {
+        let started = Instant::now();
+        let mut command = "unknown";
+        let mut outcome = "refused";
+        let result = self
+            .attempts(
+                aggregate_id,
+                context,
+                expected_version,
+                assume_new,
+                slot,
+                &mut outcome,
+                |a: &A| {
+                    let decided = decide(a);
+                    if let Ok(c) = &decided {
+                        command = c.name();
+                    }
+                    decided
+                },
+            )
+            .await;
+        if result.is_ok() {
+            outcome = "ok";
+        }
+        meters::command(A::TYPE, command, outcome, started.elapsed());
+        result
+    }
+
+    /// Load, decide, append, up to [`MAX_ATTEMPTS`] times; `outcome` names why it ended
+    /// when it fails (a refusal unless set otherwise).
+    async fn attempts<A, R>(
+        &self,
+        aggregate_id: &str,
+        context: &CommandContext,
+        expected_version: Option<usize>,
+        assume_new: bool,
+        slot: Option<&LeaseSlot>,
+        outcome: &mut &'static str,
+        mut decide: impl FnMut(&A) -> Result<A::Command, R>,
+    ) -> Result<Committed<A>, R>
+    where
+        A: Aggregate<Services = ()> + 'static,
         R: From<CommandError<A::Error>>,
     {
         let store = self.store.aggregate::<A>();
         let log = context.commit_log.as_ref();
         if let Some(committed_id) = log.and_then(|log| log.take_replay(A::TYPE)) {
-            let loaded = store
-                .load(&committed_id)
-                .await
-                .map_err(|e| R::from(CommandError::Store(e)))?;
+            let loaded = store.load(&committed_id).await.map_err(|e| {
+                *outcome = "store_error";
+                R::from(CommandError::Store(e))
+            })?;
             return Ok(Committed {
                 aggregate: loaded.aggregate,
                 version: loaded.version,
@@ -249,10 +300,10 @@ impl CommandBus {
             let mut loaded = if assumed {
                 store.assume_new(aggregate_id)
             } else {
-                store
-                    .load(aggregate_id)
-                    .await
-                    .map_err(|e| R::from(CommandError::Store(e)))?
+                store.load(aggregate_id).await.map_err(|e| {
+                    *outcome = "store_error";
+                    R::from(CommandError::Store(e))
+                })?
             };
             // `decide` first: it says whether the caller may see the aggregate at all, and
             // a stranger's `If-Match` must get the same 404 as a missing id, not a 412
@@ -265,6 +316,7 @@ impl CommandBus {
             };
             if let Some(expected) = expected_version {
                 if expected != loaded.version {
+                    *outcome = "precondition_failed";
                     return Err(R::from(CommandError::PreconditionFailed {
                         expected,
                         current: loaded.version,
@@ -279,8 +331,13 @@ impl CommandBus {
                 return Err(R::from(CommandError::Refused(refusal)));
             }
             let events = sink.collect().await;
+            let task_times = meters::TaskTimes::of(&loaded.aggregate, &events);
             match store.append_with(events, loaded, &metadata, slot).await {
                 Ok((events, loaded)) => {
+                    meters::events_appended(A::TYPE, events.len());
+                    if let Some(times) = task_times {
+                        times.record();
+                    }
                     if let Some(log) = log.filter(|_| !events.is_empty()) {
                         log.record(A::TYPE, aggregate_id);
                         if self.inject_failure() {
@@ -296,13 +353,22 @@ impl CommandBus {
                     });
                 }
                 Err(StoreError::Conflict) if attempt < MAX_ATTEMPTS => {
+                    meters::conflict(A::TYPE);
                     let jitter_ms = rand::rng().random_range(0..=2u64 << attempt);
                     tokio::time::sleep(Duration::from_millis(jitter_ms)).await;
                 }
-                Err(StoreError::Conflict) => return Err(R::from(CommandError::Conflict)),
-                Err(other) => return Err(R::from(CommandError::Store(other))),
+                Err(StoreError::Conflict) => {
+                    meters::conflict(A::TYPE);
+                    *outcome = "conflict";
+                    return Err(R::from(CommandError::Conflict));
+                }
+                Err(other) => {
+                    *outcome = "store_error";
+                    return Err(R::from(CommandError::Store(other)));
+                }
             }
         }
+        *outcome = "conflict";
         Err(R::from(CommandError::Conflict))
     }
 }

@@ -127,6 +127,14 @@ impl Default for AuditSettings {
     }
 }
 
+/// `GET /api/metrics` (see [`crate::meters`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MetricsSettings {
+    /// When set, a scrape must bring it as `Authorization: Bearer …`; else anyone may scrape.
+    #[serde(skip_serializing)]
+    pub token: Option<SecretString>,
+}
+
 /// The built-in HTTP agent (`http.request` tasks). See [`crate::process::http_agent`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HttpAgentSettings {
@@ -226,6 +234,7 @@ pub struct Settings {
     pub fail_after_commit: u32,
     pub audit: AuditSettings,
     pub live: LiveSettings,
+    pub metrics: MetricsSettings,
 }
 
 impl Default for Settings {
@@ -271,6 +280,7 @@ impl Default for Settings {
             fail_after_commit: 0,
             audit: AuditSettings::default(),
             live: LiveSettings { buffer: 256 },
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -959,7 +969,7 @@ live:
     }
 
     /// The settings never serialized (secrets), which the examples still show.
-    const SECRET_KEYS: [&str; 3] = ["jwt_secret", "llm.api_key", "audit.key"];
+    const SECRET_KEYS: [&str; 4] = ["jwt_secret", "llm.api_key", "audit.key", "metrics.token"];
 
     /// Every leaf key of `value` (a table of tables), dotted.
     fn leaf_keys(prefix: &str, value: &serde_json::Value, keys: &mut Vec<String>) {

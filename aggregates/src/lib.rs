@@ -28,3 +28,22 @@ pub mod workflow;
 pub mod workflow_run;
 
 pub use error::{DomainError, RefusalKind};
+
+/// A command's name, for the metrics: its variant, written out.
+pub trait CommandName {
+    fn name(&self) -> &'static str;
+}
+
+/// Implements [`CommandName`] for a command enum from the list of its variants.
+macro_rules! command_names {
+    ($command:ty { $($variant:ident),* $(,)? }) => {
+        impl $crate::CommandName for $command {
+            fn name(&self) -> &'static str {
+                match self {
+                    $(Self::$variant { .. } => stringify!($variant),)*
+                }
+            }
+        }
+    };
+}
+pub(crate) use command_names;

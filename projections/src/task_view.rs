@@ -225,6 +225,21 @@ impl TaskView {
         Ok(u64::try_from(count).unwrap_or_default())
     }
 
+    /// [`queue_depth`](Self::queue_depth) by capability (only capabilities that wait).
+    pub async fn queue_depth_by_capability(
+        db: &ReadDb,
+    ) -> Result<Vec<(String, i64)>, ProjectionError> {
+        let rows = on_reader!(db, |pool| {
+            sqlx::query_as(
+                "SELECT coalesce(capability, ''), count(*) FROM task_view_v2
+                  WHERE status IN ('queued', 'retry_scheduled') GROUP BY 1 ORDER BY 1",
+            )
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows)
+    }
+
     /// How many tasks are in each status (only statuses that occur), one owner's or all.
     pub async fn count_by_status(
         db: &ReadDb,

@@ -112,6 +112,7 @@ pub async fn connect(
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| async move {
+            let _open = crate::meters::ConnectionGauge::open("agent_ws");
             let session = Session {
                 state,
                 actor,

@@ -119,6 +119,7 @@ pub async fn connect(
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| async move {
+            let _open = crate::meters::ConnectionGauge::open("live_ws");
             let (sink, stream) = socket.split();
             let (out, queue) = mpsc::channel(state.settings.live.buffer);
             let (close, closing) = oneshot::channel();

@@ -22,6 +22,8 @@ pub mod paging;
 pub mod query_token;
 pub(crate) mod redact;
 pub mod replay;
+pub mod request_meters;
+pub mod scrape;
 pub mod security_headers;
 pub mod store_link;
 pub mod system;
@@ -72,12 +74,16 @@ pub struct AppState {
     pub status_cache: Arc<system::StatusCache>,
     /// Whose `X-Forwarded-*` headers are believed.
     pub proxies: Arc<client_ip::TrustedProxies>,
+    pub request_meters: Arc<request_meters::RequestMeters>,
+    pub scrape: Arc<scrape::ScrapeState>,
 }
 
 impl AppState {
     pub fn new(store: Store, read: ReadSide, settings: Settings, keys: ServerKeys) -> Self {
         // `Settings::load` has refused bad networks already; settings built in code that
         // name one trust nobody.
+        // Before any handle is taken, so that every series reaches the recorder.
+        crate::meters::handle();
         let proxies = settings.trusted_networks().unwrap_or_else(|error| {
             tracing::error!(%error, "trusting no proxy");
             Vec::new()
@@ -94,6 +100,8 @@ impl AppState {
             idempotency: Arc::default(),
             status_cache: Arc::default(),
             proxies: Arc::new(client_ip::TrustedProxies::new(proxies)),
+            request_meters: Arc::default(),
+            scrape: Arc::default(),
         }
     }
 }
@@ -122,6 +130,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(system::health))
         .routes(routes!(system::status))
         .routes(routes!(openapi::serve))
+        .routes(routes!(scrape::metrics))
         .routes(routes!(tasks::create, tasks::list))
         .routes(routes!(tasks::get, tasks::cancel, task_updates::patch))
         .routes(routes!(tasks::events))
@@ -168,6 +177,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.body_limit;
     let cors = cors::layer(&state.settings.cors.origins);
     let settings = state.settings.clone();
+    let request_meters = state.request_meters.clone();
     let router = Router::from(routes())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -195,6 +205,12 @@ pub fn router(state: AppState) -> Router {
         ))
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
+        // Outside every gate, so a 401, 413 or 429 is counted too; inside the routing, so
+        // the route's template is known.
+        .layer(axum::middleware::from_fn_with_state(
+            request_meters,
+            request_meters::layer,
+        ))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
                 let request_id = request

@@ -21,8 +21,8 @@ use super::error::{ApiError, Problem, PROBLEM_JSON};
 use super::extract::{IDEMPOTENCY_KEY_PATTERN, IF_MATCH_PATTERN};
 
 /// Operations that never answer 500 or a problem 503: they do not touch the store, or
-/// (`status`) answer its failure themselves.
-const NO_STORE_ERRORS: [&str; 3] = ["health", "openapi", "status"];
+/// (`status`) answer its failure themselves, or (`metrics`) leave its gauges as they were.
+const NO_STORE_ERRORS: [&str; 4] = ["health", "metrics", "openapi", "status"];
 
 #[derive(OpenApi)]
 #[openapi(
@@ -663,6 +663,7 @@ mod tests {
             "get /api/health",
             "get /api/status",
             "get /api/openapi.json",
+            "get /api/metrics",
             "post /api/auth/register",
             "post /api/auth/login",
             "post /api/auth/refresh",

@@ -88,7 +88,12 @@ pub async fn stream(
     };
     let (out, mut events) = mpsc::channel(state.settings.live.buffer);
     tokio::spawn(produce(state, id, resume, out));
-    let stream = futures::stream::poll_fn(move |cx| events.poll_recv(cx));
+    // Open while axum polls the stream: dropped when the client goes.
+    let open = crate::meters::ConnectionGauge::open("task_sse");
+    let stream = futures::stream::poll_fn(move |cx| {
+        let _open = &open;
+        events.poll_recv(cx)
+    });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
         .into_response())

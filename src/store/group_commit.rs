@@ -65,6 +65,7 @@ impl GroupCommit {
                         }
                         batch
                     };
+                    crate::meters::group_commit_batch(batch.len());
                     write_batch(&pool, batch).await;
                 }
             });

@@ -20,6 +20,7 @@ mod helpers;
 mod http_agent;
 mod import;
 mod live;
+mod metrics;
 mod openapi;
 mod oracles;
 mod orchestration;

@@ -112,6 +112,7 @@ const IMPLEMENTED: &[(&str, &str)] = &[
     ("POST", "/api/admin/projections/{}/rebuild"),
     ("GET", "/api/health"),
     ("GET", "/api/status"),
+    ("GET", "/api/metrics"),
     ("GET", "/api/audit/checkpoint"),
 ];
 

@@ -70,6 +70,15 @@ pub(crate) enum CounterCommand {
     AddMany(Vec<i64>),
 }
 
+impl chronicle_aggregates::CommandName for CounterCommand {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Add(_) => "Add",
+            Self::AddMany(_) => "AddMany",
+        }
+    }
+}
+
 impl Aggregate for Counter {
     const TYPE: &'static str = "counter";
     type Command = CounterCommand;

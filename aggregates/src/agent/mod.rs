@@ -72,6 +72,14 @@ pub enum AgentCommand {
     },
 }
 
+crate::command_names!(AgentCommand {
+    RegisterAgent,
+    RecordHeartbeat,
+    DrainAgent,
+    DeregisterAgent,
+    ReconfigureAgent
+});
+
 /// At most one event: `None` means the command is accepted and changes nothing.
 type Decision = Result<Option<AgentEvent>, AgentError>;
 

@@ -75,6 +75,12 @@ pub enum ApiKeyCommand {
     RevokeApiKey { at: DateTime<Utc> },
 }
 
+crate::command_names!(ApiKeyCommand {
+    IssueApiKey,
+    RotateApiKey,
+    RevokeApiKey
+});
+
 impl Aggregate for ApiKey {
     const TYPE: &'static str = "api_key";
     type Command = ApiKeyCommand;

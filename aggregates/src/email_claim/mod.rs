@@ -46,6 +46,8 @@ pub enum EmailClaimCommand {
     },
 }
 
+crate::command_names!(EmailClaimCommand { ClaimEmail });
+
 impl Aggregate for EmailClaim {
     const TYPE: &'static str = "email_claim";
     type Command = EmailClaimCommand;

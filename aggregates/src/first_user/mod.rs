@@ -44,6 +44,8 @@ pub enum FirstUserCommand {
     ClaimFirstUser { user_id: Uuid, at: DateTime<Utc> },
 }
 
+crate::command_names!(FirstUserCommand { ClaimFirstUser });
+
 impl Aggregate for FirstUser {
     const TYPE: &'static str = "first_user";
     type Command = FirstUserCommand;

@@ -103,6 +103,12 @@ pub enum SessionCommand {
     },
 }
 
+crate::command_names!(SessionCommand {
+    StartSession,
+    RefreshSession,
+    EndSession
+});
+
 impl Aggregate for Session {
     const TYPE: &'static str = "session";
     type Command = SessionCommand;

@@ -111,6 +111,20 @@ pub enum TaskCommand {
     },
 }
 
+crate::command_names!(TaskCommand {
+    CreateTask,
+    LeaseTask,
+    StartTask,
+    ReportProgress,
+    ExtendLease,
+    CompleteTask,
+    FailTask,
+    ExpireLease,
+    CancelTask,
+    RetryTask,
+    Reprioritise
+});
+
 /// At most one event: `None` means the command is accepted and changes nothing.
 type Decision = Result<Option<TaskEvent>, TaskError>;
 

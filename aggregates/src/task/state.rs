@@ -119,6 +119,9 @@ pub struct TaskState {
     pub not_before: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the live (or, once it ended, the latest) lease was granted.
+    #[serde(default)]
+    pub leased_at: Option<DateTime<Utc>>,
     /// When the latest attempt started running.
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -155,6 +158,7 @@ impl TaskState {
             not_before: created.not_before,
             created_at: created.at,
             updated_at: created.at,
+            leased_at: None,
             started_at: None,
             finished_at: None,
             lease_id: None,
@@ -179,6 +183,7 @@ impl TaskState {
                 self.agent_id = Some(e.agent_id);
                 self.lease_id = Some(e.lease_id);
                 self.lease_expires_at = Some(e.lease_expires_at);
+                self.leased_at = Some(e.at);
                 self.attempt = e.attempt;
                 self.not_before = None;
                 self.progress = None;
@@ -229,6 +234,7 @@ impl TaskState {
                 self.output = None;
                 self.error = None;
                 self.not_before = None;
+                self.leased_at = None;
                 self.started_at = None;
                 self.finished_at = None;
                 self.progress = None;

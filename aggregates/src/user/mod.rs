@@ -71,6 +71,13 @@ pub enum UserCommand {
     },
 }
 
+crate::command_names!(UserCommand {
+    RegisterUser,
+    ChangePassword,
+    GrantRole,
+    RevokeRole
+});
+
 impl Aggregate for User {
     const TYPE: &'static str = "user";
     type Command = UserCommand;

@@ -75,6 +75,12 @@ pub enum WorkflowCommand {
     ArchiveWorkflow { at: DateTime<Utc> },
 }
 
+crate::command_names!(WorkflowCommand {
+    CreateWorkflow,
+    UpdateWorkflow,
+    ArchiveWorkflow
+});
+
 type Decision = Result<Option<WorkflowEvent>, WorkflowError>;
 
 fn decide(state: Option<&WorkflowState>, command: WorkflowCommand) -> Decision {

@@ -93,6 +93,17 @@ pub enum WorkflowRunCommand {
     },
 }
 
+crate::command_names!(WorkflowRunCommand {
+    StartRun,
+    StartStep,
+    CompleteStep,
+    FailStep,
+    SkipStep,
+    SucceedRun,
+    FailRun,
+    CancelRun
+});
+
 type Decision = Result<WorkflowRunEvent, WorkflowRunError>;
 
 fn decide(state: Option<&RunState>, command: WorkflowRunCommand) -> Decision {
