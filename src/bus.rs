@@ -267,6 +267,10 @@ impl CommandBus {
 
     /// Load, decide, append, up to [`MAX_ATTEMPTS`] times; `outcome` names why it ended
     /// when it fails (a refusal unless set otherwise).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "run's arguments passed on, plus where the outcome goes"
+    )]
     async fn attempts<A, R>(
         &self,
         aggregate_id: &str,

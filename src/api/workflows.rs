@@ -214,6 +214,7 @@ fn workflow_answer(status: StatusCode, workflow: &Workflow) -> Result<Response, 
     responses(
         (status = 201, description = "Created", body = WorkflowBody),
         (status = 400, description = "Malformed JSON"),
+        (status = 415, description = "The body is not JSON"),
         (status = 403, description = "The caller may not create (auditor)"),
         (status = 422, description = "An invalid definition: a cycle (named), a dangling `depends_on`, a duplicate id, an unknown template reference, a bad condition"),
     ),
@@ -340,6 +341,7 @@ pub async fn get(
     responses(
         (status = 200, description = "The workflow at its new version", body = WorkflowBody),
         (status = 400, description = "Malformed JSON"),
+        (status = 415, description = "The body is not JSON"),
         (status = 403, description = "The caller may read the workflow but not change it"),
         (status = 404, description = "No such workflow, or not yours"),
         (status = 409, description = "The workflow is archived"),
@@ -428,6 +430,7 @@ pub struct ExecuteRequest {
     responses(
         (status = 202, description = "The run, started", body = WorkflowRunBody),
         (status = 400, description = "Malformed JSON"),
+        (status = 415, description = "The body is not JSON"),
         (status = 403, description = "The caller may not run workflows (auditor)"),
         (status = 404, description = "No such workflow, or not yours"),
         (status = 409, description = "The workflow is archived"),

@@ -124,7 +124,12 @@ pub struct StepRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowDefinitionRequest {
-    /// 1 to 100 characters.
+    /// 1 to 100 characters, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -132,6 +137,7 @@ pub struct WorkflowDefinitionRequest {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub params: BTreeMap<String, ParamSpec>,
     /// 1 to 100 steps.
+    #[schema(min_items = 1, max_items = 100)]
     pub steps: Vec<StepRequest>,
 }
 
