@@ -166,6 +166,38 @@ impl ProjectionFailure {
 /// Events per catch-up transaction.
 pub const DEFAULT_BATCH: u32 = 500;
 
+/// Locks the checkpoint row of `P` in `tx` (a no-op update takes the row lock on
+/// PostgreSQL, the write lock on SQLite: two runners never apply the same batch) and
+/// returns it.
+async fn lock_checkpoint<P: Projection>(tx: &mut ReadTx) -> Result<FeedCursor, sqlx::Error> {
+    let row: (i64, i64) = on_tx!(&mut *tx, |conn| {
+        sqlx::query(
+            "UPDATE projection_checkpoints SET updated_at = updated_at
+              WHERE name = $1 AND version = $2",
+        )
+        .bind(P::NAME)
+        .bind(P::VERSION)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query_as(
+            "SELECT transaction_id, position FROM projection_checkpoints
+              WHERE name = $1 AND version = $2",
+        )
+        .bind(P::NAME)
+        .bind(P::VERSION)
+        .fetch_one(&mut *conn)
+        .await
+    })?;
+    Ok(cursor_of(row))
+}
+
+fn cursor_of((transaction_id, position): (i64, i64)) -> FeedCursor {
+    FeedCursor {
+        transaction_id: u64::try_from(transaction_id).unwrap_or_default(),
+        position,
+    }
+}
+
 /// Runs one projection against one event source.
 pub struct Projector<P, S> {
     projection: Arc<P>,
@@ -307,13 +339,31 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
         }
     }
 
+    /// One batch in its own transaction. The feed is read before the transaction opens:
+    /// a runner holding the checkpoint's row lock (PostgreSQL) or the write lock (SQLite)
+    /// while it waits for a second connection to read the feed would hold up every commit
+    /// on SQLite and, with as many projections as pooled connections, starve the pool on
+    /// PostgreSQL. Under the lock the checkpoint is read again; if another runner moved it
+    /// meanwhile, the events are read again from there.
     async fn step(&self, limit: u32) -> Result<u64, ProjectionError> {
-        let mut tx = self.db.begin().await?;
-        let applied = self.step_in(&mut tx, limit).await?;
-        if applied > 0 {
+        loop {
+            let cursor = self.checkpoint().await?;
+            let events = self
+                .source
+                .events_after(cursor, limit)
+                .await
+                .map_err(ProjectionError::Source)?;
+            if events.is_empty() {
+                return Ok(0);
+            }
+            let mut tx = self.db.begin().await?;
+            if lock_checkpoint::<P>(&mut tx).await? != cursor {
+                continue;
+            }
+            let applied = self.apply_and_checkpoint(&mut tx, &events).await?;
             tx.commit().await?;
+            return Ok(applied);
         }
-        Ok(applied)
     }
 
     /// Applies everything after the checkpoint inside `tx`, which the caller commits: the
@@ -330,40 +380,42 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
     }
 
     async fn step_in(&self, tx: &mut ReadTx, limit: u32) -> Result<u64, ProjectionError> {
-        // A no-op update takes the row lock (PostgreSQL) or the write lock (SQLite), so
-        // two runners never apply the same batch.
-        let (transaction_id, position): (i64, i64) = on_tx!(&mut *tx, |conn| {
-            sqlx::query(
-                "UPDATE projection_checkpoints SET updated_at = updated_at
-                  WHERE name = $1 AND version = $2",
-            )
-            .bind(P::NAME)
-            .bind(P::VERSION)
-            .execute(&mut *conn)
-            .await?;
+        let cursor = lock_checkpoint::<P>(tx).await?;
+        let events = self
+            .source
+            .events_after(cursor, limit)
+            .await
+            .map_err(ProjectionError::Source)?;
+        self.apply_and_checkpoint(tx, &events).await
+    }
+
+    /// The checkpoint as committed, read without a lock.
+    async fn checkpoint(&self) -> Result<FeedCursor, ProjectionError> {
+        let row: (i64, i64) = crate::on_reader!(&self.db, |pool| {
             sqlx::query_as(
                 "SELECT transaction_id, position FROM projection_checkpoints
                   WHERE name = $1 AND version = $2",
             )
             .bind(P::NAME)
             .bind(P::VERSION)
-            .fetch_one(&mut *conn)
+            .fetch_one(pool)
             .await
         })?;
-        let cursor = FeedCursor {
-            transaction_id: u64::try_from(transaction_id).unwrap_or_default(),
-            position,
-        };
-        let events = self
-            .source
-            .events_after(cursor, limit)
-            .await
-            .map_err(ProjectionError::Source)?;
+        Ok(cursor_of(row))
+    }
+
+    /// Applies `events` (read after the checkpoint `tx` holds locked) and moves the
+    /// checkpoint to the last of them.
+    async fn apply_and_checkpoint(
+        &self,
+        tx: &mut ReadTx,
+        events: &[RecordedEvent],
+    ) -> Result<u64, ProjectionError> {
         let Some(last) = events.last().map(RecordedEvent::cursor) else {
             return Ok(0);
         };
-        if let Err(error) = self.projection.apply_batch(tx, &events).await {
-            if let (ProjectionError::Event { .. }, [event]) = (&error, events.as_slice()) {
+        if let Err(error) = self.projection.apply_batch(tx, events).await {
+            if let (ProjectionError::Event { .. }, [event]) = (&error, events) {
                 self.fail(event, &error);
             }
             return Err(error);

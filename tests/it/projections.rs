@@ -275,3 +275,64 @@ async fn nodes_join_a_busy_cluster() {
         assert_eq!(response.status(), StatusCode::OK, "node {address}");
     }
 }
+
+/// Projections read the feed before they lock their checkpoint: with fewer pooled
+/// connections than projections, a projector holding one connection in its transaction
+/// while waiting for a second to read the feed would leave none for the requests
+/// (answered 503 after the pool's acquire timeout) and none for the other projectors.
+#[tokio::test]
+async fn a_small_pool_serves_writes_while_every_projection_catches_up() {
+    let app = crate::helpers::spawn_app_with(Backend::Postgres, |settings| {
+        settings.rate_limit.per_minute = 1_000_000;
+        settings.store.max_connections = 3;
+    })
+    .await
+    .signed_in()
+    .await;
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url) = (app.client.clone(), app.url("/api/tasks"));
+            tokio::spawn(async move {
+                for _ in 0..60 {
+                    let response = client
+                        .post(&url)
+                        .json(&json!({"capability": "browser.navigate", "input": {}}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), StatusCode::CREATED);
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status: serde_json::Value = app
+            .client
+            .get(app.url("/api/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let behind: Vec<_> = status["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["lag_events"].as_i64() != Some(0))
+            .cloned()
+            .collect();
+        if behind.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "projections still behind: {behind:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
