@@ -16,14 +16,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{Backend, TestDb};
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
         .expect("a free port")
 }
 
-fn chronicle(db: &TestDb, port: u16) -> Command {
+pub(crate) fn chronicle(db: &TestDb, port: u16) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_chronicle"));
     command
         .env("CHRONICLE_DATABASE_URL", &db.url)
@@ -44,12 +44,17 @@ fn chronicle(db: &TestDb, port: u16) -> Command {
 }
 
 /// The caller kills and waits for the child.
+pub(crate) async fn start(db: &TestDb, port: u16) -> Child {
+    let mut command = chronicle(db, port);
+    command.arg("serve");
+    started(command, port).await
+}
+
+/// Spawns `command` (a `chronicle serve` on `port`) and waits until it answers
+/// `/api/health`. The caller kills and waits for the child.
 #[allow(clippy::zombie_processes)]
-async fn start(db: &TestDb, port: u16) -> Child {
-    let child = chronicle(db, port)
-        .arg("serve")
-        .spawn()
-        .expect("spawn chronicle");
+pub(crate) async fn started(mut command: Command, port: u16) -> Child {
+    let child = command.spawn().expect("spawn chronicle");
     let client = reqwest::Client::new();
     for _ in 0..300 {
         if let Ok(response) = client
@@ -189,7 +194,7 @@ impl Burst {
 
 /// Sends the request until a server answers it with something other than a 5xx: while the
 /// server is down (killed, restarting) the connection fails and the request is sent again.
-async fn answered(request: impl Fn() -> reqwest::RequestBuilder) -> reqwest::Response {
+pub(crate) async fn answered(request: impl Fn() -> reqwest::RequestBuilder) -> reqwest::Response {
     loop {
         match request().send().await {
             Ok(response) if !response.status().is_server_error() => return response,
@@ -286,7 +291,7 @@ async fn agent(burst: Arc<Burst>, agent_id: String) {
 }
 
 /// `future`'s output, or a panic naming `what` once `deadline` has passed.
-async fn before<T>(
+pub(crate) async fn before<T>(
     deadline: Instant,
     what: &str,
     future: impl std::future::Future<Output = T>,

@@ -11,6 +11,7 @@ mod analytics;
 mod api;
 mod audit_chain;
 mod auth;
+mod cluster;
 mod crash;
 mod db_link;
 mod dispatch_limits;
