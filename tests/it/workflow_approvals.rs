@@ -199,7 +199,7 @@ async fn an_approved_step_hands_its_data_downstream_and_the_decision_is_an_event
     assert_eq!(decided["payload"]["decided_by"], owner.id.as_str());
     assert_eq!(decided["payload"]["decision"], "approve");
     assert!(decided["payload"]["at"].is_string());
-    assert_eq!(decided["metadata"]["actor"], owner.id.as_str());
+    assert_eq!(decided["metadata"]["actor"], format!("user:{}", owner.id));
     assert!(decided["hash"].is_string());
     // Paged like every history.
     let (status, page) = send(app.client.get(app.url(&format!(
