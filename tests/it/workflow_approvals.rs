@@ -278,6 +278,53 @@ async fn an_approval_with_no_decision_times_out_once(#[case] backend: Backend) {
     assert_eq!(timed_out, 1, "{events}");
 }
 
+/// Two nodes on one PostgreSQL both drive the run: each approval still times out once (the
+/// second node's time-out is refused by the run).
+#[tokio::test]
+async fn approvals_time_out_once_with_two_nodes() {
+    let app = spawn_app(Backend::Postgres).await.signed_in().await;
+    let (_other, _stop) = app.second_node(|_| {}).await;
+    let steps: Vec<Value> = (0..4)
+        .map(|n| json!({"id": format!("ok{n}"), "approval": {"prompt": "yes?", "timeout_secs": 1}}))
+        .collect();
+    let workflow = create_workflow(&app, json!({"name": "nods", "steps": steps})).await;
+    let run = execute(&app, &workflow, json!({})).await;
+    let done = wait_run(&app, &run, |r| r["status"] != "running").await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["error"]["code"], "approval_timed_out");
+    // A finished run takes no more events: its history is final.
+    let (_, events) = run_events(&app.client, &app, &run).await;
+    let count = |event_type: &str| {
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event_type"] == event_type)
+            .count()
+    };
+    assert_eq!(count("WorkflowApprovalRequested"), 4, "{events}");
+    assert!(count("WorkflowApprovalTimedOut") >= 1, "{events}");
+    for n in 0..4 {
+        let timeouts = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["event_type"] == "WorkflowApprovalTimedOut"
+                    && e["payload"]["step_id"] == format!("ok{n}")
+            })
+            .count();
+        assert!(timeouts <= 1, "ok{n} timed out {timeouts} times: {events}");
+    }
+    let failed = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event_type"] == "WorkflowRunFailed")
+        .count();
+    assert_eq!(failed, 1);
+}
+
 async fn post_yaml(app: &TestApp, content_type: &str, body: &str) -> (StatusCode, Value) {
     send(
         app.client
