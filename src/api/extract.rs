@@ -447,6 +447,28 @@ mod tests {
     }
 
     #[test]
+    fn json_and_yaml_are_told_by_their_content_type() {
+        let format = |mime: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, mime.parse().unwrap());
+            body_format(&headers)
+        };
+        assert_eq!(format("application/json"), Some(BodyFormat::Json));
+        assert_eq!(format("application/problem+json"), Some(BodyFormat::Json));
+        for yaml in [
+            "application/yaml",
+            "Application/X-YAML",
+            "text/yaml; charset=utf-8",
+        ] {
+            assert_eq!(format(yaml), Some(BodyFormat::Yaml), "{yaml}");
+        }
+        for other in ["text/plain", "application/xml", "yaml"] {
+            assert_eq!(format(other), None, "{other}");
+        }
+        assert_eq!(body_format(&HeaderMap::new()), None);
+    }
+
+    #[test]
     fn malformed_json_is_a_bad_request() {
         let error = parse_json::<Body>(b"{\"name\": ").unwrap_err();
         assert_eq!(error.status(), StatusCode::BAD_REQUEST);

@@ -364,6 +364,30 @@ async fn yaml_definitions_are_checked_like_json_and_run(#[case] backend: Backend
     assert_eq!(problem["status"], 400);
     let (status, _) = post_yaml(&app, "text/plain", "name: x").await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // The body limit holds for YAML too, and neither an alias bomb nor deep nesting gets
+    // past the parser's limits.
+    let big = format!(
+        "name: big\ndescription: {}\nsteps: []\n",
+        "x".repeat(3 * 1024 * 1024)
+    );
+    let (status, _) = post_yaml(&app, "application/yaml", &big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+    for (name, previous) in ["b", "c", "d", "e", "f", "g", "h", "i"]
+        .iter()
+        .zip(["a", "b", "c", "d", "e", "f", "g", "h"])
+    {
+        bomb.push_str(&format!("{name}: &{name} [*{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}]\n"));
+    }
+    let (status, problem) = post_yaml(&app, "application/yaml", &bomb).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    let deep = format!(
+        "name: deep\nsteps: []\ndescription: {}{}",
+        "[".repeat(100),
+        "]".repeat(100)
+    );
+    let (status, problem) = post_yaml(&app, "application/yaml", &deep).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
     // A wrong type is named like in JSON.
     let (status, problem) = post_yaml(&app, "application/yaml", "name: x\nsteps: 3\n").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
