@@ -85,6 +85,24 @@ async fn an_approved_step_hands_its_data_downstream_and_the_decision_is_an_event
         "{waiting}"
     );
     assert_eq!(waiting["steps"]["publish"]["status"], "pending");
+    // The run view (what `/status` lists) holds the waiting step too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, listed) = send(
+            app.client
+                .get(app.url(&format!("/api/workflows/{workflow}/status"))),
+        )
+        .await;
+        if listed["runs"][0]["steps"]["ok"]["status"] == "waiting_approval" {
+            assert_eq!(
+                listed["runs"][0]["steps"]["ok"]["approval"]["prompt"],
+                "Publish the draft?"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Another user can neither decide nor read the history: the run does not exist for them.
     let (status, _) = signal(
