@@ -125,7 +125,10 @@ impl ApiError {
                 [one] => format!("`{}` {}", one.field, one.message),
                 many => format!("{} fields are invalid", many.len()),
             },
-            Self::UnsupportedMediaType => "send the body as application/json".into(),
+            Self::UnsupportedMediaType => {
+                "send the body as application/json (a workflow definition: or application/yaml)"
+                    .into()
+            }
             Self::Unauthorized(detail) => (*detail).into(),
             Self::Forbidden => "your role does not allow this".into(),
             Self::NotFound => "no such resource".into(),

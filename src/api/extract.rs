@@ -1,4 +1,4 @@
-//! Extractors that answer bad input in our problem+json format: the JSON body, UUID path
+//! Extractors that answer bad input in our problem+json format: the JSON (or YAML) body, UUID path
 //! segments, the caller, and the request's conditional and tracing headers.
 
 use axum::body::Bytes;
@@ -27,31 +27,68 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let is_json = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(';').next())
-            .map(|mime| {
-                let mime = mime.trim().to_ascii_lowercase();
-                mime == "application/json" || mime.ends_with("+json")
-            })
-            .unwrap_or(false);
-        if !is_json {
+        if body_format(request.headers()) != Some(BodyFormat::Json) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes =
-            Bytes::from_request(request, state)
-                .await
-                .map_err(|rejection: BytesRejection| {
-                    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                        ApiError::PayloadTooLarge
-                    } else {
-                        ApiError::BadRequest("the request body could not be read".into())
-                    }
-                })?;
-        parse_body(&bytes).map(ApiJson)
+        parse_body(&body_bytes(request, state).await?).map(ApiJson)
     }
+}
+
+/// A body in JSON or YAML (`application/yaml`, `application/x-yaml`, `text/yaml`): YAML is
+/// read into the JSON it stands for, then held to the same rules as [`ApiJson`] (the same
+/// 422 field paths); malformed YAML → 400, any other type → 415.
+pub struct ApiJsonOrYaml<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJsonOrYaml<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let format = body_format(request.headers()).ok_or(ApiError::UnsupportedMediaType)?;
+        let bytes = body_bytes(request, state).await?;
+        match format {
+            BodyFormat::Json => parse_body(&bytes).map(ApiJsonOrYaml),
+            BodyFormat::Yaml => {
+                let value: Value = serde_yaml::from_slice(&bytes)
+                    .map_err(|e| ApiError::BadRequest(format!("malformed YAML: {e}")))?;
+                object_body(value).map(ApiJsonOrYaml)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFormat {
+    Json,
+    Yaml,
+}
+
+/// The body's format by its `Content-Type`; `None` for one we do not read.
+fn body_format(headers: &HeaderMap) -> Option<BodyFormat> {
+    let mime = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())?
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => Some(BodyFormat::Json),
+        "application/yaml" | "application/x-yaml" | "text/yaml" => Some(BodyFormat::Yaml),
+        _ if mime.ends_with("+json") => Some(BodyFormat::Json),
+        _ => None,
+    }
+}
+
+/// The whole body, within the body limit (413 beyond it).
+async fn body_bytes<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(request, state)
+        .await
+        .map_err(|rejection: BytesRejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::BadRequest("the request body could not be read".into())
+            }
+        })
 }
 
 /// Parses `bytes` as JSON into `T` with our error rules.
@@ -67,6 +104,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 pub(crate) fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    object_body(value)
+}
+
+/// An object (or `null`) as `T`; see [`parse_body`].
+fn object_body<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
     if !matches!(value, Value::Object(_) | Value::Null) {
         return Err(ApiError::validation("", "must be a JSON object"));
     }
@@ -402,6 +444,28 @@ mod tests {
     struct Body {
         name: String,
         count: u8,
+    }
+
+    #[test]
+    fn json_and_yaml_are_told_by_their_content_type() {
+        let format = |mime: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, mime.parse().unwrap());
+            body_format(&headers)
+        };
+        assert_eq!(format("application/json"), Some(BodyFormat::Json));
+        assert_eq!(format("application/problem+json"), Some(BodyFormat::Json));
+        for yaml in [
+            "application/yaml",
+            "Application/X-YAML",
+            "text/yaml; charset=utf-8",
+        ] {
+            assert_eq!(format(yaml), Some(BodyFormat::Yaml), "{yaml}");
+        }
+        for other in ["text/plain", "application/xml", "yaml"] {
+            assert_eq!(format(other), None, "{other}");
+        }
+        assert_eq!(body_format(&HeaderMap::new()), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Per-aggregate history, served from the events: `GET /api/tasks/{id}/events` (its
-//! handler is in [`super::tasks`]) and `GET /api/agents/{id}/events`.
+//! handler is in [`super::tasks`]), `GET /api/agents/{id}/events` and
+//! `GET /api/workflow-runs/{id}/events` (in [`super::workflows`]).
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue};

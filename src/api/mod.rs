@@ -168,7 +168,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(workflows::execute))
         .routes(routes!(workflows::status))
-        .routes(routes!(workflows::get_run, workflows::cancel_run));
+        .routes(routes!(workflows::get_run, workflows::cancel_run))
+        .routes(routes!(workflows::signal))
+        .routes(routes!(workflows::run_events));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).nest("/api", api)
 }
 

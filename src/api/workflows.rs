@@ -1,17 +1,18 @@
-//! `/api/workflows` and `/api/workflow-runs`: definitions (versioned, archived), runs
-//! started from them, read and cancelled. The workflow driver (`process::workflows`)
-//! moves runs forward; handlers only translate HTTP to commands.
+//! `/api/workflows` and `/api/workflow-runs`: definitions (versioned, archived; JSON or
+//! YAML), runs started from them, read, signalled (approval steps), cancelled and their
+//! history. The workflow driver (`process::workflows`) moves runs forward; handlers only
+//! translate HTTP to commands. Answers carry the aggregate's version as `ETag`.
 
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chronicle_aggregates::task::TaskFailure;
 use chronicle_aggregates::workflow::{Workflow, WorkflowCommand, WorkflowState};
 use chronicle_aggregates::workflow_run::{
-    RunState, RunStatus, StepStatus, WorkflowRun, WorkflowRunCommand,
+    ApprovalDecision, RunState, RunStatus, StepStatus, WorkflowRun, WorkflowRunCommand,
 };
 use chronicle_commands::workflow::{
     ParamSpec, StepRequest, WorkflowDefinition, WorkflowDefinitionRequest,
@@ -25,9 +26,11 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiQuery, IdPath, RequestMeta};
+use super::extract::{ApiJson, ApiJsonOrYaml, ApiQuery, IdPath, RequestMeta};
+use super::history::{owned_answer, HistoryQuery};
 use super::paging::{Page, Paging};
 use super::tasks::usable_agent;
+use super::views::EventView;
 use super::AppState;
 use crate::actor::Actor;
 use crate::process::workflows::{advance, cancel_tasks, run_command};
@@ -81,8 +84,19 @@ pub struct RunStepBody {
     #[schema(value_type = Object)]
     pub output: Option<Value>,
     pub error: Option<TaskFailure>,
-    /// The attempt of the step's task that ended it; 0 before.
+    /// The attempt of the step's task that ended it; 0 before (1 for a decided approval).
     pub attempt: u32,
+    /// For an approval step: what is asked and, while it waits, until when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<RunApprovalBody>,
+}
+
+/// The approval of an approval step.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunApprovalBody {
+    pub prompt: String,
+    /// While the step waits: when it fails with `approval_timed_out` if no decision came.
+    pub deadline: Option<DateTime<Utc>>,
 }
 
 /// Why a run failed.
@@ -112,6 +126,7 @@ fn step_status(status: StepStatus) -> &'static str {
     match status {
         StepStatus::Pending => "pending",
         StepStatus::Running => "running",
+        StepStatus::WaitingApproval => "waiting_approval",
         StepStatus::Succeeded => "succeeded",
         StepStatus::Failed => "failed",
         StepStatus::Skipped => "skipped",
@@ -139,6 +154,7 @@ impl From<&RunState> for WorkflowRunBody {
                             output: step.output.clone(),
                             error: step.error.clone(),
                             attempt: step.attempt,
+                            approval: approval_body(run, id, step.deadline),
                         },
                     )
                 })
@@ -151,6 +167,26 @@ impl From<&RunState> for WorkflowRunBody {
             finished_at: run.finished_at,
         }
     }
+}
+
+fn approval_body(
+    run: &RunState,
+    step_id: &str,
+    deadline: Option<DateTime<Utc>>,
+) -> Option<RunApprovalBody> {
+    let step = run.definition.steps().iter().find(|s| s.id == step_id)?;
+    step.approval.as_ref().map(|approval| RunApprovalBody {
+        prompt: approval.prompt.clone(),
+        deadline,
+    })
+}
+
+/// `response` with `version` as its `ETag`.
+fn with_etag(mut response: Response, version: usize) -> Result<Response, ApiError> {
+    let etag = HeaderValue::from_str(&format!("\"{version}\""))
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    response.headers_mut().insert(header::ETAG, etag);
+    Ok(response)
 }
 
 /// The definition, validated, with every pinned agent one that may run the caller's tasks.
@@ -173,15 +209,21 @@ async fn checked(
     Ok(definition)
 }
 
-/// The workflow if the caller may read it; 404 otherwise.
-async fn readable(state: &AppState, actor: &Actor, id: Uuid) -> Result<Workflow, ApiError> {
+/// The workflow and its version if the caller may read it; 404 otherwise.
+async fn readable(
+    state: &AppState,
+    actor: &Actor,
+    id: Uuid,
+) -> Result<(Workflow, usize), ApiError> {
     let loaded = state
         .store
         .aggregate::<Workflow>()
         .load(&id.to_string())
         .await?;
     match loaded.aggregate.state() {
-        Some(workflow) if actor.can_read(workflow.owner_id) => Ok(loaded.aggregate),
+        Some(workflow) if actor.can_read(workflow.owner_id) => {
+            Ok((loaded.aggregate, loaded.version))
+        }
         _ => Err(ApiError::NotFound),
     }
 }
@@ -196,12 +238,16 @@ fn writable(actor: &Actor, workflow: &Workflow) -> Result<(), ApiError> {
     }
 }
 
-fn workflow_answer(status: StatusCode, workflow: &Workflow) -> Result<Response, ApiError> {
+fn workflow_answer(
+    status: StatusCode,
+    workflow: &Workflow,
+    version: usize,
+) -> Result<Response, ApiError> {
     let body = workflow
         .state()
         .and_then(WorkflowBody::latest)
         .ok_or(ApiError::NotFound)?;
-    Ok((status, Json(body)).into_response())
+    with_etag((status, Json(body)).into_response(), version)
 }
 
 /// Create a workflow (version 1).
@@ -210,11 +256,17 @@ fn workflow_answer(status: StatusCode, workflow: &Workflow) -> Result<Response, 
     path = "/workflows",
     operation_id = "create_workflow",
     tag = "workflows",
-    request_body = WorkflowDefinitionRequest,
+    request_body(description = "The definition as JSON, or the same document as YAML", content(
+        (WorkflowDefinitionRequest = "application/json"),
+        (WorkflowDefinitionRequest = "application/yaml"),
+    )),
     responses(
-        (status = 201, description = "Created", body = WorkflowBody),
-        (status = 400, description = "Malformed JSON"),
-        (status = 415, description = "The body is not JSON"),
+        (status = 201, description = "Created", body = WorkflowBody, headers(
+            ("ETag" = String, description = "The workflow's version as an aggregate, e.g. `\"1\"`"),
+        )),
+        (status = 400, description = "Malformed JSON or YAML"),
+        (status = 413, description = "The body is over the limit"),
+        (status = 415, description = "The body is neither JSON nor YAML"),
         (status = 403, description = "The caller may not create (auditor)"),
         (status = 422, description = "An invalid definition: a cycle (named), a dangling `depends_on`, a duplicate id, an unknown template reference, a bad condition"),
     ),
@@ -224,7 +276,7 @@ pub async fn create(
     State(state): State<AppState>,
     actor: Actor,
     meta: RequestMeta,
-    ApiJson(request): ApiJson<WorkflowDefinitionRequest>,
+    ApiJsonOrYaml(request): ApiJsonOrYaml<WorkflowDefinitionRequest>,
 ) -> Result<Response, ApiError> {
     if !actor.can_create() {
         return Err(ApiError::Forbidden);
@@ -248,7 +300,7 @@ pub async fn create(
         .read
         .workflow_committed(&committed.aggregate, committed.version)
         .await;
-    workflow_answer(StatusCode::CREATED, &committed.aggregate)
+    workflow_answer(StatusCode::CREATED, &committed.aggregate, committed.version)
 }
 
 /// `GET /api/workflows` query.
@@ -311,7 +363,9 @@ pub struct GetQuery {
     tag = "workflows",
     params(("id" = Uuid, Path, description = "The workflow's id"), GetQuery),
     responses(
-        (status = 200, description = "The workflow", body = WorkflowBody),
+        (status = 200, description = "The workflow", body = WorkflowBody, headers(
+            ("ETag" = String, description = "The workflow's version as an aggregate (not `version`)"),
+        )),
         (status = 404, description = "No such workflow or version, or not yours"),
         (status = 422, description = "A bad query parameter"),
     ),
@@ -323,11 +377,14 @@ pub async fn get(
     IdPath(id): IdPath,
     ApiQuery(query): ApiQuery<GetQuery>,
 ) -> Result<Response, ApiError> {
-    let workflow = readable(&state, &actor, id).await?;
+    let (workflow, etag) = readable(&state, &actor, id).await?;
     let workflow = workflow.state().ok_or(ApiError::NotFound)?;
     let version = query.version.unwrap_or_else(|| workflow.version());
     let definition = workflow.at_version(version).ok_or(ApiError::NotFound)?;
-    Ok(Json(WorkflowBody::new(workflow, version, definition)).into_response())
+    with_etag(
+        Json(WorkflowBody::new(workflow, version, definition)).into_response(),
+        etag,
+    )
 }
 
 /// A new version of a workflow; running runs keep theirs.
@@ -336,15 +393,25 @@ pub async fn get(
     path = "/workflows/{id}",
     operation_id = "update_workflow",
     tag = "workflows",
-    params(("id" = Uuid, Path, description = "The workflow's id")),
-    request_body = WorkflowDefinitionRequest,
+    params(
+        ("id" = Uuid, Path, description = "The workflow's id"),
+        ("If-Match" = Option<String>, Header, description = "Only if the workflow is still at this version (an `ETag`)"),
+    ),
+    request_body(description = "The definition as JSON, or the same document as YAML", content(
+        (WorkflowDefinitionRequest = "application/json"),
+        (WorkflowDefinitionRequest = "application/yaml"),
+    )),
     responses(
-        (status = 200, description = "The workflow at its new version", body = WorkflowBody),
-        (status = 400, description = "Malformed JSON"),
-        (status = 415, description = "The body is not JSON"),
+        (status = 200, description = "The workflow at its new version", body = WorkflowBody, headers(
+            ("ETag" = String, description = "The workflow's new version"),
+        )),
+        (status = 400, description = "Malformed JSON or YAML, or a malformed If-Match"),
+        (status = 413, description = "The body is over the limit"),
+        (status = 415, description = "The body is neither JSON nor YAML"),
         (status = 403, description = "The caller may read the workflow but not change it"),
         (status = 404, description = "No such workflow, or not yours"),
         (status = 409, description = "The workflow is archived"),
+        (status = 412, description = "If-Match does not match the current version"),
         (status = 422, description = "An invalid definition"),
     ),
 )]
@@ -354,9 +421,9 @@ pub async fn update(
     actor: Actor,
     meta: RequestMeta,
     IdPath(id): IdPath,
-    ApiJson(request): ApiJson<WorkflowDefinitionRequest>,
+    ApiJsonOrYaml(request): ApiJsonOrYaml<WorkflowDefinitionRequest>,
 ) -> Result<Response, ApiError> {
-    writable(&actor, &readable(&state, &actor, id).await?)?;
+    writable(&actor, &readable(&state, &actor, id).await?.0)?;
     let definition = checked(&state, &actor, request).await?;
     let committed = state
         .bus
@@ -372,7 +439,7 @@ pub async fn update(
         .read
         .workflow_committed(&committed.aggregate, committed.version)
         .await;
-    workflow_answer(StatusCode::OK, &committed.aggregate)
+    workflow_answer(StatusCode::OK, &committed.aggregate, committed.version)
 }
 
 /// Archive a workflow: no longer listed nor executable; its runs stay readable.
@@ -428,7 +495,9 @@ pub struct ExecuteRequest {
     params(("id" = Uuid, Path, description = "The workflow's id")),
     request_body = ExecuteRequest,
     responses(
-        (status = 202, description = "The run, started", body = WorkflowRunBody),
+        (status = 202, description = "The run, started", body = WorkflowRunBody, headers(
+            ("ETag" = String, description = "The run's version"),
+        )),
         (status = 400, description = "Malformed JSON"),
         (status = 415, description = "The body is not JSON"),
         (status = 403, description = "The caller may not run workflows (auditor)"),
@@ -445,7 +514,7 @@ pub async fn execute(
     IdPath(id): IdPath,
     ApiJson(request): ApiJson<ExecuteRequest>,
 ) -> Result<Response, ApiError> {
-    let workflow = readable(&state, &actor, id).await?;
+    let (workflow, _) = readable(&state, &actor, id).await?;
     writable(&actor, &workflow)?;
     let workflow = workflow.state().ok_or(ApiError::NotFound)?;
     if workflow.archived {
@@ -483,13 +552,21 @@ pub async fn execute(
         .map(WorkflowRunBody::from)
         .ok_or(ApiError::NotFound)?;
     // The first steps start now rather than at the driver's next look.
+    advance_soon(&state, run_id);
+    with_etag(
+        (StatusCode::ACCEPTED, Json(body)).into_response(),
+        committed.version,
+    )
+}
+
+/// Moves the run forward now rather than at the driver's next look.
+fn advance_soon(state: &AppState, run_id: Uuid) {
     let (bus, read) = (state.bus.clone(), state.read.clone());
     tokio::spawn(async move {
         if let Err(error) = advance(&bus, &read, run_id).await {
-            tracing::warn!(%run_id, %error, "could not advance the new run");
+            tracing::warn!(%run_id, %error, "could not advance the run");
         }
     });
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 /// `{workflow_id, runs}` of `GET /api/workflows/{id}/status`.
@@ -538,17 +615,29 @@ pub async fn status(
     }))
 }
 
-/// The run if the caller may read it; 404 otherwise.
-async fn readable_run(state: &AppState, actor: &Actor, id: Uuid) -> Result<WorkflowRun, ApiError> {
+/// The run and its version if the caller may read it; 404 otherwise.
+async fn readable_run(
+    state: &AppState,
+    actor: &Actor,
+    id: Uuid,
+) -> Result<(WorkflowRun, usize), ApiError> {
     let loaded = state
         .store
         .aggregate::<WorkflowRun>()
         .load(&id.to_string())
         .await?;
     match loaded.aggregate.state() {
-        Some(run) if actor.can_read(run.owner_id) => Ok(loaded.aggregate),
+        Some(run) if actor.can_read(run.owner_id) => Ok((loaded.aggregate, loaded.version)),
         _ => Err(ApiError::NotFound),
     }
+}
+
+fn run_answer(run: &WorkflowRun, version: usize) -> Result<Response, ApiError> {
+    let body = run
+        .state()
+        .map(WorkflowRunBody::from)
+        .ok_or(ApiError::NotFound)?;
+    with_etag(Json(body).into_response(), version)
 }
 
 /// Read a run with its per-step map.
@@ -559,7 +648,9 @@ async fn readable_run(state: &AppState, actor: &Actor, id: Uuid) -> Result<Workf
     tag = "workflows",
     params(("id" = Uuid, Path, description = "The run's id")),
     responses(
-        (status = 200, description = "The run", body = WorkflowRunBody),
+        (status = 200, description = "The run", body = WorkflowRunBody, headers(
+            ("ETag" = String, description = "The run's version"),
+        )),
         (status = 404, description = "No such run, or not yours"),
     ),
 )]
@@ -568,11 +659,9 @@ pub async fn get_run(
     State(state): State<AppState>,
     actor: Actor,
     IdPath(id): IdPath,
-) -> Result<Json<WorkflowRunBody>, ApiError> {
-    let run = readable_run(&state, &actor, id).await?;
-    run.state()
-        .map(|run| Json(WorkflowRunBody::from(run)))
-        .ok_or(ApiError::NotFound)
+) -> Result<Response, ApiError> {
+    let (run, version) = readable_run(&state, &actor, id).await?;
+    run_answer(&run, version)
 }
 
 /// Cancel a run and its open tasks; a leased task's agent learns it at its next report.
@@ -583,7 +672,9 @@ pub async fn get_run(
     tag = "workflows",
     params(("id" = Uuid, Path, description = "The run's id")),
     responses(
-        (status = 200, description = "The run, cancelled", body = WorkflowRunBody),
+        (status = 200, description = "The run, cancelled", body = WorkflowRunBody, headers(
+            ("ETag" = String, description = "The run's version"),
+        )),
         (status = 403, description = "The caller may read the run but not change it"),
         (status = 404, description = "No such run, or not yours"),
         (status = 409, description = "The run had already succeeded or failed"),
@@ -595,8 +686,8 @@ pub async fn cancel_run(
     actor: Actor,
     meta: RequestMeta,
     IdPath(id): IdPath,
-) -> Result<Json<WorkflowRunBody>, ApiError> {
-    let run = readable_run(&state, &actor, id).await?;
+) -> Result<Response, ApiError> {
+    let (run, _) = readable_run(&state, &actor, id).await?;
     let current = run.state().ok_or(ApiError::NotFound)?;
     if !actor.can_write(current.owner_id) {
         return Err(ApiError::Forbidden);
@@ -612,8 +703,8 @@ pub async fn cancel_run(
         )
         .await?;
     }
-    let run = readable_run(&state, &actor, id).await?;
-    let run = run.state().ok_or(ApiError::NotFound)?;
+    let (aggregate, version) = readable_run(&state, &actor, id).await?;
+    let run = aggregate.state().ok_or(ApiError::NotFound)?;
     match run.status {
         RunStatus::Cancelled => {}
         RunStatus::Running => return Err(ApiError::kept_changing()),
@@ -628,5 +719,121 @@ pub async fn cancel_run(
     // others refuse (already finished), so a repeated DELETE repairs a partial one.
     let tasks: Vec<Uuid> = run.steps.values().filter_map(|s| s.task_id).collect();
     cancel_tasks(&state.bus, &state.read, &tasks, &context).await?;
-    Ok(Json(WorkflowRunBody::from(run)))
+    run_answer(&aggregate, version)
+}
+
+/// `POST /api/workflow-runs/{id}/signals` body: a decision on a waiting approval step.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequest {
+    /// The approval step decided on.
+    pub step_id: String,
+    pub decision: SignalDecision,
+    /// With `approve`: the step's output, which later steps template from
+    /// (`{{steps.<id>.output...}}`); with `reject`: kept as the error's `details`.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub data: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalDecision {
+    Approve,
+    Reject,
+}
+
+/// Decide on an approval step that waits (`waiting_approval`): approve completes it with
+/// `data` as its output, reject fails it (and so the run). The decision, who made it and
+/// when, is an event of the run (`WorkflowApprovalDecided`, see `/events`).
+#[utoipa::path(
+    post,
+    path = "/workflow-runs/{id}/signals",
+    operation_id = "signal_workflow_run",
+    tag = "workflows",
+    params(("id" = Uuid, Path, description = "The run's id")),
+    request_body = SignalRequest,
+    responses(
+        (status = 200, description = "The run after the decision", body = WorkflowRunBody, headers(
+            ("ETag" = String, description = "The run's version"),
+        )),
+        (status = 400, description = "Malformed JSON"),
+        (status = 403, description = "The caller may read the run but not decide (auditor)"),
+        (status = 404, description = "No such run, or not yours"),
+        (status = 409, description = "The run is finished (`workflow_run.finished`), the step is not waiting for a decision (`workflow_run.step_not_waiting`: not reached yet, or decided or timed out already), or its deadline has passed (`workflow_run.approval_expired`)"),
+        (status = 413, description = "The body is over the limit"),
+        (status = 415, description = "The body is not JSON"),
+        (status = 422, description = "A bad field, a step the run does not have (`workflow_run.unknown_step`), or one that is not an approval step (`workflow_run.not_an_approval`)"),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(run_id = %id))]
+pub async fn signal(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    IdPath(id): IdPath,
+    ApiJson(request): ApiJson<SignalRequest>,
+) -> Result<Response, ApiError> {
+    let decision = match request.decision {
+        SignalDecision::Approve => ApprovalDecision::Approve,
+        SignalDecision::Reject => ApprovalDecision::Reject,
+    };
+    let data = request.data.unwrap_or(Value::Null);
+    let decided_by = actor.id;
+    let committed = state
+        .bus
+        .execute::<WorkflowRun, ApiError>(&id.to_string(), &meta.context(&actor), None, |run| {
+            match run.state() {
+                Some(run) if actor.can_write(run.owner_id) => {}
+                Some(run) if actor.can_read(run.owner_id) => return Err(ApiError::Forbidden),
+                _ => return Err(ApiError::NotFound),
+            }
+            Ok(WorkflowRunCommand::DecideApproval {
+                step_id: request.step_id.clone(),
+                decision,
+                data: data.clone(),
+                decided_by,
+                at: Utc::now(),
+            })
+        })
+        .await?;
+    state
+        .read
+        .workflow_run_committed(&committed.aggregate, committed.version)
+        .await;
+    advance_soon(&state, id);
+    run_answer(&committed.aggregate, committed.version)
+}
+
+/// A run's history, oldest first: started, each step's start and end, every approval
+/// decision (who and when), the run's end.
+///
+/// A bare array of `Event`, like the task history. With `limit`, at most that many events
+/// after `after_sequence`, and a `Link: <…>; rel="next"` header while more follow.
+#[utoipa::path(
+    get,
+    path = "/workflow-runs/{id}/events",
+    operation_id = "list_workflow_run_events",
+    tag = "workflows",
+    params(("id" = Uuid, Path, description = "The run's id"), HistoryQuery),
+    responses(
+        (status = 200, description = "The run's events after `after_sequence`", body = Vec<EventView>, headers(
+            ("Link" = String, description = "`<…?after_sequence=N&limit=L>; rel=\"next\"` when `limit` cut the page short"),
+        )),
+        (status = 404, description = "No such run, or not yours"),
+        (status = 422, description = "A bad query parameter"),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(run_id = %id))]
+pub async fn run_events(
+    State(state): State<AppState>,
+    actor: Actor,
+    IdPath(id): IdPath,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
+) -> Result<Response, ApiError> {
+    let path = format!("/api/workflow-runs/{id}/events");
+    owned_answer::<WorkflowRun>(&state, &actor, id, &path, &query, |run| {
+        run.state().map(|run| run.owner_id)
+    })
+    .await
 }

@@ -1,6 +1,7 @@
 //! The workflow driver: moves every running run forward. It looks at the tasks of running
-//! steps, records how they ended, and carries out what the run is ready for
-//! ([`next`]): steps started as tasks, skips, the run's end.
+//! steps, records how they ended, times out approvals whose deadline has come, and carries
+//! out what the run is ready for ([`next`]): steps started as tasks, approval steps set
+//! waiting, skips, the run's end.
 //!
 //! Its state is the events. Each step's task id is derived from (run, step, attempt), so
 //! a second start — another node, a restart between creating the task and recording the
@@ -100,6 +101,7 @@ pub async fn advance(bus: &CommandBus, read: &ReadSide, run_id: Uuid) -> Result<
             return Ok(());
         }
         let mut commands = observe_tasks(bus, state).await?;
+        commands.extend(due_approvals(state));
         if commands.is_empty() {
             for action in next(state) {
                 commands.extend(carry_out(bus, read, state, action, &context).await?);
@@ -195,6 +197,16 @@ async fn observe_tasks(
     Ok(commands)
 }
 
+/// Time-outs of the approval steps whose deadline has come. The deadline is in the run's
+/// events, so it holds across restarts; the aggregate refuses a second node's time-out.
+fn due_approvals(state: &RunState) -> impl Iterator<Item = WorkflowRunCommand> {
+    let at = Utc::now();
+    state
+        .due_approvals(at)
+        .into_iter()
+        .map(move |step_id| WorkflowRunCommand::TimeOutApproval { step_id, at })
+}
+
 /// The command that records `action`, after creating the step's task for a start.
 async fn carry_out(
     bus: &CommandBus,
@@ -228,6 +240,7 @@ async fn carry_out(
             reason,
             at,
         },
+        Next::AwaitApproval { step_id } => WorkflowRunCommand::AwaitApproval { step_id, at },
         Next::FailStep { step_id, error } => WorkflowRunCommand::FailStep {
             step_id,
             error,

@@ -31,4 +31,5 @@ mod release;
 mod revocation;
 mod schema_rules;
 mod store;
+mod workflow_approvals;
 mod workflows;

@@ -10,21 +10,21 @@ use serde_json::{json, Value};
 
 use crate::helpers::{spawn_app, Backend, TestApp};
 
-async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+pub(crate) async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
     let response = request.send().await.unwrap();
     let status = response.status();
     let text = response.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-async fn create_workflow(app: &TestApp, definition: Value) -> String {
+pub(crate) async fn create_workflow(app: &TestApp, definition: Value) -> String {
     let (status, body) = send(app.client.post(app.url("/api/workflows")).json(&definition)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["version"], 1);
     body["id"].as_str().unwrap().to_owned()
 }
 
-async fn execute(app: &TestApp, workflow: &str, params: Value) -> String {
+pub(crate) async fn execute(app: &TestApp, workflow: &str, params: Value) -> String {
     let (status, body) = send(
         app.client
             .post(app.url(&format!("/api/workflows/{workflow}/execute")))
@@ -36,7 +36,7 @@ async fn execute(app: &TestApp, workflow: &str, params: Value) -> String {
     body["id"].as_str().unwrap().to_owned()
 }
 
-async fn register_agent(app: &TestApp, capabilities: Value) -> String {
+pub(crate) async fn register_agent(app: &TestApp, capabilities: Value) -> String {
     let (status, body) = send(
         app.client
             .post(app.url("/api/agents/register"))
@@ -52,7 +52,7 @@ async fn register_agent(app: &TestApp, capabilities: Value) -> String {
     body["id"].as_str().unwrap().to_owned()
 }
 
-async fn run_view(app: &TestApp, run: &str) -> Value {
+pub(crate) async fn run_view(app: &TestApp, run: &str) -> Value {
     let (status, body) = send(
         app.client
             .get(app.url(&format!("/api/workflow-runs/{run}"))),
@@ -63,7 +63,7 @@ async fn run_view(app: &TestApp, run: &str) -> Value {
 }
 
 /// Reads the run until `done` holds; the driver works in the background.
-async fn wait_run(app: &TestApp, run: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_run(app: &TestApp, run: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let current = run_view(app, run).await;
@@ -76,7 +76,7 @@ async fn wait_run(app: &TestApp, run: &str, done: impl Fn(&Value) -> bool) -> Va
 }
 
 /// Leases one task (waiting for one to be ready).
-async fn lease_one(app: &TestApp, agent: &str) -> Value {
+pub(crate) async fn lease_one(app: &TestApp, agent: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, body) = send(
@@ -94,7 +94,7 @@ async fn lease_one(app: &TestApp, agent: &str) -> Value {
     }
 }
 
-async fn report(app: &TestApp, task: &Value, body: Value) {
+pub(crate) async fn report(app: &TestApp, task: &Value, body: Value) {
     let mut body = body;
     body["lease_id"] = task["lease_id"].clone();
     let id = task["id"].as_str().unwrap();
@@ -107,7 +107,7 @@ async fn report(app: &TestApp, task: &Value, body: Value) {
     assert_eq!(status, StatusCode::OK, "{answer}");
 }
 
-async fn succeed(app: &TestApp, task: &Value, output: Value) {
+pub(crate) async fn succeed(app: &TestApp, task: &Value, output: Value) {
     report(app, task, json!({"status": "succeeded", "output": output})).await;
 }
 

@@ -19,18 +19,31 @@ pub enum WorkflowRunError {
     StepNotRunning(String),
     #[error("some steps have not finished")]
     StepsOpen,
+    #[error("step {0:?} is not an approval step")]
+    NotAnApproval(String),
+    #[error("step {0:?} is not waiting for approval")]
+    StepNotWaiting(String),
+    /// A decision after the deadline: the step is about to time out.
+    #[error("the approval of step {0:?} has timed out")]
+    ApprovalExpired(String),
+    /// A time-out before the deadline, or of a step that has none.
+    #[error("the approval of step {0:?} is not due to time out")]
+    ApprovalNotDue(String),
 }
 
 impl DomainError for WorkflowRunError {
     fn kind(&self) -> RefusalKind {
         match self {
             Self::NotFound => RefusalKind::NotFound,
-            Self::UnknownStep(_) => RefusalKind::Invalid,
+            Self::UnknownStep(_) | Self::NotAnApproval(_) => RefusalKind::Invalid,
             Self::AlreadyExists
             | Self::Finished
             | Self::StepNotPending(_)
             | Self::StepNotRunning(_)
-            | Self::StepsOpen => RefusalKind::Conflict,
+            | Self::StepsOpen
+            | Self::StepNotWaiting(_)
+            | Self::ApprovalExpired(_)
+            | Self::ApprovalNotDue(_) => RefusalKind::Conflict,
         }
     }
 
@@ -43,6 +56,10 @@ impl DomainError for WorkflowRunError {
             Self::StepNotPending(_) => "workflow_run.step_not_pending",
             Self::StepNotRunning(_) => "workflow_run.step_not_running",
             Self::StepsOpen => "workflow_run.steps_open",
+            Self::NotAnApproval(_) => "workflow_run.not_an_approval",
+            Self::StepNotWaiting(_) => "workflow_run.step_not_waiting",
+            Self::ApprovalExpired(_) => "workflow_run.approval_expired",
+            Self::ApprovalNotDue(_) => "workflow_run.approval_not_due",
         }
     }
 }

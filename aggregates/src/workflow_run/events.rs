@@ -29,6 +29,12 @@ pub enum WorkflowRunEvent {
     RunFailed(WorkflowRunFailed),
     #[serde(rename = "WorkflowRunCancelled")]
     RunCancelled(WorkflowRunCancelled),
+    #[serde(rename = "WorkflowApprovalRequested")]
+    ApprovalRequested(WorkflowApprovalRequested),
+    #[serde(rename = "WorkflowApprovalDecided")]
+    ApprovalDecided(WorkflowApprovalDecided),
+    #[serde(rename = "WorkflowApprovalTimedOut")]
+    ApprovalTimedOut(WorkflowApprovalTimedOut),
 }
 
 /// The run keeps the definition it started with: a later version changes nothing here.
@@ -103,6 +109,45 @@ pub struct WorkflowRunCancelled {
     pub at: DateTime<Utc>,
 }
 
+/// An approval step began to wait for its decision, until `deadline` when it has one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowApprovalRequested {
+    pub step_id: String,
+    pub prompt: String,
+    pub deadline: Option<DateTime<Utc>>,
+    pub at: DateTime<Utc>,
+}
+
+/// What a person decided on an approval step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalDecision {
+    Approve,
+    Reject,
+}
+
+/// A person's signal: `decided_by` approved (the step succeeds with `data` as its output)
+/// or rejected (it fails) the step at `at`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowApprovalDecided {
+    pub step_id: String,
+    pub decision: ApprovalDecision,
+    pub data: Value,
+    pub decided_by: Uuid,
+    pub at: DateTime<Utc>,
+}
+
+/// No decision came by the step's deadline: it failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowApprovalTimedOut {
+    pub step_id: String,
+    pub deadline: DateTime<Utc>,
+    pub at: DateTime<Utc>,
+}
+
 impl DomainEvent for WorkflowRunEvent {
     fn event_type(&self) -> String {
         match self {
@@ -114,6 +159,9 @@ impl DomainEvent for WorkflowRunEvent {
             Self::RunSucceeded(_) => "WorkflowRunSucceeded",
             Self::RunFailed(_) => "WorkflowRunFailed",
             Self::RunCancelled(_) => "WorkflowRunCancelled",
+            Self::ApprovalRequested(_) => "WorkflowApprovalRequested",
+            Self::ApprovalDecided(_) => "WorkflowApprovalDecided",
+            Self::ApprovalTimedOut(_) => "WorkflowApprovalTimedOut",
         }
         .to_owned()
     }

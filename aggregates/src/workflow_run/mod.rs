@@ -9,8 +9,8 @@ mod events;
 mod rules;
 mod state;
 
-use chronicle_commands::workflow::WorkflowDefinition;
-use chrono::{DateTime, Utc};
+use chronicle_commands::workflow::{ApprovalSpec, WorkflowDefinition};
+use chrono::{DateTime, TimeDelta, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,7 @@ use crate::task::TaskFailure;
 
 pub use error::WorkflowRunError;
 pub use events::{
+    ApprovalDecision, WorkflowApprovalDecided, WorkflowApprovalRequested, WorkflowApprovalTimedOut,
     WorkflowRunCancelled, WorkflowRunEvent, WorkflowRunFailed, WorkflowRunStarted,
     WorkflowRunSucceeded, WorkflowStepFailed, WorkflowStepSkipped, WorkflowStepStarted,
     WorkflowStepSucceeded,
@@ -91,6 +92,24 @@ pub enum WorkflowRunCommand {
     CancelRun {
         at: DateTime<Utc>,
     },
+    /// An approval step, from pending: it waits until a decision or its deadline.
+    AwaitApproval {
+        step_id: String,
+        at: DateTime<Utc>,
+    },
+    /// A person's signal on a waiting approval step, before its deadline.
+    DecideApproval {
+        step_id: String,
+        decision: ApprovalDecision,
+        data: Value,
+        decided_by: Uuid,
+        at: DateTime<Utc>,
+    },
+    /// A waiting approval step whose deadline has come by `at`.
+    TimeOutApproval {
+        step_id: String,
+        at: DateTime<Utc>,
+    },
 }
 
 crate::command_names!(WorkflowRunCommand {
@@ -101,7 +120,10 @@ crate::command_names!(WorkflowRunCommand {
     SkipStep,
     SucceedRun,
     FailRun,
-    CancelRun
+    CancelRun,
+    AwaitApproval,
+    DecideApproval,
+    TimeOutApproval
 });
 
 type Decision = Result<WorkflowRunEvent, WorkflowRunError>;
@@ -223,7 +245,80 @@ fn decide(state: Option<&RunState>, command: WorkflowRunCommand) -> Decision {
         WorkflowRunCommand::CancelRun { at } => {
             Ok(WorkflowRunEvent::RunCancelled(WorkflowRunCancelled { at }))
         }
+        WorkflowRunCommand::AwaitApproval { step_id, at } => {
+            if step_status(&step_id)? != StepStatus::Pending {
+                return Err(WorkflowRunError::StepNotPending(step_id));
+            }
+            let approval = approval_of(state, &step_id)?;
+            let deadline = approval
+                .timeout_secs
+                .and_then(TimeDelta::try_seconds)
+                .and_then(|timeout| at.checked_add_signed(timeout));
+            Ok(WorkflowRunEvent::ApprovalRequested(
+                WorkflowApprovalRequested {
+                    prompt: approval.prompt.clone(),
+                    step_id,
+                    deadline,
+                    at,
+                },
+            ))
+        }
+        WorkflowRunCommand::DecideApproval {
+            step_id,
+            decision,
+            data,
+            decided_by,
+            at,
+        } => {
+            let status = step_status(&step_id)?;
+            approval_of(state, &step_id)?;
+            if status != StepStatus::WaitingApproval {
+                return Err(WorkflowRunError::StepNotWaiting(step_id));
+            }
+            if state.due_approvals(at).contains(&step_id) {
+                return Err(WorkflowRunError::ApprovalExpired(step_id));
+            }
+            Ok(WorkflowRunEvent::ApprovalDecided(WorkflowApprovalDecided {
+                step_id,
+                decision,
+                data,
+                decided_by,
+                at,
+            }))
+        }
+        WorkflowRunCommand::TimeOutApproval { step_id, at } => {
+            if step_status(&step_id)? != StepStatus::WaitingApproval {
+                return Err(WorkflowRunError::StepNotWaiting(step_id));
+            }
+            let deadline = state
+                .steps
+                .get(&step_id)
+                .and_then(|step| step.deadline)
+                .filter(|deadline| *deadline <= at)
+                .ok_or_else(|| WorkflowRunError::ApprovalNotDue(step_id.clone()))?;
+            Ok(WorkflowRunEvent::ApprovalTimedOut(
+                WorkflowApprovalTimedOut {
+                    step_id,
+                    deadline,
+                    at,
+                },
+            ))
+        }
     }
+}
+
+/// The approval settings of `step_id`, which must be an approval step.
+fn approval_of<'a>(
+    state: &'a RunState,
+    step_id: &str,
+) -> Result<&'a ApprovalSpec, WorkflowRunError> {
+    state
+        .definition
+        .steps()
+        .iter()
+        .find(|step| step.id == step_id)
+        .and_then(|step| step.approval.as_ref())
+        .ok_or_else(|| WorkflowRunError::NotAnApproval(step_id.to_owned()))
 }
 
 impl Aggregate for WorkflowRun {

@@ -19,7 +19,11 @@ pub enum Next {
         step_id: String,
         reason: String,
     },
-    /// The step cannot run (its condition does not evaluate, it is an approval step).
+    /// Wait for a person's decision on the approval step.
+    AwaitApproval {
+        step_id: String,
+    },
+    /// The step cannot run (its condition does not evaluate).
     FailStep {
         step_id: String,
         error: TaskFailure,
@@ -47,7 +51,9 @@ pub fn context(state: &RunState) -> Value {
     json!({"params": state.params, "steps": steps})
 }
 
-/// Everything the run is ready for now; empty while it waits on running steps or is over.
+/// Everything the run is ready for now; empty while it waits on running steps or
+/// approvals, or is over (an approval's deadline is the driver's to notice: it has the
+/// clock, see [`RunState::due_approvals`]).
 /// Each pending step whose dependencies are all done is started, or skipped when every
 /// dependency was skipped or its condition is false. Carrying out one answer can make
 /// more steps ready: ask again until the answer is empty.
@@ -123,14 +129,7 @@ pub fn next(state: &RunState) -> Vec<Next> {
             }
         }
         if step.approval.is_some() {
-            ready.push(Next::FailStep {
-                step_id,
-                error: TaskFailure {
-                    message: "approval steps are not supported yet".into(),
-                    code: Some("unsupported".into()),
-                    details: None,
-                },
-            });
+            ready.push(Next::AwaitApproval { step_id });
             continue;
         }
         let input = template::render(step.input.as_ref().unwrap_or(&Value::Null), &context);

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::events::{WorkflowRunEvent, WorkflowRunStarted};
+use super::events::{ApprovalDecision, WorkflowRunEvent, WorkflowRunStarted};
 use crate::task::TaskFailure;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +36,8 @@ impl RunStatus {
 pub enum StepStatus {
     Pending,
     Running,
+    /// An approval step waiting for a person's decision.
+    WaitingApproval,
     Succeeded,
     Failed,
     Skipped,
@@ -56,6 +58,9 @@ pub struct StepState {
     pub output: Option<Value>,
     pub error: Option<TaskFailure>,
     pub attempt: u32,
+    /// While an approval step waits: when it times out, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DateTime<Utc>>,
 }
 
 /// Why the run failed: the step that failed for good and its error.
@@ -95,6 +100,7 @@ impl RunState {
                         output: None,
                         error: None,
                         attempt: 0,
+                        deadline: None,
                     },
                 )
             })
@@ -120,6 +126,16 @@ impl RunState {
             .values()
             .filter(|step| step.status == StepStatus::Running)
             .filter_map(|step| step.task_id)
+            .collect()
+    }
+
+    /// The approval steps still waiting whose deadline has come by `now`.
+    pub fn due_approvals(&self, now: DateTime<Utc>) -> Vec<String> {
+        self.steps
+            .iter()
+            .filter(|(_, step)| step.status == StepStatus::WaitingApproval)
+            .filter(|(_, step)| step.deadline.is_some_and(|deadline| deadline <= now))
+            .map(|(id, _)| id.clone())
             .collect()
     }
 
@@ -151,6 +167,44 @@ impl RunState {
                     step.status = StepStatus::Skipped;
                 }
             }
+            WorkflowRunEvent::ApprovalRequested(e) => {
+                if let Some(step) = self.steps.get_mut(&e.step_id) {
+                    step.status = StepStatus::WaitingApproval;
+                    step.deadline = e.deadline;
+                }
+            }
+            WorkflowRunEvent::ApprovalDecided(e) => {
+                if let Some(step) = self.steps.get_mut(&e.step_id) {
+                    step.attempt = 1;
+                    step.deadline = None;
+                    match e.decision {
+                        ApprovalDecision::Approve => {
+                            step.status = StepStatus::Succeeded;
+                            step.output = Some(e.data);
+                        }
+                        ApprovalDecision::Reject => {
+                            step.status = StepStatus::Failed;
+                            step.error = Some(TaskFailure {
+                                message: format!("the approval was rejected by {}", e.decided_by),
+                                code: Some("approval_rejected".into()),
+                                details: (!e.data.is_null()).then_some(e.data),
+                            });
+                        }
+                    }
+                }
+            }
+            WorkflowRunEvent::ApprovalTimedOut(e) => {
+                if let Some(step) = self.steps.get_mut(&e.step_id) {
+                    step.status = StepStatus::Failed;
+                    step.attempt = 1;
+                    step.deadline = None;
+                    step.error = Some(TaskFailure {
+                        message: format!("no decision came by {}", e.deadline.to_rfc3339()),
+                        code: Some("approval_timed_out".into()),
+                        details: None,
+                    });
+                }
+            }
             WorkflowRunEvent::RunSucceeded(e) => {
                 self.status = RunStatus::Succeeded;
                 self.finished_at = Some(e.at);
@@ -166,7 +220,10 @@ impl RunState {
             WorkflowRunEvent::RunCancelled(e) => {
                 self.status = RunStatus::Cancelled;
                 for step in self.steps.values_mut() {
-                    if matches!(step.status, StepStatus::Pending | StepStatus::Running) {
+                    if matches!(
+                        step.status,
+                        StepStatus::Pending | StepStatus::Running | StepStatus::WaitingApproval
+                    ) {
                         step.status = StepStatus::Cancelled;
                     }
                 }

@@ -3,6 +3,7 @@
 use chronicle_commands::workflow::WorkflowDefinitionRequest;
 use chrono::TimeZone;
 use cqrs_es::test::TestFramework;
+use cqrs_es::DomainEvent;
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -379,32 +380,397 @@ fn events_round_trip_through_the_codec() {
     );
 }
 
-/// A chain of `n` steps where each step depends on a random subset of earlier ones.
+fn approval() -> WorkflowDefinition {
+    definition(json!({
+        "name": "approve then publish",
+        "steps": [
+            {"id": "draft", "capability": "llm.chat", "input": {"text": "write"}},
+            {"id": "ok", "depends_on": ["draft"],
+             "approval": {"prompt": "Publish it?", "timeout_secs": 60}},
+            {"id": "publish", "capability": "http.request", "depends_on": ["ok"],
+             "input": {"note": "{{steps.ok.output.note}}"}},
+        ],
+    }))
+}
+
+fn person() -> Uuid {
+    Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0a01)
+}
+
+/// The approval run with `draft` done and `ok` waiting since `at(10)` (deadline `at(70)`).
+fn waiting() -> Vec<WorkflowRunEvent> {
+    vec![
+        started(approval()),
+        step_started("draft", 1),
+        step_succeeded("draft", json!("text")),
+        WorkflowRunEvent::ApprovalRequested(WorkflowApprovalRequested {
+            step_id: "ok".into(),
+            prompt: "Publish it?".into(),
+            deadline: Some(at(70)),
+            at: at(10),
+        }),
+    ]
+}
+
+fn decide_ok(decision: ApprovalDecision, data: Value, when: i64) -> WorkflowRunCommand {
+    WorkflowRunCommand::DecideApproval {
+        step_id: "ok".into(),
+        decision,
+        data,
+        decided_by: person(),
+        at: at(when),
+    }
+}
+
+fn decided_ok(decision: ApprovalDecision, data: Value, when: i64) -> WorkflowRunEvent {
+    WorkflowRunEvent::ApprovalDecided(WorkflowApprovalDecided {
+        step_id: "ok".into(),
+        decision,
+        data,
+        decided_by: person(),
+        at: at(when),
+    })
+}
+
+#[test]
+fn a_ready_approval_step_waits_with_its_prompt_and_deadline() {
+    let events = waiting()[..3].to_vec();
+    assert_eq!(
+        next(&state_after(events.clone())),
+        vec![Next::AwaitApproval {
+            step_id: "ok".into()
+        }]
+    );
+    RunTest::with(())
+        .given(events)
+        .when(WorkflowRunCommand::AwaitApproval {
+            step_id: "ok".into(),
+            at: at(10),
+        })
+        .then_expect_events(vec![waiting()[3].clone()]);
+    let state = state_after(waiting());
+    assert_eq!(state.steps["ok"].status, StepStatus::WaitingApproval);
+    assert_eq!(state.steps["ok"].deadline, Some(at(70)));
+    // Waiting is not done: nothing more is ready, the run does not end.
+    assert_eq!(next(&state), vec![]);
+}
+
+#[test]
+fn only_a_pending_approval_step_starts_waiting() {
+    RunTest::with(())
+        .given(waiting())
+        .when(WorkflowRunCommand::AwaitApproval {
+            step_id: "ok".into(),
+            at: at(11),
+        })
+        .then_expect_error(WorkflowRunError::StepNotPending("ok".into()));
+    RunTest::with(())
+        .given(vec![started(approval())])
+        .when(WorkflowRunCommand::AwaitApproval {
+            step_id: "draft".into(),
+            at: at(11),
+        })
+        .then_expect_error(WorkflowRunError::NotAnApproval("draft".into()));
+}
+
+#[test]
+fn an_approval_without_a_timeout_has_no_deadline() {
+    let definition = definition(json!({
+        "name": "forever",
+        "steps": [{"id": "ok", "approval": {"prompt": "Go?"}}],
+    }));
+    RunTest::with(())
+        .given(vec![started(definition)])
+        .when(WorkflowRunCommand::AwaitApproval {
+            step_id: "ok".into(),
+            at: at(5),
+        })
+        .then_expect_events(vec![WorkflowRunEvent::ApprovalRequested(
+            WorkflowApprovalRequested {
+                step_id: "ok".into(),
+                prompt: "Go?".into(),
+                deadline: None,
+                at: at(5),
+            },
+        )]);
+}
+
+#[test]
+fn approving_completes_the_step_with_the_data_as_its_output() {
+    RunTest::with(())
+        .given(waiting())
+        .when(decide_ok(
+            ApprovalDecision::Approve,
+            json!({"note": "ship it"}),
+            20,
+        ))
+        .then_expect_events(vec![decided_ok(
+            ApprovalDecision::Approve,
+            json!({"note": "ship it"}),
+            20,
+        )]);
+    let mut events = waiting();
+    events.push(decided_ok(
+        ApprovalDecision::Approve,
+        json!({"note": "ship it"}),
+        20,
+    ));
+    let state = state_after(events);
+    assert_eq!(state.steps["ok"].status, StepStatus::Succeeded);
+    assert_eq!(state.steps["ok"].output, Some(json!({"note": "ship it"})));
+    assert_eq!(
+        next(&state),
+        vec![Next::Start {
+            step_id: "publish".into(),
+            input: json!({"note": "ship it"})
+        }]
+    );
+}
+
+#[test]
+fn rejecting_fails_the_step_and_so_the_run() {
+    RunTest::with(())
+        .given(waiting())
+        .when(decide_ok(
+            ApprovalDecision::Reject,
+            json!({"why": "typo"}),
+            20,
+        ))
+        .then_expect_events(vec![decided_ok(
+            ApprovalDecision::Reject,
+            json!({"why": "typo"}),
+            20,
+        )]);
+    let mut events = waiting();
+    events.push(decided_ok(
+        ApprovalDecision::Reject,
+        json!({"why": "typo"}),
+        20,
+    ));
+    let state = state_after(events);
+    let error = state.steps["ok"].error.clone().unwrap();
+    assert_eq!(error.code.as_deref(), Some("approval_rejected"));
+    assert_eq!(error.details, Some(json!({"why": "typo"})));
+    assert_eq!(
+        next(&state),
+        vec![Next::FailRun {
+            step_id: "ok".into(),
+            error
+        }]
+    );
+}
+
+#[test]
+fn an_approval_times_out_at_its_deadline_once() {
+    RunTest::with(())
+        .given(waiting())
+        .when(WorkflowRunCommand::TimeOutApproval {
+            step_id: "ok".into(),
+            at: at(69),
+        })
+        .then_expect_error(WorkflowRunError::ApprovalNotDue("ok".into()));
+    let timed_out = WorkflowRunEvent::ApprovalTimedOut(WorkflowApprovalTimedOut {
+        step_id: "ok".into(),
+        deadline: at(70),
+        at: at(71),
+    });
+    RunTest::with(())
+        .given(waiting())
+        .when(WorkflowRunCommand::TimeOutApproval {
+            step_id: "ok".into(),
+            at: at(71),
+        })
+        .then_expect_events(vec![timed_out.clone()]);
+    let mut events = waiting();
+    events.push(timed_out);
+    // A second node's time-out of the same step is stale.
+    RunTest::with(())
+        .given(events.clone())
+        .when(WorkflowRunCommand::TimeOutApproval {
+            step_id: "ok".into(),
+            at: at(72),
+        })
+        .then_expect_error(WorkflowRunError::StepNotWaiting("ok".into()));
+    let state = state_after(events);
+    assert_eq!(state.steps["ok"].status, StepStatus::Failed);
+    assert_eq!(
+        state.steps["ok"].error.as_ref().unwrap().code.as_deref(),
+        Some("approval_timed_out")
+    );
+    assert!(matches!(&next(&state)[..], [Next::FailRun { step_id, .. }] if step_id == "ok"));
+    assert_eq!(
+        state_after(waiting()).due_approvals(at(69)),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        state_after(waiting()).due_approvals(at(70)),
+        vec!["ok".to_owned()]
+    );
+}
+
+#[test]
+fn a_stale_or_misdirected_signal_is_refused() {
+    let cases = [
+        (
+            waiting(),
+            WorkflowRunCommand::DecideApproval {
+                step_id: "nope".into(),
+                decision: ApprovalDecision::Approve,
+                data: Value::Null,
+                decided_by: person(),
+                at: at(20),
+            },
+            WorkflowRunError::UnknownStep("nope".into()),
+        ),
+        (
+            waiting(),
+            WorkflowRunCommand::DecideApproval {
+                step_id: "draft".into(),
+                decision: ApprovalDecision::Approve,
+                data: Value::Null,
+                decided_by: person(),
+                at: at(20),
+            },
+            WorkflowRunError::NotAnApproval("draft".into()),
+        ),
+        // Not waiting yet.
+        (
+            waiting()[..3].to_vec(),
+            decide_ok(ApprovalDecision::Approve, Value::Null, 20),
+            WorkflowRunError::StepNotWaiting("ok".into()),
+        ),
+        // Decided already.
+        (
+            [
+                waiting(),
+                vec![decided_ok(ApprovalDecision::Approve, Value::Null, 20)],
+            ]
+            .concat(),
+            decide_ok(ApprovalDecision::Reject, Value::Null, 21),
+            WorkflowRunError::StepNotWaiting("ok".into()),
+        ),
+        // Past the deadline, before the time-out was recorded.
+        (
+            waiting(),
+            decide_ok(ApprovalDecision::Approve, Value::Null, 70),
+            WorkflowRunError::ApprovalExpired("ok".into()),
+        ),
+        (
+            [
+                waiting(),
+                vec![WorkflowRunEvent::RunCancelled(WorkflowRunCancelled {
+                    at: at(15),
+                })],
+            ]
+            .concat(),
+            decide_ok(ApprovalDecision::Approve, Value::Null, 20),
+            WorkflowRunError::Finished,
+        ),
+    ];
+    for (given, command, error) in cases {
+        RunTest::with(())
+            .given(given)
+            .when(command)
+            .then_expect_error(error);
+    }
+}
+
+#[test]
+fn cancelling_cancels_a_waiting_approval() {
+    let mut events = waiting();
+    events.push(WorkflowRunEvent::RunCancelled(WorkflowRunCancelled {
+        at: at(15),
+    }));
+    let state = state_after(events);
+    assert_eq!(state.steps["ok"].status, StepStatus::Cancelled);
+    assert_eq!(state.steps["publish"].status, StepStatus::Cancelled);
+}
+
+#[test]
+fn approval_events_round_trip_through_the_codec() {
+    for event in [
+        waiting()[3].clone(),
+        decided_ok(ApprovalDecision::Reject, json!({"why": 1}), 20),
+        WorkflowRunEvent::ApprovalTimedOut(WorkflowApprovalTimedOut {
+            step_id: "ok".into(),
+            deadline: at(70),
+            at: at(71),
+        }),
+    ] {
+        let (event_type, _, payload) = crate::codec::encode::<WorkflowRun>(&event).unwrap();
+        assert_eq!(event_type, event.event_type());
+        assert_eq!(
+            crate::codec::decode::<WorkflowRun>(&event_type, payload).unwrap(),
+            event
+        );
+    }
+}
+
+/// A chain of `n` steps where each step depends on a random subset of earlier ones; some
+/// are approval steps. With each step, whether it succeeds (a task's result, an approval).
 fn random_dag() -> impl Strategy<Value = (WorkflowDefinition, Vec<bool>)> {
     (2usize..8)
         .prop_flat_map(|n| {
             (
                 proptest::collection::vec(proptest::collection::vec(any::<bool>(), n), n),
                 proptest::collection::vec(any::<bool>(), n),
+                proptest::collection::vec(any::<bool>(), n),
             )
         })
-        .prop_map(|(edges, outcomes)| {
+        .prop_map(|(edges, outcomes, approvals)| {
             let steps: Vec<Value> = (0..edges.len())
                 .map(|i| {
                     let deps: Vec<String> = (0..i)
                         .filter(|j| edges[i][*j])
                         .map(|j| format!("s{j}"))
                         .collect();
-                    json!({"id": format!("s{i}"), "capability": "x.y", "depends_on": deps})
+                    if approvals[i] {
+                        json!({"id": format!("s{i}"), "depends_on": deps,
+                               "approval": {"prompt": "ok?", "timeout_secs": 5}})
+                    } else {
+                        json!({"id": format!("s{i}"), "capability": "x.y", "depends_on": deps})
+                    }
                 })
                 .collect();
             (definition(json!({"name": "p", "steps": steps})), outcomes)
         })
 }
 
+/// The event that carries out `action` (as the driver's command would record it).
+fn carried_out(run: &WorkflowRun, action: Next) -> WorkflowRunEvent {
+    let command = match action {
+        Next::Start { step_id, .. } => WorkflowRunCommand::StartStep {
+            step_id,
+            task_id: task_id(1),
+            at: at(3),
+        },
+        Next::Skip { step_id, reason } => WorkflowRunCommand::SkipStep {
+            step_id,
+            reason,
+            at: at(3),
+        },
+        Next::AwaitApproval { step_id } => WorkflowRunCommand::AwaitApproval { step_id, at: at(3) },
+        Next::FailStep { step_id, error } => WorkflowRunCommand::FailStep {
+            step_id,
+            error,
+            attempt: 0,
+            at: at(3),
+        },
+        Next::FailRun { step_id, error } => WorkflowRunCommand::FailRun {
+            step_id,
+            error,
+            at: at(3),
+        },
+        Next::Succeed => WorkflowRunCommand::SucceedRun { at: at(3) },
+    };
+    decide(run.state(), command).unwrap()
+}
+
 proptest! {
-    /// Driving a run by `next` until it says nothing more ends it, starts each step at most
-    /// once, and ends it failed exactly when a started step failed.
+    /// Driving a run by `next` until it says nothing more ends it, starts (or makes wait)
+    /// each step at most once, and ends it failed exactly when a started step failed (a
+    /// task's failure, a rejection, a time-out). A stale repeat of any decision — the
+    /// second node's — is refused.
     #[test]
     fn driving_a_run_by_next_ends_it((definition, outcomes) in random_dag()) {
         let mut run = WorkflowRun::default();
@@ -414,40 +780,66 @@ proptest! {
             let state = run.state().unwrap().clone();
             let mut actions = next(&state);
             if actions.is_empty() {
-                // Running steps finish, as their tasks would.
-                let running: Vec<String> = state.steps.iter()
-                    .filter(|(_, s)| s.status == StepStatus::Running)
-                    .map(|(id, _)| id.clone()).collect();
-                if running.is_empty() { break; }
-                for id in running {
+                // Running steps finish, as their tasks would; waiting ones are decided
+                // (an approval, a rejection or a time-out).
+                let open: Vec<(String, StepStatus)> = state.steps.iter()
+                    .filter(|(_, s)| matches!(s.status, StepStatus::Running | StepStatus::WaitingApproval))
+                    .map(|(id, s)| (id.clone(), s.status)).collect();
+                if open.is_empty() { break; }
+                for (id, status) in open {
                     let index: usize = id[1..].parse().unwrap();
-                    let event = if outcomes[index] {
-                        step_succeeded(&id, json!(index))
-                    } else {
-                        WorkflowRunEvent::StepFailed(WorkflowStepFailed {
-                            step_id: id, error: failure(), attempt: 1, at: at(2),
-                        })
+                    let event = match (status, outcomes[index]) {
+                        (StepStatus::Running, true) => step_succeeded(&id, json!(index)),
+                        (StepStatus::Running, false) => WorkflowRunEvent::StepFailed(WorkflowStepFailed {
+                            step_id: id.clone(), error: failure(), attempt: 1, at: at(2),
+                        }),
+                        (_, succeeds) => {
+                            let command = if succeeds {
+                                WorkflowRunCommand::DecideApproval {
+                                    step_id: id.clone(), decision: ApprovalDecision::Approve,
+                                    data: json!(index), decided_by: person(), at: at(4),
+                                }
+                            } else if index % 2 == 0 {
+                                WorkflowRunCommand::DecideApproval {
+                                    step_id: id.clone(), decision: ApprovalDecision::Reject,
+                                    data: Value::Null, decided_by: person(), at: at(4),
+                                }
+                            } else {
+                                WorkflowRunCommand::TimeOutApproval { step_id: id.clone(), at: at(8) }
+                            };
+                            let event = decide(run.state(), command.clone()).unwrap();
+                            let mut after = run.clone();
+                            after.apply(event.clone());
+                            prop_assert!(decide(after.state(), command).is_err());
+                            event
+                        }
                     };
                     run.apply(event);
                 }
                 continue;
             }
             for action in actions.drain(..) {
-                let event = match action {
-                    Next::Start { step_id, .. } => {
-                        *starts.entry(step_id.clone()).or_default() += 1;
-                        step_started(&step_id, 1)
-                    }
-                    Next::Skip { step_id, reason } => WorkflowRunEvent::StepSkipped(
-                        WorkflowStepSkipped { step_id, reason, at: at(3) }),
-                    Next::FailStep { step_id, error } => WorkflowRunEvent::StepFailed(
-                        WorkflowStepFailed { step_id, error, attempt: 0, at: at(3) }),
-                    Next::FailRun { step_id, error } => WorkflowRunEvent::RunFailed(
-                        WorkflowRunFailed { step_id, error, at: at(3) }),
-                    Next::Succeed => WorkflowRunEvent::RunSucceeded(
-                        WorkflowRunSucceeded { at: at(3) }),
-                };
+                if let Next::Start { step_id, .. } | Next::AwaitApproval { step_id } = &action {
+                    *starts.entry(step_id.clone()).or_default() += 1;
+                }
+                let event = carried_out(&run, action.clone());
                 run.apply(event);
+                if !matches!(action, Next::FailRun { .. } | Next::Succeed) {
+                    let repeat = match action {
+                        Next::Start { step_id, .. } => WorkflowRunCommand::StartStep {
+                            step_id, task_id: task_id(1), at: at(3),
+                        },
+                        Next::AwaitApproval { step_id } => WorkflowRunCommand::AwaitApproval {
+                            step_id, at: at(3),
+                        },
+                        Next::Skip { step_id, reason } => WorkflowRunCommand::SkipStep {
+                            step_id, reason, at: at(3),
+                        },
+                        other => unreachable!("{other:?}"),
+                    };
+                    let refused = decide(run.state(), repeat).is_err();
+                    prop_assert!(refused);
+                }
             }
         }
         let state = run.state().unwrap();
