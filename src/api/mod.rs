@@ -240,3 +240,37 @@ fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Respo
 
 /// How long in-flight requests get to finish on shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{header, Request, StatusCode};
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_500_problem() {
+        let app = Router::new()
+            .fallback(|| async {
+                if Instant::now().elapsed() < Duration::from_secs(3600) {
+                    panic!("a bug");
+                }
+            })
+            .layer(CatchPanicLayer::custom(panicked));
+        let response = app
+            .oneshot(Request::get("/api/x").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            error::PROBLEM_JSON
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["type"], "urn:chronicle:problem:internal");
+        assert!(!problem["detail"].as_str().unwrap().contains("a bug"));
+    }
+}
