@@ -59,8 +59,11 @@ async fn export(db: &TestDb) -> Vec<Value> {
         .collect()
 }
 
-/// Creates tasks until `stop`, noting each one the server acknowledged.
+/// Creates tasks until `stop`, noting each one the server acknowledged. A 503 (the store
+/// slow to answer on a loaded machine) is retried with the same `Idempotency-Key`, as a
+/// client does: one task either way.
 async fn writer(
+    writer: usize,
     address: String,
     client: reqwest::Client,
     stop: Arc<AtomicBool>,
@@ -69,12 +72,23 @@ async fn writer(
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        let response = client
-            .post(format!("{address}/api/tasks"))
-            .json(&json!({"capability": "browser.click", "input": {"n": n}, "priority": n % 10}))
-            .send()
-            .await
-            .unwrap();
+        let mut attempts = 0;
+        let response = loop {
+            attempts += 1;
+            let response = client
+                .post(format!("{address}/api/tasks"))
+                .header("Idempotency-Key", format!("writer-{writer}-{n}"))
+                .json(
+                    &json!({"capability": "browser.click", "input": {"n": n}, "priority": n % 10}),
+                )
+                .send()
+                .await
+                .unwrap();
+            if response.status() != StatusCode::SERVICE_UNAVAILABLE || attempts == 50 {
+                break response;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         assert_eq!(response.status(), StatusCode::CREATED);
         let task: Value = response.json().await.unwrap();
         acked
@@ -223,8 +237,9 @@ async fn a_backup_under_load_restores_every_event_and_read_model(
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let writers: Vec<_> = (0..WRITERS)
-        .map(|_| {
+        .map(|n| {
             tokio::spawn(writer(
+                n,
                 app.address.clone(),
                 ada.client.clone(),
                 stop.clone(),
@@ -314,6 +329,11 @@ async fn a_backup_under_load_restores_every_event_and_read_model(
         );
     }
     let all_acked = acked.lock().unwrap().len();
+    eprintln!(
+        "backup: {} of {} events restored; {acked_during} tasks acknowledged while the backup ran, {all_acked} in all",
+        copy.len(),
+        original.len()
+    );
     assert!(
         copy.len() < original.len(),
         "the tasks created after the backup are not in it ({} of {} events, {all_acked} tasks)",
