@@ -135,6 +135,32 @@ pub struct MetricsSettings {
     pub token: Option<SecretString>,
 }
 
+/// Error tracking (see [`crate::error_tracking`]): off unless a DSN is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SentrySettings {
+    /// Where panics and `error!` events go, as a Sentry DSN
+    /// (`https://<public key>@<host>/<project id>`); unset, nothing is sent.
+    #[serde(skip_serializing)]
+    pub dsn: Option<SecretString>,
+    /// The environment the events name; the profile (`development`, `production`) when unset.
+    pub environment: Option<String>,
+    /// The release the events name; `chronicle@<version>` when unset.
+    pub release: Option<String>,
+    /// The share of error events sent, 0.0 to 1.0.
+    pub sample_rate: f32,
+}
+
+impl Default for SentrySettings {
+    fn default() -> Self {
+        Self {
+            dsn: None,
+            environment: None,
+            release: None,
+            sample_rate: 1.0,
+        }
+    }
+}
+
 /// The built-in HTTP agent (`http.request` tasks). See [`crate::process::http_agent`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HttpAgentSettings {
@@ -235,6 +261,7 @@ pub struct Settings {
     pub audit: AuditSettings,
     pub live: LiveSettings,
     pub metrics: MetricsSettings,
+    pub sentry: SentrySettings,
 }
 
 impl Default for Settings {
@@ -281,6 +308,7 @@ impl Default for Settings {
             audit: AuditSettings::default(),
             live: LiveSettings { buffer: 256 },
             metrics: MetricsSettings::default(),
+            sentry: SentrySettings::default(),
         }
     }
 }
@@ -425,10 +453,32 @@ impl Settings {
             ));
         }
         self.http_agent.check()?;
+        self.sentry.check()?;
         self.trusted_networks()?;
         if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
             return Err(ConfigError::Invalid(
                 "CHRONICLE_TLS__CERT_PATH and CHRONICLE_TLS__KEY_PATH: set both or neither".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SentrySettings {
+    fn check(&self) -> Result<(), ConfigError> {
+        use secrecy::ExposeSecret;
+        if let Some(dsn) = &self.dsn {
+            if dsn.expose_secret().parse::<sentry::types::Dsn>().is_err() {
+                // The DSN holds a key: never echo it.
+                return Err(ConfigError::Invalid(
+                    "CHRONICLE_SENTRY__DSN: not a DSN like https://<key>@<host>/<project id>"
+                        .into(),
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.sample_rate) {
+            return Err(ConfigError::Invalid(
+                "CHRONICLE_SENTRY__SAMPLE_RATE: must be 0.0 to 1.0".into(),
             ));
         }
         Ok(())
@@ -969,7 +1019,13 @@ live:
     }
 
     /// The settings never serialized (secrets), which the examples still show.
-    const SECRET_KEYS: [&str; 4] = ["jwt_secret", "llm.api_key", "audit.key", "metrics.token"];
+    const SECRET_KEYS: [&str; 5] = [
+        "jwt_secret",
+        "llm.api_key",
+        "audit.key",
+        "metrics.token",
+        "sentry.dsn",
+    ];
 
     /// Every leaf key of `value` (a table of tables), dotted.
     fn leaf_keys(prefix: &str, value: &serde_json::Value, keys: &mut Vec<String>) {

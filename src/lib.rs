@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`config`]: settings from defaults, `chronicle.toml` and `CHRONICLE_*`.
 //! - [`telemetry`]: pretty or JSON logs.
+//! - [`error_tracking`]: panics and errors to Sentry, scrubbed of credentials (optional).
 //! - [`meters`]: the Prometheus recorder and what Chronicle measures.
 //! - [`store`]: the event store on PostgreSQL or SQLite — metadata, hash chain, global feed.
 //! - [`bus`]: load → decide → append, with bounded retries on conflicts.
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod error_tracking;
 pub mod meters;
 pub mod process;
 pub mod read_side;

@@ -145,7 +145,6 @@ impl ApiError {
     /// The RFC 9457 problem document of this error (logging the causes of 5xx ones): the
     /// body of an HTTP answer, and the `problem` of a WebSocket `error` message.
     pub fn problem(&self) -> serde_json::Value {
-        let status = self.status();
         match self {
             Self::Internal(cause) => {
                 tracing::error!(error = %cause, source = ?cause.source(), "internal error")
@@ -153,6 +152,12 @@ impl ApiError {
             Self::Unavailable(cause) => tracing::warn!(error = %cause, "store unavailable"),
             _ => {}
         }
+        self.document()
+    }
+
+    /// The problem document alone, logging nothing.
+    fn document(&self) -> serde_json::Value {
+        let status = self.status();
         let code = match self {
             Self::Conflict { code, .. } | Self::Unprocessable { code, .. } => Some(*code),
             _ => None,
@@ -184,6 +189,17 @@ impl ApiError {
             other => other,
         }
     }
+}
+
+/// A 500 answer for a cause already reported (a panic, logged by the panic hook).
+pub(crate) fn internal_response() -> Response {
+    let error = ApiError::Internal("a request handler panicked".into());
+    let body = serde_json::to_vec(&error.document()).unwrap_or_default();
+    let mut response = (StatusCode::INTERNAL_SERVER_ERROR, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    response
 }
 
 impl IntoResponse for ApiError {

@@ -116,7 +116,10 @@ pub async fn gate(State(state): State<AppState>, mut request: Request, next: Nex
     )
     .await;
     let key = match &authentication {
-        Authentication::Actor(actor) => Key::User(actor.id),
+        Authentication::Actor(actor) => {
+            super::request_span::record_actor(actor);
+            Key::User(actor.id)
+        }
         _ => Key::Ip(ip),
     };
     if let Err(error) = state.limits.check_general(key) {

@@ -23,6 +23,7 @@ pub mod query_token;
 pub(crate) mod redact;
 pub mod replay;
 pub mod request_meters;
+pub mod request_span;
 pub mod scrape;
 pub mod security_headers;
 pub mod store_link;
@@ -38,9 +39,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request};
+use axum::http::HeaderName;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -106,7 +108,7 @@ impl AppState {
     }
 }
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Every route of the API and, from the same registration, its OpenAPI document
 /// ([`openapi::document`], served at `GET /api/openapi.json`).
@@ -206,6 +208,9 @@ pub fn router(state: AppState) -> Router {
             store_link::guard,
         ))
         .with_state(state)
+        // A panicking handler answers 500 like any internal error; the panic hook has
+        // logged it (and told Sentry) by then.
+        .layer(CatchPanicLayer::custom(panicked))
         .layer(DefaultBodyLimit::max(body_limit))
         // Outside every gate, so a 401, 413 or 429 is counted too; inside the routing, so
         // the route's template is known.
@@ -213,26 +218,61 @@ pub fn router(state: AppState) -> Router {
             request_meters,
             request_meters::layer,
         ))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-                let request_id = request
-                    .headers()
-                    .get(&REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                tracing::info_span!(
-                    "request",
-                    method = %request.method(),
-                    path = %request.uri().path(),
-                    request_id = %request_id,
-                )
-            }),
-        )
-        .layer(cors)
+        .layer(TraceLayer::new_for_http().make_span_with(request_span::make))
+        .layer(cors);
+    // Inside the request id, so that every Sentry report names it.
+    let router = if crate::error_tracking::enabled() {
+        router.layer(axum::middleware::from_fn(
+            crate::error_tracking::per_request,
+        ))
+    } else {
+        router
+    };
+    let router = router
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
     security_headers::apply(router, &settings)
 }
 
+/// The answer to a request whose handler panicked: a 500 `problem+json`, logged once (by the
+/// panic hook, not here).
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    error::internal_response()
+}
+
 /// How long in-flight requests get to finish on shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{header, Request, StatusCode};
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_500_problem() {
+        let app = Router::new()
+            .fallback(|| async {
+                if Instant::now().elapsed() < Duration::from_secs(3600) {
+                    panic!("a bug");
+                }
+            })
+            .layer(CatchPanicLayer::custom(panicked));
+        let response = app
+            .oneshot(Request::get("/api/x").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            error::PROBLEM_JSON
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["type"], "urn:chronicle:problem:internal");
+        assert!(!problem["detail"].as_str().unwrap().contains("a bug"));
+    }
+}

@@ -121,7 +121,9 @@ pub async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init(settings.log.format);
+    // Held to the end: dropping it sends what is still queued.
+    let error_tracking = crate::error_tracking::init(&settings);
+    crate::telemetry::init(settings.log.format, error_tracking.is_some());
     match run(cli.command.unwrap_or(Command::Serve), settings).await {
         Ok(code) => code,
         Err(error) => {

@@ -183,9 +183,11 @@ impl PgBackend {
     }
 
     pub(super) async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations/postgres")
-            .run(&self.pool)
-            .await?;
+        let mut migrator = sqlx::migrate!("./migrations/postgres");
+        // Migrations are additive: a binary rolled back to an older release runs against the
+        // newer schema, whose extra migrations it does not know.
+        migrator.set_ignore_missing(true);
+        migrator.run(&self.pool).await?;
         Ok(())
     }
 

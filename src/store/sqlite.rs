@@ -85,9 +85,11 @@ impl SqliteBackend {
     }
 
     pub(super) async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&self.writer)
-            .await?;
+        let mut migrator = sqlx::migrate!("./migrations/sqlite");
+        // Migrations are additive: a binary rolled back to an older release runs against the
+        // newer schema, whose extra migrations it does not know.
+        migrator.set_ignore_missing(true);
+        migrator.run(&self.writer).await?;
         Ok(())
     }
 

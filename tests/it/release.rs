@@ -88,6 +88,52 @@ async fn migrate_applies_every_migration_and_runs_again_harmlessly(#[case] backe
     assert_eq!(applied_migrations(&db, backend).await, shipped);
 }
 
+/// A rolled-back binary meets a schema with a migration of a newer release: it runs (the
+/// migrations are additive), and the newer migration stays recorded.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn an_older_binary_runs_against_a_newer_schema(#[case] backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let env = [("CHRONICLE_DATABASE_URL", db.url.as_str())];
+    assert!(chronicle(db.dir.path(), &["migrate"], &env)
+        .status
+        .success());
+    let newer = "INSERT INTO _sqlx_migrations \
+                 (version, description, success, checksum, execution_time) \
+                 VALUES (99991231000000, 'a newer release', true, x'00', 1)";
+    let newer = match backend {
+        Backend::Postgres => newer.replace("x'00'", "'\\x00'::bytea"),
+        Backend::Sqlite => newer.to_owned(),
+    };
+    match backend {
+        Backend::Postgres => {
+            let mut connection = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+            sqlx::query(&newer)
+                .execute(&mut connection)
+                .await
+                .expect("insert");
+        }
+        Backend::Sqlite => {
+            let mut connection = sqlx::SqliteConnection::connect(&db.url)
+                .await
+                .expect("connect");
+            sqlx::query(&newer)
+                .execute(&mut connection)
+                .await
+                .expect("insert");
+        }
+    }
+    let output = chronicle(db.dir.path(), &["migrate"], &env);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        applied_migrations(&db, backend).await.last(),
+        Some(&99_991_231_000_000)
+    );
+}
+
 #[tokio::test]
 async fn migrate_fails_with_one_line_when_the_store_is_unreachable() {
     let dir = tempfile::tempdir().expect("temporary directory");
