@@ -55,14 +55,14 @@ function setup(thread)
   threads[#threads + 1] = thread
 end
 
--- Per thread (globals, so done() can read them with thread:get).
-latencies = {} -- step -> { microseconds, ... }
-statuses = {}  -- step -> { [status] = count }
-unexpected = {} -- step -> first unexpected answer (status and body start)
+-- Per thread, globals so that done() can read them with thread:get, and flat (wrk's copy
+-- of a nested table crashes): lat_<step> = { microseconds, ... }, st_<step> = { [status] =
+-- count }, un_<step> = the first unexpected answer (status and the start of the body).
 
 local plan = {}
 local cycle = 0
-local step, started
+local step, started, path
+local previous = "none"
 local task_id, leased_id, lease_id
 
 local function new_cycle()
@@ -77,8 +77,8 @@ function init(args)
   wrk.headers["Authorization"] = "Bearer " .. token
   wrk.headers["Content-Type"] = "application/json"
   for _, name in ipairs(ORDER) do
-    latencies[name] = {}
-    statuses[name] = {}
+    _G["lat_" .. name] = {}
+    _G["st_" .. name] = {}
   end
 end
 
@@ -87,9 +87,11 @@ function request()
     if #plan == 0 then
       new_cycle()
     end
+    previous = step or "none"
     step = table.remove(plan, 1)
-    -- Nothing leased (another cycle's lease took it, or the queue was empty): no complete.
-    if step ~= "complete" or lease_id then
+    -- Nothing leased (the queue was empty): no complete. No task yet: no read (wrk builds
+    -- one request per thread before the connection's first, and never sends it).
+    if (step ~= "complete" or lease_id) and (step ~= "get" or task_id) then
       break
     end
   end
@@ -111,19 +113,21 @@ function request()
   else
     r = wrk.format("GET", "/api/analytics/usage?group_by=capability", nil, nil)
   end
+  path = r:match("^%S+ (%S+)")
   started = now_us()
   return r
 end
 
 function response(status, headers, body)
   local took = now_us() - started
-  local samples = latencies[step]
+  local samples = _G["lat_" .. step]
   samples[#samples + 1] = took
-  local counts = statuses[step]
+  local counts = _G["st_" .. step]
   counts[status] = (counts[status] or 0) + 1
   if status ~= ROUTES[step][2] then
-    if not unexpected[step] then
-      unexpected[step] = tostring(status) .. " " .. string.sub(body or "", 1, 300)
+    if not _G["un_" .. step] then
+      _G["un_" .. step] = string.format("%d on %s (after %s, cycle %d): %s", status, path,
+        previous, cycle, string.sub(body or "", 1, 300))
     end
     return
   end
@@ -162,17 +166,17 @@ function done(summary, latency, requests)
     merged[name], counts[name] = {}, {}
   end
   for _, thread in ipairs(threads) do
-    local lat, st, un = thread:get("latencies"), thread:get("statuses"), thread:get("unexpected")
     for _, name in ipairs(ORDER) do
       local into = merged[name]
-      for _, v in ipairs(lat[name] or {}) do
+      for _, v in ipairs(thread:get("lat_" .. name) or {}) do
         into[#into + 1] = v
       end
-      for status, n in pairs(st[name] or {}) do
+      for status, n in pairs(thread:get("st_" .. name) or {}) do
         counts[name][status] = (counts[name][status] or 0) + n
       end
-      if un[name] and not firsts[name] then
-        firsts[name] = un[name]
+      local first = thread:get("un_" .. name)
+      if first and not firsts[name] then
+        firsts[name] = first
       end
     end
   end
