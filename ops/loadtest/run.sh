@@ -47,7 +47,9 @@ fail() {
 
 if ! command -v wrk >/dev/null 2>&1; then
   say "installing Debian's wrk package"
-  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; } >/tmp/loadtest-apt.log 2>&1; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  if ! { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; } >/tmp/loadtest-apt.log 2>&1; then
     cat /tmp/loadtest-apt.log >&2
     fail "could not install wrk (apt-get)"
   fi

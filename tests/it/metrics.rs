@@ -349,8 +349,11 @@ async fn a_scrape_after_a_workload_shows_every_family_and_its_counts(#[case] bac
     assert_eq!(total(&scrape, "chronicle_store_up", &[]), 1.0);
     // A series from the start, so "no conflicts" is a 0, not an absent series.
     assert!(
-        scrape.samples.iter().any(|s| s.name == "chronicle_concurrency_conflicts_total"
-            && s.labels.get("aggregate").map(String::as_str) == Some("task")),
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.name == "chronicle_concurrency_conflicts_total"
+                && s.labels.get("aggregate").map(String::as_str) == Some("task")),
         "no conflict series for tasks:\n{text}"
     );
 }
