@@ -34,6 +34,11 @@ pub const PROJECTION_FAILURES: &str = "chronicle_projection_failures_total";
 pub const AGENTS_ONLINE: &str = "chronicle_agents_online";
 pub const CONNECTIONS_OPEN: &str = "chronicle_connections_open";
 pub const DB_POOL_CONNECTIONS: &str = "chronicle_db_pool_connections";
+pub const STORE_UP: &str = "chronicle_store_up";
+
+/// The aggregates whose conflict counters are series from the start (at 0), so a dashboard
+/// and an alert see "no conflicts" rather than nothing.
+const CONFLICTING: [&str; 4] = ["task", "agent", "workflow_run", "workflow"];
 
 /// Latency buckets in seconds: 1 ms to 1 min.
 const SECONDS_BUCKETS: [f64; 16] = [
@@ -96,6 +101,9 @@ fn describe() {
         "Events appended to the store, by aggregate type."
     );
     describe_counter!(CONFLICTS, "Optimistic-concurrency conflicts met by the bus (each is retried until the attempts run out).");
+    for aggregate in CONFLICTING {
+        counter!(CONFLICTS, "aggregate" => aggregate).increment(0);
+    }
     describe_histogram!(
         GROUP_COMMIT_BATCH,
         "Appends written in one PostgreSQL group-commit transaction."
@@ -143,6 +151,10 @@ fn describe() {
     describe_gauge!(
         DB_POOL_CONNECTIONS,
         "Database pool connections, by pool and state (in_use, idle)."
+    );
+    describe_gauge!(
+        STORE_UP,
+        "1 when the store answered a ping at the last scrape, 0 when it did not."
     );
 }
 

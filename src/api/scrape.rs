@@ -64,6 +64,14 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
 /// The gauges that describe this server's store; a failed read leaves the last value and
 /// is logged (the scrape itself still answers).
 async fn read_gauges(state: &AppState) {
+    let up = match state.store.ping().await {
+        Ok(_) => 1.0,
+        Err(error) => {
+            tracing::warn!(%error, "store ping failed");
+            0.0
+        }
+    };
+    gauge!(meters::STORE_UP).set(up);
     let db = &state.read.db;
     match TaskViewModel::queue_depth_by_capability(db).await {
         Ok(rows) => {

@@ -26,6 +26,8 @@ const FAMILIES: &[&str] = &[
     "chronicle_projection_failures_total",
     "chronicle_agents_online",
     "chronicle_db_pool_connections",
+    "chronicle_store_up",
+    "chronicle_concurrency_conflicts_total",
 ];
 
 /// One sample line of the text format.
@@ -344,6 +346,16 @@ async fn a_scrape_after_a_workload_shows_every_family_and_its_counts(#[case] bac
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(total(&scrape, "chronicle_db_pool_connections", &[]) >= 1.0);
+    assert_eq!(total(&scrape, "chronicle_store_up", &[]), 1.0);
+    // A series from the start, so "no conflicts" is a 0, not an absent series.
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.name == "chronicle_concurrency_conflicts_total"
+                && s.labels.get("aggregate").map(String::as_str) == Some("task")),
+        "no conflict series for tasks:\n{text}"
+    );
 }
 
 #[tokio::test]
