@@ -30,4 +30,5 @@ mod release;
 mod revocation;
 mod schema_rules;
 mod store;
+mod workflow_nodes;
 mod workflows;
