@@ -391,8 +391,7 @@ impl RemoteAgent {
                         track.leased.insert(step.to_owned(), received);
                     });
                 }
-                futures::future::try_join_all(tasks.iter().map(|task| self.complete(task)))
-                    .await?;
+                futures::future::try_join_all(tasks.iter().map(|task| self.complete(task))).await?;
             }
         }
         .await;
