@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::process::dispatch::DispatchState;
+use crate::process::workflows::EndedSteps;
 use crate::store::Store;
 use crate::wakeups::Wakeups;
 
@@ -48,6 +49,8 @@ pub struct ReadSide {
     wakeups: Option<Wakeups>,
     /// What this node's lease calls share.
     dispatch: Arc<DispatchState>,
+    /// Runs whose step task ended here: the workflow driver looks at them at once.
+    ended_steps: Arc<EndedSteps>,
     /// Fired after a projection applied events: readers scoped by a projection's
     /// checkpoint (the owners) look again.
     projected: Arc<Notify>,
@@ -144,6 +147,7 @@ impl ReadSide {
             projectors,
             store: store.clone(),
             dispatch: Arc::default(),
+            ended_steps: Arc::default(),
             projected: Arc::default(),
             rebuilding: Arc::default(),
         })
@@ -345,6 +349,11 @@ impl ReadSide {
         &self.dispatch
     }
 
+    /// Runs whose step task ended on this node (see `process::workflows`).
+    pub(crate) fn ended_steps(&self) -> &EndedSteps {
+        &self.ended_steps
+    }
+
     /// Fired after a projection on this node applied events (see the `projected` field).
     pub fn projected_signal(&self) -> Arc<Notify> {
         self.projected.clone()
@@ -364,9 +373,15 @@ impl ReadSide {
     }
 
     /// Brings the task views up to a just-committed task so its caller reads its own write,
-    /// and wakes waiting agents when the task is ready to lease. A failure here only delays
-    /// the view (the catch-up repairs it), so it is logged.
+    /// wakes waiting agents when the task is ready to lease, and tells the workflow driver
+    /// when a step's task ended. A failure here only delays the view (the catch-up repairs
+    /// it), so it is logged.
     pub async fn task_committed(&self, task: &Task, version: usize) {
+        if let Some(state) = task.state() {
+            if let (Some(run_id), true) = (state.workflow_run_id, state.status.is_terminal()) {
+                self.ended_steps.ended(run_id);
+            }
+        }
         if let Err(error) = TaskView::write_committed(&self.db, task, version).await {
             tracing::warn!(%error, "inline task view write failed; catch-up will repair it");
         }

@@ -7,7 +7,9 @@
 //!
 //! `chronicle bench tasks` ([`super::bench_tasks`]) and `chronicle bench auth`
 //! ([`super::bench_auth`]) measure over HTTP, against a running server or one they start;
-//! `chronicle bench projections` ([`super::bench_projections`]) the read side, in process.
+//! `chronicle bench projections` ([`super::bench_projections`]) the read side, in process;
+//! `chronicle bench workflows` ([`super::bench_workflows`]) workflow runs and the driver's
+//! step overhead, over HTTP.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,6 +54,9 @@ pub enum BenchCommand {
     Auth(super::bench_auth::AuthArgs),
     /// Rebuild throughput of every projection, and live projection lag under load.
     Projections(super::bench_projections::ProjectionsArgs),
+    /// Workflow runs over HTTP (a linear and a fan-out workflow), and the driver's
+    /// overhead between one step's success and the next step's lease.
+    Workflows(super::bench_workflows::WorkflowsArgs),
 }
 
 pub async fn run(command: BenchCommand, settings: Settings) -> anyhow::Result<()> {
@@ -73,6 +78,7 @@ pub async fn run(command: BenchCommand, settings: Settings) -> anyhow::Result<()
         BenchCommand::Tasks(args) => super::bench_tasks::run(args, settings).await,
         BenchCommand::Auth(args) => super::bench_auth::run(args, settings).await,
         BenchCommand::Projections(args) => super::bench_projections::run(args, settings).await,
+        BenchCommand::Workflows(args) => super::bench_workflows::run(args, settings).await,
     }
 }
 

@@ -7,6 +7,7 @@ mod bench_auth;
 mod bench_projections;
 mod bench_target;
 mod bench_tasks;
+mod bench_workflows;
 mod export;
 mod health;
 mod import;

@@ -7,6 +7,13 @@
 //! a second start — another node, a restart between creating the task and recording the
 //! step — meets `AlreadyExists` and records the same task; the run refuses whatever has
 //! become stale. Any number of drivers may therefore look after the same runs.
+//!
+//! Two loops share the work. The reacting one advances a run as soon as one of its step
+//! tasks ends on this node (the read side hears of every task commit, [`EndedSteps`]):
+//! that is the path from a step's success to the next step's task, and it touches only
+//! the runs concerned. The sweep looks at every running run every [`POLL`], the safety
+//! net for what the reacting one cannot see: a node that died between a task's end and
+//! its run's step, a task ended by another process.
 
 use chronicle_aggregates::task::{Task, TaskCommand, TaskError, TaskFailure, TaskStatus};
 use chronicle_aggregates::workflow_run::{
@@ -16,8 +23,12 @@ use chronicle_commands::task::NewTaskRequest;
 use chronicle_commands::workflow::StepRequest;
 use chronicle_projections::workflow_run_view::WorkflowRunView;
 use chrono::Utc;
+use futures::stream::{FuturesUnordered, StreamExt};
 use sha2::{Digest, Sha256};
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::{Builder, Uuid};
 
@@ -26,15 +37,19 @@ use crate::bus::{CommandBus, CommandContext, CommandError};
 use crate::read_side::ReadSide;
 use crate::store::StoreError;
 
-/// How often running runs are looked at when no event woke the driver (another node's
-/// commits wake it too, through the events signal).
+/// How often the sweep looks at every running run.
 const POLL: Duration = Duration::from_millis(500);
 
-/// After a wake-up the driver waits this long, so that a burst of commits (anyone's: the
-/// signal does not say which) is one look at the runs, not one each.
-const SETTLE: Duration = Duration::from_millis(20);
+/// Runs the reacting loop advances at once. Each advance holds at most one pooled
+/// connection at a time, so a burst of endings cannot take the pool from requests; the
+/// runs beyond wait their turn (and endings of one run while it waits are one look).
+const REACT_AT_ONCE: usize = 8;
 
-/// Runs looked after per pass.
+/// Most runs waiting for the reacting loop; beyond, endings are left to the sweep (only a
+/// process that records task commits without driving runs would get there).
+const MAX_ENDED: usize = 100_000;
+
+/// Runs looked after per sweep.
 const BATCH: u32 = 1_000;
 
 /// At most this many rounds of decisions per run per pass (a round can make more steps
@@ -63,17 +78,91 @@ fn context(run_id: Uuid) -> CommandContext {
     }
 }
 
-/// Runs until `stop` is cancelled; errors are logged and the loop goes on.
+/// Runs whose step task ended on this node and that the driver has not looked at since.
+/// Owned by the server (through its read side), so two servers in one process are two
+/// nodes; it is only a hint, the sweep finds anything it misses.
+#[derive(Default)]
+pub struct EndedSteps {
+    runs: Mutex<HashSet<Uuid>>,
+    signal: Notify,
+}
+
+impl EndedSteps {
+    /// A task of `run_id` ended (committed): the driver should look at the run now.
+    pub(crate) fn ended(&self, run_id: Uuid) {
+        let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+        if runs.len() < MAX_ENDED {
+            runs.insert(run_id);
+        }
+        drop(runs);
+        // A permit is kept when the driver is not waiting, so no ending is slept through.
+        self.signal.notify_one();
+    }
+
+    fn take(&self) -> HashSet<Uuid> {
+        std::mem::take(&mut *self.runs.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Runs until `stop` is cancelled; errors are logged and the loops go on.
 pub async fn run(bus: CommandBus, read: ReadSide, stop: CancellationToken) {
-    let signal = read.events_signal();
+    tokio::join!(react(&bus, &read, &stop), sweep(&bus, &read, &stop));
+}
+
+/// Advances each run as soon as one of its step tasks ends here, [`REACT_AT_ONCE`] runs at
+/// a time. A run is never advanced twice at once by this loop: an ending that arrives
+/// while its run is being advanced makes one more look once that one is done.
+async fn react(bus: &CommandBus, read: &ReadSide, stop: &CancellationToken) {
+    let ended = read.ended_steps();
+    // `waiting` in the order the runs' tasks ended, `queued` the same runs for lookups.
+    let mut waiting = VecDeque::<Uuid>::new();
+    let mut queued = HashSet::<Uuid>::new();
+    let mut advancing = HashSet::<Uuid>::new();
+    let mut again = HashSet::<Uuid>::new();
+    let mut in_flight = FuturesUnordered::new();
     loop {
-        let notified = signal.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
+        while in_flight.len() < REACT_AT_ONCE {
+            let Some(run_id) = waiting.pop_front() else {
+                break;
+            };
+            queued.remove(&run_id);
+            if !advancing.insert(run_id) {
+                again.insert(run_id);
+                continue;
+            }
+            in_flight.push(async move {
+                if let Err(error) = advance(bus, read, run_id).await {
+                    tracing::warn!(%run_id, %error, "could not advance the run");
+                }
+                run_id
+            });
+        }
+        tokio::select! {
+            () = ended.signal.notified() => {
+                for run_id in ended.take() {
+                    if queued.insert(run_id) {
+                        waiting.push_back(run_id);
+                    }
+                }
+            }
+            Some(run_id) = in_flight.next() => {
+                advancing.remove(&run_id);
+                if again.remove(&run_id) && queued.insert(run_id) {
+                    waiting.push_back(run_id);
+                }
+            }
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Looks at every running run every [`POLL`].
+async fn sweep(bus: &CommandBus, read: &ReadSide, stop: &CancellationToken) {
+    loop {
         match WorkflowRunView::running(&read.db, BATCH).await {
             Ok(runs) => {
                 for run_id in runs {
-                    if let Err(error) = advance(&bus, &read, run_id).await {
+                    if let Err(error) = advance(bus, read, run_id).await {
                         tracing::warn!(%run_id, %error, "could not advance the run");
                     }
                 }
@@ -81,7 +170,6 @@ pub async fn run(bus: CommandBus, read: ReadSide, stop: CancellationToken) {
             Err(error) => tracing::warn!(%error, "could not list running workflow runs"),
         }
         tokio::select! {
-            () = &mut notified => tokio::time::sleep(SETTLE).await,
             () = tokio::time::sleep(POLL) => {}
             () = stop.cancelled() => return,
         }
@@ -349,5 +437,20 @@ mod tests {
             step_task_id(run, "a", 1),
             step_task_id(Uuid::from_u128(8), "a", 1)
         );
+    }
+
+    #[tokio::test]
+    async fn an_ending_before_the_driver_waits_is_kept_and_a_burst_is_one_look() {
+        let ended = EndedSteps::default();
+        let (run, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        ended.ended(run);
+        ended.ended(run);
+        ended.ended(other);
+        // The permit outlives the endings: the driver's next wait returns at once.
+        tokio::time::timeout(Duration::from_secs(10), ended.signal.notified())
+            .await
+            .unwrap();
+        assert_eq!(ended.take(), HashSet::from([run, other]));
+        assert!(ended.take().is_empty());
     }
 }

@@ -37,4 +37,5 @@ mod schema_rules;
 mod server_process;
 mod store;
 mod workflow_approvals;
+mod workflow_nodes;
 mod workflows;
