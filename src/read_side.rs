@@ -8,6 +8,7 @@ use std::time::Duration;
 use chronicle_aggregates::agent::Agent;
 use chronicle_aggregates::api_key::ApiKey;
 use chronicle_aggregates::task::{is_ready, Task};
+use chronicle_aggregates::schedule::Schedule;
 use chronicle_aggregates::workflow::Workflow;
 use chronicle_aggregates::workflow_run::WorkflowRun;
 use chronicle_projections::agent_view::AgentView;
@@ -16,6 +17,7 @@ use chronicle_projections::api_key_view::ApiKeyView;
 use chronicle_projections::rebuild::Shadow;
 use chronicle_projections::task_view::TaskView;
 use chronicle_projections::usage::UsageView;
+use chronicle_projections::schedule_view::ScheduleView;
 use chronicle_projections::workflow_run_view::WorkflowRunView;
 use chronicle_projections::workflow_view::WorkflowView;
 use chronicle_projections::{
@@ -116,6 +118,7 @@ impl ReadSide {
             Arc::new(Projector::new(AggregateOwners, store.clone(), db.clone())),
             Arc::new(Projector::new(UsageView, store.clone(), db.clone())),
             Arc::new(Projector::new(WorkflowView, store.clone(), db.clone())),
+            Arc::new(Projector::new(ScheduleView, store.clone(), db.clone())),
         ]);
         // A new `VERSION` is a new set of tables (`…_v<N>`): it is built here from the
         // first event before the API serves, beside the older version's tables, which nodes
@@ -408,6 +411,15 @@ impl ReadSide {
     pub async fn workflow_run_committed(&self, run: &WorkflowRun, version: usize) {
         if let Err(error) = WorkflowRunView::write_committed(&self.db, run, version).await {
             tracing::warn!(%error, "inline run view write failed; catch-up will repair it");
+        }
+        self.notify();
+    }
+
+    /// Brings the schedule view up to a just-committed schedule; see
+    /// [`ReadSide::task_committed`].
+    pub async fn schedule_committed(&self, schedule: &Schedule, version: usize) {
+        if let Err(error) = ScheduleView::write_committed(&self.db, schedule, version).await {
+            tracing::warn!(%error, "inline schedule view write failed; catch-up will repair it");
         }
         self.notify();
     }

@@ -23,6 +23,7 @@ pub mod query_token;
 pub(crate) mod redact;
 pub mod replay;
 pub mod request_meters;
+pub mod schedules;
 pub mod scrape;
 pub mod security_headers;
 pub mod store_link;
@@ -32,6 +33,7 @@ pub mod task_updates;
 pub mod tasks;
 pub mod users;
 pub mod views;
+pub mod workflow_templates;
 pub mod workflows;
 
 use std::sync::Arc;
@@ -168,7 +170,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(workflows::execute))
         .routes(routes!(workflows::status))
-        .routes(routes!(workflows::get_run, workflows::cancel_run));
+        .routes(routes!(workflows::get_run, workflows::cancel_run))
+        .routes(routes!(workflow_templates::list))
+        .routes(routes!(schedules::create, schedules::list))
+        .routes(routes!(schedules::get, schedules::delete));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).nest("/api", api)
 }
 

@@ -28,6 +28,7 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, IdPath, RequestMeta};
 use super::paging::{Page, Paging};
 use super::tasks::usable_agent;
+use super::workflow_templates::{definition_request, CreateWorkflowRequest};
 use super::AppState;
 use crate::actor::Actor;
 use crate::process::workflows::{advance, cancel_tasks, run_command};
@@ -174,7 +175,11 @@ async fn checked(
 }
 
 /// The workflow if the caller may read it; 404 otherwise.
-async fn readable(state: &AppState, actor: &Actor, id: Uuid) -> Result<Workflow, ApiError> {
+pub(crate) async fn readable(
+    state: &AppState,
+    actor: &Actor,
+    id: Uuid,
+) -> Result<Workflow, ApiError> {
     let loaded = state
         .store
         .aggregate::<Workflow>()
@@ -188,7 +193,7 @@ async fn readable(state: &AppState, actor: &Actor, id: Uuid) -> Result<Workflow,
 
 /// The workflow's state if the caller may change it: 404 when it may not see it, 403 when
 /// it may only look.
-fn writable(actor: &Actor, workflow: &Workflow) -> Result<(), ApiError> {
+pub(crate) fn writable(actor: &Actor, workflow: &Workflow) -> Result<(), ApiError> {
     match workflow.state() {
         Some(state) if actor.can_write(state.owner_id) => Ok(()),
         Some(state) if actor.can_read(state.owner_id) => Err(ApiError::Forbidden),
@@ -210,13 +215,13 @@ fn workflow_answer(status: StatusCode, workflow: &Workflow) -> Result<Response, 
     path = "/workflows",
     operation_id = "create_workflow",
     tag = "workflows",
-    request_body = WorkflowDefinitionRequest,
+    request_body = CreateWorkflowRequest,
     responses(
         (status = 201, description = "Created", body = WorkflowBody),
         (status = 400, description = "Malformed JSON"),
         (status = 415, description = "The body is not JSON"),
         (status = 403, description = "The caller may not create (auditor)"),
-        (status = 422, description = "An invalid definition: a cycle (named), a dangling `depends_on`, a duplicate id, an unknown template reference, a bad condition"),
+        (status = 422, description = "An invalid definition: a cycle (named), a dangling `depends_on`, a duplicate id, an unknown template reference, a bad condition; an unknown `template` or `params.<name>` it refuses; a `schedule` (not supported here)"),
     ),
 )]
 #[tracing::instrument(skip_all, fields(workflow_id))]
@@ -224,11 +229,12 @@ pub async fn create(
     State(state): State<AppState>,
     actor: Actor,
     meta: RequestMeta,
-    ApiJson(request): ApiJson<WorkflowDefinitionRequest>,
+    ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     if !actor.can_create() {
         return Err(ApiError::Forbidden);
     }
+    let request = definition_request(body)?;
     let definition = checked(&state, &actor, request).await?;
     let workflow_id = Uuid::now_v7();
     tracing::Span::current().record("workflow_id", tracing::field::display(workflow_id));

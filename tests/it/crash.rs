@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{Backend, TestDb};
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
@@ -45,7 +45,7 @@ fn chronicle(db: &TestDb, port: u16) -> Command {
 
 /// The caller kills and waits for the child.
 #[allow(clippy::zombie_processes)]
-async fn start(db: &TestDb, port: u16) -> Child {
+pub(crate) async fn start(db: &TestDb, port: u16) -> Child {
     let child = chronicle(db, port)
         .arg("serve")
         .spawn()

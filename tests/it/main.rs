@@ -28,6 +28,8 @@ mod projections;
 mod rebuild;
 mod release;
 mod revocation;
+mod schedules;
 mod schema_rules;
 mod store;
+mod workflow_templates;
 mod workflows;
