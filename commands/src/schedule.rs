@@ -98,6 +98,12 @@ impl NewScheduleRequest {
     }
 }
 
+/// `at` without its fraction of a second: fire times are whole seconds, and croner keeps
+/// the fraction of the time it searches from.
+fn whole_second(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(at)
+}
+
 impl ScheduleSpec {
     fn parts(&self) -> Option<(Cron, Tz)> {
         Some((
@@ -110,7 +116,7 @@ impl ScheduleSpec {
     /// stored expression no longer parses).
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let (cron, zone) = self.parts()?;
-        cron.find_next_occurrence(&after.with_timezone(&zone), false)
+        cron.find_next_occurrence(&whole_second(after).with_timezone(&zone), false)
             .ok()
             .map(|at| at.with_timezone(&Utc))
     }
@@ -120,7 +126,7 @@ impl ScheduleSpec {
     pub fn latest_due(&self, after: DateTime<Utc>, until: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let (cron, zone) = self.parts()?;
         let latest = cron
-            .find_previous_occurrence(&until.with_timezone(&zone), true)
+            .find_previous_occurrence(&whole_second(until).with_timezone(&zone), true)
             .ok()?
             .with_timezone(&Utc);
         (latest > after).then_some(latest)
@@ -211,6 +217,15 @@ mod tests {
         );
         assert_eq!(
             spec.next_after(Utc.with_ymd_and_hms(2026, 12, 7, 10, 0, 10).unwrap()),
+            Some(at("2026-12-07T10:00:20Z"))
+        );
+        assert_eq!(
+            spec.next_after(at("2026-12-07T10:00:10.75Z")),
+            Some(at("2026-12-07T10:00:20Z")),
+            "fire times are whole seconds"
+        );
+        assert_eq!(
+            spec.latest_due(last, at("2026-12-07T10:00:20.5Z")),
             Some(at("2026-12-07T10:00:20Z"))
         );
     }
