@@ -7,17 +7,17 @@ use std::time::Duration;
 
 use chronicle_aggregates::agent::Agent;
 use chronicle_aggregates::api_key::ApiKey;
-use chronicle_aggregates::task::{is_ready, Task};
 use chronicle_aggregates::schedule::Schedule;
+use chronicle_aggregates::task::{is_ready, Task};
 use chronicle_aggregates::workflow::Workflow;
 use chronicle_aggregates::workflow_run::WorkflowRun;
 use chronicle_projections::agent_view::AgentView;
 use chronicle_projections::aggregate_owners::AggregateOwners;
 use chronicle_projections::api_key_view::ApiKeyView;
 use chronicle_projections::rebuild::Shadow;
+use chronicle_projections::schedule_view::ScheduleView;
 use chronicle_projections::task_view::TaskView;
 use chronicle_projections::usage::UsageView;
-use chronicle_projections::schedule_view::ScheduleView;
 use chronicle_projections::workflow_run_view::WorkflowRunView;
 use chronicle_projections::workflow_view::WorkflowView;
 use chronicle_projections::{

@@ -156,12 +156,16 @@ mod tests {
     }
 
     fn at(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     #[test]
     fn five_and_six_fields_are_accepted_utc_by_default() {
-        let spec = request(json!({"cron": "*/1 * * * * *"})).validate().unwrap();
+        let spec = request(json!({"cron": "*/1 * * * * *"}))
+            .validate()
+            .unwrap();
         assert_eq!(spec.timezone, "UTC");
         let spec = request(json!({"cron": " 0 9 * * MON-FRI ", "timezone": "Europe/Berlin"}))
             .validate()
@@ -203,7 +207,9 @@ mod tests {
 
     #[test]
     fn the_latest_due_firing_is_one_catch_up_not_every_missed_one() {
-        let spec = request(json!({"cron": "*/10 * * * * *"})).validate().unwrap();
+        let spec = request(json!({"cron": "*/10 * * * * *"}))
+            .validate()
+            .unwrap();
         let last = at("2026-12-07T10:00:00Z");
         assert_eq!(spec.latest_due(last, at("2026-12-07T10:00:09Z")), None);
         assert_eq!(

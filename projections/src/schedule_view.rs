@@ -156,11 +156,9 @@ impl ScheduleView {
     /// The earliest next fire time of any live schedule.
     pub async fn earliest(db: &ReadDb) -> Result<Option<DateTime<Utc>>, ProjectionError> {
         let earliest: Option<i64> = on_reader!(db, |pool| {
-            sqlx::query_scalar(
-                "SELECT MIN(next_fire_at) FROM schedule_view_v1 WHERE deleted = 0",
-            )
-            .fetch_one(pool)
-            .await
+            sqlx::query_scalar("SELECT MIN(next_fire_at) FROM schedule_view_v1 WHERE deleted = 0")
+                .fetch_one(pool)
+                .await
         })?;
         Ok(earliest.and_then(DateTime::from_timestamp_millis))
     }

@@ -78,7 +78,10 @@ impl From<&WorkflowDefinitionRequest> for TemplateBody {
 #[tracing::instrument(skip_all)]
 pub async fn list(_actor: Actor) -> Json<Page<TemplateBody>> {
     Json(Page {
-        items: catalog::templates().iter().map(TemplateBody::from).collect(),
+        items: catalog::templates()
+            .iter()
+            .map(TemplateBody::from)
+            .collect(),
         next_cursor: None,
     })
 }

@@ -178,7 +178,10 @@ pub async fn fire(
                 .iter()
                 .map(|e| format!("{}: {}", e.field, e.message))
                 .collect();
-            (None, Some(format!("the run's params are invalid: {}", why.join("; "))))
+            (
+                None,
+                Some(format!("the run's params are invalid: {}", why.join("; "))),
+            )
         }
     };
     let recorded = record(
@@ -354,8 +357,14 @@ mod tests {
     fn a_schedule_run_id_is_the_same_everywhere_and_ordered_by_fire_time() {
         let schedule = Uuid::from_u128(7);
         let at = |s: i64| DateTime::from_timestamp(1_790_000_000 + s, 0).unwrap_or_default();
-        assert_eq!(schedule_run_id(schedule, at(1)), schedule_run_id(schedule, at(1)));
-        assert_ne!(schedule_run_id(schedule, at(1)), schedule_run_id(schedule, at(2)));
+        assert_eq!(
+            schedule_run_id(schedule, at(1)),
+            schedule_run_id(schedule, at(1))
+        );
+        assert_ne!(
+            schedule_run_id(schedule, at(1)),
+            schedule_run_id(schedule, at(2))
+        );
         assert_ne!(
             schedule_run_id(schedule, at(1)),
             schedule_run_id(Uuid::from_u128(8), at(1))

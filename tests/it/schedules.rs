@@ -69,10 +69,8 @@ async fn create_schedule(
 
 /// The workflow's runs (every page).
 async fn runs(client: &reqwest::Client, base: &str, workflow: &str) -> Vec<Value> {
-    let (status, body) = send(client.get(format!(
-        "{base}/api/workflows/{workflow}/status?limit=500"
-    )))
-    .await;
+    let (status, body) =
+        send(client.get(format!("{base}/api/workflows/{workflow}/status?limit=500"))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["runs"].as_array().unwrap().clone()
 }
@@ -107,7 +105,10 @@ async fn wait_for_runs(client: &reqwest::Client, base: &str, workflow: &str, n: 
         if found >= n {
             return;
         }
-        assert!(Instant::now() < deadline, "only {found} runs, waited for {n}");
+        assert!(
+            Instant::now() < deadline,
+            "only {found} runs, waited for {n}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -121,13 +122,31 @@ fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> usize {
 /// Every run is one fire time, every firing recorded once with its own run.
 fn assert_one_run_per_fire_time(runs: &[Value], firings: &[Value]) {
     let times: BTreeSet<DateTime<Utc>> = runs.iter().map(fire_time).collect();
-    assert_eq!(times.len(), runs.len(), "two runs for one fire time: {runs:?}");
+    assert_eq!(
+        times.len(),
+        runs.len(),
+        "two runs for one fire time: {runs:?}"
+    );
     for time in &times {
-        assert_eq!(time.timestamp_subsec_millis(), 0, "fire times are whole seconds");
+        assert_eq!(
+            time.timestamp_subsec_millis(),
+            0,
+            "fire times are whole seconds"
+        );
     }
-    let fired: HashSet<&str> = firings.iter().map(|f| f["fire_at"].as_str().unwrap()).collect();
-    assert_eq!(fired.len(), firings.len(), "a fire time recorded twice: {firings:?}");
-    let fired_runs: HashSet<&str> = firings.iter().filter_map(|f| f["run_id"].as_str()).collect();
+    let fired: HashSet<&str> = firings
+        .iter()
+        .map(|f| f["fire_at"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fired.len(),
+        firings.len(),
+        "a fire time recorded twice: {firings:?}"
+    );
+    let fired_runs: HashSet<&str> = firings
+        .iter()
+        .filter_map(|f| f["run_id"].as_str())
+        .collect();
     let run_ids: HashSet<&str> = runs.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(fired_runs, run_ids, "every firing's run, and only those");
 }
@@ -158,9 +177,10 @@ async fn a_schedule_every_second_starts_one_run_per_fire_time_until_deleted(
 
     tokio::time::sleep(Duration::from_secs(5)).await;
     let before_delete = Utc::now();
-    let (status, _) = send(app.client.delete(app.url(&format!(
-        "/api/workflows/{workflow}/schedules/{id}"
-    ))))
+    let (status, _) = send(
+        app.client
+            .delete(app.url(&format!("/api/workflows/{workflow}/schedules/{id}"))),
+    )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let after_delete = Utc::now();
@@ -195,7 +215,10 @@ async fn a_schedule_every_second_starts_one_run_per_fire_time_until_deleted(
     .await;
     assert_eq!(list["items"], json!([]));
     tokio::time::sleep(Duration::from_millis(2_000)).await;
-    assert_eq!(runs(&app.client, &app.address, &workflow).await.len(), found.len());
+    assert_eq!(
+        runs(&app.client, &app.address, &workflow).await.len(),
+        found.len()
+    );
 }
 
 #[rstest]
@@ -221,7 +244,11 @@ async fn schedules_are_listed_read_and_validated(#[case] backend: Backend) {
     };
     assert_eq!(refused(json!({"cron": "every minute"})).await, ["cron"]);
     assert_eq!(refused(json!({"cron": "* * * * * * * *"})).await, ["cron"]);
-    assert_eq!(refused(json!({"cron": "0 0 31 2 *"})).await, ["cron"], "never fires");
+    assert_eq!(
+        refused(json!({"cron": "0 0 31 2 *"})).await,
+        ["cron"],
+        "never fires"
+    );
     assert_eq!(
         refused(json!({"cron": "0 9 * * *", "timezone": "Europe/Atlantis"})).await,
         ["timezone"]
@@ -234,7 +261,12 @@ async fn schedules_are_listed_read_and_validated(#[case] backend: Backend) {
         refused(json!({"cron": "0 9 * * *", "params": {"label": 3}})).await,
         ["params.label"]
     );
-    let (status, _) = send(app.client.post(&base).json(&json!({"cron": "0 9 * * *", "every": 2}))).await;
+    let (status, _) = send(
+        app.client
+            .post(&base)
+            .json(&json!({"cron": "0 9 * * *", "every": 2})),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let (_, list) = send(app.client.get(&base)).await;
     assert_eq!(list["items"], json!([]), "nothing was made");
@@ -265,8 +297,18 @@ async fn schedules_are_listed_read_and_validated(#[case] backend: Backend) {
         .iter()
         .map(|s| s["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, [yearly["id"].as_str().unwrap(), berlin["id"].as_str().unwrap()]);
-    let (status, one) = send(app.client.get(format!("{base}/{}", berlin["id"].as_str().unwrap()))).await;
+    assert_eq!(
+        ids,
+        [
+            yearly["id"].as_str().unwrap(),
+            berlin["id"].as_str().unwrap()
+        ]
+    );
+    let (status, one) = send(
+        app.client
+            .get(format!("{base}/{}", berlin["id"].as_str().unwrap())),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(one, berlin);
 
@@ -339,20 +381,28 @@ async fn an_archived_workflows_schedule_stops_firing(#[case] backend: Backend) {
     .await;
     let sid = schedule["id"].as_str().unwrap();
     wait_for_runs(&app.client, &app.address, &workflow, 1).await;
-    let (status, _) = send(app.client.delete(app.url(&format!("/api/workflows/{workflow}")))).await;
+    let (status, _) = send(
+        app.client
+            .delete(app.url(&format!("/api/workflows/{workflow}"))),
+    )
+    .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let archived_at = Utc::now();
     // The schedule is deleted at its next due time.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, _) = send(app.client.get(app.url(&format!(
-            "/api/workflows/{workflow}/schedules/{sid}"
-        ))))
+        let (status, _) = send(
+            app.client
+                .get(app.url(&format!("/api/workflows/{workflow}/schedules/{sid}"))),
+        )
         .await;
         if status == StatusCode::NOT_FOUND {
             break;
         }
-        assert!(Instant::now() < deadline, "the schedule outlived its workflow");
+        assert!(
+            Instant::now() < deadline,
+            "the schedule outlived its workflow"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let found = runs(&app.client, &app.address, &workflow).await;
@@ -363,7 +413,13 @@ async fn an_archived_workflows_schedule_stops_firing(#[case] backend: Backend) {
 }
 
 /// The first node of a test that restarts it: built in this process on `db`.
-async fn node(db: &TestDb) -> (String, tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
+async fn node(
+    db: &TestDb,
+) -> (
+    String,
+    tokio::task::JoinHandle<()>,
+    tokio::sync::oneshot::Sender<()>,
+) {
     let app = Application::build(test_settings(db)).await.unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -386,7 +442,12 @@ async fn a_restart_after_a_missed_period_catches_up_with_one_run(#[case] backend
     // for a year: every one of them falls while the node is down.
     let mut now = Utc::now();
     if now.second() > 50 {
-        tokio::time::sleep((TimeDelta::seconds(61 - i64::from(now.second()))).to_std().unwrap()).await;
+        tokio::time::sleep(
+            (TimeDelta::seconds(61 - i64::from(now.second())))
+                .to_std()
+                .unwrap(),
+        )
+        .await;
         now = Utc::now();
     }
     let first = now.second() + 6;
@@ -421,8 +482,16 @@ async fn a_restart_after_a_missed_period_catches_up_with_one_run(#[case] backend
     wait_for_runs(&user.client, &address, &workflow, 1).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let found = runs(&user.client, &address, &workflow).await;
-    assert_eq!(found.len(), 1, "one catch-up run, not one per missed fire time: {found:?}");
-    assert_eq!(fire_time(&found[0]), window_end, "the latest missed fire time");
+    assert_eq!(
+        found.len(),
+        1,
+        "one catch-up run, not one per missed fire time: {found:?}"
+    );
+    assert_eq!(
+        fire_time(&found[0]),
+        window_end,
+        "the latest missed fire time"
+    );
     let fired = firings(&user.client, &address, &sid).await;
     assert_one_run_per_fire_time(&found, &fired);
 }
@@ -439,15 +508,22 @@ async fn two_server_processes_start_one_run_per_fire_time() {
     );
     let user = register(&a).await;
     let workflow = create_workflow(&user.client, &a).await;
-    let schedule = create_schedule(&user.client, &b, &workflow, json!({"cron": "*/1 * * * * *"})).await;
+    let schedule = create_schedule(
+        &user.client,
+        &b,
+        &workflow,
+        json!({"cron": "*/1 * * * * *"}),
+    )
+    .await;
     let sid = schedule["id"].as_str().unwrap();
     let created: DateTime<Utc> = schedule["created_at"].as_str().unwrap().parse().unwrap();
 
     tokio::time::sleep(Duration::from_secs(5)).await;
     let before_delete = Utc::now();
-    let (status, _) = send(user.client.delete(format!(
-        "{a}/api/workflows/{workflow}/schedules/{sid}"
-    )))
+    let (status, _) = send(
+        user.client
+            .delete(format!("{a}/api/workflows/{workflow}/schedules/{sid}")),
+    )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let after_delete = Utc::now();

@@ -35,8 +35,14 @@ async fn templates_are_listed_and_instantiated_as_ordinary_workflows(#[case] bac
     let (status, list) = send(app.client.get(app.url("/api/workflow-templates"))).await;
     assert_eq!(status, StatusCode::OK);
     let templates = list["items"].as_array().unwrap();
-    let names: Vec<&str> = templates.iter().map(|t| t["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["research-topic", "monitor-page", "form-fill-with-approval"]);
+    let names: Vec<&str> = templates
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["research-topic", "monitor-page", "form-fill-with-approval"]
+    );
     let research = &templates[0];
     assert_eq!(research["params"]["topic"], json!({"type": "string"}));
     assert_eq!(research["params"]["max_results"]["default"], 3);
@@ -46,7 +52,15 @@ async fn templates_are_listed_and_instantiated_as_ordinary_workflows(#[case] bac
         .iter()
         .map(|s| s["capability"].as_str().unwrap())
         .collect();
-    assert_eq!(capabilities, ["http.request", "browser.open_links", "browser.extract", "llm.chat"]);
+    assert_eq!(
+        capabilities,
+        [
+            "http.request",
+            "browser.open_links",
+            "browser.extract",
+            "llm.chat"
+        ]
+    );
     let form = &templates[2];
     assert!(form["steps"]
         .as_array()
@@ -134,7 +148,9 @@ struct Site {
 
 impl Site {
     async fn start(&self) -> String {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
         let address = listener.local_addr().unwrap();
         let (page, notified) = (self.page.clone(), self.notified.clone());
         let app = Router::new()
@@ -191,7 +207,11 @@ async fn monitor_page_on_a_schedule_notifies_only_when_the_page_changed(#[case] 
     assert_eq!(status, StatusCode::CREATED, "{schedule}");
 
     let succeeded = || async {
-        let (_, status) = send(app.client.get(app.url(&format!("/api/workflows/{id}/status?limit=500")))).await;
+        let (_, status) = send(
+            app.client
+                .get(app.url(&format!("/api/workflows/{id}/status?limit=500"))),
+        )
+        .await;
         status["runs"]
             .as_array()
             .unwrap()
@@ -203,12 +223,21 @@ async fn monitor_page_on_a_schedule_notifies_only_when_the_page_changed(#[case] 
     // Unchanged page: runs fetch it and skip the notification.
     let deadline = Instant::now() + Duration::from_secs(60);
     while succeeded().await.len() < 3 {
-        assert!(Instant::now() < deadline, "the scheduled runs did not succeed");
+        assert!(
+            Instant::now() < deadline,
+            "the scheduled runs did not succeed"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let runs = succeeded().await;
-    assert!(runs.iter().all(|run| run["steps"]["notify"]["status"] == "skipped"), "{runs:?}");
-    assert!(runs.iter().all(|run| run["steps"]["fetch"]["output"]["body"] == "price: 10"));
+    assert!(
+        runs.iter()
+            .all(|run| run["steps"]["notify"]["status"] == "skipped"),
+        "{runs:?}"
+    );
+    assert!(runs
+        .iter()
+        .all(|run| run["steps"]["fetch"]["output"]["body"] == "price: 10"));
     assert!(site.notified.lock().unwrap().is_empty());
 
     *site.page.lock().unwrap() = "price: 12".into();

@@ -23,10 +23,12 @@ fn run_id(n: u128) -> Uuid {
 }
 
 fn spec() -> ScheduleSpec {
-    serde_json::from_value::<NewScheduleRequest>(json!({"cron": "*/10 * * * * *", "params": {"x": 1}}))
-        .unwrap()
-        .validate()
-        .unwrap()
+    serde_json::from_value::<NewScheduleRequest>(
+        json!({"cron": "*/10 * * * * *", "params": {"x": 1}}),
+    )
+    .unwrap()
+    .validate()
+    .unwrap()
 }
 
 fn created() -> ScheduleEvent {
@@ -165,12 +167,17 @@ fn commands_on_a_missing_schedule_are_not_found() {
 fn the_next_fire_time_follows_the_last_firing() {
     let mut schedule = Schedule::default();
     schedule.apply(created());
-    assert_eq!(schedule.state().unwrap().next_fire_at(), spec().next_after(at(0)));
+    assert_eq!(
+        schedule.state().unwrap().next_fire_at(),
+        spec().next_after(at(0))
+    );
     schedule.apply(fired(40, 4));
     let state = schedule.state().unwrap();
     assert_eq!(state.fired, 1);
     assert_eq!(state.next_fire_at(), spec().next_after(at(40)));
-    schedule.apply(ScheduleEvent::ScheduleDeleted(ScheduleDeleted { at: at(41) }));
+    schedule.apply(ScheduleEvent::ScheduleDeleted(ScheduleDeleted {
+        at: at(41),
+    }));
     assert_eq!(schedule.state().unwrap().next_fire_at(), None);
 }
 
@@ -189,5 +196,8 @@ fn events_carry_written_out_types_and_versions() {
     assert_eq!(fired(10, 1).event_type(), "ScheduleFired");
     assert_eq!(created().event_version(), "1.0");
     let round = serde_json::to_value(fired(10, 1)).unwrap();
-    assert_eq!(serde_json::from_value::<ScheduleEvent>(round).unwrap(), fired(10, 1));
+    assert_eq!(
+        serde_json::from_value::<ScheduleEvent>(round).unwrap(),
+        fired(10, 1)
+    );
 }

@@ -129,9 +129,16 @@ mod tests {
         ];
         for case in cases {
             let given = case["params"].as_object().cloned().unwrap();
-            let definition = request(case.clone()).instantiate().unwrap().validate().unwrap();
+            let definition = request(case.clone())
+                .instantiate()
+                .unwrap()
+                .validate()
+                .unwrap();
             for (name, value) in &given {
-                assert_eq!(definition.request().params[name].default.as_ref(), Some(value));
+                assert_eq!(
+                    definition.request().params[name].default.as_ref(),
+                    Some(value)
+                );
             }
             // Every param now has a value: a run needs none.
             definition.bind_params(Map::new()).unwrap();
@@ -147,7 +154,7 @@ mod tests {
         let form = find("form-fill-with-approval").unwrap();
         let approve = form.steps.iter().find(|s| s.approval.is_some()).unwrap();
         let submit = form.steps.iter().find(|s| s.id == "submit").unwrap();
-        assert_eq!(submit.depends_on, [approve.id.clone()]);
+        assert_eq!(submit.depends_on, std::slice::from_ref(&approve.id));
     }
 
     #[test]
