@@ -118,7 +118,6 @@ impl ReadSide {
             Arc::new(Projector::new(AggregateOwners, store.clone(), db.clone())),
             Arc::new(Projector::new(UsageView, store.clone(), db.clone())),
             Arc::new(Projector::new(WorkflowView, store.clone(), db.clone())),
-            Arc::new(Projector::new(ScheduleView, store.clone(), db.clone())),
         ]);
         // A new `VERSION` is a new set of tables (`…_v<N>`): it is built here from the
         // first event before the API serves, beside the older version's tables, which nodes

@@ -10,9 +10,11 @@ use uuid::Uuid;
 
 use crate::db::{ReadDb, ReadTx};
 use crate::feed::RecordedEvent;
-use crate::runner::{fold_next, Projection, ProjectionError};
+use crate::runner::{fold_next, ProjectionError};
 use crate::{on_reader, on_tx};
 
+/// The schedule rows; kept by the [`crate::workflow_view::WorkflowView`] projection, which
+/// follows workflow, run and schedule events (one projector, one connection fewer).
 pub struct ScheduleView;
 
 /// A schedule as the read model holds it.
@@ -62,13 +64,13 @@ impl ScheduleView {
         let next = state.next_fire_at().map(|at| at.timestamp_millis());
         on_tx!(tx, |conn| {
             sqlx::query(
-                "INSERT INTO schedule_view_v1
+                "INSERT INTO schedule_view_v2
                         (id, workflow_id, owner_id, deleted, next_fire_at, version, state)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (id) DO UPDATE SET
                         deleted = excluded.deleted, next_fire_at = excluded.next_fire_at,
                         version = excluded.version, state = excluded.state
-                  WHERE schedule_view_v1.version < excluded.version",
+                  WHERE schedule_view_v2.version < excluded.version",
             )
             .bind(state.id.to_string())
             .bind(state.workflow_id.to_string())
@@ -99,7 +101,7 @@ impl ScheduleView {
 
     pub async fn get(db: &ReadDb, id: Uuid) -> Result<Option<ScheduleRow>, ProjectionError> {
         let row: Option<(String, i64)> = on_reader!(db, |pool| {
-            sqlx::query_as("SELECT state, version FROM schedule_view_v1 WHERE id = $1")
+            sqlx::query_as("SELECT state, version FROM schedule_view_v2 WHERE id = $1")
                 .bind(id.to_string())
                 .fetch_optional(pool)
                 .await
@@ -117,7 +119,7 @@ impl ScheduleView {
     ) -> Result<Vec<ScheduleRow>, ProjectionError> {
         let rows: Vec<(String, i64)> = on_reader!(db, |pool| {
             sqlx::query_as(
-                "SELECT state, version FROM schedule_view_v1
+                "SELECT state, version FROM schedule_view_v2
                   WHERE workflow_id = $1 AND deleted = 0 AND ($2 IS NULL OR id < $2)
                   ORDER BY id DESC LIMIT $3",
             )
@@ -138,7 +140,7 @@ impl ScheduleView {
     ) -> Result<Vec<Uuid>, ProjectionError> {
         let ids: Vec<String> = on_reader!(db, |pool| {
             sqlx::query_scalar(
-                "SELECT id FROM schedule_view_v1
+                "SELECT id FROM schedule_view_v2
                   WHERE deleted = 0 AND next_fire_at <= $1
                   ORDER BY next_fire_at, id LIMIT $2",
             )
@@ -156,7 +158,7 @@ impl ScheduleView {
     /// The earliest next fire time of any live schedule.
     pub async fn earliest(db: &ReadDb) -> Result<Option<DateTime<Utc>>, ProjectionError> {
         let earliest: Option<i64> = on_reader!(db, |pool| {
-            sqlx::query_scalar("SELECT MIN(next_fire_at) FROM schedule_view_v1 WHERE deleted = 0")
+            sqlx::query_scalar("SELECT MIN(next_fire_at) FROM schedule_view_v2 WHERE deleted = 0")
                 .fetch_one(pool)
                 .await
         })?;
@@ -164,35 +166,30 @@ impl ScheduleView {
     }
 }
 
-impl Projection for ScheduleView {
-    const NAME: &'static str = "schedule_views";
-    const VERSION: i64 = 1;
+impl ScheduleView {
+    pub(crate) const SETUP: [&'static str; 3] = [
+        "CREATE TABLE IF NOT EXISTS schedule_view_v2 (
+            id           TEXT PRIMARY KEY,
+            workflow_id  TEXT NOT NULL,
+            owner_id     TEXT NOT NULL,
+            deleted      BIGINT NOT NULL,
+            next_fire_at BIGINT,
+            version      BIGINT NOT NULL,
+            state        TEXT NOT NULL
+        )",
+        "CREATE INDEX IF NOT EXISTS schedule_view_v2_workflow
+            ON schedule_view_v2 (workflow_id, deleted, id)",
+        "CREATE INDEX IF NOT EXISTS schedule_view_v2_due
+            ON schedule_view_v2 (deleted, next_fire_at)",
+    ];
 
-    async fn setup(&self, tx: &mut ReadTx) -> Result<(), sqlx::Error> {
-        let statements = [
-            "CREATE TABLE IF NOT EXISTS schedule_view_v1 (
-                id           TEXT PRIMARY KEY,
-                workflow_id  TEXT NOT NULL,
-                owner_id     TEXT NOT NULL,
-                deleted      BIGINT NOT NULL,
-                next_fire_at BIGINT,
-                version      BIGINT NOT NULL,
-                state        TEXT NOT NULL
-            )",
-            "CREATE INDEX IF NOT EXISTS schedule_view_v1_workflow
-                ON schedule_view_v1 (workflow_id, deleted, id)",
-            "CREATE INDEX IF NOT EXISTS schedule_view_v1_due
-                ON schedule_view_v1 (deleted, next_fire_at)",
-        ];
-        tx.execute_all(&statements).await
-    }
-
-    async fn apply(&self, tx: &mut ReadTx, event: &RecordedEvent) -> Result<(), ProjectionError> {
-        if event.aggregate_type != Schedule::TYPE {
-            return Ok(());
-        }
+    /// Folds one schedule event into its row.
+    pub(crate) async fn apply(
+        tx: &mut ReadTx,
+        event: &RecordedEvent,
+    ) -> Result<(), ProjectionError> {
         let current: Option<(String, i64)> = on_tx!(&mut *tx, |conn| {
-            sqlx::query_as("SELECT state, version FROM schedule_view_v1 WHERE id = $1")
+            sqlx::query_as("SELECT state, version FROM schedule_view_v2 WHERE id = $1")
                 .bind(&event.aggregate_id)
                 .fetch_optional(conn)
                 .await

@@ -13,16 +13,19 @@
 //! A run uses the workflow's latest version at fire time; a schedule whose workflow is
 //! archived (or gone) is deleted when it is next due. A workflow that declares an object
 //! param `previous` which the schedule's params do not set gets the step outputs of the
-//! run the schedule started before (`{<step id>: output}`), so a run can compare itself
+//! workflow's latest finished run (`{<step id>: output}`), so a run can compare itself
 //! with the last one (the `monitor-page` template does).
 
 use std::time::Duration;
 
 use chronicle_aggregates::schedule::{Schedule, ScheduleCommand, ScheduleError, ScheduleState};
 use chronicle_aggregates::workflow::Workflow;
-use chronicle_aggregates::workflow_run::{WorkflowRun, WorkflowRunCommand, WorkflowRunError};
+use chronicle_aggregates::workflow_run::{
+    RunStatus, WorkflowRun, WorkflowRunCommand, WorkflowRunError,
+};
 use chronicle_commands::workflow::ParamType;
 use chronicle_projections::schedule_view::ScheduleView;
+use chronicle_projections::workflow_run_view::WorkflowRunView;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -43,6 +46,9 @@ const SETTLE: Duration = Duration::from_millis(20);
 
 /// The pause after firing before the next look.
 const AFTER_FIRING: Duration = Duration::from_millis(100);
+
+/// How many of a workflow's newest runs are looked through for the latest finished one.
+const PREVIOUS_LOOK_BACK: u32 = 50;
 
 /// Due schedules handled per look.
 const BATCH: u32 = 500;
@@ -134,7 +140,7 @@ pub async fn fire(
     if schedule.deleted {
         return Ok(());
     }
-    let previous = restart_last_run(bus, read, schedule).await?;
+    restart_last_run(bus, read, schedule).await?;
     let Some(fire_at) = schedule.spec.latest_due(schedule.fired_until(), now) else {
         return Ok(());
     };
@@ -166,7 +172,7 @@ pub async fn fire(
         .get(PREVIOUS_PARAM)
         .is_some_and(|spec| spec.kind == ParamType::Object);
     if wants_previous && !params.contains_key(PREVIOUS_PARAM) {
-        if let Some(outputs) = previous {
+        if let Some(outputs) = previous_outputs(read, schedule.workflow_id).await? {
             params.insert(PREVIOUS_PARAM.into(), Value::Object(outputs));
         }
     }
@@ -294,32 +300,48 @@ async fn start_run(
     Ok(())
 }
 
+/// The step outputs (`{<step id>: output}`) of the workflow's latest finished run, for
+/// the next run's [`PREVIOUS_PARAM`]: a run still going when the next one fires is passed
+/// over, so a slow run does not leave its successor nothing to compare with.
+async fn previous_outputs(
+    read: &ReadSide,
+    workflow_id: Uuid,
+) -> Result<Option<Map<String, Value>>, StoreError> {
+    let rows = WorkflowRunView::of_workflow(&read.db, workflow_id, None, PREVIOUS_LOOK_BACK)
+        .await
+        .map_err(|e| StoreError::Database(Box::new(e)))?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| row.state())
+        .find(|run| run.status != RunStatus::Running)
+        .map(|run| {
+            run.steps
+                .iter()
+                .filter_map(|(id, step)| Some((id.clone(), step.output.clone()?)))
+                .collect()
+        }))
+}
+
 /// Starts the last recorded firing's run if it never started (the node that recorded it
-/// stopped in between), and returns that run's step outputs for the next one's
-/// [`PREVIOUS_PARAM`].
+/// stopped in between).
 async fn restart_last_run(
     bus: &CommandBus,
     read: &ReadSide,
     schedule: &ScheduleState,
-) -> Result<Option<Map<String, Value>>, StoreError> {
+) -> Result<(), StoreError> {
     let Some(last) = &schedule.last_firing else {
-        return Ok(None);
+        return Ok(());
     };
     let (Some(run_id), Some(version)) = (last.run_id, last.version) else {
-        return Ok(None);
+        return Ok(());
     };
     let loaded = bus
         .store()
         .aggregate::<WorkflowRun>()
         .load(&run_id.to_string())
         .await?;
-    if let Some(run) = loaded.aggregate.state() {
-        let outputs = run
-            .steps
-            .iter()
-            .filter_map(|(id, step)| Some((id.clone(), step.output.clone()?)))
-            .collect();
-        return Ok(Some(outputs));
+    if loaded.aggregate.state().is_some() {
+        return Ok(());
     }
     let workflow = bus
         .store()
@@ -332,10 +354,10 @@ async fn restart_last_run(
         .and_then(|w| w.at_version(version))
         .cloned()
     else {
-        return Ok(None);
+        return Ok(());
     };
     let Ok(params) = definition.bind_params(schedule.spec.params.clone()) else {
-        return Ok(None);
+        return Ok(());
     };
     tracing::info!(schedule_id = %schedule.id, %run_id, "starting a recorded firing's run");
     let start = StartRun {
@@ -345,8 +367,7 @@ async fn restart_last_run(
         version,
         params,
     };
-    start_run(bus, read, start, definition).await?;
-    Ok(None)
+    start_run(bus, read, start, definition).await
 }
 
 #[cfg(test)]

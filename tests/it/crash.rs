@@ -34,7 +34,7 @@ fn chronicle(db: &TestDb, port: u16) -> Command {
         .env("CHRONICLE_HTTP_AGENT__ENABLED", "false")
         // A burst sends thousands of requests as one user.
         .env("CHRONICLE_RATE_LIMIT__PER_MINUTE", "1000000000")
-        .env("CHRONICLE_STORE__MAX_CONNECTIONS", "12")
+        .env("CHRONICLE_STORE__MAX_CONNECTIONS", "8")
         .env_remove("CHRONICLE_CONFIG")
         .current_dir(db.dir.path())
         .stdin(Stdio::null())

@@ -217,9 +217,7 @@ pub fn test_settings(db: &TestDb) -> Settings {
         data_dir: db.data_dir(),
         ..Settings::default()
     };
-    // Seven projectors may each hold one during a catch-up, the LISTEN link holds one,
-    // and requests need the rest.
-    settings.store.max_connections = 12;
+    settings.store.max_connections = 8;
     // Its agent would show in every agent list; the tests of it turn it on.
     settings.http_agent.enabled = false;
     settings
