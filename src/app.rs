@@ -111,6 +111,11 @@ impl Application {
             read.clone(),
             stopping.clone(),
         )));
+        background.push(tokio::spawn(crate::process::schedules::run(
+            self.state.bus.clone(),
+            read.clone(),
+            stopping.clone(),
+        )));
         background.push(tokio::spawn(
             self.revocations.run(read.events_signal(), stopping.clone()),
         ));

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chronicle_aggregates::agent::Agent;
 use chronicle_aggregates::api_key::ApiKey;
+use chronicle_aggregates::schedule::Schedule;
 use chronicle_aggregates::task::{is_ready, Task};
 use chronicle_aggregates::workflow::Workflow;
 use chronicle_aggregates::workflow_run::WorkflowRun;
@@ -14,6 +15,7 @@ use chronicle_projections::agent_view::AgentView;
 use chronicle_projections::aggregate_owners::AggregateOwners;
 use chronicle_projections::api_key_view::ApiKeyView;
 use chronicle_projections::rebuild::Shadow;
+use chronicle_projections::schedule_view::ScheduleView;
 use chronicle_projections::task_view::TaskView;
 use chronicle_projections::usage::UsageView;
 use chronicle_projections::workflow_run_view::WorkflowRunView;
@@ -423,6 +425,15 @@ impl ReadSide {
     pub async fn workflow_run_committed(&self, run: &WorkflowRun, version: usize) {
         if let Err(error) = WorkflowRunView::write_committed(&self.db, run, version).await {
             tracing::warn!(%error, "inline run view write failed; catch-up will repair it");
+        }
+        self.notify();
+    }
+
+    /// Brings the schedule view up to a just-committed schedule; see
+    /// [`ReadSide::task_committed`].
+    pub async fn schedule_committed(&self, schedule: &Schedule, version: usize) {
+        if let Err(error) = ScheduleView::write_committed(&self.db, schedule, version).await {
+            tracing::warn!(%error, "inline schedule view write failed; catch-up will repair it");
         }
         self.notify();
     }

@@ -12,6 +12,8 @@
 //! - [`workflow`]: the Workflow aggregate — a versioned definition, archived at the end.
 //! - [`workflow_run`]: the WorkflowRun aggregate — one run of a version, step by step, and
 //!   what a run is ready for next.
+//! - [`schedule`]: the Schedule aggregate — a cron expression that starts runs of a
+//!   workflow, each firing recorded once.
 //! - [`codec`]: events to `(event_type, event_version, payload)` and back.
 //! - [`error`]: how a domain refusal is classified for the edges (missing, conflict, invalid).
 
@@ -21,6 +23,7 @@ pub mod codec;
 pub mod email_claim;
 pub mod error;
 pub mod first_user;
+pub mod schedule;
 pub mod session;
 pub mod task;
 pub mod user;

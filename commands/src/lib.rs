@@ -8,12 +8,15 @@
 //! - [`task`]: the task requests (`NewTaskRequest` → [`task::TaskSpec`]).
 //! - [`http_request`]: the input of an `http.request` task, checked at creation.
 //! - [`auth`]: registration, login, refresh and API-key requests; email, role, hashes.
-//! - [`workflow`]: workflow definitions — the DAG, conditions, templates, params.
+//! - [`workflow`]: workflow definitions — the DAG, conditions, templates, params, and the
+//!   built-in workflow templates ([`workflow::catalog`]).
+//! - [`schedule`]: cron schedules — the expression, the IANA zone, the fire times.
 //! - [`schema`]: JSON Schema patterns for the rules the OpenAPI document states.
 
 pub mod agent;
 pub mod auth;
 pub mod http_request;
+pub mod schedule;
 pub mod schema;
 pub mod task;
 pub mod validation;

@@ -16,6 +16,7 @@
 //! - [`usage`]: usage analytics — one fact per counted task event, reported by bucket.
 //! - [`workflow_view`]: the workflow list read model, every version in each row.
 //! - [`workflow_run_view`]: workflow runs with their per-step map.
+//! - [`schedule_view`]: schedules with their next fire time, for the schedule process.
 
 pub mod agent_view;
 pub mod aggregate_owners;
@@ -24,6 +25,7 @@ pub mod db;
 pub mod feed;
 pub mod rebuild;
 pub mod runner;
+pub mod schedule_view;
 pub mod task_queue;
 pub mod task_view;
 pub mod usage;

@@ -59,12 +59,12 @@ impl WorkflowRunView {
         })?;
         on_tx!(tx, |conn| {
             sqlx::query(
-                "INSERT INTO workflow_run_view_v1 (id, workflow_id, owner_id, status, version, state)
+                "INSERT INTO workflow_run_view_v2 (id, workflow_id, owner_id, status, version, state)
                  VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (id) DO UPDATE SET
                         status = excluded.status, version = excluded.version,
                         state = excluded.state
-                  WHERE workflow_run_view_v1.version < excluded.version",
+                  WHERE workflow_run_view_v2.version < excluded.version",
             )
             .bind(state.id.to_string())
             .bind(state.workflow_id.to_string())
@@ -94,7 +94,7 @@ impl WorkflowRunView {
 
     pub async fn get(db: &ReadDb, id: Uuid) -> Result<Option<WorkflowRunRow>, ProjectionError> {
         let row: Option<(String, i64)> = on_reader!(db, |pool| {
-            sqlx::query_as("SELECT state, version FROM workflow_run_view_v1 WHERE id = $1")
+            sqlx::query_as("SELECT state, version FROM workflow_run_view_v2 WHERE id = $1")
                 .bind(id.to_string())
                 .fetch_optional(pool)
                 .await
@@ -106,7 +106,7 @@ impl WorkflowRunView {
     pub async fn running(db: &ReadDb, limit: u32) -> Result<Vec<Uuid>, ProjectionError> {
         let ids: Vec<String> = on_reader!(db, |pool| {
             sqlx::query_scalar(
-                "SELECT id FROM workflow_run_view_v1 WHERE status = 'running'
+                "SELECT id FROM workflow_run_view_v2 WHERE status = 'running'
                   ORDER BY id LIMIT $1",
             )
             .bind(i64::from(limit))
@@ -128,7 +128,7 @@ impl WorkflowRunView {
     ) -> Result<Vec<WorkflowRunRow>, ProjectionError> {
         let rows: Vec<(String, i64)> = on_reader!(db, |pool| {
             sqlx::query_as(
-                "SELECT state, version FROM workflow_run_view_v1
+                "SELECT state, version FROM workflow_run_view_v2
                   WHERE workflow_id = $1 AND ($2 IS NULL OR id < $2)
                   ORDER BY id DESC LIMIT $3",
             )
@@ -144,7 +144,7 @@ impl WorkflowRunView {
 
 impl WorkflowRunView {
     pub(crate) const SETUP: [&'static str; 3] = [
-        "CREATE TABLE IF NOT EXISTS workflow_run_view_v1 (
+        "CREATE TABLE IF NOT EXISTS workflow_run_view_v2 (
             id          TEXT PRIMARY KEY,
             workflow_id TEXT NOT NULL,
             owner_id    TEXT NOT NULL,
@@ -152,10 +152,10 @@ impl WorkflowRunView {
             version     BIGINT NOT NULL,
             state       TEXT NOT NULL
         )",
-        "CREATE INDEX IF NOT EXISTS workflow_run_view_v1_workflow
-            ON workflow_run_view_v1 (workflow_id, id)",
-        "CREATE INDEX IF NOT EXISTS workflow_run_view_v1_status
-            ON workflow_run_view_v1 (status, id)",
+        "CREATE INDEX IF NOT EXISTS workflow_run_view_v2_workflow
+            ON workflow_run_view_v2 (workflow_id, id)",
+        "CREATE INDEX IF NOT EXISTS workflow_run_view_v2_status
+            ON workflow_run_view_v2 (status, id)",
     ];
 
     /// Folds one run event into its row.
@@ -164,7 +164,7 @@ impl WorkflowRunView {
         event: &RecordedEvent,
     ) -> Result<(), ProjectionError> {
         let current: Option<(String, i64)> = on_tx!(&mut *tx, |conn| {
-            sqlx::query_as("SELECT state, version FROM workflow_run_view_v1 WHERE id = $1")
+            sqlx::query_as("SELECT state, version FROM workflow_run_view_v2 WHERE id = $1")
                 .bind(&event.aggregate_id)
                 .fetch_optional(conn)
                 .await

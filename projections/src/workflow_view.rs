@@ -1,7 +1,8 @@
 //! The workflow list read model: one row per workflow with its owner and whether it is
 //! archived, and the aggregate's state (every version) as JSON. The same projection keeps
-//! the run rows ([`WorkflowRunView`]).
+//! the run rows ([`WorkflowRunView`]) and the schedule rows ([`ScheduleView`]).
 
+use chronicle_aggregates::schedule::Schedule;
 use chronicle_aggregates::workflow::{Workflow, WorkflowState};
 use chronicle_aggregates::workflow_run::WorkflowRun;
 use cqrs_es::Aggregate;
@@ -10,6 +11,7 @@ use uuid::Uuid;
 use crate::db::{ReadDb, ReadTx};
 use crate::feed::RecordedEvent;
 use crate::runner::{fold_next, Projection, ProjectionError};
+use crate::schedule_view::ScheduleView;
 use crate::workflow_run_view::WorkflowRunView;
 use crate::{on_reader, on_tx};
 
@@ -61,12 +63,12 @@ impl WorkflowView {
         })?;
         on_tx!(tx, |conn| {
             sqlx::query(
-                "INSERT INTO workflow_view_v1 (id, owner_id, archived, version, state)
+                "INSERT INTO workflow_view_v2 (id, owner_id, archived, version, state)
                  VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (id) DO UPDATE SET
                         archived = excluded.archived, version = excluded.version,
                         state = excluded.state
-                  WHERE workflow_view_v1.version < excluded.version",
+                  WHERE workflow_view_v2.version < excluded.version",
             )
             .bind(state.id.to_string())
             .bind(state.owner_id.to_string())
@@ -103,7 +105,7 @@ impl WorkflowView {
     ) -> Result<Vec<WorkflowRow>, ProjectionError> {
         let rows: Vec<(String, i64)> = on_reader!(db, |pool| {
             sqlx::query_as(
-                "SELECT state, version FROM workflow_view_v1
+                "SELECT state, version FROM workflow_view_v2
                   WHERE owner_id = $1 AND archived = 0 AND ($2 IS NULL OR id < $2)
                   ORDER BY id DESC LIMIT $3",
             )
@@ -118,7 +120,7 @@ impl WorkflowView {
 
     pub async fn get(db: &ReadDb, id: Uuid) -> Result<Option<WorkflowRow>, ProjectionError> {
         let row: Option<(String, i64)> = on_reader!(db, |pool| {
-            sqlx::query_as("SELECT state, version FROM workflow_view_v1 WHERE id = $1")
+            sqlx::query_as("SELECT state, version FROM workflow_view_v2 WHERE id = $1")
                 .bind(id.to_string())
                 .fetch_optional(pool)
                 .await
@@ -129,20 +131,22 @@ impl WorkflowView {
 
 impl Projection for WorkflowView {
     const NAME: &'static str = "workflow_views";
-    const VERSION: i64 = 1;
+    /// 2: the schedule rows joined ([`ScheduleView`]).
+    const VERSION: i64 = 2;
 
     async fn setup(&self, tx: &mut ReadTx) -> Result<(), sqlx::Error> {
         tx.execute_all(&WorkflowRunView::SETUP).await?;
+        tx.execute_all(&ScheduleView::SETUP).await?;
         let statements = [
-            "CREATE TABLE IF NOT EXISTS workflow_view_v1 (
+            "CREATE TABLE IF NOT EXISTS workflow_view_v2 (
                 id       TEXT PRIMARY KEY,
                 owner_id TEXT NOT NULL,
                 archived BIGINT NOT NULL,
                 version  BIGINT NOT NULL,
                 state    TEXT NOT NULL
             )",
-            "CREATE INDEX IF NOT EXISTS workflow_view_v1_owner
-                ON workflow_view_v1 (owner_id, archived, id)",
+            "CREATE INDEX IF NOT EXISTS workflow_view_v2_owner
+                ON workflow_view_v2 (owner_id, archived, id)",
         ];
         tx.execute_all(&statements).await
     }
@@ -151,11 +155,14 @@ impl Projection for WorkflowView {
         if event.aggregate_type == WorkflowRun::TYPE {
             return WorkflowRunView::apply(tx, event).await;
         }
+        if event.aggregate_type == Schedule::TYPE {
+            return ScheduleView::apply(tx, event).await;
+        }
         if event.aggregate_type != Workflow::TYPE {
             return Ok(());
         }
         let current: Option<(String, i64)> = on_tx!(&mut *tx, |conn| {
-            sqlx::query_as("SELECT state, version FROM workflow_view_v1 WHERE id = $1")
+            sqlx::query_as("SELECT state, version FROM workflow_view_v2 WHERE id = $1")
                 .bind(&event.aggregate_id)
                 .fetch_optional(conn)
                 .await

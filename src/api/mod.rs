@@ -24,6 +24,7 @@ pub(crate) mod redact;
 pub mod replay;
 pub mod request_meters;
 pub mod request_span;
+pub mod schedules;
 pub mod scrape;
 pub mod security_headers;
 pub mod store_link;
@@ -33,6 +34,7 @@ pub mod task_updates;
 pub mod tasks;
 pub mod users;
 pub mod views;
+pub mod workflow_templates;
 pub mod workflows;
 
 use std::sync::Arc;
@@ -172,7 +174,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(workflows::status))
         .routes(routes!(workflows::get_run, workflows::cancel_run))
         .routes(routes!(workflows::signal))
-        .routes(routes!(workflows::run_events));
+        .routes(routes!(workflows::run_events))
+        .routes(routes!(workflow_templates::list))
+        .routes(routes!(schedules::create, schedules::list))
+        .routes(routes!(schedules::get, schedules::delete));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).nest("/api", api)
 }
 

@@ -31,6 +31,7 @@ use super::history::{owned_answer, HistoryQuery};
 use super::paging::{Page, Paging};
 use super::tasks::usable_agent;
 use super::views::EventView;
+use super::workflow_templates::{definition_request, CreateWorkflowRequest};
 use super::AppState;
 use crate::actor::Actor;
 use crate::process::workflows::{advance, cancel_tasks, run_command};
@@ -210,7 +211,7 @@ async fn checked(
 }
 
 /// The workflow and its version if the caller may read it; 404 otherwise.
-async fn readable(
+pub(crate) async fn readable(
     state: &AppState,
     actor: &Actor,
     id: Uuid,
@@ -230,7 +231,7 @@ async fn readable(
 
 /// The workflow's state if the caller may change it: 404 when it may not see it, 403 when
 /// it may only look.
-fn writable(actor: &Actor, workflow: &Workflow) -> Result<(), ApiError> {
+pub(crate) fn writable(actor: &Actor, workflow: &Workflow) -> Result<(), ApiError> {
     match workflow.state() {
         Some(state) if actor.can_write(state.owner_id) => Ok(()),
         Some(state) if actor.can_read(state.owner_id) => Err(ApiError::Forbidden),
@@ -256,9 +257,9 @@ fn workflow_answer(
     path = "/workflows",
     operation_id = "create_workflow",
     tag = "workflows",
-    request_body(description = "The definition as JSON, or the same document as YAML", content(
-        (WorkflowDefinitionRequest = "application/json"),
-        (WorkflowDefinitionRequest = "application/yaml"),
+    request_body(description = "The definition (or `{template, params}`) as JSON, or the same document as YAML", content(
+        (CreateWorkflowRequest = "application/json"),
+        (CreateWorkflowRequest = "application/yaml"),
     )),
     responses(
         (status = 201, description = "Created", body = WorkflowBody, headers(
@@ -268,7 +269,7 @@ fn workflow_answer(
         (status = 413, description = "The body is over the limit"),
         (status = 415, description = "The body is neither JSON nor YAML"),
         (status = 403, description = "The caller may not create (auditor)"),
-        (status = 422, description = "An invalid definition: a cycle (named), a dangling `depends_on`, a duplicate id, an unknown template reference, a bad condition"),
+        (status = 422, description = "An invalid definition: a cycle (named), a dangling `depends_on`, a duplicate id, an unknown template reference, a bad condition; an unknown `template` or `params.<name>` it refuses; a `schedule` (not supported here)"),
     ),
 )]
 #[tracing::instrument(skip_all, fields(workflow_id))]
@@ -276,11 +277,12 @@ pub async fn create(
     State(state): State<AppState>,
     actor: Actor,
     meta: RequestMeta,
-    ApiJsonOrYaml(request): ApiJsonOrYaml<WorkflowDefinitionRequest>,
+    ApiJsonOrYaml(body): ApiJsonOrYaml<Value>,
 ) -> Result<Response, ApiError> {
     if !actor.can_create() {
         return Err(ApiError::Forbidden);
     }
+    let request = definition_request(body)?;
     let definition = checked(&state, &actor, request).await?;
     let workflow_id = Uuid::now_v7();
     tracing::Span::current().record("workflow_id", tracing::field::display(workflow_id));

@@ -10,12 +10,15 @@
 //! - [`http_agent`]: the built-in agent that runs `http.request` tasks, behind an SSRF guard.
 //! - [`workflows`]: the workflow driver — starts ready steps as tasks, records how they
 //!   ended, finishes runs.
+//! - [`schedules`]: starts a run each time a workflow's cron schedule is due, once per
+//!   fire time on any number of nodes.
 //! - [`live`]: what a live subscriber may receive, read from the feed in order.
 
 pub mod dispatch;
 pub mod http_agent;
 pub(crate) mod live;
 pub mod release;
+pub mod schedules;
 pub mod timers;
 pub mod workflows;
 

@@ -8,6 +8,7 @@
 //! depends on (directly or through others), conditions that compile as JSON Logic, param
 //! names, types and defaults, and each step's task settings.
 
+pub mod catalog;
 pub mod template;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
