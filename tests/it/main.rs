@@ -12,6 +12,7 @@ mod api;
 mod audit_chain;
 mod auth;
 mod cluster;
+mod concurrency_keys;
 mod crash;
 mod db_link;
 mod dispatch_limits;
