@@ -143,7 +143,7 @@ async fn lists_filter_and_page_newest_first(#[case] backend: Backend) {
             "workflow_views"
         ]
     );
-    assert_eq!(projections[3]["version"], 2);
+    assert_eq!(projections[3]["version"], 3);
 }
 
 async fn view_rows(app: &TestApp) -> Vec<(String, i64, String)> {
