@@ -334,3 +334,83 @@ async fn a_keys_limit_holds_across_two_nodes() {
     assert!(most <= 2, "the key held {most} leases at once");
     assert_eq!(completed.load(Ordering::Relaxed), TASKS);
 }
+
+/// The store decides: a lease past its key's limit is refused in the lease's own
+/// transaction (whatever the view said) and leaves the task ready; once the holder's task
+/// ends, the next lease of the key fits.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn the_lease_refuses_a_full_key(#[case] backend: Backend) {
+    use chronicle::bus::{CommandBus, CommandContext, CommandError};
+    use chronicle::store::{KeySlot, LeaseSlot, StoreError};
+    use chronicle_aggregates::agent::Agent;
+    use chronicle_aggregates::task::{Task, TaskCommand, TaskError};
+    use uuid::Uuid;
+
+    let app = spawn_app(backend).await.signed_in().await;
+    let (client, node) = (app.client.clone(), app.address.clone());
+    let store = app.db.store(Default::default()).await;
+    let bus = CommandBus::new(store.clone());
+    let agent_id = register_agent(&client, &node, 4).await;
+    let agent = store.aggregate::<Agent>().load(&agent_id).await.unwrap();
+    let owner = agent.aggregate.state().unwrap().owner_id;
+    let tasks = [
+        create_keyed(&client, &node, "example.com", 1).await,
+        create_keyed(&client, &node, "example.com", 1).await,
+    ];
+    let slot = LeaseSlot {
+        agent_id: agent_id.clone(),
+        agent_version: agent.version,
+        max_concurrency: 4,
+        key: Some(KeySlot {
+            owner_id: owner.to_string(),
+            key: "example.com".into(),
+            limit: 1,
+        }),
+    };
+    let lease = |task: String| {
+        let (bus, slot) = (bus.clone(), slot.clone());
+        let agent = Uuid::parse_str(&agent_id).unwrap();
+        async move {
+            bus.lease::<Task, CommandError<TaskError>>(
+                &task,
+                &CommandContext::default(),
+                &slot,
+                |_| {
+                    Ok(TaskCommand::LeaseTask {
+                        agent_id: agent,
+                        lease_id: Uuid::now_v7(),
+                        at: chrono::Utc::now(),
+                    })
+                },
+            )
+            .await
+            .map(|_| ())
+        }
+    };
+    let status = |id: &str| {
+        let (client, url) = (client.clone(), format!("{node}/api/tasks/{id}"));
+        async move {
+            let task: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            task["status"].clone()
+        }
+    };
+    lease(tasks[0].clone()).await.unwrap();
+    let refused = lease(tasks[1].clone()).await;
+    assert!(
+        matches!(refused, Err(CommandError::Store(StoreError::KeyBusy))),
+        "{refused:?}"
+    );
+    assert_eq!(status(&tasks[1]).await, "queued");
+    let cancelled = client
+        .delete(format!("{node}/api/tasks/{}", tasks[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    lease(tasks[1].clone()).await.unwrap();
+    // The test's own bus writes no view: the event store says who holds what.
+    assert_eq!(held_now(&store).await, HashSet::from([tasks[1].clone()]));
+}
