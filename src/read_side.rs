@@ -375,9 +375,11 @@ impl ReadSide {
     }
 
     /// Brings the task views up to a just-committed task so its caller reads its own write,
-    /// wakes waiting agents when the task is ready to lease, and tells the workflow driver
-    /// when a step's task ended. A failure here only delays the view (the catch-up repairs
-    /// it), so it is logged.
+    /// tells the workflow driver when a step's task ended, and wakes waiting agents when
+    /// the task is ready to lease, or when it has a
+    /// concurrency group and is not held (a hold of the group may have ended, freeing a
+    /// slot for the next of its tasks). A failure here only delays the view (the catch-up
+    /// repairs it), so it is logged.
     pub async fn task_committed(&self, task: &Task, version: usize) {
         if let Some(state) = task.state() {
             if let (Some(run_id), true) = (state.workflow_run_id, state.status.is_terminal()) {
@@ -388,10 +390,9 @@ impl ReadSide {
             tracing::warn!(%error, "inline task view write failed; catch-up will repair it");
         }
         self.notify();
-        if task
-            .state()
-            .is_some_and(|state| is_ready(state, Utc::now()))
-        {
+        if task.state().is_some_and(|state| {
+            is_ready(state, Utc::now()) || (state.concurrency.is_some() && !state.status.is_held())
+        }) {
             self.notify_queue();
         }
     }

@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::http_request::{self, HttpRequestInput};
-use crate::values::{Capability, Priority, RetryPolicy, Tags, TimeoutSecs};
+use crate::values::{Capability, Concurrency, Priority, RetryPolicy, Tags, TimeoutSecs};
 use crate::ValidationErrors;
 
 /// `POST /api/tasks` as the client sends it. Types are checked by serde; rules by
@@ -42,6 +42,15 @@ pub struct NewTaskRequest {
     pub tags: Option<Vec<String>>,
     /// Not leased before this time.
     pub not_before: Option<DateTime<Utc>>,
+    /// Groups the task with the owner's other tasks of this key: at most
+    /// `concurrency_limit` of them are leased or running at once, across every node.
+    /// 1–200 characters without control characters.
+    #[schema(min_length = 1, max_length = 200, example = "example.com")]
+    pub concurrency_key: Option<String>,
+    /// How many tasks of the key may be held at once; 1 when absent. Needs a
+    /// `concurrency_key`.
+    #[schema(minimum = 1, maximum = 1000)]
+    pub concurrency_limit: Option<i64>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -66,6 +75,8 @@ pub struct TaskSpec {
     pub pinned_agent_id: Option<Uuid>,
     pub tags: Tags,
     pub not_before: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub concurrency: Option<Concurrency>,
 }
 
 impl NewTaskRequest {
@@ -106,6 +117,15 @@ impl NewTaskRequest {
             }
         };
         let tags = errors.check("tags", Tags::new(self.tags.unwrap_or_default()));
+        let concurrency = match Concurrency::new(self.concurrency_key, self.concurrency_limit) {
+            Ok(concurrency) => concurrency,
+            Err(problems) => {
+                for (field, message) in problems {
+                    errors.push(field, message);
+                }
+                None
+            }
+        };
         let input = self.input;
         let pinned_agent_id = self.agent_id;
         let not_before = self.not_before;
@@ -122,6 +142,7 @@ impl NewTaskRequest {
                     pinned_agent_id,
                     tags,
                     not_before,
+                    concurrency,
                 })
             }
             _ => Err(errors),

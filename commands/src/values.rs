@@ -209,6 +209,71 @@ impl Tags {
     }
 }
 
+/// A task's place in a concurrency group: at most `limit` tasks of one owner with this
+/// `key` are leased or running at once, across every node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Concurrency {
+    key: String,
+    limit: u32,
+}
+
+impl Concurrency {
+    pub const MAX_KEY_LEN: usize = 200;
+    /// A sane ceiling: a group this large is no limit in practice.
+    pub const MAX_LIMIT: u32 = 1000;
+    pub const DEFAULT_LIMIT: u32 = 1;
+
+    /// The group of `key` with `limit` (1 when absent); no group without a key. Errors
+    /// name their field: `concurrency_key` or `concurrency_limit`.
+    pub fn new(
+        key: Option<String>,
+        limit: Option<i64>,
+    ) -> Result<Option<Self>, Vec<(&'static str, &'static str)>> {
+        let mut problems = Vec::new();
+        let limit = match limit {
+            None => Some(Self::DEFAULT_LIMIT),
+            Some(_) if key.is_none() => {
+                problems.push(("concurrency_limit", "needs a concurrency_key"));
+                None
+            }
+            Some(raw) => match u32::try_from(raw) {
+                Ok(n) if (1..=Self::MAX_LIMIT).contains(&n) => Some(n),
+                _ => {
+                    problems.push(("concurrency_limit", "must be 1 to 1000"));
+                    None
+                }
+            },
+        };
+        let Some(key) = key else {
+            return if problems.is_empty() {
+                Ok(None)
+            } else {
+                Err(problems)
+            };
+        };
+        if key.is_empty() || key.chars().count() > Self::MAX_KEY_LEN {
+            problems.insert(0, ("concurrency_key", "must be 1 to 200 characters"));
+        } else if key.chars().any(char::is_control) {
+            problems.insert(
+                0,
+                ("concurrency_key", "must not contain control characters"),
+            );
+        }
+        match limit {
+            Some(limit) if problems.is_empty() => Ok(Some(Self { key, limit })),
+            _ => Err(problems),
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -283,5 +348,36 @@ mod tests {
         assert_eq!(tags.as_slice(), ["a", "b"]);
         assert!(Tags::new(vec![String::new()]).is_err());
         assert!(Tags::new((0..33).map(|i| i.to_string()).collect()).is_err());
+    }
+
+    #[rstest]
+    #[case(Some("example.com"), None, Some(("example.com", 1)))]
+    #[case(Some("example.com"), Some(1000), Some(("example.com", 1000)))]
+    #[case(None, None, None)]
+    fn concurrency_accepts(
+        #[case] key: Option<&str>,
+        #[case] limit: Option<i64>,
+        #[case] expected: Option<(&str, u32)>,
+    ) {
+        let group = Concurrency::new(key.map(str::to_owned), limit).unwrap();
+        assert_eq!(group.as_ref().map(|g| (g.key(), g.limit())), expected);
+    }
+
+    #[rstest]
+    #[case(Some(String::new()), None, &["concurrency_key"])]
+    #[case(Some("x".repeat(201)), None, &["concurrency_key"])]
+    #[case(Some("a\nb".to_owned()), None, &["concurrency_key"])]
+    #[case(Some("k".to_owned()), Some(0), &["concurrency_limit"])]
+    #[case(Some("k".to_owned()), Some(1001), &["concurrency_limit"])]
+    #[case(None, Some(2), &["concurrency_limit"])]
+    #[case(Some(String::new()), Some(-1), &["concurrency_key", "concurrency_limit"])]
+    fn concurrency_refuses(
+        #[case] key: Option<String>,
+        #[case] limit: Option<i64>,
+        #[case] fields: &[&str],
+    ) {
+        let problems = Concurrency::new(key, limit).unwrap_err();
+        let named: Vec<&str> = problems.iter().map(|(field, _)| *field).collect();
+        assert_eq!(named, fields);
     }
 }

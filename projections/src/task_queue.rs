@@ -24,6 +24,25 @@ pub struct ReadyQuery<'a> {
     pub limit: u32,
 }
 
+/// A ready task an agent may be offered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: Uuid,
+    /// Its concurrency group, if it has one.
+    pub group: Option<CandidateGroup>,
+}
+
+/// A candidate's concurrency group as the view saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CandidateGroup {
+    pub owner_id: Uuid,
+    pub key: String,
+    pub limit: u32,
+    /// How many more of the group's tasks may be held now (at least 1: a full group's
+    /// tasks are not offered).
+    pub free: u32,
+}
+
 /// Most capabilities one agent may have (commands::agent allows 64).
 const MAX_CAPABILITIES: usize = 64;
 
@@ -35,11 +54,13 @@ fn parse_ids(rows: Vec<String>) -> Vec<Uuid> {
 
 impl TaskView {
     /// Ready tasks for `query`, best first: priority 9 first, then oldest. Queued or
-    /// scheduled for retry, and `not_before` (if any) reached.
+    /// scheduled for retry, and `not_before` (if any) reached. A task whose concurrency
+    /// group holds its limit of leases is not offered, so a busy group does not stand in
+    /// front of other work.
     pub async fn ready_for(
         db: &ReadDb,
         query: &ReadyQuery<'_>,
-    ) -> Result<Vec<Uuid>, ProjectionError> {
+    ) -> Result<Vec<Candidate>, ProjectionError> {
         let capabilities = &query.capabilities[..query.capabilities.len().min(MAX_CAPABILITIES)];
         if capabilities.is_empty() {
             return Ok(Vec::new());
@@ -49,18 +70,30 @@ impl TaskView {
             .map(|n| format!("${}", n + 5))
             .collect();
         let sql = format!(
-            "SELECT id FROM task_view_v2
-              WHERE status IN ('queued', 'retry_scheduled')
-                AND (not_before IS NULL OR not_before <= $3)
-                AND ($1 IS NULL OR owner_id = $1)
-                AND (pinned_agent_id IS NULL OR pinned_agent_id = $2)
-                AND capability IN ({})
+            "SELECT id, owner_id, concurrency_key, concurrency_limit, held FROM (
+                SELECT t.id, t.owner_id, t.concurrency_key, t.concurrency_limit,
+                       t.priority, t.created_at,
+                       CASE WHEN t.concurrency_key IS NULL THEN CAST(0 AS BIGINT)
+                            ELSE (SELECT count(*) FROM task_view_v3 h
+                                   WHERE h.owner_id = t.owner_id
+                                     AND h.concurrency_key = t.concurrency_key
+                                     AND h.status IN ('leased', 'running'))
+                       END AS held
+                  FROM task_view_v3 t
+                 WHERE t.status IN ('queued', 'retry_scheduled')
+                   AND (t.not_before IS NULL OR t.not_before <= $3)
+                   AND ($1 IS NULL OR t.owner_id = $1)
+                   AND (t.pinned_agent_id IS NULL OR t.pinned_agent_id = $2)
+                   AND t.capability IN ({})
+             ) ready
+              WHERE concurrency_key IS NULL OR held < concurrency_limit
               ORDER BY priority DESC, created_at, id
               LIMIT $4",
             placeholders.join(", ")
         );
-        let rows: Vec<String> = on_reader!(db, |pool| {
-            let mut statement = sqlx::query_scalar(&sql)
+        type Row = (String, String, Option<String>, Option<i64>, i64);
+        let rows: Vec<Row> = on_reader!(db, |pool| {
+            let mut statement = sqlx::query_as(&sql)
                 .bind(query.owner_id.map(|u| u.to_string()))
                 .bind(query.agent_id.to_string())
                 .bind(query.now.timestamp_millis())
@@ -70,14 +103,34 @@ impl TaskView {
             }
             statement.fetch_all(pool).await
         })?;
-        Ok(parse_ids(rows))
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, owner_id, key, limit, held)| {
+                let group = match (key, limit) {
+                    (Some(key), Some(limit)) => {
+                        let limit = u32::try_from(limit).ok()?;
+                        Some(CandidateGroup {
+                            owner_id: Uuid::parse_str(&owner_id).ok()?,
+                            key,
+                            limit,
+                            free: limit.saturating_sub(u32::try_from(held).ok()?),
+                        })
+                    }
+                    _ => None,
+                };
+                Some(Candidate {
+                    id: Uuid::parse_str(&id).ok()?,
+                    group,
+                })
+            })
+            .collect())
     }
 
     /// The tasks `agent_id` holds a lease on (leased or running).
     pub async fn held_by(db: &ReadDb, agent_id: Uuid) -> Result<Vec<Uuid>, ProjectionError> {
         let rows: Vec<String> = on_reader!(db, |pool| {
             sqlx::query_scalar(
-                "SELECT id FROM task_view_v2
+                "SELECT id FROM task_view_v3
                   WHERE agent_id = $1 AND status IN ('leased', 'running')
                   ORDER BY id",
             )
@@ -92,7 +145,7 @@ impl TaskView {
     pub async fn held_counts(db: &ReadDb) -> Result<HashMap<Uuid, u32>, ProjectionError> {
         let rows: Vec<(String, i64)> = on_reader!(db, |pool| {
             sqlx::query_as(
-                "SELECT agent_id, count(*) FROM task_view_v2
+                "SELECT agent_id, count(*) FROM task_view_v3
                   WHERE agent_id IS NOT NULL AND status IN ('leased', 'running')
                   GROUP BY agent_id",
             )
@@ -115,7 +168,7 @@ impl TaskView {
     ) -> Result<Vec<Uuid>, ProjectionError> {
         let rows: Vec<String> = on_reader!(db, |pool| {
             sqlx::query_scalar(
-                "SELECT id FROM task_view_v2
+                "SELECT id FROM task_view_v3
                   WHERE status IN ('leased', 'running') AND lease_expires_at <= $1
                   ORDER BY lease_expires_at, id
                   LIMIT $2",
@@ -137,9 +190,9 @@ impl TaskView {
         let (lease, ready): (Option<i64>, Option<i64>) = on_reader!(db, |pool| {
             sqlx::query_as(
                 "SELECT
-                    (SELECT min(lease_expires_at) FROM task_view_v2
+                    (SELECT min(lease_expires_at) FROM task_view_v3
                       WHERE status IN ('leased', 'running') AND lease_expires_at > $1),
-                    (SELECT min(not_before) FROM task_view_v2
+                    (SELECT min(not_before) FROM task_view_v3
                       WHERE status IN ('queued', 'retry_scheduled') AND not_before > $1)",
             )
             .bind(now.timestamp_millis())
@@ -161,7 +214,7 @@ impl TaskView {
     ) -> Result<bool, ProjectionError> {
         let found: Option<String> = on_reader!(db, |pool| {
             sqlx::query_scalar(
-                "SELECT id FROM task_view_v2
+                "SELECT id FROM task_view_v3
                   WHERE status IN ('queued', 'retry_scheduled')
                     AND not_before > $1 AND not_before <= $2
                   LIMIT 1",

@@ -82,10 +82,11 @@ impl TaskView {
         let id = state.id.to_string();
         let written = on_tx!(tx, |conn| {
             sqlx::query(
-                "INSERT INTO task_view_v2 (id, owner_id, status, capability, priority, agent_id,
+                "INSERT INTO task_view_v3 (id, owner_id, status, capability, priority, agent_id,
                         pinned_agent_id, workflow_run_id, not_before, created_at, updated_at,
-                        version, state, lease_expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                        version, state, lease_expires_at, concurrency_key, concurrency_limit)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                         $16)
                  ON CONFLICT (id) DO UPDATE SET
                         status = excluded.status, capability = excluded.capability,
                         priority = excluded.priority, agent_id = excluded.agent_id,
@@ -94,7 +95,7 @@ impl TaskView {
                         not_before = excluded.not_before, updated_at = excluded.updated_at,
                         version = excluded.version, state = excluded.state,
                         lease_expires_at = excluded.lease_expires_at
-                  WHERE task_view_v2.version < excluded.version",
+                  WHERE task_view_v3.version < excluded.version",
             )
             .bind(&id)
             .bind(state.owner_id.to_string())
@@ -110,6 +111,8 @@ impl TaskView {
             .bind(version as i64)
             .bind(&json)
             .bind(state.lease_expires_at.map(millis))
+            .bind(state.concurrency.as_ref().map(|c| c.key().to_owned()))
+            .bind(state.concurrency.as_ref().map(|c| i64::from(c.limit())))
             .execute(&mut *conn)
             .await
             .map(|r| r.rows_affected())
@@ -120,13 +123,13 @@ impl TaskView {
         }
         on_tx!(tx, |conn| {
             if version > 1 {
-                sqlx::query("DELETE FROM task_view_tags_v2 WHERE task_id = $1")
+                sqlx::query("DELETE FROM task_view_tags_v3 WHERE task_id = $1")
                     .bind(&id)
                     .execute(&mut *conn)
                     .await?;
             }
             for tag in state.tags.as_slice() {
-                sqlx::query("INSERT INTO task_view_tags_v2 (task_id, tag) VALUES ($1, $2)")
+                sqlx::query("INSERT INTO task_view_tags_v3 (task_id, tag) VALUES ($1, $2)")
                     .bind(&id)
                     .bind(tag)
                     .execute(&mut *conn)
@@ -165,7 +168,7 @@ impl TaskView {
     /// has no row for it (no such task, or the view has not caught up with its creation).
     pub async fn get(db: &ReadDb, id: Uuid) -> Result<Option<TaskRow>, ProjectionError> {
         let row: Option<(String, i64)> = on_reader!(db, |pool| {
-            sqlx::query_as("SELECT state, version FROM task_view_v2 WHERE id = $1")
+            sqlx::query_as("SELECT state, version FROM task_view_v3 WHERE id = $1")
                 .bind(id.to_string())
                 .fetch_optional(pool)
                 .await
@@ -180,12 +183,12 @@ impl TaskView {
         filter: &TaskFilter,
         limit: u32,
     ) -> Result<Vec<TaskRow>, ProjectionError> {
-        const SQL: &str = "SELECT v.state, v.version FROM task_view_v2 v
+        const SQL: &str = "SELECT v.state, v.version FROM task_view_v3 v
              WHERE ($1 IS NULL OR v.owner_id = $1)
                AND ($2 IS NULL OR v.status = $2)
                AND ($3 IS NULL OR v.capability = $3)
                AND ($4 IS NULL OR v.agent_id = $4)
-               AND ($5 IS NULL OR EXISTS (SELECT 1 FROM task_view_tags_v2 t
+               AND ($5 IS NULL OR EXISTS (SELECT 1 FROM task_view_tags_v3 t
                                            WHERE t.task_id = v.id AND t.tag = $5))
                AND ($6 IS NULL OR v.workflow_run_id = $6)
                AND ($7 IS NULL OR v.created_at > $7)
@@ -217,7 +220,7 @@ impl TaskView {
     pub async fn queue_depth(db: &ReadDb) -> Result<u64, ProjectionError> {
         let count: i64 = on_reader!(db, |pool| {
             sqlx::query_scalar(
-                "SELECT count(*) FROM task_view_v2 WHERE status IN ('queued', 'retry_scheduled')",
+                "SELECT count(*) FROM task_view_v3 WHERE status IN ('queued', 'retry_scheduled')",
             )
             .fetch_one(pool)
             .await
@@ -231,7 +234,7 @@ impl TaskView {
     ) -> Result<Vec<(String, i64)>, ProjectionError> {
         let rows = on_reader!(db, |pool| {
             sqlx::query_as(
-                "SELECT coalesce(capability, ''), count(*) FROM task_view_v2
+                "SELECT coalesce(capability, ''), count(*) FROM task_view_v3
                   WHERE status IN ('queued', 'retry_scheduled') GROUP BY 1 ORDER BY 1",
             )
             .fetch_all(pool)
@@ -248,7 +251,7 @@ impl TaskView {
         let owner = owner_id.map(|id| id.to_string());
         let rows = on_reader!(db, |pool| {
             sqlx::query_as(
-                "SELECT status, count(*) FROM task_view_v2
+                "SELECT status, count(*) FROM task_view_v3
                   WHERE ($1 IS NULL OR owner_id = $1)
                   GROUP BY status",
             )
@@ -262,12 +265,13 @@ impl TaskView {
 
 impl Projection for TaskView {
     const NAME: &'static str = "task_view";
-    /// 2 adds `lease_expires_at`, for the lease timers.
-    const VERSION: i64 = 2;
+    /// 2 adds `lease_expires_at`, for the lease timers; 3 the concurrency group
+    /// (`concurrency_key`, `concurrency_limit`), so dispatch skips a group that is full.
+    const VERSION: i64 = 3;
 
     async fn setup(&self, tx: &mut ReadTx) -> Result<(), sqlx::Error> {
         let statements = [
-            "CREATE TABLE IF NOT EXISTS task_view_v2 (
+            "CREATE TABLE IF NOT EXISTS task_view_v3 (
                 id              TEXT PRIMARY KEY,
                 owner_id        TEXT NOT NULL,
                 status          TEXT NOT NULL,
@@ -281,20 +285,26 @@ impl Projection for TaskView {
                 updated_at      BIGINT NOT NULL,
                 version         BIGINT NOT NULL,
                 state           TEXT NOT NULL,
-                lease_expires_at BIGINT
+                lease_expires_at BIGINT,
+                concurrency_key  TEXT,
+                concurrency_limit BIGINT
             )",
-            "CREATE INDEX IF NOT EXISTS task_view_v2_held
-                ON task_view_v2 (status, lease_expires_at)",
-            "CREATE INDEX IF NOT EXISTS task_view_v2_agent ON task_view_v2 (agent_id, status)",
-            "CREATE INDEX IF NOT EXISTS task_view_v2_owner ON task_view_v2 (owner_id, id)",
-            "CREATE INDEX IF NOT EXISTS task_view_v2_queue
-                ON task_view_v2 (status, capability, priority, created_at)",
-            "CREATE TABLE IF NOT EXISTS task_view_tags_v2 (
+            "CREATE INDEX IF NOT EXISTS task_view_v3_held
+                ON task_view_v3 (status, lease_expires_at)",
+            "CREATE INDEX IF NOT EXISTS task_view_v3_agent ON task_view_v3 (agent_id, status)",
+            "CREATE INDEX IF NOT EXISTS task_view_v3_owner ON task_view_v3 (owner_id, id)",
+            "CREATE INDEX IF NOT EXISTS task_view_v3_queue
+                ON task_view_v3 (status, capability, priority, created_at)",
+            // The tasks of a group that are held, counted for each candidate of the group.
+            "CREATE INDEX IF NOT EXISTS task_view_v3_group
+                ON task_view_v3 (owner_id, concurrency_key, status)
+                WHERE concurrency_key IS NOT NULL",
+            "CREATE TABLE IF NOT EXISTS task_view_tags_v3 (
                 task_id TEXT NOT NULL,
                 tag     TEXT NOT NULL,
                 PRIMARY KEY (task_id, tag)
             )",
-            "CREATE INDEX IF NOT EXISTS task_view_tags_v2_tag ON task_view_tags_v2 (tag)",
+            "CREATE INDEX IF NOT EXISTS task_view_tags_v3_tag ON task_view_tags_v3 (tag)",
         ];
         tx.execute_all(&statements).await
     }
@@ -304,7 +314,7 @@ impl Projection for TaskView {
             return Ok(());
         }
         let current: Option<(String, i64)> = on_tx!(&mut *tx, |conn| {
-            sqlx::query_as("SELECT state, version FROM task_view_v2 WHERE id = $1")
+            sqlx::query_as("SELECT state, version FROM task_view_v3 WHERE id = $1")
                 .bind(&event.aggregate_id)
                 .fetch_optional(conn)
                 .await
@@ -340,7 +350,7 @@ impl Projection for TaskView {
         for chunk in ids.chunks(5_000) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
             let sql = format!(
-                "SELECT id, state, version FROM task_view_v2 WHERE id IN ({})",
+                "SELECT id, state, version FROM task_view_v3 WHERE id IN ({})",
                 placeholders.join(", ")
             );
             let rows: Vec<(String, String, i64)> = on_tx!(&mut *tx, |conn| {

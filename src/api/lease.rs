@@ -291,6 +291,8 @@ pub async fn execute(
         agent_id: Some(id),
         tags: None,
         not_before: None,
+        concurrency_key: None,
+        concurrency_limit: None,
     }
     .validate()?;
     let task_id = Uuid::now_v7();

@@ -43,6 +43,12 @@ pub struct TaskView {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The owner's concurrency group the task waits its turn in, if any.
+    pub concurrency_key: Option<String>,
+    /// How many tasks of `concurrency_key` may be leased or running at once; `null`
+    /// without a key.
+    #[schema(minimum = 1, maximum = 1000)]
+    pub concurrency_limit: Option<u32>,
     /// The number of events of the task; its `ETag`.
     pub version: usize,
 }
@@ -87,6 +93,8 @@ impl TaskView {
             updated_at: state.updated_at,
             started_at: state.started_at,
             finished_at: state.finished_at,
+            concurrency_key: state.concurrency.as_ref().map(|c| c.key().to_owned()),
+            concurrency_limit: state.concurrency.as_ref().map(|c| c.limit()),
             version,
         }
     }

@@ -14,6 +14,12 @@
 //! node is skipped by the others, which go on to the next candidate. Across nodes the
 //! aggregate still decides. A call tries its claimed candidates concurrently, so their
 //! appends share a commit.
+//!
+//! A task with a concurrency group (its owner's `concurrency_key`) also takes one of the
+//! group's slots in the lease's transaction; a full group refuses (`StoreError::KeyBusy`)
+//! and the call goes on to other candidates. The view offers no task of a full group, and a
+//! call claims no more of a group's tasks than the view says are free, counting those that
+//! other calls of this node are leasing, so the group's tasks go in priority-then-age order.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -21,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use chronicle_aggregates::agent::AgentState;
 use chronicle_aggregates::task::{Task, TaskCommand, TaskError};
 use chronicle_commands::agent::AgentKind;
-use chronicle_projections::task_queue::ReadyQuery;
+use chronicle_projections::task_queue::{Candidate, ReadyQuery};
 use chronicle_projections::task_view::TaskView;
 use chronicle_projections::ProjectionError;
 use chrono::Utc;
@@ -29,7 +35,7 @@ use uuid::Uuid;
 
 use crate::bus::{CommandBus, CommandContext, CommandError, Committed};
 use crate::read_side::ReadSide;
-use crate::store::{LeaseSlot, StoreError};
+use crate::store::{KeySlot, LeaseSlot, StoreError};
 
 /// Most tasks one lease call hands out.
 pub const MAX_TASKS_PER_LEASE: u32 = 100;
@@ -93,28 +99,50 @@ impl DispatchState {
 struct Claim<'a> {
     state: &'a DispatchState,
     task_id: Uuid,
+    /// The group slot the lease takes, if the task has a concurrency group.
+    key: Option<KeySlot>,
 }
 
 impl<'a> Claim<'a> {
     /// Claims the first `n` of `candidates` that no other call of this node is leasing,
-    /// all at once, so that agents woken together take different tasks.
-    fn take_first(state: &'a DispatchState, candidates: &[Uuid], n: usize) -> Vec<Self> {
+    /// all at once, so that agents woken together take different tasks. Of a concurrency
+    /// group it takes no more than the group's free slots, and a task of the group that
+    /// another call is leasing counts as taking one: the next in line waits for it.
+    fn take_first(state: &'a DispatchState, candidates: &[Candidate], n: usize) -> Vec<Self> {
         let mut taken = Vec::with_capacity(n);
+        let mut used: HashMap<(Uuid, &str), u32> = HashMap::new();
         {
             let mut leasing = state.leasing();
-            for &task_id in candidates {
+            for candidate in candidates {
                 if taken.len() >= n {
                     break;
                 }
-                if leasing.insert(task_id) {
-                    taken.push(task_id);
+                if let Some(group) = &candidate.group {
+                    let used = used
+                        .entry((group.owner_id, group.key.as_str()))
+                        .or_default();
+                    if *used >= group.free {
+                        continue;
+                    }
+                    *used += 1;
+                }
+                if leasing.insert(candidate.id) {
+                    taken.push(candidate);
                 }
             }
         }
         // Built only once the lock is released: dropping a claim takes it.
         taken
             .into_iter()
-            .map(|task_id| Self { state, task_id })
+            .map(|candidate| Self {
+                state,
+                task_id: candidate.id,
+                key: candidate.group.as_ref().map(|group| KeySlot {
+                    owner_id: group.owner_id.to_string(),
+                    key: group.key.clone(),
+                    limit: group.limit,
+                }),
+            })
             .collect()
     }
 
@@ -164,6 +192,7 @@ pub async fn lease_ready(
         agent_id: agent.id.to_string(),
         agent_version,
         max_concurrency: agent.max_concurrency.get(),
+        key: None,
     };
     let mut granted = Vec::with_capacity(wanted);
     let mut tried = HashSet::new();
@@ -186,10 +215,10 @@ pub async fn lease_ready(
             limit: u32::try_from(still * 2 + 8 + tried.len() + Claim::outstanding(dispatch))
                 .unwrap_or(u32::MAX),
         };
-        let candidates: Vec<Uuid> = TaskView::ready_for(&read.db, &query)
+        let candidates: Vec<Candidate> = TaskView::ready_for(&read.db, &query)
             .await?
             .into_iter()
-            .filter(|id| !tried.contains(id))
+            .filter(|candidate| !tried.contains(&candidate.id))
             .collect();
         let claims = Claim::take_first(dispatch, &candidates, still);
         if claims.is_empty() {
@@ -199,9 +228,17 @@ pub async fn lease_ready(
         }
         tried.extend(claims.iter().map(|claim| claim.task_id));
         // At once: their appends share a commit, and the call takes one lease's time.
+        let slots: Vec<LeaseSlot> = claims
+            .iter()
+            .map(|claim| LeaseSlot {
+                key: claim.key.clone(),
+                ..slot.clone()
+            })
+            .collect();
         let attempts = claims
             .iter()
-            .map(|claim| try_lease(bus, read, &slot, claim.task_id, context));
+            .zip(&slots)
+            .map(|(claim, slot)| try_lease(bus, read, slot, claim.task_id, context));
         let mut failure = None;
         for attempt in futures::future::join_all(attempts).await {
             match attempt {
@@ -282,6 +319,12 @@ async fn try_lease(
             read.notify_queue();
             Ok(Leased::Full)
         }
+        Err(CommandError::Store(StoreError::KeyBusy)) => {
+            // Its group is full (another node's leases, or a view behind them): the task
+            // waits for a hold of its group to end, which wakes the queue.
+            tracing::debug!(%task_id, "its concurrency group is full; trying the next candidate");
+            Ok(Leased::Lost)
+        }
         Err(CommandError::Store(StoreError::AgentRetired)) => {
             read.notify_queue();
             Err(DispatchError::AgentRetired)
@@ -306,20 +349,57 @@ async fn try_lease(
 #[cfg(test)]
 mod tests {
     use super::{Claim, DispatchState};
+    use chronicle_projections::task_queue::{Candidate, CandidateGroup};
     use uuid::Uuid;
+
+    fn candidate(group: Option<(&str, u32)>) -> Candidate {
+        Candidate {
+            id: Uuid::now_v7(),
+            group: group.map(|(key, free)| CandidateGroup {
+                owner_id: Uuid::nil(),
+                key: key.to_owned(),
+                limit: 2,
+                free,
+            }),
+        }
+    }
+
+    fn ids(claims: &[Claim<'_>]) -> Vec<Uuid> {
+        claims.iter().map(|c| c.task_id).collect()
+    }
+
+    #[test]
+    fn claims_take_no_more_of_a_group_than_it_has_free() {
+        let node = DispatchState::default();
+        let tasks = [
+            candidate(Some(("a", 2))),
+            candidate(Some(("a", 2))),
+            candidate(Some(("a", 2))),
+            candidate(None),
+            candidate(Some(("b", 1))),
+            candidate(Some(("b", 1))),
+        ];
+        let first = Claim::take_first(&node, &tasks[..1], 1);
+        // The task of `a` another call is leasing takes one of its two slots.
+        let second = Claim::take_first(&node, &tasks, 10);
+        assert_eq!(ids(&first), [tasks[0].id]);
+        assert_eq!(ids(&second), [tasks[1].id, tasks[3].id, tasks[4].id]);
+        assert_eq!(second[0].key.as_ref().map(|k| k.key.as_str()), Some("a"));
+        assert_eq!(second[1].key, None);
+    }
 
     #[test]
     fn claims_are_a_nodes_own_and_end_with_the_attempt() {
         let (node_a, node_b) = (DispatchState::default(), DispatchState::default());
-        let tasks = [Uuid::now_v7(), Uuid::now_v7()];
+        let tasks = [candidate(None), candidate(None)];
         let first = Claim::take_first(&node_a, &tasks, 1);
         assert_eq!(first.len(), 1);
-        assert_eq!(first[0].task_id, tasks[0]);
+        assert_eq!(first[0].task_id, tasks[0].id);
         // Another call of the same node skips the claimed task…
         let second = Claim::take_first(&node_a, &tasks, 2);
         assert_eq!(
             second.iter().map(|c| c.task_id).collect::<Vec<_>>(),
-            [tasks[1]]
+            [tasks[1].id]
         );
         // …another node does not know of it: the aggregate decides between nodes.
         assert_eq!(Claim::take_first(&node_b, &tasks, 2).len(), 2);

@@ -360,6 +360,8 @@ async fn start_task(
         agent_id: step.agent_id,
         tags: None,
         not_before: None,
+        concurrency_key: None,
+        concurrency_limit: None,
     };
     let spec = match request.validate() {
         Ok(spec) => spec,

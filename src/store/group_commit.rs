@@ -5,9 +5,10 @@
 //! concurrency check) gets [`StoreError::Conflict`] and none of its events stay: any rows
 //! of it that did insert are deleted in the same transaction.
 //!
-//! A lease's request carries its [`LeaseSlot`]: the transaction takes each agent's slot lock
-//! before it inserts a row (agents in one order), refuses the leases that do not fit, and
-//! records the slots of those that were appended (see [`super::lease_slots`]).
+//! A lease's request carries its [`LeaseSlot`]: the transaction takes each agent's slot lock,
+//! then each concurrency group's, before it inserts a row (agents in one order, then
+//! groups in one order), refuses the leases that do not fit, and records the slots of
+//! those that were appended (see [`super::lease_slots`]).
 //!
 //! Appends that carry a snapshot update take their own transaction (one in N; see
 //! `PgBackend::append_with_snapshot`).
@@ -20,7 +21,7 @@ use cqrs_es::persist::SerializedEvent;
 use sqlx::postgres::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::lease_slots::{self, LeaseSlot};
+use super::lease_slots::{self, KeySlot, LeaseSlot};
 use super::StoreError;
 
 /// Requests one worker takes into one transaction at most.
@@ -171,33 +172,7 @@ async fn insert(
     batch: &[Request],
 ) -> Result<HashMap<usize, StoreError>, StoreError> {
     let mut tx = pool.begin().await.map_err(map_error)?;
-    let mut failed = HashMap::new();
-    // Every agent's lock before any row: a batch waiting on another's rows holds no lock
-    // that one needs. Two batches still take agents in one order.
-    let mut leases: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (index, request) in batch.iter().enumerate() {
-        if let Some(slot) = &request.slot {
-            leases.entry(&slot.agent_id).or_default().push(index);
-        }
-    }
-    for indexes in leases.values() {
-        let Some(slot) = indexes.first().and_then(|&i| batch[i].slot.as_ref()) else {
-            continue;
-        };
-        match lease_slots::free_pg(&mut tx, slot).await {
-            Ok(free) => {
-                for &index in indexes.iter().skip(free as usize) {
-                    failed.insert(index, StoreError::NoFreeSlot);
-                }
-            }
-            Err(StoreError::AgentRetired) => {
-                for &index in indexes {
-                    failed.insert(index, StoreError::AgentRetired);
-                }
-            }
-            Err(error) => return Err(error),
-        }
-    }
+    let mut failed = refuse_what_does_not_fit(&mut tx, batch).await?;
     let rows = batch
         .iter()
         .enumerate()
@@ -263,6 +238,7 @@ async fn insert(
     // of them inserted, and a loser's rows that did insert are taken back.
     let mut undo: Vec<Key> = Vec::new();
     let mut taken = Vec::new();
+    let mut taken_keys = Vec::new();
     for (index, request) in batch.iter().enumerate() {
         if failed.contains_key(&index) {
             continue;
@@ -283,6 +259,14 @@ async fn insert(
             undo.extend(keys.into_iter().filter(|key| inserted.contains(key)));
         } else if let (Some(slot), Some((_, task_id, sequence))) = (&request.slot, keys.first()) {
             taken.push((slot.agent_id.clone(), task_id.clone(), *sequence));
+            if let Some(key) = &slot.key {
+                taken_keys.push((
+                    key.owner_id.clone(),
+                    key.key.clone(),
+                    task_id.clone(),
+                    *sequence,
+                ));
+            }
         }
     }
     if !undo.is_empty() {
@@ -301,7 +285,71 @@ async fn insert(
         .map_err(map_error)?;
     }
     lease_slots::take_pg(&mut tx, &taken).await?;
+    lease_slots::take_keys_pg(&mut tx, &taken_keys).await?;
     tx.commit().await.map_err(map_error)?;
+    Ok(failed)
+}
+
+/// Takes every agent's lock, then every concurrency group's, before any row: a batch
+/// waiting on another's rows holds no lock that one needs, and two batches take agents,
+/// then groups, in one order. Answers the leases refused, by index: in batch order, a
+/// lease fits when both its agent and its group (if any) have a slot left.
+async fn refuse_what_does_not_fit(
+    tx: &mut sqlx::PgConnection,
+    batch: &[Request],
+) -> Result<HashMap<usize, StoreError>, StoreError> {
+    let mut failed = HashMap::new();
+    let slots: Vec<(usize, &LeaseSlot)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(index, request)| Some((index, request.slot.as_ref()?)))
+        .collect();
+    if slots.is_empty() {
+        return Ok(failed);
+    }
+    // Free slots per agent; `None` when it retired.
+    let mut agents: BTreeMap<&str, Option<u32>> = BTreeMap::new();
+    for (_, slot) in &slots {
+        if agents.contains_key(slot.agent_id.as_str()) {
+            continue;
+        }
+        let free = match lease_slots::free_pg(tx, slot).await {
+            Ok(free) => Some(free),
+            Err(StoreError::AgentRetired) => None,
+            Err(error) => return Err(error),
+        };
+        agents.insert(&slot.agent_id, free);
+    }
+    let mut groups: BTreeMap<(String, String), &KeySlot> = BTreeMap::new();
+    for (_, slot) in &slots {
+        if let Some(key) = &slot.key {
+            groups.entry(key.group()).or_insert(key);
+        }
+    }
+    let ordered: Vec<&KeySlot> = groups.values().copied().collect();
+    let free_keys = lease_slots::free_keys_pg(tx, &ordered).await?;
+    let mut group_free: HashMap<(String, String), u32> =
+        groups.into_keys().zip(free_keys).collect();
+    for (index, slot) in slots {
+        let agent = agents.get_mut(slot.agent_id.as_str());
+        let Some(Some(agent_free)) = agent else {
+            failed.insert(index, StoreError::AgentRetired);
+            continue;
+        };
+        if *agent_free == 0 {
+            failed.insert(index, StoreError::NoFreeSlot);
+            continue;
+        }
+        if let Some(key) = &slot.key {
+            let free = group_free.entry(key.group()).or_default();
+            if *free == 0 {
+                failed.insert(index, StoreError::KeyBusy);
+                continue;
+            }
+            *free -= 1;
+        }
+        *agent_free -= 1;
+    }
     Ok(failed)
 }
 

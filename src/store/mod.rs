@@ -42,7 +42,7 @@ use uuid::Uuid;
 pub use aggregate_store::{AggregateStore, Loaded};
 pub use checkpoint::{AuditKey, Checkpoint};
 pub use chronicle_projections::feed::{FeedCursor, RecordedEvent};
-pub use lease_slots::LeaseSlot;
+pub use lease_slots::{KeySlot, LeaseSlot};
 pub use verify::{BrokenLink, CheckpointCheck, VerifyReport};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -64,6 +64,10 @@ pub enum StoreError {
     /// A lease for an agent that already holds `max_concurrency` leases.
     #[error("the agent holds as many leases as it may")]
     NoFreeSlot,
+    /// A lease of a task whose concurrency group already holds its limit of leases: the
+    /// task waits, and the agent may take another.
+    #[error("the task's concurrency group holds as many leases as it may")]
+    KeyBusy,
     /// A lease for an agent that drained or deregistered since it was loaded.
     #[error("the agent takes no new work")]
     AgentRetired,

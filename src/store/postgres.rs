@@ -115,9 +115,7 @@ impl PgBackend {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_error)?;
         if let Some(slot) = slot {
-            if lease_slots::free_pg(&mut tx, slot).await? == 0 {
-                return Err(StoreError::NoFreeSlot);
-            }
+            lease_slots::check_pg(&mut tx, slot).await?;
         }
         let mut last_sequence = 0;
         for event in events {
@@ -177,6 +175,15 @@ impl PgBackend {
                 first.sequence as i64,
             );
             lease_slots::take_pg(&mut tx, &[taken]).await?;
+            if let Some(key) = &slot.key {
+                let taken = (
+                    key.owner_id.clone(),
+                    key.key.clone(),
+                    first.aggregate_id.clone(),
+                    first.sequence as i64,
+                );
+                lease_slots::take_keys_pg(&mut tx, &[taken]).await?;
+            }
         }
         tx.commit().await.map_err(map_error)?;
         Ok(())

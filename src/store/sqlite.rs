@@ -351,19 +351,14 @@ impl SqliteBackend {
         // IMMEDIATE: take the write lock first, so a writer in another process makes us wait
         // rather than fail when a deferred transaction upgrades.
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        if let Some(slot) = slot {
-            if lease_slots::free_sqlite(&mut tx, slot).await? == 0 {
-                return Err(StoreError::NoFreeSlot);
-            }
-            if let Some(first) = events.first() {
-                lease_slots::take_sqlite(
-                    &mut tx,
-                    &slot.agent_id,
-                    &first.aggregate_id,
-                    first.sequence as i64,
-                )
-                .await?;
-            }
+        if let (Some(slot), Some(first)) = (slot, events.first()) {
+            lease_slots::check_and_take_sqlite(
+                &mut tx,
+                slot,
+                &first.aggregate_id,
+                first.sequence as i64,
+            )
+            .await?;
         }
         let mut last_sequence = 0;
         for event in events {

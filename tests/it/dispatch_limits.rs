@@ -207,6 +207,7 @@ async fn the_lease_refuses_a_full_or_deregistered_agent(#[case] backend: Backend
         agent_id: full_id.clone(),
         agent_version: full.version,
         max_concurrency: 1,
+        key: None,
     };
     let full_agent = Uuid::parse_str(&full_id).unwrap();
     let (first, second) = (
@@ -255,6 +256,7 @@ async fn the_lease_refuses_a_full_or_deregistered_agent(#[case] backend: Backend
         agent_id: agent_id.clone(),
         agent_version: loaded.version,
         max_concurrency: 4,
+        key: None,
     };
     let refused = lease_with(&bus, &ready[0], state.id, &slot).await;
     assert!(

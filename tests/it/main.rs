@@ -13,6 +13,7 @@ mod audit_chain;
 mod auth;
 mod backup;
 mod cluster;
+mod concurrency_keys;
 mod crash;
 mod db_link;
 mod dispatch_limits;

@@ -1,7 +1,9 @@
 //! Task events: what has happened to a task. Type strings and versions are written out,
 //! never derived from Rust names, so renaming a variant cannot orphan stored events.
 
-use chronicle_commands::values::{Capability, Priority, RetryPolicy, Tags, TimeoutSecs};
+use chronicle_commands::values::{
+    Capability, Concurrency, Priority, RetryPolicy, Tags, TimeoutSecs,
+};
 use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
@@ -50,6 +52,10 @@ pub struct TaskCreated {
     pub tags: Tags,
     pub not_before: Option<DateTime<Utc>>,
     pub at: DateTime<Utc>,
+    /// The task's concurrency group, if any; absent from tasks created before groups
+    /// existed (and left out when there is none, so such payloads keep their shape).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

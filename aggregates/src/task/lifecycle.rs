@@ -33,6 +33,7 @@ pub(super) fn create(
         tags: spec.tags,
         not_before: spec.not_before,
         at,
+        concurrency: spec.concurrency,
     })))
 }
 

@@ -1,6 +1,8 @@
 //! What is known about a task, and how each event changes it.
 
-use chronicle_commands::values::{Capability, Priority, RetryPolicy, Tags, TimeoutSecs};
+use chronicle_commands::values::{
+    Capability, Concurrency, Priority, RetryPolicy, Tags, TimeoutSecs,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -135,6 +137,9 @@ pub struct TaskState {
     pub progress: Option<serde_json::Value>,
     #[serde(default)]
     pub last_lease: Option<EndedLease>,
+    /// The concurrency group the task waits its turn in, if any.
+    #[serde(default)]
+    pub concurrency: Option<Concurrency>,
 }
 
 impl TaskState {
@@ -165,6 +170,7 @@ impl TaskState {
             lease_expires_at: None,
             progress: None,
             last_lease: None,
+            concurrency: created.concurrency,
         }
     }
 

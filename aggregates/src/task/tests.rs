@@ -76,6 +76,7 @@ fn created_with(pinned_agent_id: Option<Uuid>, not_before: Option<DateTime<Utc>>
         tags: spec.tags,
         not_before,
         at: at(0),
+        concurrency: None,
     })
 }
 

@@ -217,3 +217,70 @@ fn reprioritised_state_has_the_new_values() {
     assert_eq!(state.tags.as_slice(), ["x"]);
     assert_eq!(state.updated_at, at(9));
 }
+
+fn keyed_spec() -> TaskSpec {
+    serde_json::from_value::<NewTaskRequest>(json!({
+        "capability": "browser.navigate",
+        "input": {"url": "https://example.com"},
+        "priority": 7,
+        "tags": ["demo"],
+        "concurrency_key": "example.com",
+        "concurrency_limit": 2,
+    }))
+    .unwrap()
+    .validate()
+    .unwrap()
+}
+
+fn keyed_created() -> TaskEvent {
+    let TaskEvent::TaskCreated(created) = created() else {
+        unreachable!("created() is a TaskCreated")
+    };
+    TaskEvent::TaskCreated(TaskCreated {
+        concurrency: keyed_spec().concurrency,
+        ..created
+    })
+}
+
+#[test]
+fn create_records_the_concurrency_group() {
+    TaskTest::with(())
+        .given_no_previous_events()
+        .when(TaskCommand::CreateTask {
+            task_id: task_id(),
+            owner_id: owner_id(),
+            spec: keyed_spec(),
+            workflow_run_id: None,
+            at: at(0),
+        })
+        .then_expect_events(vec![keyed_created()]);
+}
+
+#[test]
+fn the_concurrency_group_stays_through_leases_and_retries() {
+    let state = state_after(vec![
+        keyed_created(),
+        leased(1, 1),
+        attempt_failed(1, 2, Some(at(3))),
+    ]);
+    let group = state.concurrency.as_ref().unwrap();
+    assert_eq!((group.key(), group.limit()), ("example.com", 2));
+    assert_eq!(state_after(vec![created()]).concurrency, None);
+}
+
+/// Events stored before concurrency groups existed decode, and a task without a group
+/// writes no `concurrency` field (the payload shape, and so its hash input, is unchanged).
+#[test]
+fn created_payloads_without_a_group_keep_their_shape() {
+    let mut old = serde_json::to_value(created()).unwrap();
+    assert!(old["TaskCreated"].get("concurrency").is_none());
+    assert_eq!(
+        serde_json::from_value::<TaskEvent>(old.clone()).unwrap(),
+        created()
+    );
+    old["TaskCreated"]["concurrency"] = json!({"key": "example.com", "limit": 2});
+    assert_eq!(
+        serde_json::from_value::<TaskEvent>(old).unwrap(),
+        keyed_created()
+    );
+}
