@@ -48,12 +48,84 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJsonOrYaml<T> {
         match format {
             BodyFormat::Json => parse_body(&bytes).map(ApiJsonOrYaml),
             BodyFormat::Yaml => {
-                let value: Value = serde_yaml::from_slice(&bytes)
+                let JsonLike(value) = serde_yaml::from_slice(&bytes)
                     .map_err(|e| ApiError::BadRequest(format!("malformed YAML: {e}")))?;
                 object_body(value).map(ApiJsonOrYaml)
             }
         }
     }
+}
+
+/// A YAML document read as the JSON value serde_json would make of the same text: an
+/// integer beyond 64 bits becomes a float (serde_json's `Value` refuses 128-bit ones, and
+/// the same number in a JSON body is read as a float), a non-finite float becomes `null`.
+struct JsonLike(Value);
+
+impl<'de> serde::Deserialize<'de> for JsonLike {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(JsonLikeVisitor).map(JsonLike)
+    }
+}
+
+struct JsonLikeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for JsonLikeVisitor {
+    type Value = Value;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a YAML value that JSON can hold")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_i128<E>(self, v: i128) -> Result<Value, E> {
+        Ok(i64::try_from(v).map_or_else(|_| float(v as f64), Value::from))
+    }
+    fn visit_u128<E>(self, v: u128) -> Result<Value, E> {
+        Ok(u64::try_from(v).map_or_else(|_| float(v as f64), Value::from))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(float(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(JsonLike(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some((key, JsonLike(value))) = map.next_entry::<String, JsonLike>()? {
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+fn float(v: f64) -> Value {
+    serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -444,6 +516,18 @@ mod tests {
     struct Body {
         name: String,
         count: u8,
+    }
+
+    #[test]
+    fn yaml_numbers_beyond_64_bits_read_as_json_would() {
+        let JsonLike(value) =
+            serde_yaml::from_str("b: [9456146813668397416448, -9456146813668397416448, 7, .nan]")
+                .unwrap();
+        let json: Value = serde_json::from_str(
+            r#"{"b": [9456146813668397416448, -9456146813668397416448, 7, null]}"#,
+        )
+        .unwrap();
+        assert_eq!(value, json);
     }
 
     #[test]
