@@ -75,6 +75,16 @@ impl CommitLog {
         });
     }
 
+    /// The ids of the commits of `aggregate_type` still to replay.
+    pub fn pending(&self, aggregate_type: &str) -> Vec<String> {
+        self.lock()
+            .replay
+            .iter()
+            .filter(|r| r.aggregate_type == aggregate_type)
+            .map(|r| r.aggregate_id.clone())
+            .collect()
+    }
+
     /// The next commit to replay if it is of `aggregate_type`.
     fn take_replay(&self, aggregate_type: &str) -> Option<String> {
         let mut inner = self.lock();

@@ -177,6 +177,32 @@ pub async fn lease_ready(
     let dispatch = read.dispatch();
     let lock = dispatch.agent_lock(agent.id);
     let _serialised = lock.lock().await;
+    let slot = LeaseSlot {
+        agent_id: agent.id.to_string(),
+        agent_version,
+        max_concurrency: agent.max_concurrency.get(),
+        key: None,
+    };
+    // A repeat of a request whose leases committed before it failed answers the leases
+    // granted then, whether or not the queue still shows their tasks as ready (once the
+    // view has caught up, it does not).
+    let replayed: Vec<Uuid> = context
+        .commit_log
+        .as_ref()
+        .map(|log| log.pending(<Task as cqrs_es::Aggregate>::TYPE))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|id| Uuid::parse_str(id).ok())
+        .collect();
+    if !replayed.is_empty() {
+        let mut granted = Vec::with_capacity(replayed.len());
+        for task_id in replayed {
+            if let Leased::Granted(grant) = try_lease(bus, read, &slot, task_id, context).await? {
+                granted.push(*grant);
+            }
+        }
+        return Ok(granted);
+    }
     let held = TaskView::held_by(&read.db, agent.id).await?.len();
     let free = agent
         .max_concurrency
@@ -188,12 +214,6 @@ pub async fn lease_ready(
         .iter()
         .map(|c| c.as_str().to_owned())
         .collect();
-    let slot = LeaseSlot {
-        agent_id: agent.id.to_string(),
-        agent_version,
-        max_concurrency: agent.max_concurrency.get(),
-        key: None,
-    };
     let mut granted = Vec::with_capacity(wanted);
     let mut tried = HashSet::new();
     let mut full = false;
