@@ -54,6 +54,7 @@ pub fn context(state: &RunState) -> Value {
 /// Everything the run is ready for now; empty while it waits on running steps or
 /// approvals, or is over (an approval's deadline is the driver's to notice: it has the
 /// clock, see [`RunState::due_approvals`]).
+///
 /// A failure nothing handles ends the run at once. Otherwise each pending step whose
 /// dependencies are all settled ([`RunState::is_settled`]) is started, or skipped when
 /// every dependency was skipped, when a dependency failed that its condition does not read
