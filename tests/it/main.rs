@@ -39,6 +39,7 @@ mod schema_rules;
 mod server_process;
 mod store;
 mod workflow_approvals;
+mod workflow_failures;
 mod workflow_nodes;
 mod workflow_templates;
 mod workflows;

@@ -19,6 +19,9 @@ pub enum WorkflowRunError {
     StepNotRunning(String),
     #[error("some steps have not finished")]
     StepsOpen,
+    /// A run with a failure no step handles cannot succeed.
+    #[error("step {0:?} failed and no step handles it")]
+    FailureUnhandled(String),
     #[error("step {0:?} is not an approval step")]
     NotAnApproval(String),
     #[error("step {0:?} is not waiting for approval")]
@@ -41,6 +44,7 @@ impl DomainError for WorkflowRunError {
             | Self::StepNotPending(_)
             | Self::StepNotRunning(_)
             | Self::StepsOpen
+            | Self::FailureUnhandled(_)
             | Self::StepNotWaiting(_)
             | Self::ApprovalExpired(_)
             | Self::ApprovalNotDue(_) => RefusalKind::Conflict,
@@ -56,6 +60,7 @@ impl DomainError for WorkflowRunError {
             Self::StepNotPending(_) => "workflow_run.step_not_pending",
             Self::StepNotRunning(_) => "workflow_run.step_not_running",
             Self::StepsOpen => "workflow_run.steps_open",
+            Self::FailureUnhandled(_) => "workflow_run.failure_unhandled",
             Self::NotAnApproval(_) => "workflow_run.not_an_approval",
             Self::StepNotWaiting(_) => "workflow_run.step_not_waiting",
             Self::ApprovalExpired(_) => "workflow_run.approval_expired",

@@ -80,7 +80,7 @@ pub enum WorkflowRunCommand {
         reason: String,
         at: DateTime<Utc>,
     },
-    /// Once every step succeeded or was skipped.
+    /// Once every step succeeded, was skipped, or failed with a step to handle it.
     SucceedRun {
         at: DateTime<Utc>,
     },
@@ -229,7 +229,10 @@ fn decide(state: Option<&RunState>, command: WorkflowRunCommand) -> Decision {
             }))
         }
         WorkflowRunCommand::SucceedRun { at } => {
-            if !state.steps.values().all(|s| s.status.is_done()) {
+            if let Some((step_id, _)) = state.unhandled_failure() {
+                return Err(WorkflowRunError::FailureUnhandled(step_id.to_owned()));
+            }
+            if !state.steps.keys().all(|id| state.is_settled(id)) {
                 return Err(WorkflowRunError::StepsOpen);
             }
             Ok(WorkflowRunEvent::RunSucceeded(WorkflowRunSucceeded { at }))

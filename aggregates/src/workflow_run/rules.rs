@@ -28,7 +28,7 @@ pub enum Next {
         step_id: String,
         error: TaskFailure,
     },
-    /// A step failed for good: so does the run, with its error.
+    /// A step failed for good and no step handles it: so does the run, with its error.
     FailRun {
         step_id: String,
         error: TaskFailure,
@@ -36,7 +36,7 @@ pub enum Next {
     Succeed,
 }
 
-/// `{params, steps: {<id>: {status, output}}}`: what templates and conditions read.
+/// `{params, steps: {<id>: {status, output, error}}}`: what templates and conditions read.
 pub fn context(state: &RunState) -> Value {
     let steps: Map<String, Value> = state
         .steps
@@ -44,7 +44,7 @@ pub fn context(state: &RunState) -> Value {
         .map(|(id, step)| {
             (
                 id.clone(),
-                json!({"status": step.status, "output": step.output}),
+                json!({"status": step.status, "output": step.output, "error": step.error}),
             )
         })
         .collect();
@@ -54,29 +54,28 @@ pub fn context(state: &RunState) -> Value {
 /// Everything the run is ready for now; empty while it waits on running steps or
 /// approvals, or is over (an approval's deadline is the driver's to notice: it has the
 /// clock, see [`RunState::due_approvals`]).
-/// Each pending step whose dependencies are all done is started, or skipped when every
-/// dependency was skipped or its condition is false. Carrying out one answer can make
-/// more steps ready: ask again until the answer is empty.
+///
+/// A failure nothing handles ends the run at once. Otherwise each pending step whose
+/// dependencies are all settled ([`RunState::is_settled`]) is started, or skipped when
+/// every dependency was skipped, when a dependency failed that its condition does not read
+/// the status of, or when its condition is false. Carrying out one answer can make more
+/// steps ready: ask again until the answer is empty.
 pub fn next(state: &RunState) -> Vec<Next> {
     if state.status != RunStatus::Running {
         return Vec::new();
     }
-    if let Some((step_id, step)) = state
-        .steps
-        .iter()
-        .find(|(_, step)| step.status == StepStatus::Failed)
-    {
+    if let Some((step_id, step)) = state.unhandled_failure() {
         let error = step.error.clone().unwrap_or_else(|| TaskFailure {
             message: "the step failed".into(),
             code: None,
             details: None,
         });
         return vec![Next::FailRun {
-            step_id: step_id.clone(),
+            step_id: step_id.to_owned(),
             error,
         }];
     }
-    if state.steps.values().all(|step| step.status.is_done()) {
+    if state.steps.keys().all(|id| state.is_settled(id)) {
         return vec![Next::Succeed];
     }
     let context = context(state);
@@ -89,19 +88,31 @@ pub fn next(state: &RunState) -> Vec<Next> {
         if !pending {
             continue;
         }
-        let statuses: Vec<StepStatus> = step
-            .depends_on
-            .iter()
-            .filter_map(|dep| state.steps.get(dep).map(|s| s.status))
-            .collect();
-        if !statuses.iter().all(|status| status.is_done()) {
+        if !step.depends_on.iter().all(|dep| state.is_settled(dep)) {
             continue;
         }
+        let status_of = |dep: &String| state.steps.get(dep).map(|s| s.status);
         let step_id = step.id.clone();
-        if !statuses.is_empty() && statuses.iter().all(|s| *s == StepStatus::Skipped) {
+        if !step.depends_on.is_empty()
+            && step
+                .depends_on
+                .iter()
+                .all(|dep| status_of(dep) == Some(StepStatus::Skipped))
+        {
             ready.push(Next::Skip {
                 step_id,
                 reason: "every step it depends on was skipped".into(),
+            });
+            continue;
+        }
+        if let Some(failed) = step
+            .depends_on
+            .iter()
+            .find(|dep| status_of(dep) == Some(StepStatus::Failed) && !step.handles_failure_of(dep))
+        {
+            ready.push(Next::Skip {
+                step_id,
+                reason: format!("step `{failed}`, which it depends on, failed"),
             });
             continue;
         }

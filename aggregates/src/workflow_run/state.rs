@@ -45,7 +45,8 @@ pub enum StepStatus {
 }
 
 impl StepStatus {
-    /// Done in a way its dependants may go on from.
+    /// Done in a way its dependants may go on from whatever the definition says (a failed
+    /// step may be too: [`RunState::is_settled`]).
     pub fn is_done(self) -> bool {
         matches!(self, Self::Succeeded | Self::Skipped)
     }
@@ -127,6 +128,26 @@ impl RunState {
             .filter(|step| step.status == StepStatus::Running)
             .filter_map(|step| step.task_id)
             .collect()
+    }
+
+    /// Whether the step is over in a way the run may go on from: succeeded, skipped, or
+    /// failed with a step to handle it ([`WorkflowDefinition::failure_is_handled`]).
+    pub fn is_settled(&self, step_id: &str) -> bool {
+        self.steps.get(step_id).is_some_and(|step| {
+            step.status.is_done()
+                || (step.status == StepStatus::Failed
+                    && self.definition.failure_is_handled(step_id))
+        })
+    }
+
+    /// The first failed step no other step handles: the run fails with it.
+    pub fn unhandled_failure(&self) -> Option<(&str, &StepState)> {
+        self.steps
+            .iter()
+            .find(|(id, step)| {
+                step.status == StepStatus::Failed && !self.definition.failure_is_handled(id)
+            })
+            .map(|(id, step)| (id.as_str(), step))
     }
 
     /// The approval steps still waiting whose deadline has come by `now`.

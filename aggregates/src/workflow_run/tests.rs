@@ -706,8 +706,218 @@ fn approval_events_round_trip_through_the_codec() {
     }
 }
 
+/// `ok` (an approval) handled by `notify`, whose condition reads its status; `publish`
+/// takes `ok`'s output and `after` follows `publish`; `report` reads `ok`'s status too but
+/// only through `publish`, so it handles nothing.
+fn handled() -> WorkflowDefinition {
+    definition(json!({
+        "name": "ask, and say so when refused",
+        "steps": [
+            {"id": "ok", "approval": {"prompt": "Publish it?", "timeout_secs": 60}},
+            {"id": "notify", "capability": "http.request", "depends_on": ["ok"],
+             "condition": {"==": [{"var": "steps.ok.status"}, "failed"]},
+             "input": {"text": "not published"}},
+            {"id": "publish", "capability": "http.request", "depends_on": ["ok"],
+             "input": {"note": "{{steps.ok.output.note}}"}},
+            {"id": "after", "capability": "http.request", "depends_on": ["publish"]},
+        ],
+    }))
+}
+
+fn handled_waiting() -> Vec<WorkflowRunEvent> {
+    vec![
+        started(handled()),
+        WorkflowRunEvent::ApprovalRequested(WorkflowApprovalRequested {
+            step_id: "ok".into(),
+            prompt: "Publish it?".into(),
+            deadline: Some(at(70)),
+            at: at(10),
+        }),
+    ]
+}
+
+fn skipped(step: &str, reason: &str) -> WorkflowRunEvent {
+    WorkflowRunEvent::StepSkipped(WorkflowStepSkipped {
+        step_id: step.into(),
+        reason: reason.into(),
+        at: at(3),
+    })
+}
+
+#[test]
+fn a_failure_is_handled_only_by_a_direct_dependant_whose_condition_reads_its_status() {
+    let handled = handled();
+    assert!(handled.failure_is_handled("ok"));
+    assert!(!handled.failure_is_handled("notify"));
+    assert!(!handled.failure_is_handled("publish"));
+    let through = definition(json!({
+        "name": "indirect",
+        "steps": [
+            {"id": "a", "capability": "x.y"},
+            {"id": "b", "capability": "x.y", "depends_on": ["a"]},
+            {"id": "c", "capability": "x.y", "depends_on": ["b"],
+             "condition": {"==": [{"var": "steps.a.status"}, "failed"]}},
+        ],
+    }));
+    assert!(!through.failure_is_handled("a"));
+    assert!(!through.failure_is_handled("b"));
+}
+
+#[test]
+fn a_handled_rejection_runs_its_handler_skips_the_rest_and_the_run_succeeds() {
+    let mut events = handled_waiting();
+    events.push(decided_ok(
+        ApprovalDecision::Reject,
+        json!({"why": "typo"}),
+        20,
+    ));
+    let state = state_after(events.clone());
+    assert_eq!(state.steps["ok"].status, StepStatus::Failed);
+    // The handler's condition sees the failure, status and error.
+    let context = context(&state);
+    assert_eq!(context["steps"]["ok"]["status"], "failed");
+    assert_eq!(context["steps"]["ok"]["error"]["code"], "approval_rejected");
+    assert_eq!(
+        next(&state),
+        vec![
+            Next::Start {
+                step_id: "notify".into(),
+                input: json!({"text": "not published"}),
+            },
+            Next::Skip {
+                step_id: "publish".into(),
+                reason: "step `ok`, which it depends on, failed".into(),
+            },
+        ]
+    );
+    events.push(skipped("publish", "step `ok`, which it depends on, failed"));
+    events.push(step_started("notify", 1));
+    let state = state_after(events.clone());
+    assert_eq!(
+        next(&state),
+        vec![Next::Skip {
+            step_id: "after".into(),
+            reason: "every step it depends on was skipped".into(),
+        }]
+    );
+    // Not yet: `after` is pending and `notify` running.
+    RunTest::with(())
+        .given(events.clone())
+        .when(WorkflowRunCommand::SucceedRun { at: at(5) })
+        .then_expect_error(WorkflowRunError::StepsOpen);
+    events.push(skipped("after", "r"));
+    events.push(step_succeeded("notify", json!({"sent": true})));
+    assert_eq!(next(&state_after(events.clone())), vec![Next::Succeed]);
+    RunTest::with(())
+        .given(events.clone())
+        .when(WorkflowRunCommand::SucceedRun { at: at(5) })
+        .then_expect_events(vec![WorkflowRunEvent::RunSucceeded(WorkflowRunSucceeded {
+            at: at(5),
+        })]);
+    events.push(WorkflowRunEvent::RunSucceeded(WorkflowRunSucceeded {
+        at: at(5),
+    }));
+    let state = state_after(events);
+    assert_eq!(state.status, RunStatus::Succeeded);
+    assert_eq!(state.error, None);
+    assert_eq!(state.steps["ok"].status, StepStatus::Failed);
+}
+
+#[test]
+fn a_handler_is_skipped_when_the_step_it_handles_succeeds() {
+    let mut events = handled_waiting();
+    events.push(decided_ok(
+        ApprovalDecision::Approve,
+        json!({"note": "go"}),
+        20,
+    ));
+    assert_eq!(
+        next(&state_after(events)),
+        vec![
+            Next::Skip {
+                step_id: "notify".into(),
+                reason: "its condition was false".into(),
+            },
+            Next::Start {
+                step_id: "publish".into(),
+                input: json!({"note": "go"}),
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_timed_out_approval_is_handled_like_a_rejection() {
+    let mut events = handled_waiting();
+    events.push(WorkflowRunEvent::ApprovalTimedOut(
+        WorkflowApprovalTimedOut {
+            step_id: "ok".into(),
+            deadline: at(70),
+            at: at(71),
+        },
+    ));
+    let actions = next(&state_after(events));
+    assert!(
+        matches!(&actions[0], Next::Start { step_id, .. } if step_id == "notify"),
+        "{actions:?}"
+    );
+    assert!(!actions
+        .iter()
+        .any(|action| matches!(action, Next::FailRun { .. })));
+}
+
+#[test]
+fn an_unhandled_failure_fails_the_run_even_beside_a_handled_one() {
+    let definition = definition(json!({
+        "name": "two failures",
+        "steps": [
+            {"id": "a", "capability": "x.y"},
+            {"id": "b", "capability": "x.y"},
+            {"id": "on_a", "capability": "x.y", "depends_on": ["a"],
+             "condition": {"in": [{"var": ["steps.a.error.code", ""]}, ["x", "y"]]}},
+            {"id": "after_b", "capability": "x.y", "depends_on": ["b"]},
+        ],
+    }));
+    let failed = |step: &str| {
+        WorkflowRunEvent::StepFailed(WorkflowStepFailed {
+            step_id: step.into(),
+            error: failure(),
+            attempt: 1,
+            at: at(2),
+        })
+    };
+    let mut events = vec![
+        started(definition),
+        step_started("a", 1),
+        step_started("b", 2),
+        failed("a"),
+    ];
+    // `a` failed, handled: `on_a` starts while `b` still runs.
+    assert_eq!(
+        next(&state_after(events.clone())),
+        vec![Next::Start {
+            step_id: "on_a".into(),
+            input: Value::Null,
+        }]
+    );
+    events.push(failed("b"));
+    assert_eq!(
+        next(&state_after(events.clone())),
+        vec![Next::FailRun {
+            step_id: "b".into(),
+            error: failure(),
+        }]
+    );
+    RunTest::with(())
+        .given(events)
+        .when(WorkflowRunCommand::SucceedRun { at: at(5) })
+        .then_expect_error(WorkflowRunError::FailureUnhandled("b".into()));
+}
+
 /// A chain of `n` steps where each step depends on a random subset of earlier ones; some
-/// are approval steps. With each step, whether it succeeds (a task's result, an approval).
+/// are approval steps, some have a condition on their first dependency (one that handles
+/// its failure: runs only then, or always; or one that reads its output and handles
+/// nothing). With each step, whether it succeeds (a task's result, an approval).
 fn random_dag() -> impl Strategy<Value = (WorkflowDefinition, Vec<bool>)> {
     (2usize..8)
         .prop_flat_map(|n| {
@@ -715,21 +925,36 @@ fn random_dag() -> impl Strategy<Value = (WorkflowDefinition, Vec<bool>)> {
                 proptest::collection::vec(proptest::collection::vec(any::<bool>(), n), n),
                 proptest::collection::vec(any::<bool>(), n),
                 proptest::collection::vec(any::<bool>(), n),
+                proptest::collection::vec(0u8..4, n),
             )
         })
-        .prop_map(|(edges, outcomes, approvals)| {
+        .prop_map(|(edges, outcomes, approvals, conditions)| {
             let steps: Vec<Value> = (0..edges.len())
                 .map(|i| {
                     let deps: Vec<String> = (0..i)
                         .filter(|j| edges[i][*j])
                         .map(|j| format!("s{j}"))
                         .collect();
-                    if approvals[i] {
+                    let mut step = if approvals[i] {
                         json!({"id": format!("s{i}"), "depends_on": deps,
                                "approval": {"prompt": "ok?", "timeout_secs": 5}})
                     } else {
                         json!({"id": format!("s{i}"), "capability": "x.y", "depends_on": deps})
+                    };
+                    if let Some(first) = deps.first() {
+                        let condition = match conditions[i] {
+                            1 => {
+                                json!({"==": [{"var": format!("steps.{first}.status")}, "failed"]})
+                            }
+                            2 => json!({"!==": [{"var": [format!("steps.{first}"), null]}, null]}),
+                            3 => json!({"!==": [{"var": format!("steps.{first}.output")}, -1]}),
+                            _ => Value::Null,
+                        };
+                        if !condition.is_null() {
+                            step["condition"] = condition;
+                        }
                     }
+                    step
                 })
                 .collect();
             (definition(json!({"name": "p", "steps": steps})), outcomes)
@@ -769,8 +994,9 @@ fn carried_out(run: &WorkflowRun, action: Next) -> WorkflowRunEvent {
 proptest! {
     /// Driving a run by `next` until it says nothing more ends it, starts (or makes wait)
     /// each step at most once, and ends it failed exactly when a started step failed (a
-    /// task's failure, a rejection, a time-out). A stale repeat of any decision — the
-    /// second node's — is refused.
+    /// task's failure, a rejection, a time-out) that no step handles; a run that succeeds
+    /// has every step settled. A stale repeat of any decision — the second node's — is
+    /// refused.
     #[test]
     fn driving_a_run_by_next_ends_it((definition, outcomes) in random_dag()) {
         let mut run = WorkflowRun::default();
@@ -845,7 +1071,12 @@ proptest! {
         let state = run.state().unwrap();
         prop_assert!(state.status != RunStatus::Running);
         prop_assert!(starts.values().all(|n| *n == 1));
-        let any_failed = starts.keys().any(|id| !outcomes[id[1..].parse::<usize>().unwrap()]);
-        prop_assert_eq!(state.status == RunStatus::Failed, any_failed);
+        let unhandled_failed = starts.keys().any(|id| {
+            !outcomes[id[1..].parse::<usize>().unwrap()] && !state.definition.failure_is_handled(id)
+        });
+        prop_assert_eq!(state.status == RunStatus::Failed, unhandled_failed);
+        if state.status == RunStatus::Succeeded {
+            prop_assert!(state.steps.keys().all(|id| state.is_settled(id)));
+        }
     }
 }

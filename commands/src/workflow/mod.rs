@@ -11,7 +11,7 @@
 pub mod catalog;
 pub mod template;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::OnceLock;
 
 use regex::Regex;
@@ -94,6 +94,15 @@ pub struct ApprovalSpec {
 }
 
 /// One step as a client writes it.
+///
+/// Failures: a step fails for good when its task used up its attempts (or was cancelled),
+/// its approval was rejected or timed out, or its condition could not be evaluated. A
+/// failure nothing handles fails the run. A failure is handled when a step that depends on
+/// the failed one directly has a `condition` reading its status (see `condition`); then the
+/// run goes on: the handling steps are decided by their conditions, every other step that
+/// depends on the failed one directly is skipped (its input cannot be taken from a failed
+/// step), and skips propagate as usual. A run whose every failure was handled succeeds; the
+/// failed steps keep the status `failed` and their `error` in the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepRequest {
@@ -107,7 +116,13 @@ pub struct StepRequest {
     pub input: Option<Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
-    /// JSON Logic over `{params, steps}`; a false condition skips the step.
+    /// JSON Logic over `{params, steps: {<id>: {status, output, error}}}`; a false
+    /// condition skips the step. A condition that reads the status of a step this one
+    /// depends on directly — a `var` of `steps.<id>.status`, `steps.<id>.error[.…]` or
+    /// `steps.<id>` — *handles* that step's failure: when it fails, the run goes on and this
+    /// step is decided by its condition (the failed step's `status` is `"failed"`, its
+    /// `error` the failure). This is read off the definition when it is accepted, so it does
+    /// not depend on how the run went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,6 +207,61 @@ fn check_operators(rule: &Value, engine: &datalogic_rs::Engine) -> Result<(), St
             .iter()
             .try_for_each(|item| check_operators(item, engine)),
         _ => Ok(()),
+    }
+}
+
+/// The steps whose status a condition reads: the `<id>` of each `var` (a string, or the
+/// first item of an array) naming `steps.<id>`, `steps.<id>.status` or
+/// `steps.<id>.error[.<path>]`. A path built at run time (a `var` of an operation) reads
+/// nothing that can be known here.
+pub fn status_reads(condition: &Value) -> BTreeSet<&str> {
+    let mut found = BTreeSet::new();
+    collect_status_reads(condition, &mut found);
+    found
+}
+
+fn collect_status_reads<'a>(rule: &'a Value, found: &mut BTreeSet<&'a str>) {
+    match rule {
+        Value::Object(map) => {
+            for (operator, arguments) in map {
+                let path = match (operator.as_str(), arguments) {
+                    ("var", Value::String(path)) => Some(path.as_str()),
+                    ("var", Value::Array(items)) => items.first().and_then(Value::as_str),
+                    _ => None,
+                };
+                if let Some(step) = path.and_then(status_read) {
+                    found.insert(step);
+                }
+                collect_status_reads(arguments, found);
+            }
+        }
+        Value::Array(items) => items
+            .iter()
+            .for_each(|item| collect_status_reads(item, found)),
+        _ => {}
+    }
+}
+
+/// The step a `var` path reads the status of, if it does.
+fn status_read(path: &str) -> Option<&str> {
+    let mut parts = path.split('.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("steps"), Some(step), None | Some("status" | "error")) if !step.is_empty() => {
+            Some(step)
+        }
+        _ => None,
+    }
+}
+
+impl StepRequest {
+    /// Whether this step handles the failure of `step_id`: it depends on it directly and
+    /// its condition reads its status.
+    pub fn handles_failure_of(&self, step_id: &str) -> bool {
+        self.depends_on.iter().any(|d| d == step_id)
+            && self
+                .condition
+                .as_ref()
+                .is_some_and(|condition| status_reads(condition).contains(step_id))
     }
 }
 
@@ -487,6 +557,15 @@ impl WorkflowDefinition {
 
     pub fn steps(&self) -> &[StepRequest] {
         &self.0.steps
+    }
+
+    /// Whether a failure of `step_id` is handled, rather than failing the run: some step
+    /// [`handles_failure_of`](StepRequest::handles_failure_of) it.
+    pub fn failure_is_handled(&self, step_id: &str) -> bool {
+        self.0
+            .steps
+            .iter()
+            .any(|step| step.handles_failure_of(step_id))
     }
 
     /// The params of a run: those given, checked against their declared types, with the

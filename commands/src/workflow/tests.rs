@@ -224,3 +224,52 @@ fn conditions_evaluate_over_params_and_steps() {
     );
     assert_eq!(evaluate_condition(&json!(true), &data), Ok(true));
 }
+
+#[test]
+fn a_condition_reads_the_status_of_the_steps_its_vars_name() {
+    let reads = |condition: Value| {
+        status_reads(&condition)
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        reads(json!({"==": [{"var": "steps.approve.status"}, "failed"]})),
+        ["approve"]
+    );
+    assert_eq!(
+        reads(json!({"and": [
+            {"var": ["steps.a.error.code", ""]},
+            {"!": {"var": "steps.b"}},
+            {"==": [{"var": "steps.c.output.status"}, "failed"]},
+            {"var": "params.steps"},
+        ]})),
+        ["a", "b"]
+    );
+    // Only what can be read off the definition counts.
+    assert!(reads(json!({"var": {"cat": ["steps.", "a", ".status"]}})).is_empty());
+    assert!(reads(json!({"var": "steps"})).is_empty());
+    assert!(reads(json!({"var": "steps..status"})).is_empty());
+    assert!(reads(json!(true)).is_empty());
+}
+
+#[test]
+fn a_failure_is_handled_by_a_direct_dependant_reading_its_status() {
+    let accepted = definition(json!({"name": "w", "steps": [
+        {"id": "a", "capability": "x.y"},
+        {"id": "b", "capability": "x.y", "depends_on": ["a"],
+         "condition": {"==": [{"var": "steps.a.status"}, "failed"]}},
+        {"id": "c", "capability": "x.y", "depends_on": ["b"],
+         "condition": {"==": [{"var": "steps.a.status"}, "failed"]}},
+        {"id": "d", "capability": "x.y", "depends_on": ["c"],
+         "condition": {"==": [{"var": "steps.c.output.ok"}, true]}},
+    ]}))
+    .expect("valid");
+    assert!(accepted.failure_is_handled("a"));
+    assert!(accepted.steps()[1].handles_failure_of("a"));
+    // `c` reads `a` but depends on it only through `b`; `d` reads `c`'s output only.
+    assert!(!accepted.steps()[2].handles_failure_of("a"));
+    assert!(!accepted.failure_is_handled("b"));
+    assert!(!accepted.failure_is_handled("c"));
+    assert!(!accepted.failure_is_handled("d"));
+}
