@@ -200,6 +200,7 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
     let options = StoreOptions {
         snapshot_every: settings.store.snapshot_every,
         max_connections: settings.store.max_connections,
+        aggregate_cache_bytes: settings.store.aggregate_cache_mb.saturating_mul(1 << 20),
     };
     let store = Store::connect(&settings.database_url, options)
         .await

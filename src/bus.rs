@@ -12,6 +12,7 @@ use cqrs_es::{Aggregate, EventEnvelope};
 use rand::Rng;
 
 use crate::meters;
+use crate::store::aggregate_store::{AggregateStore, Loaded};
 use crate::store::{LeaseSlot, Store, StoreError};
 
 /// How often a command is tried against fresh state before a conflict is reported.
@@ -186,7 +187,7 @@ impl CommandBus {
         decide: impl FnMut(&A) -> Result<A::Command, R>,
     ) -> Result<Committed<A>, R>
     where
-        A: Aggregate<Services = ()> + 'static,
+        A: Aggregate<Services = ()> + Clone + 'static,
         A::Command: CommandName,
         R: From<CommandError<A::Error>>,
     {
@@ -205,7 +206,7 @@ impl CommandBus {
         decide: impl FnMut(&A) -> Result<A::Command, R>,
     ) -> Result<Committed<A>, R>
     where
-        A: Aggregate<Services = ()> + 'static,
+        A: Aggregate<Services = ()> + Clone + 'static,
         A::Command: CommandName,
         R: From<CommandError<A::Error>>,
     {
@@ -224,7 +225,7 @@ impl CommandBus {
         decide: impl FnMut(&A) -> Result<A::Command, R>,
     ) -> Result<Committed<A>, R>
     where
-        A: Aggregate<Services = ()> + 'static,
+        A: Aggregate<Services = ()> + Clone + 'static,
         A::Command: CommandName,
         R: From<CommandError<A::Error>>,
     {
@@ -244,7 +245,7 @@ impl CommandBus {
         mut decide: impl FnMut(&A) -> Result<A::Command, R>,
     ) -> Result<Committed<A>, R>
     where
-        A: Aggregate<Services = ()> + 'static,
+        A: Aggregate<Services = ()> + Clone + 'static,
         A::Command: CommandName,
         R: From<CommandError<A::Error>>,
     {
@@ -292,7 +293,7 @@ impl CommandBus {
         mut decide: impl FnMut(&A) -> Result<A::Command, R>,
     ) -> Result<Committed<A>, R>
     where
-        A: Aggregate<Services = ()> + 'static,
+        A: Aggregate<Services = ()> + Clone + 'static,
         R: From<CommandError<A::Error>>,
     {
         let store = self.store.aggregate::<A>();
@@ -309,27 +310,35 @@ impl CommandBus {
             });
         }
         let metadata = context.metadata();
-        for attempt in 1..=MAX_ATTEMPTS {
-            let assumed = assume_new && attempt == 1;
-            let mut loaded = if assumed {
-                store.assume_new(aggregate_id)
-            } else {
-                store.load(aggregate_id).await.map_err(|e| {
-                    *outcome = "store_error";
-                    R::from(CommandError::Store(e))
-                })?
+        // The first try decides on a guess when there is one — an id just minted has no
+        // events, or this node holds the aggregate as it last wrote or loaded it — and any
+        // refusal, failed precondition or conflict on a guess is asked again of state loaded
+        // from the store, without counting as an attempt.
+        let mut guess = if assume_new { Guess::New } else { Guess::Recent };
+        let mut attempt = 1;
+        loop {
+            let (mut loaded, guessed) = match std::mem::replace(&mut guess, Guess::None) {
+                Guess::New => (store.assume_new(aggregate_id), true),
+                Guess::Recent => match store.recent(aggregate_id) {
+                    Some(recent) => (recent, true),
+                    None => (self.load(&store, aggregate_id, outcome).await?, false),
+                },
+                Guess::None => (self.load(&store, aggregate_id, outcome).await?, false),
             };
             // `decide` first: it says whether the caller may see the aggregate at all, and
             // a stranger's `If-Match` must get the same 404 as a missing id, not a 412
             // that confirms the aggregate and names its version.
             let command = match decide(&loaded.aggregate) {
                 Ok(command) => command,
-                // A refusal of an assumed state proves nothing: decide on the real one.
-                Err(_) if assumed => continue,
+                // A refusal of a guessed state proves nothing: decide on the real one.
+                Err(_) if guessed => continue,
                 Err(refusal) => return Err(refusal),
             };
             if let Some(expected) = expected_version {
                 if expected != loaded.version {
+                    if guessed {
+                        continue;
+                    }
                     *outcome = "precondition_failed";
                     return Err(R::from(CommandError::PreconditionFailed {
                         expected,
@@ -339,7 +348,7 @@ impl CommandBus {
             }
             let sink = EventSink::default();
             if let Err(refusal) = loaded.aggregate.handle(command, &(), &sink).await {
-                if assumed {
+                if guessed {
                     continue;
                 }
                 return Err(R::from(CommandError::Refused(refusal)));
@@ -348,6 +357,7 @@ impl CommandBus {
             let task_times = meters::TaskTimes::of(&loaded.aggregate, &events);
             match store.append_with(events, loaded, &metadata, slot).await {
                 Ok((events, loaded)) => {
+                    store.remember(&loaded);
                     meters::events_appended(A::TYPE, events.len());
                     if let Some(times) = task_times {
                         times.record();
@@ -366,23 +376,57 @@ impl CommandBus {
                         events,
                     });
                 }
+                // Another writer got there first: what this node knew is out of date.
+                Err(StoreError::Conflict) if guessed => store.forget(aggregate_id),
                 Err(StoreError::Conflict) if attempt < MAX_ATTEMPTS => {
+                    store.forget(aggregate_id);
                     meters::conflict(A::TYPE);
                     let jitter_ms = rand::rng().random_range(0..=2u64 << attempt);
                     tokio::time::sleep(Duration::from_millis(jitter_ms)).await;
+                    attempt += 1;
                 }
                 Err(StoreError::Conflict) => {
+                    store.forget(aggregate_id);
                     meters::conflict(A::TYPE);
                     *outcome = "conflict";
                     return Err(R::from(CommandError::Conflict));
                 }
                 Err(other) => {
+                    // Whether it was written is unknown: the next command loads.
+                    store.forget(aggregate_id);
                     *outcome = "store_error";
                     return Err(R::from(CommandError::Store(other)));
                 }
             }
         }
-        *outcome = "conflict";
-        Err(R::from(CommandError::Conflict))
     }
+
+    /// The aggregate from the store, kept as this node's latest knowledge of it.
+    async fn load<A, R>(
+        &self,
+        store: &AggregateStore<A>,
+        aggregate_id: &str,
+        outcome: &mut &'static str,
+    ) -> Result<Loaded<A>, R>
+    where
+        A: Aggregate + Clone + 'static,
+        R: From<CommandError<A::Error>>,
+    {
+        let loaded = store.load(aggregate_id).await.map_err(|e| {
+            *outcome = "store_error";
+            R::from(CommandError::Store(e))
+        })?;
+        store.remember(&loaded);
+        Ok(loaded)
+    }
+}
+
+/// What the first try of a command decides on.
+enum Guess {
+    /// The id was just minted: no events.
+    New,
+    /// This node's latest knowledge of the aggregate, if it has any.
+    Recent,
+    /// Nothing: load it.
+    None,
 }

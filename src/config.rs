@@ -106,6 +106,9 @@ pub struct StoreSettings {
     pub max_connections: u32,
     /// A snapshot every this many events of one aggregate; 0 turns them off.
     pub snapshot_every: usize,
+    /// MiB of recently written aggregates each node keeps to skip their next load; 0 keeps
+    /// none.
+    pub aggregate_cache_mb: usize,
 }
 
 /// Chain checkpoints (see [`crate::store::checkpoint`]).
@@ -297,6 +300,7 @@ impl Default for Settings {
             store: StoreSettings {
                 max_connections: 32,
                 snapshot_every: 50,
+                aggregate_cache_mb: 64,
             },
             dispatch: DispatchSettings { recheck_secs: 5 },
             body_limit: 2 * 1024 * 1024,

@@ -3,6 +3,7 @@
 //! inline write after a command and the catch-up from the feed converge on the same row.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use chronicle_aggregates::task::{Task, TaskState};
 use chrono::{DateTime, Utc};
@@ -62,16 +63,55 @@ fn decode_row(state: &str, version: i64) -> Result<TaskRow, ProjectionError> {
     })
 }
 
-impl TaskView {
-    /// Writes `task` at `version` unless the row already reflects that version or a later
-    /// one.
-    pub async fn upsert(
-        tx: &mut ReadTx,
-        task: &Task,
-        version: usize,
-    ) -> Result<(), ProjectionError> {
+/// The row's columns, in `$1…$16` order, then its tags as `$17` on PostgreSQL.
+const UPSERT_COLUMNS: &str = "INSERT INTO task_view_v3 (id, owner_id, status, capability, priority,
+        agent_id, pinned_agent_id, workflow_run_id, not_before, created_at, updated_at, version,
+        state, lease_expires_at, concurrency_key, concurrency_limit)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+     ON CONFLICT (id) DO UPDATE SET
+        status = excluded.status, capability = excluded.capability,
+        priority = excluded.priority, agent_id = excluded.agent_id,
+        pinned_agent_id = excluded.pinned_agent_id,
+        workflow_run_id = excluded.workflow_run_id,
+        not_before = excluded.not_before, updated_at = excluded.updated_at,
+        version = excluded.version, state = excluded.state,
+        lease_expires_at = excluded.lease_expires_at
+      WHERE task_view_v3.version < excluded.version";
+
+/// On PostgreSQL the row and its tags in one statement (one round trip): the upsert, then —
+/// only if it wrote — the tags it no longer has deleted and the new ones added.
+fn postgres_upsert(returning: &str) -> String {
+    format!(
+        "WITH written AS ({UPSERT_COLUMNS} {returning}),
+              gone AS (DELETE FROM task_view_tags_v3
+                        WHERE task_id IN (SELECT id FROM written) AND tag <> ALL($17::text[])),
+              added AS (INSERT INTO task_view_tags_v3 (task_id, tag)
+                        SELECT written.id, tag FROM written, unnest($17::text[]) AS tag
+                        ON CONFLICT DO NOTHING)
+         SELECT count(*) FROM written"
+    )
+}
+
+/// The upsert inside a projection's transaction.
+static POSTGRES_UPSERT: LazyLock<String> = LazyLock::new(|| postgres_upsert("RETURNING id"));
+
+/// The inline write, a transaction of its own: `set_config(…, true)` lasts until its commit,
+/// which then does not wait for the WAL flush (see [`TaskView::write_committed`]).
+static POSTGRES_UPSERT_QUIET: LazyLock<String> = LazyLock::new(|| {
+    postgres_upsert("RETURNING id, set_config('synchronous_commit', 'off', true)")
+});
+
+/// What one row binds, taken from a task.
+struct RowValues<'a> {
+    state: &'a TaskState,
+    json: String,
+    version: usize,
+}
+
+impl<'a> RowValues<'a> {
+    fn of(task: &'a Task, version: usize) -> Result<Option<Self>, ProjectionError> {
         let Some(state) = task.state() else {
-            return Ok(());
+            return Ok(None);
         };
         let json = serde_json::to_string(task).map_err(|e| ProjectionError::Event {
             aggregate_type: Task::TYPE.into(),
@@ -79,25 +119,27 @@ impl TaskView {
             sequence: version as i64,
             message: e.to_string(),
         })?;
-        let id = state.id.to_string();
-        let written = on_tx!(tx, |conn| {
-            sqlx::query(
-                "INSERT INTO task_view_v3 (id, owner_id, status, capability, priority, agent_id,
-                        pinned_agent_id, workflow_run_id, not_before, created_at, updated_at,
-                        version, state, lease_expires_at, concurrency_key, concurrency_limit)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                         $16)
-                 ON CONFLICT (id) DO UPDATE SET
-                        status = excluded.status, capability = excluded.capability,
-                        priority = excluded.priority, agent_id = excluded.agent_id,
-                        pinned_agent_id = excluded.pinned_agent_id,
-                        workflow_run_id = excluded.workflow_run_id,
-                        not_before = excluded.not_before, updated_at = excluded.updated_at,
-                        version = excluded.version, state = excluded.state,
-                        lease_expires_at = excluded.lease_expires_at
-                  WHERE task_view_v3.version < excluded.version",
-            )
-            .bind(&id)
+        Ok(Some(Self {
+            state,
+            json,
+            version,
+        }))
+    }
+
+    fn bind<'q, DB: sqlx::Database>(
+        &'q self,
+        query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    ) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+    where
+        String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
+        let state = self.state;
+        query
+            .bind(state.id.to_string())
             .bind(state.owner_id.to_string())
             .bind(state.status.as_str())
             .bind(state.capability.as_str())
@@ -108,19 +150,48 @@ impl TaskView {
             .bind(state.not_before.map(millis))
             .bind(millis(state.created_at))
             .bind(millis(state.updated_at))
-            .bind(version as i64)
-            .bind(&json)
+            .bind(self.version as i64)
+            .bind(self.json.as_str())
             .bind(state.lease_expires_at.map(millis))
             .bind(state.concurrency.as_ref().map(|c| c.key().to_owned()))
             .bind(state.concurrency.as_ref().map(|c| i64::from(c.limit())))
-            .execute(&mut *conn)
-            .await
-            .map(|r| r.rows_affected())
+    }
+
+    fn tags(&self) -> Vec<String> {
+        self.state.tags.as_slice().to_vec()
+    }
+}
+
+impl TaskView {
+    /// Writes `task` at `version` unless the row already reflects that version or a later
+    /// one.
+    pub async fn upsert(
+        tx: &mut ReadTx,
+        task: &Task,
+        version: usize,
+    ) -> Result<(), ProjectionError> {
+        let Some(row) = RowValues::of(task, version)? else {
+            return Ok(());
+        };
+        if let ReadTx::Postgres(tx) = tx {
+            row.bind(sqlx::query(POSTGRES_UPSERT.as_str()))
+                .bind(row.tags())
+                .execute(&mut **tx)
+                .await?;
+            return Ok(());
+        }
+        let written = on_tx!(tx, |conn| {
+            row.bind(sqlx::query(UPSERT_COLUMNS))
+                .execute(&mut *conn)
+                .await
+                .map(|r| r.rows_affected())
         })?;
+        let state = row.state;
         // A task's first version is a new row: it has no tags to clear.
         if written == 0 || (version == 1 && state.tags.as_slice().is_empty()) {
             return Ok(());
         }
+        let id = state.id.to_string();
         on_tx!(tx, |conn| {
             if version > 1 {
                 sqlx::query("DELETE FROM task_view_tags_v3 WHERE task_id = $1")
@@ -140,27 +211,34 @@ impl TaskView {
         Ok(())
     }
 
-    /// Writes a just-committed task in its own transaction, so the caller reads its own
-    /// write; the catch-up repeats it harmlessly.
+    /// Writes a just-committed task, so the caller reads its own write; the catch-up
+    /// repeats it harmlessly.
     ///
-    /// On PostgreSQL the transaction does not wait for its WAL flush (`synchronous_commit =
-    /// off`): it is visible at once, and should a crash lose it, the catch-up writes it
-    /// again — the checkpoint only moves in a synchronous commit, which flushes every
-    /// earlier commit with it.
+    /// On PostgreSQL it is one statement in a transaction of its own that does not wait for
+    /// its WAL flush (`synchronous_commit` off for that commit): it is visible at once, and
+    /// should a crash lose it, the catch-up writes it again — the checkpoint only moves in a
+    /// synchronous commit, which flushes every earlier commit with it.
     pub async fn write_committed(
         db: &ReadDb,
         task: &Task,
         version: usize,
     ) -> Result<(), ProjectionError> {
-        let mut tx = match db {
-            ReadDb::Postgres(pool) => ReadTx::Postgres(
-                pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
-                    .await?,
-            ),
-            ReadDb::Sqlite { .. } => db.begin().await?,
-        };
-        Self::upsert(&mut tx, task, version).await?;
-        tx.commit().await?;
+        match db {
+            ReadDb::Postgres(pool) => {
+                let Some(row) = RowValues::of(task, version)? else {
+                    return Ok(());
+                };
+                row.bind(sqlx::query(POSTGRES_UPSERT_QUIET.as_str()))
+                    .bind(row.tags())
+                    .execute(pool)
+                    .await?;
+            }
+            ReadDb::Sqlite { .. } => {
+                let mut tx = db.begin().await?;
+                Self::upsert(&mut tx, task, version).await?;
+                tx.commit().await?;
+            }
+        }
         Ok(())
     }
 

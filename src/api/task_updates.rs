@@ -397,24 +397,45 @@ pub(crate) enum Reporter {
 }
 
 /// The agent holding (or last holding) task `id`'s lease, if the caller acts as it.
+///
+/// The task as this node last wrote it is tried first: a holder found there is only a
+/// candidate, since the report is decided on the task as stored and must name that same
+/// agent. A guess that names no agent the caller owns proves nothing, so then the task is
+/// loaded.
 async fn holding_agent(
     state: &AppState,
     actor: &Actor,
     id: Uuid,
 ) -> Result<Option<Uuid>, ApiError> {
-    let task = state
-        .store
-        .aggregate::<Task>()
-        .load(&id.to_string())
-        .await?;
-    let Some(agent_id) = task.aggregate.state().and_then(|task| task.agent_id) else {
+    let tasks = state.store.aggregate::<Task>();
+    if let Some(recent) = tasks.recent(&id.to_string()) {
+        if let Some(agent_id) = agent_acted_as(state, actor, &recent.aggregate).await? {
+            return Ok(Some(agent_id));
+        }
+    }
+    let task = tasks.load(&id.to_string()).await?;
+    agent_acted_as(state, actor, &task.aggregate).await
+}
+
+/// `task`'s agent if it is a remote agent the caller owns. An agent's owner and kind never
+/// change, so this node's latest knowledge of it is as good as a load.
+async fn agent_acted_as(
+    state: &AppState,
+    actor: &Actor,
+    task: &Task,
+) -> Result<Option<Uuid>, ApiError> {
+    let Some(agent_id) = task.state().and_then(|task| task.agent_id) else {
         return Ok(None);
     };
-    let agent = state
-        .store
-        .aggregate::<Agent>()
-        .load(&agent_id.to_string())
-        .await?;
+    let agents = state.store.aggregate::<Agent>();
+    let agent = match agents.recent(&agent_id.to_string()) {
+        Some(agent) => agent,
+        None => {
+            let loaded = agents.load(&agent_id.to_string()).await?;
+            agents.remember(&loaded);
+            loaded
+        }
+    };
     Ok(agent
         .aggregate
         .state()

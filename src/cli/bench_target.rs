@@ -1,7 +1,10 @@
 //! The server an HTTP benchmark talks to: the one at `--url`, or one started in this
 //! process on 127.0.0.1:0 against a throw-away database (a fresh PostgreSQL database that is
 //! dropped afterwards, or a SQLite file in a temporary directory), with the rate limit
-//! raised so that it does not throttle the benchmark.
+//! raised so that it does not throttle the benchmark. `bench tasks --nodes N` starts N
+//! servers on one PostgreSQL database instead: each its own data dir, pools, projections and
+//! dispatch state, nothing shared but the database and the JWT secret (as nodes of one
+//! cluster share it).
 
 use std::time::Duration;
 
@@ -23,19 +26,26 @@ use crate::config::Settings;
 /// limiting factor.
 const UNTHROTTLED: u32 = 1_000_000_000;
 
-/// A server to benchmark, and how to get rid of it afterwards.
+/// The server (or the nodes of one cluster) to benchmark, and how to get rid of them
+/// afterwards.
 pub struct Target {
-    /// `http://host:port`, without a trailing slash.
+    /// `http://host:port` of the first node, without a trailing slash.
     pub base: String,
-    own: Option<OwnServer>,
+    /// Every node's `http://host:port`; `nodes[0] == base`.
+    pub nodes: Vec<String>,
+    own: Option<OwnServers>,
 }
 
-struct OwnServer {
+struct OwnServers {
+    nodes: Vec<OwnNode>,
+    database: ThrowAwayDatabase,
+    /// The SQLite file and the nodes' data dirs live here.
+    _dir: tempfile::TempDir,
+}
+
+struct OwnNode {
     stop: oneshot::Sender<()>,
     serving: JoinHandle<anyhow::Result<()>>,
-    database: ThrowAwayDatabase,
-    /// The SQLite file and the server's data dir (its JWT secret) live here.
-    _dir: tempfile::TempDir,
 }
 
 pub(crate) enum ThrowAwayDatabase {
@@ -55,63 +65,106 @@ impl Target {
         backend: BackendArg,
         url: Option<&str>,
     ) -> anyhow::Result<Self> {
-        match url {
-            Some(url) => {
-                let base = url.trim_end_matches('/').to_owned();
-                let status: Value = reqwest::get(format!("{base}/api/status"))
-                    .await
-                    .with_context(|| format!("cannot reach {base}"))?
-                    .json()
-                    .await
-                    .with_context(|| format!("{base}/api/status is not Chronicle's"))?;
-                let serving = status["store"]["backend"].as_str().unwrap_or_default();
-                if serving != backend.store_name() {
-                    anyhow::bail!(
-                        "--backend {} but the server at {base} runs on `{serving}`",
-                        backend.store_name()
-                    );
-                }
-                Ok(Self { base, own: None })
-            }
-            None => Self::start(settings, backend).await,
-        }
+        let urls: Vec<String> = url.into_iter().map(str::to_owned).collect();
+        Self::open_cluster(settings, backend, &urls, 1).await
     }
 
-    async fn start(settings: &Settings, backend: BackendArg) -> anyhow::Result<Self> {
+    /// With `urls`, checks that every server there runs on `backend`; without, starts
+    /// `nodes` servers on one throw-away database (more than one only on PostgreSQL: an
+    /// embedded SQLite file has one writer process).
+    pub async fn open_cluster(
+        settings: &Settings,
+        backend: BackendArg,
+        urls: &[String],
+        nodes: usize,
+    ) -> anyhow::Result<Self> {
+        if urls.is_empty() {
+            return Self::start(settings, backend, nodes).await;
+        }
+        let mut bases = Vec::with_capacity(urls.len());
+        for url in urls {
+            let base = url.trim_end_matches('/').to_owned();
+            let status: Value = reqwest::get(format!("{base}/api/status"))
+                .await
+                .with_context(|| format!("cannot reach {base}"))?
+                .json()
+                .await
+                .with_context(|| format!("{base}/api/status is not Chronicle's"))?;
+            let serving = status["store"]["backend"].as_str().unwrap_or_default();
+            if serving != backend.store_name() {
+                anyhow::bail!(
+                    "--backend {} but the server at {base} runs on `{serving}`",
+                    backend.store_name()
+                );
+            }
+            bases.push(base);
+        }
+        Ok(Self {
+            base: bases[0].clone(),
+            nodes: bases,
+            own: None,
+        })
+    }
+
+    async fn start(settings: &Settings, backend: BackendArg, nodes: usize) -> anyhow::Result<Self> {
+        if nodes == 0 {
+            anyhow::bail!("--nodes must be at least 1");
+        }
+        if nodes > 1 && backend == BackendArg::Sqlite {
+            anyhow::bail!("--nodes above 1 needs --backend postgres: a SQLite file has one server");
+        }
         let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
         let (database_url, database) =
             ThrowAwayDatabase::create(settings, backend, dir.path()).await?;
         let mut server_settings = settings.clone();
         server_settings.bind = ([127, 0, 0, 1], 0).into();
         server_settings.database_url = database_url;
-        server_settings.data_dir = dir.path().join("data");
         server_settings.rate_limit.per_minute = UNTHROTTLED;
         server_settings.rate_limit.auth_per_minute = UNTHROTTLED;
-        let application = match Application::build(server_settings).await {
-            Ok(application) => application,
-            Err(error) => {
-                database.drop_now().await;
-                return Err(error);
-            }
+        if nodes > 1 && server_settings.jwt_secret.is_none() {
+            // One cluster, one secret: a token minted by one node is good on every node.
+            let secret = hex::encode(rand::random::<[u8; 32]>());
+            server_settings.jwt_secret = Some(secret.into());
+        }
+        let mut own = OwnServers {
+            nodes: Vec::with_capacity(nodes),
+            database,
+            _dir: dir,
         };
-        let base = format!("http://127.0.0.1:{}", application.port());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let serving = tokio::spawn(application.run_until(async move {
-            let _ = stopped.await;
-        }));
+        let mut bases = Vec::with_capacity(nodes);
+        for n in 0..nodes {
+            let mut node_settings = server_settings.clone();
+            node_settings.data_dir = own._dir.path().join(format!("data-{n}"));
+            let application = match Application::build(node_settings).await {
+                Ok(application) => application,
+                Err(error) => {
+                    let _ = own.stop().await;
+                    return Err(error);
+                }
+            };
+            bases.push(format!("http://127.0.0.1:{}", application.port()));
+            let (stop, stopped) = oneshot::channel::<()>();
+            let serving = tokio::spawn(application.run_until(async move {
+                let _ = stopped.await;
+            }));
+            own.nodes.push(OwnNode { stop, serving });
+        }
         eprintln!(
-            "(started a server at {base} on a throw-away {} database)",
+            "(started {} at {} on a throw-away {} database)",
+            if nodes == 1 { "a server" } else { "servers" },
+            bases.join(", "),
             backend.store_name()
         );
         Ok(Self {
-            base,
-            own: Some(OwnServer {
-                stop,
-                serving,
-                database,
-                _dir: dir,
-            }),
+            base: bases[0].clone(),
+            nodes: bases,
+            own: Some(own),
         })
+    }
+
+    /// `path` on node `n` (round robin over the nodes).
+    pub fn url_on(&self, n: usize, path: &str) -> String {
+        format!("{}{path}", self.nodes[n % self.nodes.len()])
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -138,16 +191,32 @@ impl Target {
         Ok(SignedUp { access_token })
     }
 
-    /// Stops a server the benchmark started and drops its database.
+    /// Stops the servers the benchmark started and drops their database.
     pub async fn close(self) -> anyhow::Result<()> {
-        let Some(own) = self.own else {
-            return Ok(());
-        };
-        let _ = own.stop.send(());
-        let served = own.serving.await;
-        own.database.drop_now().await;
-        served??;
-        Ok(())
+        match self.own {
+            Some(own) => own.stop().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl OwnServers {
+    /// Stops every node, then drops the database; the first node's failure, if any.
+    async fn stop(self) -> anyhow::Result<()> {
+        let mut outcome = Ok(());
+        let mut serving = Vec::with_capacity(self.nodes.len());
+        for node in self.nodes {
+            let _ = node.stop.send(());
+            serving.push(node.serving);
+        }
+        for served in serving {
+            let served = served.await.map_err(anyhow::Error::from).and_then(|served| served);
+            if outcome.is_ok() {
+                outcome = served;
+            }
+        }
+        self.database.drop_now().await;
+        outcome
     }
 }
 

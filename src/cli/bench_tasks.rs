@@ -11,6 +11,9 @@
 //! `chronicle bench tasks --backend postgres --agents 8 --tasks 20000` starts its own server
 //! (see [`super::bench_target`]); `--url http://host:port` measures a running one instead
 //! (raise its `CHRONICLE_RATE_LIMIT__PER_MINUTE` first: all requests come from one user).
+//! `--nodes 3` starts three servers on one PostgreSQL database (or `--url` given three
+//! times names three running nodes): creator n talks to node n mod N, agent n likewise, so
+//! a task is often created on one node and leased and completed on another.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,9 +57,13 @@ pub struct TasksArgs {
     /// Creates per second in all (paced); as fast as the creators can without it.
     #[arg(long)]
     rate: Option<f64>,
-    /// A running server; without it one is started in this process on a fresh database.
+    /// A running server (repeat for the nodes of one cluster); without it the servers are
+    /// started in this process on a fresh database.
     #[arg(long)]
-    url: Option<String>,
+    url: Vec<String>,
+    /// Servers to start on one database (PostgreSQL only above 1), each its own node.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
     /// Give up after this long.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
@@ -72,7 +79,11 @@ pub async fn run(args: TasksArgs, settings: Settings) -> anyhow::Result<()> {
     {
         anyhow::bail!("--rate must be above 0");
     }
-    let target = Target::open(&settings, args.backend, args.url.as_deref()).await?;
+    if !args.url.is_empty() && args.nodes != 1 {
+        anyhow::bail!("--nodes starts servers; with --url, name each running node instead");
+    }
+    let target = Target::open_cluster(&settings, args.backend, &args.url, args.nodes).await?;
+    let target_nodes = target.nodes.len();
     let measured = until_interrupted(async {
         tokio::time::timeout(
             Duration::from_secs(args.timeout_secs),
@@ -84,7 +95,7 @@ pub async fn run(args: TasksArgs, settings: Settings) -> anyhow::Result<()> {
     .await;
     target.close().await?;
     let report = measured?;
-    report.print(&args);
+    report.print(&args, target_nodes);
     Ok(())
 }
 
@@ -169,11 +180,11 @@ async fn measure(target: &Target, args: &TasksArgs) -> anyhow::Result<Report> {
         all_done: CancellationToken::new(),
     });
     let mut agents = Vec::with_capacity(agent_ids.len());
-    for id in agent_ids {
+    for (n, id) in agent_ids.into_iter().enumerate() {
         let agent = RemoteAgent {
             client: bearer_client(&user.access_token)?,
-            lease_url: target.url(&format!("/api/agents/{id}/lease")),
-            base: target.base.clone(),
+            lease_url: target.url_on(n, &format!("/api/agents/{id}/lease")),
+            base: target.url_on(n, ""),
             max_tasks: args.max_tasks,
             wait_secs: args.wait_secs,
             total: args.tasks,
@@ -185,10 +196,10 @@ async fn measure(target: &Target, args: &TasksArgs) -> anyhow::Result<Report> {
         )));
     }
     let mut creators = Vec::with_capacity(args.creators);
-    for _ in 0..args.creators {
+    for n in 0..args.creators {
         let creator = Creator {
             client: creator_client.clone(),
-            url: target.url("/api/tasks"),
+            url: target.url_on(n, "/api/tasks"),
             rate: args.rate,
             progress: progress.clone(),
         };
@@ -382,20 +393,21 @@ impl RemoteAgent {
 }
 
 impl Report {
-    fn print(&self, args: &TasksArgs) {
+    fn print(&self, args: &TasksArgs, nodes: usize) {
         let create_rate = self.tasks as f64 / self.create_secs.max(f64::MIN_POSITIVE);
         let lifecycle_rate = self.tasks as f64 / self.lifecycle_secs.max(f64::MIN_POSITIVE);
         let pacing = args.rate.map_or("as fast as they can".to_owned(), |rate| {
             format!("paced at {rate:.0}/s")
         });
         eprintln!(
-            "({} tasks, {} creators {pacing}, {} agents asking for up to {} tasks, wait_secs {}, backend {})",
+            "({} tasks, {} creators {pacing}, {} agents asking for up to {} tasks, wait_secs {}, backend {}, {nodes} node{})",
             self.tasks,
             args.creators,
             args.agents,
             args.max_tasks,
             args.wait_secs,
             args.backend.store_name(),
+            if nodes == 1 { "" } else { "s" },
         );
         eprintln!(
             "create:    {create_rate:.0}/s over {:.2} s; POST /api/tasks p50={:.2} p99={:.2} ms",

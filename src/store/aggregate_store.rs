@@ -17,13 +17,26 @@ use super::{Backend, LeaseSlot, Store, StoreError};
 
 /// An aggregate as loaded: its state, its version (last sequence) and the hash that the
 /// next event must chain to.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Loaded<A> {
     pub aggregate_id: String,
     pub aggregate: A,
     pub version: usize,
     last_hash: String,
     snapshot_count: Option<usize>,
+}
+
+#[cfg(test)]
+impl<A> Loaded<A> {
+    pub(crate) fn for_tests(aggregate_id: &str, aggregate: A, version: usize) -> Self {
+        Self {
+            aggregate_id: aggregate_id.to_owned(),
+            aggregate,
+            version,
+            last_hash: GENESIS.to_owned(),
+            snapshot_count: None,
+        }
+    }
 }
 
 impl<A: Aggregate> AggregateContext<A> for Loaded<A> {
@@ -64,6 +77,28 @@ impl<A: Aggregate> AggregateStore<A> {
             last_hash: GENESIS.to_owned(),
             snapshot_count: None,
         }
+    }
+
+    /// The aggregate as this node last wrote or loaded it, if it still holds it: a guess to
+    /// decide on, never an answer (see [`super::recent`]).
+    pub fn recent(&self, aggregate_id: &str) -> Option<Loaded<A>>
+    where
+        A: Clone + 'static,
+    {
+        self.store.recent().get::<A>(aggregate_id)
+    }
+
+    /// Keeps `loaded` as this node's latest knowledge of the aggregate.
+    pub fn remember(&self, loaded: &Loaded<A>)
+    where
+        A: Clone + 'static,
+    {
+        self.store.recent().put(loaded);
+    }
+
+    /// Drops this node's knowledge of the aggregate (after a conflict or a failed append).
+    pub fn forget(&self, aggregate_id: &str) {
+        self.store.recent().forget::<A>(aggregate_id);
     }
 
     /// The aggregate as it stands now (default state and version 0 when it has no events).

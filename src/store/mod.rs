@@ -13,6 +13,7 @@
 //! - [`lease_slots`]: an agent's concurrency limit, decided in the lease's transaction.
 //! - [`import`]: loads an export into an empty store.
 //! - [`link`]: whether PostgreSQL answers, probed from a connection of its own.
+//! - [`recent`]: the aggregates this node wrote or loaded last, a guess that saves a load.
 
 pub mod aggregate_store;
 pub mod chain;
@@ -22,6 +23,7 @@ pub mod import;
 pub mod lease_slots;
 pub mod link;
 pub mod postgres;
+pub mod recent;
 pub mod sqlite;
 pub mod verify;
 
@@ -163,6 +165,9 @@ pub struct StoreOptions {
     pub snapshot_every: usize,
     /// Connections to PostgreSQL (SQLite uses one writer and a few readers).
     pub max_connections: u32,
+    /// Bytes of recently written or loaded aggregates kept in memory (see [`recent`]);
+    /// 0 keeps none.
+    pub aggregate_cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -170,6 +175,7 @@ impl Default for StoreOptions {
         Self {
             snapshot_every: 50,
             max_connections: 32,
+            aggregate_cache_bytes: 64 << 20,
         }
     }
 }
@@ -184,6 +190,7 @@ struct Inner {
     upcasters: Vec<Box<dyn EventUpcaster>>,
     options: StoreOptions,
     audit_key: std::sync::OnceLock<AuditKey>,
+    recent: recent::RecentAggregates,
 }
 
 /// The event store, cheap to clone.
@@ -216,6 +223,7 @@ impl Store {
                 upcasters,
                 options,
                 audit_key: std::sync::OnceLock::new(),
+                recent: recent::RecentAggregates::new(options.aggregate_cache_bytes),
             }),
         }
     }
@@ -250,6 +258,10 @@ impl Store {
 
     pub fn options(&self) -> StoreOptions {
         self.inner.options
+    }
+
+    pub(crate) fn recent(&self) -> &recent::RecentAggregates {
+        &self.inner.recent
     }
 
     pub(crate) fn upcasters(&self) -> &[Box<dyn EventUpcaster>] {

@@ -142,6 +142,7 @@ pub(crate) fn no_snapshots() -> StoreOptions {
     StoreOptions {
         snapshot_every: 0,
         max_connections: 16,
+        ..StoreOptions::default()
     }
 }
 
@@ -289,6 +290,7 @@ async fn snapshot_then_load_equals_full_replay(#[case] backend: Backend) {
         .store(StoreOptions {
             snapshot_every: 3,
             max_connections: 4,
+            ..StoreOptions::default()
         })
         .await;
     let bus = CommandBus::new(with_snapshots.clone());
@@ -515,6 +517,7 @@ async fn the_feed_never_skips_an_event_under_concurrent_appends(#[case] backend:
         .store(StoreOptions {
             snapshot_every: 0,
             max_connections: WRITERS as u32 + 4,
+            ..StoreOptions::default()
         })
         .await;
     let done = Arc::new(AtomicBool::new(false));
@@ -615,4 +618,83 @@ async fn the_feed_resumes_after_a_position(#[case] backend: Backend) {
         .unwrap();
     assert_eq!(only_y.len(), 2);
     assert!(store.cursor_after(999_999).await.unwrap().is_none() || backend == Backend::Sqlite);
+}
+
+/// Each node keeps the aggregates it wrote last and decides its next command on them
+/// without a load (`src/store/recent.rs`). Two stores on one database are two nodes: what
+/// one knows goes stale when the other writes, and that must cost a reload, never a wrong
+/// version, a wrong refusal, a failed precondition or a broken chain.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn a_stale_recent_aggregate_costs_a_reload_not_a_wrong_answer(#[case] backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (node_a, node_b) = (
+        db.store(no_snapshots()).await,
+        db.store(no_snapshots()).await,
+    );
+    let (bus_a, bus_b) = (CommandBus::new(node_a.clone()), CommandBus::new(node_b));
+    let id = "counter-recent";
+    assert_eq!(run(&bus_a, id, || CounterCommand::Add(1)).await.unwrap(), 1);
+    assert_eq!(run(&bus_b, id, || CounterCommand::Add(10)).await.unwrap(), 2);
+    // A still holds version 1: the append at 2 conflicts, A reloads and appends at 3.
+    let committed = bus_a
+        .execute::<Counter, CommandError<Refused>>(id, &context(), None, |_| {
+            Ok(CounterCommand::Add(100))
+        })
+        .await
+        .unwrap();
+    assert_eq!((committed.version, committed.aggregate.value), (3, 111));
+
+    // A decision that depends on the state: A's guess (111) would refuse it, the truth
+    // (116) allows it.
+    assert_eq!(run(&bus_b, id, || CounterCommand::Add(5)).await.unwrap(), 4);
+    let committed = bus_a
+        .execute::<Counter, CommandError<Refused>>(id, &context(), None, |counter| {
+            if counter.value == 116 {
+                Ok(CounterCommand::Add(1))
+            } else {
+                Err(CommandError::Refused(Refused))
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!((committed.version, committed.aggregate.value), (5, 117));
+
+    // A precondition on the version: A's guess is 5, the store is at 6.
+    assert_eq!(run(&bus_b, id, || CounterCommand::Add(1)).await.unwrap(), 6);
+    let committed = bus_a
+        .execute::<Counter, CommandError<Refused>>(id, &context(), Some(6), |_| {
+            Ok(CounterCommand::Add(1))
+        })
+        .await
+        .unwrap();
+    assert_eq!((committed.version, committed.aggregate.value), (7, 119));
+    // And a precondition that really fails still fails, naming the true version.
+    let stale = bus_a
+        .execute::<Counter, CommandError<Refused>>(id, &context(), Some(3), |_| {
+            Ok(CounterCommand::Add(1))
+        })
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(CommandError::PreconditionFailed {
+                expected: 3,
+                current: 7
+            })
+        ),
+        "{:?}",
+        stale.map(|committed| committed.version)
+    );
+    // A refusal of the true state is still a refusal.
+    assert!(matches!(
+        run(&bus_a, id, || CounterCommand::Add(0)).await,
+        Err(CommandError::Refused(Refused))
+    ));
+
+    let loaded = node_a.aggregate::<Counter>().load(id).await.unwrap();
+    assert_eq!((loaded.version, loaded.aggregate.value), (7, 119));
+    assert!(node_a.verify(&AggregateFilter::default()).await.unwrap().ok);
 }
