@@ -132,7 +132,7 @@ impl AgentView {
         agent: &Agent,
         version: usize,
     ) -> Result<(), ProjectionError> {
-        let mut tx = db.begin().await?;
+        let mut tx = db.begin_derived().await?;
         Self::upsert(&mut tx, agent, version).await?;
         tx.commit().await?;
         Ok(())

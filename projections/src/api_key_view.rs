@@ -111,7 +111,7 @@ impl ApiKeyView {
         let Some(state) = key.state() else {
             return Ok(());
         };
-        let mut tx = db.begin().await?;
+        let mut tx = db.begin_derived().await?;
         Self::upsert(&mut tx, state, version).await?;
         tx.commit().await?;
         Ok(())

@@ -20,14 +20,39 @@ pub enum ReadTx {
     Sqlite(Transaction<'static, Sqlite>),
 }
 
+/// SQLite: a transaction whose commit waits for the WAL's fsync, as the event store's do —
+/// for what cannot be derived again (idempotency records).
+const SQLITE_BEGIN_DURABLE: &str = "PRAGMA synchronous = FULL; BEGIN IMMEDIATE";
+
+/// SQLite: a transaction whose commit does not wait for an fsync. In WAL mode a commit is
+/// still atomic and survives a crash of the process; a power cut may lose the last few, in
+/// order — and the next commit of the event store syncs the WAL with everything before it.
+const SQLITE_BEGIN_DERIVED: &str = "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE";
+
 impl ReadDb {
+    /// A transaction for state that is not derived from the events: durable on commit.
     pub async fn begin(&self) -> Result<ReadTx, sqlx::Error> {
         Ok(match self {
             Self::Postgres(pool) => ReadTx::Postgres(pool.begin().await?),
             // IMMEDIATE takes the write lock up front, so another process writing the same
             // file makes us wait (busy timeout) instead of failing a later lock upgrade.
+            // Every transaction on the writer connection says how durable it is, so that
+            // none inherits the last one's setting.
             Self::Sqlite { writer, .. } => {
-                ReadTx::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?)
+                ReadTx::Sqlite(writer.begin_with(SQLITE_BEGIN_DURABLE).await?)
+            }
+        })
+    }
+
+    /// A transaction for read-model rows, which the events can always give again: on SQLite
+    /// its commit does not wait for an fsync (a row lost to a power cut is written again by
+    /// the catch-up, its checkpoint with it). PostgreSQL's inline writes make the same
+    /// choice with `synchronous_commit` (see `TaskView::write_committed`).
+    pub async fn begin_derived(&self) -> Result<ReadTx, sqlx::Error> {
+        Ok(match self {
+            Self::Postgres(pool) => ReadTx::Postgres(pool.begin().await?),
+            Self::Sqlite { writer, .. } => {
+                ReadTx::Sqlite(writer.begin_with(SQLITE_BEGIN_DERIVED).await?)
             }
         })
     }
@@ -37,7 +62,7 @@ impl ReadDb {
     /// unique violation on `pg_type`): a transaction-scoped advisory lock makes them take
     /// turns, the second finding everything there. SQLite's `BEGIN IMMEDIATE` already does.
     pub async fn begin_setup(&self) -> Result<ReadTx, sqlx::Error> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_derived().await?;
         if let ReadTx::Postgres(pg) = &mut tx {
             sqlx::query(
                 "SELECT pg_advisory_xact_lock(hashtext('chronicle:read-model-setup')::bigint)",

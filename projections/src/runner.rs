@@ -356,7 +356,7 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
             if events.is_empty() {
                 return Ok(0);
             }
-            let mut tx = self.db.begin().await?;
+            let mut tx = self.db.begin_derived().await?;
             if lock_checkpoint::<P>(&mut tx).await? != cursor {
                 continue;
             }

@@ -93,7 +93,7 @@ impl ScheduleView {
         schedule: &Schedule,
         version: usize,
     ) -> Result<(), ProjectionError> {
-        let mut tx = db.begin().await?;
+        let mut tx = db.begin_derived().await?;
         Self::upsert(&mut tx, schedule, version).await?;
         tx.commit().await?;
         Ok(())

@@ -234,7 +234,7 @@ impl TaskView {
                     .await?;
             }
             ReadDb::Sqlite { .. } => {
-                let mut tx = db.begin().await?;
+                let mut tx = db.begin_derived().await?;
                 Self::upsert(&mut tx, task, version).await?;
                 tx.commit().await?;
             }

@@ -86,7 +86,7 @@ impl WorkflowRunView {
         run: &WorkflowRun,
         version: usize,
     ) -> Result<(), ProjectionError> {
-        let mut tx = db.begin().await?;
+        let mut tx = db.begin_derived().await?;
         Self::upsert(&mut tx, run, version).await?;
         tx.commit().await?;
         Ok(())

@@ -89,7 +89,7 @@ impl WorkflowView {
         workflow: &Workflow,
         version: usize,
     ) -> Result<(), ProjectionError> {
-        let mut tx = db.begin().await?;
+        let mut tx = db.begin_derived().await?;
         Self::upsert(&mut tx, workflow, version).await?;
         tx.commit().await?;
         Ok(())

@@ -350,7 +350,12 @@ impl SqliteBackend {
         let recorded_at = super::chain::format_recorded_at(recorded_at);
         // IMMEDIATE: take the write lock first, so a writer in another process makes us wait
         // rather than fail when a deferred transaction upgrades.
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        // FULL: this commit waits for the WAL's fsync (the connection is shared with read
+        // models, whose transactions do not; see `ReadDb::begin_derived`).
+        let mut tx = self
+            .writer
+            .begin_with("PRAGMA synchronous = FULL; BEGIN IMMEDIATE")
+            .await?;
         if let (Some(slot), Some(first)) = (slot, events.first()) {
             lease_slots::check_and_take_sqlite(
                 &mut tx,
