@@ -23,6 +23,7 @@ use super::paging::{Page, Paging};
 use super::views::AgentView;
 use super::AppState;
 use crate::actor::Actor;
+use crate::authz::{Action, Authz, Resource};
 use crate::bus::{CommandContext, CommandError, Committed};
 use crate::process::dispatch::{serves_every_user, DispatchError};
 use crate::process::release::release_agent_tasks;
@@ -43,20 +44,26 @@ impl From<DispatchError> for ApiError {
 
 /// The agent if the caller may change it: 404 when it may not even see it, 403 when it may
 /// only look.
-pub(crate) fn writable<'a>(actor: &Actor, agent: &'a Agent) -> Result<&'a AgentState, ApiError> {
-    match agent.state() {
-        Some(state) if actor.can_write(state.owner_id) => Ok(state),
-        Some(state) if actor.can_read(state.owner_id) => Err(ApiError::Forbidden),
-        _ => Err(ApiError::NotFound),
-    }
+pub(crate) fn writable<'a>(
+    authz: &Authz,
+    actor: &Actor,
+    agent: &'a Agent,
+) -> Result<&'a AgentState, ApiError> {
+    let state = agent.state().ok_or(ApiError::NotFound)?;
+    authz.require(actor, Action::Write, &Resource::agent(state.owner_id))?;
+    Ok(state)
 }
 
 /// The agent if the caller may act as it — heartbeat, lease, open its socket: a remote
 /// agent it may change. A built-in agent is run by the server alone, so an HTTP caller who
 /// may see it (an admin) still gets 403: leasing its work would hand out lease ids for
 /// results "the server fetched".
-pub(crate) fn actable<'a>(actor: &Actor, agent: &'a Agent) -> Result<&'a AgentState, ApiError> {
-    let state = writable(actor, agent)?;
+pub(crate) fn actable<'a>(
+    authz: &Authz,
+    actor: &Actor,
+    agent: &'a Agent,
+) -> Result<&'a AgentState, ApiError> {
+    let state = writable(authz, actor, agent)?;
     if serves_every_user(state) {
         return Err(ApiError::Forbidden);
     }
@@ -75,7 +82,7 @@ pub(crate) async fn acting_agent(
         .aggregate::<Agent>()
         .load(&id.to_string())
         .await?;
-    registered(actable(actor, &loaded.aggregate)?)
+    registered(actable(&state.authz, actor, &loaded.aggregate)?)
 }
 
 fn registered(agent: &AgentState) -> Result<AgentState, ApiError> {
@@ -99,7 +106,7 @@ pub(crate) async fn registered_agent(
         .aggregate::<Agent>()
         .load(&id.to_string())
         .await?;
-    registered(writable(actor, &loaded.aggregate)?)
+    registered(writable(&state.authz, actor, &loaded.aggregate)?)
 }
 
 /// The events of an agent's own calls name the agent as their actor.
@@ -295,7 +302,10 @@ pub async fn get(
         .load(&id.to_string())
         .await?;
     match loaded.aggregate.state() {
-        Some(agent) if actor.can_read(agent.owner_id) => {}
+        Some(agent)
+            if state
+                .authz
+                .can(&actor, Action::Read, &Resource::agent(agent.owner_id)) => {}
         _ => return Err(ApiError::NotFound),
     }
     agent_response(&state, StatusCode::OK, &loaded.aggregate, loaded.version).await
@@ -375,7 +385,7 @@ pub(crate) async fn record_heartbeat(
     let committed = state
         .bus
         .execute::<Agent, ApiError>(&id.to_string(), context, None, |agent| {
-            actable(actor, agent)?;
+            actable(&state.authz, actor, agent)?;
             Ok(AgentCommand::RecordHeartbeat {
                 at: Utc::now(),
                 resolution: heartbeat_resolution(),
@@ -460,14 +470,14 @@ pub async fn deregister(
         .load(&id.to_string())
         .await?;
     let already_gone =
-        writable(&actor, &loaded.aggregate)?.lifecycle == AgentLifecycle::Deregistered;
+        writable(&state.authz, &actor, &loaded.aggregate)?.lifecycle == AgentLifecycle::Deregistered;
     if !already_gone {
         let Committed {
             aggregate, version, ..
         } = state
             .bus
             .execute::<Agent, ApiError>(&id.to_string(), &context, meta.if_match, |agent| {
-                writable(&actor, agent)?;
+                writable(&state.authz, &actor, agent)?;
                 Ok(AgentCommand::DeregisterAgent { at: Utc::now() })
             })
             .await?;
