@@ -245,7 +245,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 4 * 2 * 10 * 4);
+        assert_eq!(checked, 4 * 2 * 9 * 4);
     }
 
     #[test]
