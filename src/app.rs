@@ -11,8 +11,8 @@ use crate::auth::secret::ServerKeys;
 use crate::config::Settings;
 use crate::process::http_agent::HttpAgent;
 use crate::read_side::ReadSide;
-use crate::teams::TeamFeed;
 use crate::store::{AuditKey, Store, StoreOptions};
+use crate::teams::TeamFeed;
 use crate::tls::{TlsConfig, TlsListener};
 use secrecy::ExposeSecret;
 

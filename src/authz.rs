@@ -7,6 +7,7 @@
 //! does not exist for them (404); what they may read but not change is 403
 //! ([`Authz::require`]).
 
+use chronicle_aggregates::agent::AgentState;
 use chronicle_aggregates::task::TaskState;
 use chronicle_aggregates::workflow::WorkflowState;
 use chronicle_aggregates::workflow_run::RunState;
@@ -75,8 +76,8 @@ impl Resource {
         Self::new(Kind::WorkflowRun, run.owner_id, run.team_id)
     }
 
-    pub fn agent(owner_id: Uuid) -> Self {
-        Self::new(Kind::Agent, owner_id, None)
+    pub fn agent(agent: &AgentState) -> Self {
+        Self::new(Kind::Agent, agent.owner_id, agent.team_id)
     }
 }
 
@@ -217,7 +218,10 @@ mod tests {
         let mut callers = vec![
             (Caller::Owner, Actor::user(owner, [Role::User])),
             (Caller::Stranger, Actor::user(Uuid::now_v7(), [Role::User])),
-            (Caller::Auditor, Actor::user(Uuid::now_v7(), [Role::Auditor])),
+            (
+                Caller::Auditor,
+                Actor::user(Uuid::now_v7(), [Role::Auditor]),
+            ),
             (Caller::Admin, Actor::user(Uuid::now_v7(), [Role::Admin])),
         ];
         let outsider = Uuid::now_v7();

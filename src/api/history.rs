@@ -107,9 +107,7 @@ pub async fn agent_events(
 ) -> Result<Response, ApiError> {
     let path = format!("/api/agents/{id}/events");
     owned_answer::<Agent>(&state, &actor, id, &path, &query, |agent| {
-        agent
-            .state()
-            .map(|agent| Resource::agent(agent.owner_id))
+        agent.state().map(Resource::agent)
     })
     .await
 }

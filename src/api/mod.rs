@@ -189,7 +189,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(teams::accept))
         .routes(routes!(teams::change_role, teams::remove_member))
         .routes(routes!(workflows::share))
-        .routes(routes!(workflows::unshare));
+        .routes(routes!(workflows::unshare))
+        .routes(routes!(agents::share))
+        .routes(routes!(agents::unshare));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).nest("/api", api)
 }
 

@@ -88,7 +88,13 @@ pub async fn stream(
         }
     };
     let (out, mut events) = mpsc::channel(state.settings.live.buffer);
-    tokio::spawn(produce(state, Follower { actor, resource }, id, resume, out));
+    tokio::spawn(produce(
+        state,
+        Follower { actor, resource },
+        id,
+        resume,
+        out,
+    ));
     // Open while axum polls the stream: dropped when the client goes.
     let open = crate::meters::ConnectionGauge::open("task_sse");
     let stream = futures::stream::poll_fn(move |cx| {

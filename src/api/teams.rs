@@ -299,7 +299,11 @@ pub async fn get(
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
     visible(&state, &actor, id)?;
-    let loaded = state.store.aggregate::<Team>().load(&id.to_string()).await?;
+    let loaded = state
+        .store
+        .aggregate::<Team>()
+        .load(&id.to_string())
+        .await?;
     team_answer(StatusCode::OK, &loaded.aggregate)
 }
 

@@ -53,6 +53,7 @@ pub struct WorkflowBody {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// The team it is shared with: members read and run it, maintainers change it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub team_id: Option<Uuid>,
 }
 
@@ -126,6 +127,7 @@ pub struct WorkflowRunBody {
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     /// The team of its workflow when it started: the run and its tasks are the team's too.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub team_id: Option<Uuid>,
 }
 
@@ -255,7 +257,11 @@ pub(crate) fn allowed(
 }
 
 /// Whether the caller may change the workflow ([`allowed`] to write).
-pub(crate) fn writable(state: &AppState, actor: &Actor, workflow: &Workflow) -> Result<(), ApiError> {
+pub(crate) fn writable(
+    state: &AppState,
+    actor: &Actor,
+    workflow: &Workflow,
+) -> Result<(), ApiError> {
     allowed(state, actor, Action::Write, workflow)
 }
 
@@ -267,7 +273,10 @@ pub(crate) fn team_to_share_with(
     actor: &Actor,
     team_id: Uuid,
 ) -> Result<Uuid, ApiError> {
-    match state.authz.require(actor, Action::Write, &Resource::team(team_id)) {
+    match state
+        .authz
+        .require(actor, Action::Write, &Resource::team(team_id))
+    {
         Ok(()) => Ok(team_id),
         Err(Denied::Forbidden) => Err(ApiError::Forbidden),
         Err(Denied::Hidden) => Err(ApiError::validation(
@@ -389,7 +398,7 @@ pub async fn list(
         paging.fetch(),
     )
     .await
-        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    .map_err(|e| ApiError::Internal(Box::new(e)))?;
     Ok(Json(paging.page(
         rows,
         |row| row.state().and_then(WorkflowBody::latest),

@@ -85,6 +85,8 @@ const API_MD: &[(&str, &str)] = &[
     ("DELETE", "/api/teams/{}/members/{}"),
     ("POST", "/api/workflows/{}/share"),
     ("POST", "/api/workflows/{}/unshare"),
+    ("POST", "/api/agents/{}/share"),
+    ("POST", "/api/agents/{}/unshare"),
 ];
 
 /// The endpoints of API.md's Auth, Agents and Tasks tables that the server implements
@@ -135,6 +137,8 @@ const IMPLEMENTED: &[(&str, &str)] = &[
     ("DELETE", "/api/teams/{}/members/{}"),
     ("POST", "/api/workflows/{}/share"),
     ("POST", "/api/workflows/{}/unshare"),
+    ("POST", "/api/agents/{}/share"),
+    ("POST", "/api/agents/{}/unshare"),
 ];
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];

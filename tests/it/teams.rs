@@ -191,21 +191,33 @@ async fn invitations_roles_leaving_and_the_last_owner(#[case] backend: Backend) 
     let (status, body) = patch_role(&app, &owner, &id, &owner, "maintainer").await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["code"], "team.last_owner", "{body}");
-    assert_eq!(remove(&app, &owner, &id, &owner).await, StatusCode::CONFLICT);
+    assert_eq!(
+        remove(&app, &owner, &id, &owner).await,
+        StatusCode::CONFLICT
+    );
 
     // Ownership handed on: the first owner may now step down and leave.
     let (status, body) = patch_role(&app, &owner, &id, &maintainer, "owner").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = patch_role(&app, &owner, &id, &owner, "viewer").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(remove(&app, &viewer, &id, &maintainer).await, StatusCode::FORBIDDEN);
-    assert_eq!(remove(&app, &owner, &id, &owner).await, StatusCode::NO_CONTENT);
+    assert_eq!(
+        remove(&app, &viewer, &id, &maintainer).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        remove(&app, &owner, &id, &owner).await,
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(
         get_status(&app.address, &owner, &format!("/api/teams/{id}")).await,
         StatusCode::NOT_FOUND
     );
     // The new owner removes a member.
-    assert_eq!(remove(&app, &maintainer, &id, &viewer).await, StatusCode::NO_CONTENT);
+    assert_eq!(
+        remove(&app, &maintainer, &id, &viewer).await,
+        StatusCode::NO_CONTENT
+    );
     let (status, team) = send(maintainer.client.get(app.url(&format!("/api/teams/{id}")))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(team["members"].as_array().unwrap().len(), 1, "{team}");
@@ -238,7 +250,10 @@ async fn a_shared_workflow_is_run_by_members_and_hidden_from_others(#[case] back
     assert_eq!(status, StatusCode::CREATED, "{workflow}");
     let workflow_id = workflow["id"].as_str().unwrap().to_owned();
     let path = format!("/api/workflows/{workflow_id}");
-    assert_eq!(get_status(&app.address, &member, &path).await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get_status(&app.address, &member, &path).await,
+        StatusCode::NOT_FOUND
+    );
 
     // Only a maintainer or owner of the team shares with it; a member may not.
     let share = |user: &TestUser| {
@@ -247,7 +262,11 @@ async fn a_shared_workflow_is_run_by_members_and_hidden_from_others(#[case] back
             .json(&json!({"team_id": team_id}))
     };
     let (status, _) = send(share(&member)).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "not the member's workflow yet");
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "not the member's workflow yet"
+    );
     let (status, body) = send(share(&stranger)).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     let (status, shared) = send(share(&owner)).await;
@@ -260,7 +279,10 @@ async fn a_shared_workflow_is_run_by_members_and_hidden_from_others(#[case] back
         let (_, listed) = send(user.client.get(app.url("/api/workflows"))).await;
         assert_eq!(listed["items"][0]["id"], workflow_id.as_str(), "{listed}");
     }
-    assert_eq!(get_status(&app.address, &stranger, &path).await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get_status(&app.address, &stranger, &path).await,
+        StatusCode::NOT_FOUND
+    );
     let (_, listed) = send(stranger.client.get(app.url("/api/workflows"))).await;
     assert_eq!(listed["items"], json!([]));
 
@@ -274,13 +296,7 @@ async fn a_shared_workflow_is_run_by_members_and_hidden_from_others(#[case] back
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = send(run_as(&stranger)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = send(
-        member
-            .client
-            .put(app.url(&path))
-            .json(&one_step_workflow()),
-    )
-    .await;
+    let (status, _) = send(member.client.put(app.url(&path)).json(&one_step_workflow())).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let run = execute(&app, &member, &workflow_id).await;
     assert_eq!(run["team_id"], team_id.as_str());
@@ -299,7 +315,10 @@ async fn a_shared_workflow_is_run_by_members_and_hidden_from_others(#[case] back
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let finished = wait_run(&app, &member, &run_id, |run| run["status"] == "succeeded").await;
-    let task_id = finished["steps"]["open"]["task_id"].as_str().unwrap().to_owned();
+    let task_id = finished["steps"]["open"]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for user in [&member, &viewer] {
         for path in [
             format!("/api/workflow-runs/{run_id}"),
@@ -307,7 +326,11 @@ async fn a_shared_workflow_is_run_by_members_and_hidden_from_others(#[case] back
             format!("/api/tasks/{task_id}"),
             format!("/api/tasks/{task_id}/events"),
         ] {
-            assert_eq!(get_status(&app.address, user, &path).await, StatusCode::OK, "{path}");
+            assert_eq!(
+                get_status(&app.address, user, &path).await,
+                StatusCode::OK,
+                "{path}"
+            );
         }
     }
     for path in [
@@ -331,14 +354,30 @@ async fn a_shared_workflow_is_run_by_members_and_hidden_from_others(#[case] back
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     // While the workflow is shared the team is not deleted; the refusal names why.
-    let (status, body) = send(owner.client.delete(app.url(&format!("/api/teams/{team_id}")))).await;
+    let (status, body) = send(
+        owner
+            .client
+            .delete(app.url(&format!("/api/teams/{team_id}"))),
+    )
+    .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains(&workflow_id), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains(&workflow_id),
+        "{body}"
+    );
     let (status, body) = send(owner.client.post(app.url(&format!("{path}/unshare")))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["team_id"], Value::Null);
-    assert_eq!(get_status(&app.address, &member, &path).await, StatusCode::NOT_FOUND);
-    let (status, _) = send(member.client.delete(app.url(&format!("/api/teams/{team_id}")))).await;
+    assert_eq!(
+        get_status(&app.address, &member, &path).await,
+        StatusCode::NOT_FOUND
+    );
+    let (status, _) = send(
+        member
+            .client
+            .delete(app.url(&format!("/api/teams/{team_id}"))),
+    )
+    .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let status = owner
         .client
@@ -355,11 +394,9 @@ async fn a_shared_workflow_is_run_by_members_and_hidden_from_others(#[case] back
 }
 
 async fn register_agent(app: &TestApp, user: &TestUser) -> String {
-    let (status, body) = send(
-        user.client
-            .post(app.url("/api/agents/register"))
-            .json(&json!({"name": "team agent", "kind": "remote", "capabilities": ["browser.navigate"]})),
-    )
+    let (status, body) = send(user.client.post(app.url("/api/agents/register")).json(
+        &json!({"name": "team agent", "kind": "remote", "capabilities": ["browser.navigate"]}),
+    ))
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     body["id"].as_str().unwrap().to_owned()
@@ -396,11 +433,19 @@ async fn execute(app: &TestApp, user: &TestUser, workflow: &str) -> Value {
 }
 
 /// Reads the run as `user` until `done` holds; the driver works in the background.
-async fn wait_run(app: &TestApp, user: &TestUser, run: &str, done: impl Fn(&Value) -> bool) -> Value {
+async fn wait_run(
+    app: &TestApp,
+    user: &TestUser,
+    run: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, current) =
-            send(user.client.get(app.url(&format!("/api/workflow-runs/{run}")))).await;
+        let (status, current) = send(
+            user.client
+                .get(app.url(&format!("/api/workflow-runs/{run}"))),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{current}");
         if done(&current) {
             return current;
@@ -414,9 +459,7 @@ async fn wait_run(app: &TestApp, user: &TestUser, run: &str, done: impl Fn(&Valu
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]
 #[tokio::test]
-async fn a_removed_member_loses_access_at_once_on_every_node_and_socket(
-    #[case] backend: Backend,
-) {
+async fn a_removed_member_loses_access_at_once_on_every_node_and_socket(#[case] backend: Backend) {
     let app = app(backend).await;
     let (node_b, _stop_b) = app.second_node(|_| {}).await;
     let (owner, member) = (app.register_user().await, app.register_user().await);
@@ -443,7 +486,10 @@ async fn a_removed_member_loses_access_at_once_on_every_node_and_socket(
         run["steps"]["open"]["task_id"].is_string()
     })
     .await;
-    let task_id = started["steps"]["open"]["task_id"].as_str().unwrap().to_owned();
+    let task_id = started["steps"]["open"]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let task_path = format!("/api/tasks/{task_id}");
 
     // Node B learns the membership from the feed.
@@ -451,7 +497,9 @@ async fn a_removed_member_loses_access_at_once_on_every_node_and_socket(
 
     // The member follows the team's task live.
     let token = member.body["access_token"].as_str().unwrap().to_owned();
-    let mut live = LiveClient::connect(&app.address, &token, None).await.unwrap();
+    let mut live = LiveClient::connect(&app.address, &token, None)
+        .await
+        .unwrap();
     let topic = format!("task:{task_id}");
     let answers = live.subscribe(&[&topic], None, OWED).await.unwrap();
     assert_eq!(answers.len(), 1, "{answers:?}");
@@ -461,9 +509,15 @@ async fn a_removed_member_loses_access_at_once_on_every_node_and_socket(
         other => panic!("expected the task's event, got {other:?}"),
     }
 
-    assert_eq!(remove(&app, &owner, &team_id, &member).await, StatusCode::NO_CONTENT);
+    assert_eq!(
+        remove(&app, &owner, &team_id, &member).await,
+        StatusCode::NO_CONTENT
+    );
     // At once on this node, and on node B as soon as its feed brings the removal.
-    assert_eq!(get_status(&app.address, &member, &task_path).await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get_status(&app.address, &member, &task_path).await,
+        StatusCode::NOT_FOUND
+    );
     wait_for(&node_b, &member, &task_path, StatusCode::NOT_FOUND).await;
     let workflow_path = format!("/api/workflows/{workflow_id}");
     assert_eq!(
@@ -517,7 +571,113 @@ async fn wait_for(node: &str, user: &TestUser, path: &str, expected: StatusCode)
         if status == expected {
             return;
         }
-        assert!(Instant::now() < deadline, "{path} on {node} stayed {status}");
+        assert!(
+            Instant::now() < deadline,
+            "{path} on {node} stayed {status}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn lease_now(app: &TestApp, user: &TestUser, agent: &str) -> Vec<Value> {
+    let (status, body) = send(
+        user.client
+            .post(app.url(&format!("/api/agents/{agent}/lease")))
+            .json(&json!({"max_tasks": 5})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["tasks"].as_array().unwrap().clone()
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn a_team_agent_leases_the_team_s_tasks_and_nobody_else_s(#[case] backend: Backend) {
+    let app = app(backend).await;
+    let (owner, maintainer, member, stranger) = (
+        app.register_user().await,
+        app.register_user().await,
+        app.register_user().await,
+        app.register_user().await,
+    );
+    let team = create_team(&app, &owner, "Agents").await;
+    let team_id = team["id"].as_str().unwrap().to_owned();
+    join(&app, &owner, &team_id, &maintainer, "maintainer").await;
+    join(&app, &owner, &team_id, &member, "member").await;
+    let (status, workflow) = send(
+        owner.client.post(app.url("/api/workflows")).json(&json!({
+            "name": "for the team's agents",
+            "team_id": team_id,
+            "steps": [{"id": "open", "capability": "browser.navigate", "input": {"url": "https://example.com"}}],
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{workflow}");
+    let run = execute(&app, &member, workflow["id"].as_str().unwrap()).await;
+    let run = run["id"].as_str().unwrap().to_owned();
+    let started = wait_run(&app, &member, &run, |run| {
+        run["steps"]["open"]["task_id"].is_string()
+    })
+    .await;
+    let task_id = started["steps"]["open"]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, task) = send(member.client.get(app.url(&format!("/api/tasks/{task_id}")))).await;
+    assert_eq!(task["team_id"], team_id.as_str(), "{task}");
+
+    // The task exists and is queued: agents of other users, and the maintainer's own agent
+    // while it is not the team's, are not offered it.
+    let strangers = register_agent(&app, &stranger).await;
+    assert!(lease_now(&app, &stranger, &strangers).await.is_empty());
+    let maintainers = register_agent(&app, &maintainer).await;
+    assert!(lease_now(&app, &maintainer, &maintainers).await.is_empty());
+
+    // A member may not share an agent with the team; the maintainer may.
+    let members = register_agent(&app, &member).await;
+    let (status, _) = send(
+        member
+            .client
+            .post(app.url(&format!("/api/agents/{members}/share")))
+            .json(&json!({"team_id": team_id})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, shared) = send(
+        maintainer
+            .client
+            .post(app.url(&format!("/api/agents/{maintainers}/share")))
+            .json(&json!({"team_id": team_id})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{shared}");
+    assert_eq!(shared["team_id"], team_id.as_str());
+    // The team reads the shared agent; a stranger does not.
+    assert_eq!(
+        get_status(&app.address, &member, &format!("/api/agents/{maintainers}")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_status(
+            &app.address,
+            &stranger,
+            &format!("/api/agents/{maintainers}")
+        )
+        .await,
+        StatusCode::NOT_FOUND
+    );
+    let leased = lease_one(&app, &maintainer, &maintainers).await;
+    assert_eq!(leased["id"], task_id.as_str());
+    assert!(lease_now(&app, &stranger, &strangers).await.is_empty());
+
+    let (status, unshared) = send(
+        maintainer
+            .client
+            .post(app.url(&format!("/api/agents/{maintainers}/unshare"))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{unshared}");
+    assert_eq!(unshared["team_id"], Value::Null);
 }

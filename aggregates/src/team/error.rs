@@ -45,9 +45,7 @@ impl DomainError for TeamError {
             | Self::NotAMember
             | Self::NoSuchMember
             | Self::NoSuchInvitation
-            | Self::WrongInvitee => {
-                RefusalKind::NotFound
-            }
+            | Self::WrongInvitee => RefusalKind::NotFound,
             Self::NotPermitted => RefusalKind::Forbidden,
             Self::AlreadyExists
             | Self::Deleted

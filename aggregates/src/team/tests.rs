@@ -99,7 +99,10 @@ fn the_creator_is_the_owner() {
         .then_expect_events(vec![created()]);
     let mut team = Team::default();
     team.apply(created());
-    assert_eq!(team.state().unwrap().role_of(user(1)), Some(TeamRole::Owner));
+    assert_eq!(
+        team.state().unwrap().role_of(user(1)),
+        Some(TeamRole::Owner)
+    );
 }
 
 #[test]
@@ -398,7 +401,10 @@ fn refusals_are_classified_for_the_edge() {
     assert_eq!(TeamError::WrongInvitee.kind(), RefusalKind::NotFound);
     assert_eq!(TeamError::NotPermitted.kind(), RefusalKind::Forbidden);
     assert_eq!(TeamError::LastOwner.kind(), RefusalKind::Conflict);
-    assert_eq!(TeamError::StillShared(String::new()).code(), "team.still_shared");
+    assert_eq!(
+        TeamError::StillShared(String::new()).code(),
+        "team.still_shared"
+    );
 }
 
 mod properties {
@@ -467,7 +473,10 @@ mod properties {
                 }
             }
             Op::Accept { who } => TeamCommand::AcceptInvitation {
-                invitation_id: invitations.get(&who).copied().unwrap_or_else(|| invitation(who)),
+                invitation_id: invitations
+                    .get(&who)
+                    .copied()
+                    .unwrap_or_else(|| invitation(who)),
                 user_id: user(who),
                 email: email(who),
                 at: now,
@@ -485,7 +494,11 @@ mod properties {
             },
             Op::Delete { by, shared } => TeamCommand::DeleteTeam {
                 by: user(by),
-                shared: if shared { vec!["workflow x".into()] } else { Vec::new() },
+                shared: if shared {
+                    vec!["workflow x".into()]
+                } else {
+                    Vec::new()
+                },
                 at: now,
             },
         }

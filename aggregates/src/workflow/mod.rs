@@ -131,14 +131,17 @@ fn decide(state: Option<&WorkflowState>, command: WorkflowCommand) -> Decision {
         }
         WorkflowCommand::ShareWorkflow { team_id, at } => {
             let state = live(state)?;
-            Ok((state.team_id != Some(team_id))
-                .then_some(WorkflowEvent::WorkflowShared(WorkflowShared { team_id, at })))
+            Ok(
+                (state.team_id != Some(team_id)).then_some(WorkflowEvent::WorkflowShared(
+                    WorkflowShared { team_id, at },
+                )),
+            )
         }
         WorkflowCommand::UnshareWorkflow { at } => {
             let state = live(state)?;
-            Ok(state.team_id.map(|team_id| {
-                WorkflowEvent::WorkflowUnshared(WorkflowUnshared { team_id, at })
-            }))
+            Ok(state
+                .team_id
+                .map(|team_id| WorkflowEvent::WorkflowUnshared(WorkflowUnshared { team_id, at })))
         }
     }
 }
