@@ -12,6 +12,7 @@ use crate::config::Settings;
 use crate::process::http_agent::HttpAgent;
 use crate::read_side::ReadSide;
 use crate::store::{AuditKey, Store, StoreOptions};
+use crate::teams::TeamFeed;
 use crate::tls::{TlsConfig, TlsListener};
 use secrecy::ExposeSecret;
 
@@ -22,6 +23,7 @@ pub struct Application {
     state: AppState,
     http_agent: Option<HttpAgent>,
     revocations: RevocationFeed,
+    teams: TeamFeed,
 }
 
 impl Application {
@@ -44,6 +46,9 @@ impl Application {
         let revocations = RevocationFeed::start(&state.store, state.auth.revocations.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot read the revocations: {e}"))?;
+        let teams = TeamFeed::start(&state.store, state.authz.teams.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read the teams: {e}"))?;
         let http_agent = if state.settings.http_agent.enabled {
             let agent =
                 HttpAgent::register(&state.bus, &state.read, &state.settings.http_agent).await?;
@@ -58,6 +63,7 @@ impl Application {
             state,
             http_agent,
             revocations,
+            teams,
         })
     }
 
@@ -118,6 +124,9 @@ impl Application {
         )));
         background.push(tokio::spawn(
             self.revocations.run(read.events_signal(), stopping.clone()),
+        ));
+        background.push(tokio::spawn(
+            self.teams.run(read.events_signal(), stopping.clone()),
         ));
         background.push(tokio::spawn(crate::store::checkpoint::run_checkpoints(
             self.state.store.clone(),

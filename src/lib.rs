@@ -9,6 +9,8 @@
 //! - [`store`]: the event store on PostgreSQL or SQLite — metadata, hash chain, global feed.
 //! - [`bus`]: load → decide → append, with bounded retries on conflicts.
 //! - [`actor`]: who is acting.
+//! - [`teams`]: who belongs to which team, in memory on every node, fed from the events.
+//! - [`authz`]: `can(actor, action, resource)`, the one authorisation decision.
 //! - [`read_side`]: the projections at run time — start-up catch-up, background runs, lag.
 //! - [`auth`]: passwords, access and refresh tokens, API keys, the server secret.
 //! - [`process`]: the process manager — dispatch to agents, releasing work, lease timers.
@@ -21,6 +23,7 @@ pub mod actor;
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod authz;
 pub mod bus;
 pub mod cli;
 pub mod config;
@@ -29,6 +32,7 @@ pub mod meters;
 pub mod process;
 pub mod read_side;
 pub mod store;
+pub mod teams;
 pub mod telemetry;
 pub mod tls;
 pub mod wakeups;

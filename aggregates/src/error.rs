@@ -6,6 +6,8 @@
 pub enum RefusalKind {
     /// The aggregate does not exist (404).
     NotFound,
+    /// The caller may see the aggregate but not do this (403).
+    Forbidden,
     /// The command does not fit the current state (409).
     Conflict,
     /// The command is well-formed but breaks a rule (422).

@@ -14,6 +14,7 @@
 //!   what a run is ready for next.
 //! - [`schedule`]: the Schedule aggregate — a cron expression that starts runs of a
 //!   workflow, each firing recorded once.
+//! - [`team`]: the Team aggregate — members and their roles, invitations, the last owner.
 //! - [`codec`]: events to `(event_type, event_version, payload)` and back.
 //! - [`error`]: how a domain refusal is classified for the edges (missing, conflict, invalid).
 
@@ -26,6 +27,7 @@ pub mod first_user;
 pub mod schedule;
 pub mod session;
 pub mod task;
+pub mod team;
 pub mod user;
 pub mod workflow;
 pub mod workflow_run;

@@ -12,6 +12,7 @@
 //!   built-in workflow templates ([`workflow::catalog`]).
 //! - [`schedule`]: cron schedules — the expression, the IANA zone, the fire times.
 //! - [`schema`]: JSON Schema patterns for the rules the OpenAPI document states.
+//! - [`team`]: a team's name and a member's role.
 
 pub mod agent;
 pub mod auth;
@@ -19,6 +20,7 @@ pub mod http_request;
 pub mod schedule;
 pub mod schema;
 pub mod task;
+pub mod team;
 pub mod validation;
 pub mod values;
 pub mod workflow;

@@ -77,6 +77,10 @@ pub struct TaskSpec {
     pub not_before: Option<DateTime<Utc>>,
     #[serde(default)]
     pub concurrency: Option<Concurrency>,
+    /// The team the task belongs to besides its owner (a team workflow's step); set by
+    /// the runtime, never by the request.
+    #[serde(default)]
+    pub team_id: Option<Uuid>,
 }
 
 impl NewTaskRequest {
@@ -143,6 +147,7 @@ impl NewTaskRequest {
                     tags,
                     not_before,
                     concurrency,
+                    team_id: None,
                 })
             }
             _ => Err(errors),

@@ -16,6 +16,8 @@ use crate::task_view::TaskView;
 pub struct ReadyQuery<'a> {
     /// Only this owner's tasks; `None` for a built-in agent that serves every user.
     pub owner_id: Option<Uuid>,
+    /// And this team's tasks: the agent is shared with the team.
+    pub team_id: Option<Uuid>,
     /// The agent asking: tasks pinned to another agent are not offered.
     pub agent_id: Uuid,
     /// The agent's capabilities; a task is offered only for one of them.
@@ -67,22 +69,22 @@ impl TaskView {
         }
         // Only placeholders are formatted in; every value is bound.
         let placeholders: Vec<String> = (0..capabilities.len())
-            .map(|n| format!("${}", n + 5))
+            .map(|n| format!("${}", n + 6))
             .collect();
         let sql = format!(
             "SELECT id, owner_id, concurrency_key, concurrency_limit, held FROM (
                 SELECT t.id, t.owner_id, t.concurrency_key, t.concurrency_limit,
                        t.priority, t.created_at,
                        CASE WHEN t.concurrency_key IS NULL THEN CAST(0 AS BIGINT)
-                            ELSE (SELECT count(*) FROM task_view_v3 h
+                            ELSE (SELECT count(*) FROM task_view_v4 h
                                    WHERE h.owner_id = t.owner_id
                                      AND h.concurrency_key = t.concurrency_key
                                      AND h.status IN ('leased', 'running'))
                        END AS held
-                  FROM task_view_v3 t
+                  FROM task_view_v4 t
                  WHERE t.status IN ('queued', 'retry_scheduled')
                    AND (t.not_before IS NULL OR t.not_before <= $3)
-                   AND ($1 IS NULL OR t.owner_id = $1)
+                   AND ($1 IS NULL OR t.owner_id = $1 OR t.team_id = $5)
                    AND (t.pinned_agent_id IS NULL OR t.pinned_agent_id = $2)
                    AND t.capability IN ({})
              ) ready
@@ -97,7 +99,8 @@ impl TaskView {
                 .bind(query.owner_id.map(|u| u.to_string()))
                 .bind(query.agent_id.to_string())
                 .bind(query.now.timestamp_millis())
-                .bind(i64::from(query.limit));
+                .bind(i64::from(query.limit))
+                .bind(query.team_id.map(|u| u.to_string()));
             for capability in capabilities {
                 statement = statement.bind(capability.as_str());
             }
@@ -130,7 +133,7 @@ impl TaskView {
     pub async fn held_by(db: &ReadDb, agent_id: Uuid) -> Result<Vec<Uuid>, ProjectionError> {
         let rows: Vec<String> = on_reader!(db, |pool| {
             sqlx::query_scalar(
-                "SELECT id FROM task_view_v3
+                "SELECT id FROM task_view_v4
                   WHERE agent_id = $1 AND status IN ('leased', 'running')
                   ORDER BY id",
             )
@@ -145,7 +148,7 @@ impl TaskView {
     pub async fn held_counts(db: &ReadDb) -> Result<HashMap<Uuid, u32>, ProjectionError> {
         let rows: Vec<(String, i64)> = on_reader!(db, |pool| {
             sqlx::query_as(
-                "SELECT agent_id, count(*) FROM task_view_v3
+                "SELECT agent_id, count(*) FROM task_view_v4
                   WHERE agent_id IS NOT NULL AND status IN ('leased', 'running')
                   GROUP BY agent_id",
             )
@@ -168,7 +171,7 @@ impl TaskView {
     ) -> Result<Vec<Uuid>, ProjectionError> {
         let rows: Vec<String> = on_reader!(db, |pool| {
             sqlx::query_scalar(
-                "SELECT id FROM task_view_v3
+                "SELECT id FROM task_view_v4
                   WHERE status IN ('leased', 'running') AND lease_expires_at <= $1
                   ORDER BY lease_expires_at, id
                   LIMIT $2",
@@ -190,9 +193,9 @@ impl TaskView {
         let (lease, ready): (Option<i64>, Option<i64>) = on_reader!(db, |pool| {
             sqlx::query_as(
                 "SELECT
-                    (SELECT min(lease_expires_at) FROM task_view_v3
+                    (SELECT min(lease_expires_at) FROM task_view_v4
                       WHERE status IN ('leased', 'running') AND lease_expires_at > $1),
-                    (SELECT min(not_before) FROM task_view_v3
+                    (SELECT min(not_before) FROM task_view_v4
                       WHERE status IN ('queued', 'retry_scheduled') AND not_before > $1)",
             )
             .bind(now.timestamp_millis())
@@ -214,7 +217,7 @@ impl TaskView {
     ) -> Result<bool, ProjectionError> {
         let found: Option<String> = on_reader!(db, |pool| {
             sqlx::query_scalar(
-                "SELECT id FROM task_view_v3
+                "SELECT id FROM task_view_v4
                   WHERE status IN ('queued', 'retry_scheduled')
                     AND not_before > $1 AND not_before <= $2
                   LIMIT 1",

@@ -63,11 +63,11 @@ fn decode_row(state: &str, version: i64) -> Result<TaskRow, ProjectionError> {
     })
 }
 
-/// The row's columns, in `$1…$16` order, then its tags as `$17` on PostgreSQL.
-const UPSERT_COLUMNS: &str = "INSERT INTO task_view_v3 (id, owner_id, status, capability, priority,
+/// The row's columns, in `$1…$17` order, then its tags as `$18` on PostgreSQL.
+const UPSERT_COLUMNS: &str = "INSERT INTO task_view_v4 (id, owner_id, status, capability, priority,
         agent_id, pinned_agent_id, workflow_run_id, not_before, created_at, updated_at, version,
-        state, lease_expires_at, concurrency_key, concurrency_limit)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+        state, lease_expires_at, concurrency_key, concurrency_limit, team_id)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
      ON CONFLICT (id) DO UPDATE SET
         status = excluded.status, capability = excluded.capability,
         priority = excluded.priority, agent_id = excluded.agent_id,
@@ -75,18 +75,18 @@ const UPSERT_COLUMNS: &str = "INSERT INTO task_view_v3 (id, owner_id, status, ca
         workflow_run_id = excluded.workflow_run_id,
         not_before = excluded.not_before, updated_at = excluded.updated_at,
         version = excluded.version, state = excluded.state,
-        lease_expires_at = excluded.lease_expires_at
-      WHERE task_view_v3.version < excluded.version";
+        lease_expires_at = excluded.lease_expires_at, team_id = excluded.team_id
+      WHERE task_view_v4.version < excluded.version";
 
 /// On PostgreSQL the row and its tags in one statement (one round trip): the upsert, then —
 /// only if it wrote — the tags it no longer has deleted and the new ones added.
 fn postgres_upsert(returning: &str) -> String {
     format!(
         "WITH written AS ({UPSERT_COLUMNS} {returning}),
-              gone AS (DELETE FROM task_view_tags_v3
-                        WHERE task_id IN (SELECT id FROM written) AND tag <> ALL($17::text[])),
-              added AS (INSERT INTO task_view_tags_v3 (task_id, tag)
-                        SELECT written.id, tag FROM written, unnest($17::text[]) AS tag
+              gone AS (DELETE FROM task_view_tags_v4
+                        WHERE task_id IN (SELECT id FROM written) AND tag <> ALL($18::text[])),
+              added AS (INSERT INTO task_view_tags_v4 (task_id, tag)
+                        SELECT written.id, tag FROM written, unnest($18::text[]) AS tag
                         ON CONFLICT DO NOTHING)
          SELECT count(*) FROM written"
     )
@@ -155,6 +155,7 @@ impl<'a> RowValues<'a> {
             .bind(state.lease_expires_at.map(millis))
             .bind(state.concurrency.as_ref().map(|c| c.key().to_owned()))
             .bind(state.concurrency.as_ref().map(|c| i64::from(c.limit())))
+            .bind(state.team_id.map(|t| t.to_string()))
     }
 
     fn tags(&self) -> Vec<String> {
@@ -194,13 +195,13 @@ impl TaskView {
         let id = state.id.to_string();
         on_tx!(tx, |conn| {
             if version > 1 {
-                sqlx::query("DELETE FROM task_view_tags_v3 WHERE task_id = $1")
+                sqlx::query("DELETE FROM task_view_tags_v4 WHERE task_id = $1")
                     .bind(&id)
                     .execute(&mut *conn)
                     .await?;
             }
             for tag in state.tags.as_slice() {
-                sqlx::query("INSERT INTO task_view_tags_v3 (task_id, tag) VALUES ($1, $2)")
+                sqlx::query("INSERT INTO task_view_tags_v4 (task_id, tag) VALUES ($1, $2)")
                     .bind(&id)
                     .bind(tag)
                     .execute(&mut *conn)
@@ -246,7 +247,7 @@ impl TaskView {
     /// has no row for it (no such task, or the view has not caught up with its creation).
     pub async fn get(db: &ReadDb, id: Uuid) -> Result<Option<TaskRow>, ProjectionError> {
         let row: Option<(String, i64)> = on_reader!(db, |pool| {
-            sqlx::query_as("SELECT state, version FROM task_view_v3 WHERE id = $1")
+            sqlx::query_as("SELECT state, version FROM task_view_v4 WHERE id = $1")
                 .bind(id.to_string())
                 .fetch_optional(pool)
                 .await
@@ -261,12 +262,12 @@ impl TaskView {
         filter: &TaskFilter,
         limit: u32,
     ) -> Result<Vec<TaskRow>, ProjectionError> {
-        const SQL: &str = "SELECT v.state, v.version FROM task_view_v3 v
+        const SQL: &str = "SELECT v.state, v.version FROM task_view_v4 v
              WHERE ($1 IS NULL OR v.owner_id = $1)
                AND ($2 IS NULL OR v.status = $2)
                AND ($3 IS NULL OR v.capability = $3)
                AND ($4 IS NULL OR v.agent_id = $4)
-               AND ($5 IS NULL OR EXISTS (SELECT 1 FROM task_view_tags_v3 t
+               AND ($5 IS NULL OR EXISTS (SELECT 1 FROM task_view_tags_v4 t
                                            WHERE t.task_id = v.id AND t.tag = $5))
                AND ($6 IS NULL OR v.workflow_run_id = $6)
                AND ($7 IS NULL OR v.created_at > $7)
@@ -298,7 +299,7 @@ impl TaskView {
     pub async fn queue_depth(db: &ReadDb) -> Result<u64, ProjectionError> {
         let count: i64 = on_reader!(db, |pool| {
             sqlx::query_scalar(
-                "SELECT count(*) FROM task_view_v3 WHERE status IN ('queued', 'retry_scheduled')",
+                "SELECT count(*) FROM task_view_v4 WHERE status IN ('queued', 'retry_scheduled')",
             )
             .fetch_one(pool)
             .await
@@ -312,7 +313,7 @@ impl TaskView {
     ) -> Result<Vec<(String, i64)>, ProjectionError> {
         let rows = on_reader!(db, |pool| {
             sqlx::query_as(
-                "SELECT coalesce(capability, ''), count(*) FROM task_view_v3
+                "SELECT coalesce(capability, ''), count(*) FROM task_view_v4
                   WHERE status IN ('queued', 'retry_scheduled') GROUP BY 1 ORDER BY 1",
             )
             .fetch_all(pool)
@@ -329,7 +330,7 @@ impl TaskView {
         let owner = owner_id.map(|id| id.to_string());
         let rows = on_reader!(db, |pool| {
             sqlx::query_as(
-                "SELECT status, count(*) FROM task_view_v3
+                "SELECT status, count(*) FROM task_view_v4
                   WHERE ($1 IS NULL OR owner_id = $1)
                   GROUP BY status",
             )
@@ -344,12 +345,13 @@ impl TaskView {
 impl Projection for TaskView {
     const NAME: &'static str = "task_view";
     /// 2 adds `lease_expires_at`, for the lease timers; 3 the concurrency group
-    /// (`concurrency_key`, `concurrency_limit`), so dispatch skips a group that is full.
-    const VERSION: i64 = 3;
+    /// (`concurrency_key`, `concurrency_limit`), so dispatch skips a group that is full;
+    /// 4 the team a task belongs to (`team_id`), so the team's agents lease it.
+    const VERSION: i64 = 4;
 
     async fn setup(&self, tx: &mut ReadTx) -> Result<(), sqlx::Error> {
         let statements = [
-            "CREATE TABLE IF NOT EXISTS task_view_v3 (
+            "CREATE TABLE IF NOT EXISTS task_view_v4 (
                 id              TEXT PRIMARY KEY,
                 owner_id        TEXT NOT NULL,
                 status          TEXT NOT NULL,
@@ -365,24 +367,25 @@ impl Projection for TaskView {
                 state           TEXT NOT NULL,
                 lease_expires_at BIGINT,
                 concurrency_key  TEXT,
-                concurrency_limit BIGINT
+                concurrency_limit BIGINT,
+                team_id          TEXT
             )",
-            "CREATE INDEX IF NOT EXISTS task_view_v3_held
-                ON task_view_v3 (status, lease_expires_at)",
-            "CREATE INDEX IF NOT EXISTS task_view_v3_agent ON task_view_v3 (agent_id, status)",
-            "CREATE INDEX IF NOT EXISTS task_view_v3_owner ON task_view_v3 (owner_id, id)",
-            "CREATE INDEX IF NOT EXISTS task_view_v3_queue
-                ON task_view_v3 (status, capability, priority, created_at)",
+            "CREATE INDEX IF NOT EXISTS task_view_v4_held
+                ON task_view_v4 (status, lease_expires_at)",
+            "CREATE INDEX IF NOT EXISTS task_view_v4_agent ON task_view_v4 (agent_id, status)",
+            "CREATE INDEX IF NOT EXISTS task_view_v4_owner ON task_view_v4 (owner_id, id)",
+            "CREATE INDEX IF NOT EXISTS task_view_v4_queue
+                ON task_view_v4 (status, capability, priority, created_at)",
             // The tasks of a group that are held, counted for each candidate of the group.
-            "CREATE INDEX IF NOT EXISTS task_view_v3_group
-                ON task_view_v3 (owner_id, concurrency_key, status)
+            "CREATE INDEX IF NOT EXISTS task_view_v4_group
+                ON task_view_v4 (owner_id, concurrency_key, status)
                 WHERE concurrency_key IS NOT NULL",
-            "CREATE TABLE IF NOT EXISTS task_view_tags_v3 (
+            "CREATE TABLE IF NOT EXISTS task_view_tags_v4 (
                 task_id TEXT NOT NULL,
                 tag     TEXT NOT NULL,
                 PRIMARY KEY (task_id, tag)
             )",
-            "CREATE INDEX IF NOT EXISTS task_view_tags_v3_tag ON task_view_tags_v3 (tag)",
+            "CREATE INDEX IF NOT EXISTS task_view_tags_v4_tag ON task_view_tags_v4 (tag)",
         ];
         tx.execute_all(&statements).await
     }
@@ -392,7 +395,7 @@ impl Projection for TaskView {
             return Ok(());
         }
         let current: Option<(String, i64)> = on_tx!(&mut *tx, |conn| {
-            sqlx::query_as("SELECT state, version FROM task_view_v3 WHERE id = $1")
+            sqlx::query_as("SELECT state, version FROM task_view_v4 WHERE id = $1")
                 .bind(&event.aggregate_id)
                 .fetch_optional(conn)
                 .await
@@ -428,7 +431,7 @@ impl Projection for TaskView {
         for chunk in ids.chunks(5_000) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
             let sql = format!(
-                "SELECT id, state, version FROM task_view_v3 WHERE id IN ({})",
+                "SELECT id, state, version FROM task_view_v4 WHERE id IN ({})",
                 placeholders.join(", ")
             );
             let rows: Vec<(String, String, i64)> = on_tx!(&mut *tx, |conn| {

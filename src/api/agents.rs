@@ -21,8 +21,10 @@ use super::error::ApiError;
 use super::extract::{parse_body, ApiJson, ApiQuery, IdPath, RequestMeta};
 use super::paging::{Page, Paging};
 use super::views::AgentView;
+use super::workflows::{team_to_share_with, ShareRequest};
 use super::AppState;
 use crate::actor::Actor;
+use crate::authz::{Action, Authz, Resource};
 use crate::bus::{CommandContext, CommandError, Committed};
 use crate::process::dispatch::{serves_every_user, DispatchError};
 use crate::process::release::release_agent_tasks;
@@ -43,20 +45,26 @@ impl From<DispatchError> for ApiError {
 
 /// The agent if the caller may change it: 404 when it may not even see it, 403 when it may
 /// only look.
-pub(crate) fn writable<'a>(actor: &Actor, agent: &'a Agent) -> Result<&'a AgentState, ApiError> {
-    match agent.state() {
-        Some(state) if actor.can_write(state.owner_id) => Ok(state),
-        Some(state) if actor.can_read(state.owner_id) => Err(ApiError::Forbidden),
-        _ => Err(ApiError::NotFound),
-    }
+pub(crate) fn writable<'a>(
+    authz: &Authz,
+    actor: &Actor,
+    agent: &'a Agent,
+) -> Result<&'a AgentState, ApiError> {
+    let state = agent.state().ok_or(ApiError::NotFound)?;
+    authz.require(actor, Action::Write, &Resource::agent(state))?;
+    Ok(state)
 }
 
 /// The agent if the caller may act as it — heartbeat, lease, open its socket: a remote
 /// agent it may change. A built-in agent is run by the server alone, so an HTTP caller who
 /// may see it (an admin) still gets 403: leasing its work would hand out lease ids for
 /// results "the server fetched".
-pub(crate) fn actable<'a>(actor: &Actor, agent: &'a Agent) -> Result<&'a AgentState, ApiError> {
-    let state = writable(actor, agent)?;
+pub(crate) fn actable<'a>(
+    authz: &Authz,
+    actor: &Actor,
+    agent: &'a Agent,
+) -> Result<&'a AgentState, ApiError> {
+    let state = writable(authz, actor, agent)?;
     if serves_every_user(state) {
         return Err(ApiError::Forbidden);
     }
@@ -75,7 +83,7 @@ pub(crate) async fn acting_agent(
         .aggregate::<Agent>()
         .load(&id.to_string())
         .await?;
-    registered(actable(actor, &loaded.aggregate)?)
+    registered(actable(&state.authz, actor, &loaded.aggregate)?)
 }
 
 fn registered(agent: &AgentState) -> Result<AgentState, ApiError> {
@@ -99,7 +107,7 @@ pub(crate) async fn registered_agent(
         .aggregate::<Agent>()
         .load(&id.to_string())
         .await?;
-    registered(writable(actor, &loaded.aggregate)?)
+    registered(writable(&state.authz, actor, &loaded.aggregate)?)
 }
 
 /// The events of an agent's own calls name the agent as their actor.
@@ -295,7 +303,10 @@ pub async fn get(
         .load(&id.to_string())
         .await?;
     match loaded.aggregate.state() {
-        Some(agent) if actor.can_read(agent.owner_id) => {}
+        Some(agent)
+            if state
+                .authz
+                .can(&actor, Action::Read, &Resource::agent(agent)) => {}
         _ => return Err(ApiError::NotFound),
     }
     agent_response(&state, StatusCode::OK, &loaded.aggregate, loaded.version).await
@@ -375,7 +386,7 @@ pub(crate) async fn record_heartbeat(
     let committed = state
         .bus
         .execute::<Agent, ApiError>(&id.to_string(), context, None, |agent| {
-            actable(actor, agent)?;
+            actable(&state.authz, actor, agent)?;
             Ok(AgentCommand::RecordHeartbeat {
                 at: Utc::now(),
                 resolution: heartbeat_resolution(),
@@ -459,15 +470,15 @@ pub async fn deregister(
         .aggregate::<Agent>()
         .load(&id.to_string())
         .await?;
-    let already_gone =
-        writable(&actor, &loaded.aggregate)?.lifecycle == AgentLifecycle::Deregistered;
+    let already_gone = writable(&state.authz, &actor, &loaded.aggregate)?.lifecycle
+        == AgentLifecycle::Deregistered;
     if !already_gone {
         let Committed {
             aggregate, version, ..
         } = state
             .bus
             .execute::<Agent, ApiError>(&id.to_string(), &context, meta.if_match, |agent| {
-                writable(&actor, agent)?;
+                writable(&state.authz, &actor, agent)?;
                 Ok(AgentCommand::DeregisterAgent { at: Utc::now() })
             })
             .await?;
@@ -477,4 +488,104 @@ pub async fn deregister(
     tracing::info!(released, "agent deregistered");
     state.read.dispatch().forget_agent(id);
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Share an agent with a team: it then leases the team's tasks (a team workflow's steps)
+/// as well as its owner's, and the team's members read it. Sharing with another team
+/// moves it there.
+#[utoipa::path(
+    post,
+    path = "/agents/{id}/share",
+    operation_id = "share_agent",
+    tag = "teams",
+    params(("id" = Uuid, Path, description = "The agent's id")),
+    request_body = ShareRequest,
+    responses(
+        (status = 200, description = "The agent, shared", body = AgentView),
+        (status = 400, description = "Malformed JSON"),
+        (status = 403, description = "The caller may read the agent but not change it, or is in the team below maintainer"),
+        (status = 404, description = "No such agent, or not yours"),
+        (status = 409, description = "The agent is deregistered"),
+        (status = 413, description = "The body is over the limit"),
+        (status = 415, description = "The body is not JSON"),
+        (status = 422, description = "`team_id` is not a team the caller belongs to"),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(agent_id = %id))]
+pub async fn share(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    IdPath(id): IdPath,
+    ApiJson(request): ApiJson<ShareRequest>,
+) -> Result<Response, ApiError> {
+    registered_agent(&state, &actor, id).await?;
+    let team_id = team_to_share_with(&state, &actor, request.team_id)?;
+    share_command(
+        &state,
+        &actor,
+        &meta,
+        id,
+        AgentCommand::ShareAgent {
+            team_id,
+            at: Utc::now(),
+        },
+    )
+    .await
+}
+
+/// Take an agent back from its team: it leases its owner's tasks alone again.
+#[utoipa::path(
+    post,
+    path = "/agents/{id}/unshare",
+    operation_id = "unshare_agent",
+    tag = "teams",
+    params(("id" = Uuid, Path, description = "The agent's id")),
+    responses(
+        (status = 200, description = "The agent, no team's", body = AgentView),
+        (status = 403, description = "The caller may read the agent but not change it"),
+        (status = 404, description = "No such agent, or not yours"),
+        (status = 409, description = "The agent is deregistered"),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(agent_id = %id))]
+pub async fn unshare(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    IdPath(id): IdPath,
+) -> Result<Response, ApiError> {
+    share_command(
+        &state,
+        &actor,
+        &meta,
+        id,
+        AgentCommand::UnshareAgent { at: Utc::now() },
+    )
+    .await
+}
+
+async fn share_command(
+    state: &AppState,
+    actor: &Actor,
+    meta: &RequestMeta,
+    id: Uuid,
+    command: AgentCommand,
+) -> Result<Response, ApiError> {
+    let Committed {
+        aggregate, version, ..
+    } = state
+        .bus
+        .execute::<Agent, ApiError>(
+            &id.to_string(),
+            &meta.context(actor),
+            meta.if_match,
+            |agent| {
+                writable(&state.authz, actor, agent)?;
+                Ok(command.clone())
+            },
+        )
+        .await?;
+    state.read.agent_committed(&aggregate, version).await;
+    agent_response(state, StatusCode::OK, &aggregate, version).await
 }

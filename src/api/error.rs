@@ -252,6 +252,7 @@ impl ApiError {
     fn refused(kind: RefusalKind, code: &'static str, detail: String) -> Self {
         match kind {
             RefusalKind::NotFound => Self::NotFound,
+            RefusalKind::Forbidden => Self::Forbidden,
             RefusalKind::Conflict => Self::Conflict { code, detail },
             RefusalKind::Invalid => Self::Unprocessable { code, detail },
         }
@@ -298,6 +299,15 @@ impl From<AuthError> for ApiError {
             AuthError::Password(_) | AuthError::Token(_) | AuthError::Inconsistent(_) => {
                 Self::Internal(Box::new(error))
             }
+        }
+    }
+}
+
+impl From<crate::authz::Denied> for ApiError {
+    fn from(denied: crate::authz::Denied) -> Self {
+        match denied {
+            crate::authz::Denied::Hidden => Self::NotFound,
+            crate::authz::Denied::Forbidden => Self::Forbidden,
         }
     }
 }

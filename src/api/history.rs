@@ -18,6 +18,7 @@ use super::paging::MAX_LIMIT;
 use super::views::EventView;
 use super::AppState;
 use crate::actor::Actor;
+use crate::authz::{Action, Resource};
 
 /// `…/events` query: a page of an aggregate's history.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -106,24 +107,26 @@ pub async fn agent_events(
 ) -> Result<Response, ApiError> {
     let path = format!("/api/agents/{id}/events");
     owned_answer::<Agent>(&state, &actor, id, &path, &query, |agent| {
-        agent.state().map(|agent| agent.owner_id)
+        agent.state().map(Resource::agent)
     })
     .await
 }
 
-/// [`answer`] for aggregate `A`, after checking that `actor` may read it (`owner` names its
-/// owner; `None`: it does not exist). Another's or a missing one is 404 alike.
+/// [`answer`] for aggregate `A`, after checking that `actor` may read it (`resource`
+/// describes it; `None`: it does not exist). One not theirs or a missing one is 404 alike.
 pub(crate) async fn owned_answer<A: Aggregate>(
     state: &AppState,
     actor: &Actor,
     id: Uuid,
     path: &str,
     query: &HistoryQuery,
-    owner: fn(&A) -> Option<Uuid>,
+    resource: fn(&A) -> Option<Resource>,
 ) -> Result<Response, ApiError> {
     let loaded = state.store.aggregate::<A>().load(&id.to_string()).await?;
-    match owner(&loaded.aggregate) {
-        Some(owner) if actor.can_read(owner) => answer(state, A::TYPE, id, path, query).await,
+    match resource(&loaded.aggregate) {
+        Some(resource) if state.authz.can(actor, Action::Read, &resource) => {
+            answer(state, A::TYPE, id, path, query).await
+        }
         _ => Err(ApiError::NotFound),
     }
 }

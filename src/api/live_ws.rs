@@ -25,6 +25,7 @@
 //! closes with 4008 and the reason `slow consumer: resume after <position>` (the last event
 //! written before the close frame). On shutdown it closes with 1012.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -45,6 +46,7 @@ use super::views::EventView;
 use super::AppState;
 use crate::actor::Actor;
 use crate::auth::revocation::{CloseReason, Grant};
+use crate::authz::{Action, Resource};
 use crate::process::live::{
     feed_head, look_again, may_follow_task, read_scoped, task_type, Scope, MINE,
 };
@@ -129,6 +131,7 @@ pub async fn connect(
                 actor,
                 grant,
                 scope: Scope::default(),
+                followed: HashMap::new(),
                 cursor,
                 out,
             };
@@ -179,6 +182,9 @@ struct Live {
     /// What the credentials allowed at the upgrade: the socket closes when they end.
     grant: Grant,
     scope: Scope,
+    /// The aggregates subscribed by topic, as authorisation sees them: asked again before
+    /// each of their events is pushed.
+    followed: HashMap<String, Resource>,
     /// Where delivery stands; `None` until `?after` or the first `subscribe` sets it.
     cursor: Option<FeedCursor>,
     out: mpsc::Sender<Outgoing>,
@@ -292,6 +298,9 @@ impl Live {
             let more = page.events.len() >= limit as usize;
             for event in page.events {
                 let topic = self.scope.topic_of(&event).to_owned();
+                if !self.still_readable(&event, &topic).await? {
+                    continue;
+                }
                 let position = event.position;
                 let message = json!({"type": "event", "topic": topic, "event": http_event(event)});
                 self.push(message, Some(position)).await?;
@@ -301,6 +310,25 @@ impl Live {
                 return Ok(page.held_back);
             }
         }
+    }
+
+    /// Whether the caller may still read the aggregate of `event` it subscribed to by
+    /// `topic`; when it no longer may (removed from the team), the topic ends with a
+    /// `not-found` error and nothing more of it is pushed.
+    async fn still_readable(&mut self, event: &RecordedEvent, topic: &str) -> Result<bool, End> {
+        let key = format!("{}:{}", event.aggregate_type, event.aggregate_id);
+        let Some(resource) = self.followed.get(&key) else {
+            return Ok(true);
+        };
+        if self.state.authz.can(&self.actor, Action::Read, resource) {
+            return Ok(true);
+        }
+        self.followed.remove(&key);
+        self.scope
+            .remove_aggregate(&event.aggregate_type, &event.aggregate_id);
+        self.push(error_message(Some(topic), &ApiError::NotFound), None)
+            .await?;
+        Ok(false)
     }
 
     /// Queues a message; a queue that stays full for [`SLOW_GRACE`] ends the connection.
@@ -368,9 +396,11 @@ impl Live {
         for topic in &message.topics {
             match self.topic(topic).await {
                 Ok(Topic::Mine) => self.scope.set_owner(Some(self.actor.id)),
-                Ok(Topic::Aggregate(aggregate_type, id)) => {
+                Ok(Topic::Aggregate(aggregate_type, id, resource)) => {
                     self.scope
                         .add_aggregate(aggregate_type, &id.to_string(), topic);
+                    self.followed
+                        .insert(format!("{aggregate_type}:{id}"), resource);
                 }
                 Err(error) => answers.push(error_message(Some(topic), &error)),
             }
@@ -391,6 +421,7 @@ impl Live {
                 self.scope.set_owner(None);
             } else if let Some(Ok(id)) = topic.strip_prefix("task:").map(Uuid::parse_str) {
                 self.scope.remove_aggregate(task_type(), &id.to_string());
+                self.followed.remove(&format!("{}:{id}", task_type()));
             }
         }
         json!({"type": "unsubscribed", "topics": self.scope.topics()})
@@ -409,11 +440,15 @@ impl Live {
         })?;
         let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
         match kind {
-            "task" if may_follow_task(&self.state.store, &self.actor, id).await? => {
-                Ok(Topic::Aggregate(task_type(), id))
+            "task" => {
+                let state = &self.state;
+                match may_follow_task(&state.store, &state.authz, &self.actor, id).await? {
+                    Some(resource) => Ok(Topic::Aggregate(task_type(), id, resource)),
+                    None => Err(ApiError::NotFound),
+                }
             }
             // Workflow runs do not exist yet: every run is unknown.
-            "task" | "run" => Err(ApiError::NotFound),
+            "run" => Err(ApiError::NotFound),
             _ => Err(ApiError::validation(
                 "topics",
                 format!("{topic:?} is not task:<id>, run:<id> or mine"),
@@ -424,7 +459,7 @@ impl Live {
 
 enum Topic {
     Mine,
-    Aggregate(&'static str, Uuid),
+    Aggregate(&'static str, Uuid, Resource),
 }
 
 #[derive(Debug, Deserialize)]

@@ -32,6 +32,7 @@ pub mod system;
 pub mod task_stream;
 pub mod task_updates;
 pub mod tasks;
+pub mod teams;
 pub mod users;
 pub mod views;
 pub mod workflow_templates;
@@ -53,6 +54,7 @@ use utoipa_axum::routes;
 
 use crate::auth::secret::ServerKeys;
 use crate::auth::Authenticator;
+use crate::authz::Authz;
 use crate::bus::CommandBus;
 use crate::config::Settings;
 use crate::read_side::ReadSide;
@@ -80,6 +82,8 @@ pub struct AppState {
     pub proxies: Arc<client_ip::TrustedProxies>,
     pub request_meters: Arc<request_meters::RequestMeters>,
     pub scrape: Arc<scrape::ScrapeState>,
+    /// Who may do what; its team directory is kept current by `teams::TeamFeed`.
+    pub authz: Authz,
 }
 
 impl AppState {
@@ -106,6 +110,7 @@ impl AppState {
             proxies: Arc::new(client_ip::TrustedProxies::new(proxies)),
             request_meters: Arc::default(),
             scrape: Arc::default(),
+            authz: Authz::default(),
         }
     }
 }
@@ -177,7 +182,16 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(workflows::run_events))
         .routes(routes!(workflow_templates::list))
         .routes(routes!(schedules::create, schedules::list))
-        .routes(routes!(schedules::get, schedules::delete));
+        .routes(routes!(schedules::get, schedules::delete))
+        .routes(routes!(teams::create, teams::list))
+        .routes(routes!(teams::get, teams::delete))
+        .routes(routes!(teams::invite))
+        .routes(routes!(teams::accept))
+        .routes(routes!(teams::change_role, teams::remove_member))
+        .routes(routes!(workflows::share))
+        .routes(routes!(workflows::unshare))
+        .routes(routes!(agents::share))
+        .routes(routes!(agents::unshare));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).nest("/api", api)
 }
 

@@ -139,7 +139,7 @@ pub async fn create(
     ApiJson(request): ApiJson<NewScheduleRequest>,
 ) -> Result<Response, ApiError> {
     let (workflow, _) = readable(&state, &actor, id).await?;
-    writable(&actor, &workflow)?;
+    writable(&state, &actor, &workflow)?;
     let workflow = workflow.state().ok_or(ApiError::NotFound)?;
     if workflow.archived {
         return Err(ApiError::Conflict {
@@ -256,7 +256,7 @@ pub async fn delete(
     ids: ScheduleIds,
 ) -> Result<Response, ApiError> {
     let (workflow, _) = readable(&state, &actor, ids.workflow_id).await?;
-    writable(&actor, &workflow)?;
+    writable(&state, &actor, &workflow)?;
     schedule_of(&state, ids.workflow_id, ids.schedule_id).await?;
     let committed = state
         .bus

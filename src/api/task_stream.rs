@@ -19,6 +19,7 @@ use super::extract::IdPath;
 use super::live_ws::{http_event, resume_cursor};
 use super::AppState;
 use crate::actor::Actor;
+use crate::authz::{Action, Resource};
 use crate::process::live::{look_again, may_follow_task, read_scoped, task_type, Scope};
 use crate::store::{FeedCursor, RecordedEvent};
 
@@ -68,9 +69,9 @@ pub async fn stream(
     IdPath(id): IdPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if !may_follow_task(&state.store, &actor, id).await? {
-        return Err(ApiError::NotFound);
-    }
+    let resource = may_follow_task(&state.store, &state.authz, &actor, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     let resume = match headers.get("last-event-id") {
         None => None,
         Some(value) => {
@@ -87,7 +88,13 @@ pub async fn stream(
         }
     };
     let (out, mut events) = mpsc::channel(state.settings.live.buffer);
-    tokio::spawn(produce(state, id, resume, out));
+    tokio::spawn(produce(
+        state,
+        Follower { actor, resource },
+        id,
+        resume,
+        out,
+    ));
     // Open while axum polls the stream: dropped when the client goes.
     let open = crate::meters::ConnectionGauge::open("task_sse");
     let stream = futures::stream::poll_fn(move |cx| {
@@ -99,10 +106,24 @@ pub async fn stream(
         .into_response())
 }
 
-/// Feeds the stream until the client leaves or the server stops. A full channel waits for
-/// the client (memory stays bounded by the channel).
+/// Who follows the task, and the task as authorisation sees it.
+struct Follower {
+    actor: Actor,
+    resource: Resource,
+}
+
+impl Follower {
+    fn may_read(&self, state: &AppState) -> bool {
+        state.authz.can(&self.actor, Action::Read, &self.resource)
+    }
+}
+
+/// Feeds the stream until the client leaves, the server stops or the follower may no
+/// longer read the task (a team member removed). A full channel waits for the client
+/// (memory stays bounded by the channel).
 async fn produce(
     state: AppState,
+    follower: Follower,
     id: uuid::Uuid,
     resume: Option<FeedCursor>,
     out: mpsc::Sender<Result<SseEvent, Infallible>>,
@@ -154,6 +175,9 @@ async fn produce(
             };
             let more = page.events.len() >= limit as usize;
             for event in page.events {
+                if !follower.may_read(&state) {
+                    return;
+                }
                 if out.send(Ok(sse_event(event))).await.is_err() {
                     return;
                 }

@@ -19,6 +19,7 @@ use super::tasks::{committed, task_response};
 use super::views::TaskView;
 use super::AppState;
 use crate::actor::Actor;
+use crate::authz::{Action, Resource};
 use crate::bus::{CommandContext, CommandError, Committed};
 use crate::process::dispatch::serves_every_user;
 use crate::process::jitter;
@@ -482,7 +483,8 @@ pub(crate) async fn update(
                 let Some(current) = task.state() else {
                     return Err(ApiError::NotFound);
                 };
-                let may_change = actor.can_write(current.owner_id);
+                let resource = Resource::task(current);
+                let may_change = state.authz.can(actor, Action::Write, &resource);
                 if step.is_report() {
                     if holder.is_some() && current.agent_id == holder {
                         return Ok(step.command());
@@ -495,7 +497,7 @@ pub(crate) async fn update(
                 } else if may_change {
                     return Ok(step.command());
                 }
-                if actor.can_read(current.owner_id) {
+                if state.authz.can(actor, Action::Read, &resource) {
                     Err(ApiError::Forbidden)
                 } else {
                     Err(ApiError::NotFound)
@@ -543,12 +545,12 @@ pub async fn retry(
             &id.to_string(),
             &meta.context(&actor),
             meta.if_match,
-            |task: &Task| match task.state() {
-                Some(current) if actor.can_write(current.owner_id) => {
-                    Ok(TaskCommand::RetryTask { at: Utc::now() })
-                }
-                Some(current) if actor.can_read(current.owner_id) => Err(ApiError::Forbidden),
-                _ => Err(ApiError::NotFound),
+            |task: &Task| {
+                let current = task.state().ok_or(ApiError::NotFound)?;
+                state
+                    .authz
+                    .require(&actor, Action::Write, &Resource::task(current))?;
+                Ok(TaskCommand::RetryTask { at: Utc::now() })
             },
         )
         .await?;

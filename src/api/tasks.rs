@@ -23,6 +23,7 @@ use super::paging::{Page, Paging};
 use super::views::{EventView, TaskView};
 use super::AppState;
 use crate::actor::Actor;
+use crate::authz::{Action, Resource};
 use crate::bus::Committed;
 use crate::process::dispatch::serves_every_user;
 
@@ -192,7 +193,7 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let (task, version) = current(&state, id).await?;
     match task.state() {
-        Some(task) if actor.can_read(task.owner_id) => {}
+        Some(task) if state.authz.can(&actor, Action::Read, &Resource::task(task)) => {}
         _ => return Err(ApiError::NotFound),
     }
     match (query.as_of, query.as_of_version) {
@@ -296,14 +297,16 @@ pub async fn cancel(
             &id.to_string(),
             &meta.context(&actor),
             meta.if_match,
-            |task: &Task| match task.state() {
-                Some(current) if actor.can_write(current.owner_id) => Ok(TaskCommand::CancelTask {
+            |task: &Task| {
+                let current = task.state().ok_or(ApiError::NotFound)?;
+                // Auditors and a team's members below maintainer see the task, no more.
+                state
+                    .authz
+                    .require(&actor, Action::Write, &Resource::task(current))?;
+                Ok(TaskCommand::CancelTask {
                     reason: None,
                     at: Utc::now(),
-                }),
-                // Auditors may see the task but not change it.
-                Some(current) if actor.can_read(current.owner_id) => Err(ApiError::Forbidden),
-                _ => Err(ApiError::NotFound),
+                })
             },
         )
         .await?;
@@ -339,7 +342,7 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let path = format!("/api/tasks/{id}/events");
     history::owned_answer::<Task>(&state, &actor, id, &path, &query, |task| {
-        task.state().map(|task| task.owner_id)
+        task.state().map(Resource::task)
     })
     .await
 }

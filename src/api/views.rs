@@ -39,6 +39,9 @@ pub struct TaskView {
     pub tags: Vec<String>,
     pub not_before: Option<DateTime<Utc>>,
     pub owner_id: Uuid,
+    /// The team it belongs to besides its owner (a team workflow's step).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -89,6 +92,7 @@ impl TaskView {
             tags: state.tags.as_slice().to_vec(),
             not_before: state.not_before,
             owner_id: state.owner_id,
+            team_id: state.team_id,
             created_at: state.created_at,
             updated_at: state.updated_at,
             started_at: state.started_at,
@@ -194,6 +198,9 @@ pub struct AgentView {
     pub owner_id: Uuid,
     pub created_at: DateTime<Utc>,
     pub metadata: Map<String, Value>,
+    /// The team it is shared with: it leases the team's tasks too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<Uuid>,
 }
 
 impl AgentView {
@@ -214,6 +221,7 @@ impl AgentView {
             owner_id: state.owner_id,
             created_at: state.created_at,
             metadata: state.metadata.clone(),
+            team_id: state.team_id,
         }
     }
 }

@@ -34,6 +34,7 @@ use super::views::EventView;
 use super::workflow_templates::{definition_request, CreateWorkflowRequest};
 use super::AppState;
 use crate::actor::Actor;
+use crate::authz::{Action, Denied, Resource};
 use crate::process::workflows::{advance, cancel_tasks, run_command};
 
 /// A workflow at one version.
@@ -51,6 +52,9 @@ pub struct WorkflowBody {
     pub archived: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The team it is shared with: members read and run it, maintainers change it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<Uuid>,
 }
 
 impl WorkflowBody {
@@ -68,6 +72,7 @@ impl WorkflowBody {
             archived: state.archived,
             created_at: state.created_at,
             updated_at: state.updated_at,
+            team_id: state.team_id,
         }
     }
 
@@ -121,6 +126,9 @@ pub struct WorkflowRunBody {
     pub error: Option<RunErrorBody>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The team of its workflow when it started: the run and its tasks are the team's too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<Uuid>,
 }
 
 fn step_status(status: StepStatus) -> &'static str {
@@ -166,6 +174,7 @@ impl From<&RunState> for WorkflowRunBody {
             }),
             started_at: run.started_at,
             finished_at: run.finished_at,
+            team_id: run.team_id,
         }
     }
 }
@@ -222,20 +231,58 @@ pub(crate) async fn readable(
         .load(&id.to_string())
         .await?;
     match loaded.aggregate.state() {
-        Some(workflow) if actor.can_read(workflow.owner_id) => {
+        Some(workflow)
+            if state
+                .authz
+                .can(actor, Action::Read, &Resource::workflow(workflow)) =>
+        {
             Ok((loaded.aggregate, loaded.version))
         }
         _ => Err(ApiError::NotFound),
     }
 }
 
-/// The workflow's state if the caller may change it: 404 when it may not see it, 403 when
-/// it may only look.
-pub(crate) fn writable(actor: &Actor, workflow: &Workflow) -> Result<(), ApiError> {
-    match workflow.state() {
-        Some(state) if actor.can_write(state.owner_id) => Ok(()),
-        Some(state) if actor.can_read(state.owner_id) => Err(ApiError::Forbidden),
-        _ => Err(ApiError::NotFound),
+/// Whether the caller may do `action` to the workflow: 404 when it may not see it, 403
+/// when it may only look.
+pub(crate) fn allowed(
+    state: &AppState,
+    actor: &Actor,
+    action: Action,
+    workflow: &Workflow,
+) -> Result<(), ApiError> {
+    let workflow = workflow.state().ok_or(ApiError::NotFound)?;
+    Ok(state
+        .authz
+        .require(actor, action, &Resource::workflow(workflow))?)
+}
+
+/// Whether the caller may change the workflow ([`allowed`] to write).
+pub(crate) fn writable(
+    state: &AppState,
+    actor: &Actor,
+    workflow: &Workflow,
+) -> Result<(), ApiError> {
+    allowed(state, actor, Action::Write, workflow)
+}
+
+/// The team a new or shared resource is to belong to: one the caller maintains (or owns).
+/// A team they are not in is as good as none (422 on `team_id`); a team they only read or
+/// run in is 403.
+pub(crate) fn team_to_share_with(
+    state: &AppState,
+    actor: &Actor,
+    team_id: Uuid,
+) -> Result<Uuid, ApiError> {
+    match state
+        .authz
+        .require(actor, Action::Write, &Resource::team(team_id))
+    {
+        Ok(()) => Ok(team_id),
+        Err(Denied::Forbidden) => Err(ApiError::Forbidden),
+        Err(Denied::Hidden) => Err(ApiError::validation(
+            "team_id",
+            "is not a team you belong to",
+        )),
     }
 }
 
@@ -282,6 +329,10 @@ pub async fn create(
     if !actor.can_create() {
         return Err(ApiError::Forbidden);
     }
+    let (body, team_id) = take_team_id(body)?;
+    let team_id = team_id
+        .map(|team_id| team_to_share_with(&state, &actor, team_id))
+        .transpose()?;
     let request = definition_request(body)?;
     let definition = checked(&state, &actor, request).await?;
     let workflow_id = Uuid::now_v7();
@@ -294,6 +345,7 @@ pub async fn create(
                 workflow_id,
                 owner_id,
                 definition: definition.clone(),
+                team_id,
                 at: Utc::now(),
             })
         })
@@ -337,9 +389,16 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<WorkflowBody>>, ApiError> {
     let paging = Paging::parse(query.limit, query.cursor.as_deref())?;
-    let rows = WorkflowView::list(&state.read.db, actor.id, paging.before_id, paging.fetch())
-        .await
-        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let teams = state.authz.readable_teams(&actor);
+    let rows = WorkflowView::list(
+        &state.read.db,
+        actor.id,
+        &teams,
+        paging.before_id,
+        paging.fetch(),
+    )
+    .await
+    .map_err(|e| ApiError::Internal(Box::new(e)))?;
     Ok(Json(paging.page(
         rows,
         |row| row.state().and_then(WorkflowBody::latest),
@@ -425,12 +484,12 @@ pub async fn update(
     IdPath(id): IdPath,
     ApiJsonOrYaml(request): ApiJsonOrYaml<WorkflowDefinitionRequest>,
 ) -> Result<Response, ApiError> {
-    writable(&actor, &readable(&state, &actor, id).await?.0)?;
+    writable(&state, &actor, &readable(&state, &actor, id).await?.0)?;
     let definition = checked(&state, &actor, request).await?;
     let committed = state
         .bus
         .execute::<Workflow, ApiError>(&id.to_string(), &meta.context(&actor), meta.if_match, |w| {
-            writable(&actor, w)?;
+            writable(&state, &actor, w)?;
             Ok(WorkflowCommand::UpdateWorkflow {
                 definition: definition.clone(),
                 at: Utc::now(),
@@ -467,7 +526,7 @@ pub async fn archive(
     let committed = state
         .bus
         .execute::<Workflow, ApiError>(&id.to_string(), &meta.context(&actor), meta.if_match, |w| {
-            writable(&actor, w)?;
+            writable(&state, &actor, w)?;
             Ok(WorkflowCommand::ArchiveWorkflow { at: Utc::now() })
         })
         .await?;
@@ -517,7 +576,8 @@ pub async fn execute(
     ApiJson(request): ApiJson<ExecuteRequest>,
 ) -> Result<Response, ApiError> {
     let (workflow, _) = readable(&state, &actor, id).await?;
-    writable(&actor, &workflow)?;
+    // A team's members run its workflows; viewers only look.
+    allowed(&state, &actor, Action::Run, &workflow)?;
     let workflow = workflow.state().ok_or(ApiError::NotFound)?;
     if workflow.archived {
         return Err(ApiError::Conflict {
@@ -529,7 +589,7 @@ pub async fn execute(
     let params = definition.bind_params(request.params)?;
     let run_id = Uuid::now_v7();
     tracing::Span::current().record("run_id", tracing::field::display(run_id));
-    let (version, owner_id) = (workflow.version(), workflow.owner_id);
+    let (version, owner_id, team_id) = (workflow.version(), workflow.owner_id, workflow.team_id);
     let committed = state
         .bus
         .create::<WorkflowRun, ApiError>(&run_id.to_string(), &meta.context(&actor), |_| {
@@ -540,6 +600,7 @@ pub async fn execute(
                 version,
                 definition: definition.clone(),
                 params: params.clone(),
+                team_id,
                 at: Utc::now(),
             })
         })
@@ -629,7 +690,9 @@ async fn readable_run(
         .load(&id.to_string())
         .await?;
     match loaded.aggregate.state() {
-        Some(run) if actor.can_read(run.owner_id) => Ok((loaded.aggregate, loaded.version)),
+        Some(run) if state.authz.can(actor, Action::Read, &Resource::run(run)) => {
+            Ok((loaded.aggregate, loaded.version))
+        }
         _ => Err(ApiError::NotFound),
     }
 }
@@ -691,9 +754,9 @@ pub async fn cancel_run(
 ) -> Result<Response, ApiError> {
     let (run, _) = readable_run(&state, &actor, id).await?;
     let current = run.state().ok_or(ApiError::NotFound)?;
-    if !actor.can_write(current.owner_id) {
-        return Err(ApiError::Forbidden);
-    }
+    state
+        .authz
+        .require(&actor, Action::Write, &Resource::run(current))?;
     let context = meta.context(&actor);
     if current.status == RunStatus::Running {
         run_command(
@@ -785,11 +848,11 @@ pub async fn signal(
     let committed = state
         .bus
         .execute::<WorkflowRun, ApiError>(&id.to_string(), &meta.context(&actor), None, |run| {
-            match run.state() {
-                Some(run) if actor.can_write(run.owner_id) => {}
-                Some(run) if actor.can_read(run.owner_id) => return Err(ApiError::Forbidden),
-                _ => return Err(ApiError::NotFound),
-            }
+            // Whoever may run the workflow decides its approvals.
+            let current = run.state().ok_or(ApiError::NotFound)?;
+            state
+                .authz
+                .require(&actor, Action::Run, &Resource::run(current))?;
             Ok(WorkflowRunCommand::DecideApproval {
                 step_id: request.step_id.clone(),
                 decision,
@@ -835,7 +898,118 @@ pub async fn run_events(
 ) -> Result<Response, ApiError> {
     let path = format!("/api/workflow-runs/{id}/events");
     owned_answer::<WorkflowRun>(&state, &actor, id, &path, &query, |run| {
-        run.state().map(|run| run.owner_id)
+        run.state().map(Resource::run)
     })
     .await
+}
+
+/// `team_id` taken out of a create body (JSON or YAML, as a value), and the rest.
+fn take_team_id(mut body: Value) -> Result<(Value, Option<Uuid>), ApiError> {
+    let Some(fields) = body.as_object_mut() else {
+        return Ok((body, None));
+    };
+    let team_id = match fields.remove("team_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(raw)) => Some(
+            Uuid::parse_str(&raw).map_err(|_| ApiError::validation("team_id", "is not a UUID"))?,
+        ),
+        Some(_) => return Err(ApiError::validation("team_id", "is not a UUID")),
+    };
+    Ok((body, team_id))
+}
+
+/// `POST /api/workflows/{id}/share` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShareRequest {
+    /// A team the caller maintains or owns.
+    pub team_id: Uuid,
+}
+
+/// Share a workflow with a team: its members read and run it, its maintainers and owners
+/// change it, its viewers read it. Sharing with another team moves it there. The run
+/// started from it, and their tasks, belong to the team too.
+#[utoipa::path(
+    post,
+    path = "/workflows/{id}/share",
+    operation_id = "share_workflow",
+    tag = "teams",
+    params(("id" = Uuid, Path, description = "The workflow's id")),
+    request_body = ShareRequest,
+    responses(
+        (status = 200, description = "The workflow, shared", body = WorkflowBody, headers(
+            ("ETag" = String, description = "The workflow's version as an aggregate"),
+        )),
+        (status = 400, description = "Malformed JSON"),
+        (status = 403, description = "The caller may read the workflow but not change it, or is in the team below maintainer"),
+        (status = 404, description = "No such workflow, or not yours"),
+        (status = 409, description = "The workflow is archived"),
+        (status = 413, description = "The body is over the limit"),
+        (status = 415, description = "The body is not JSON"),
+        (status = 422, description = "`team_id` is not a team the caller belongs to"),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(workflow_id = %id))]
+pub async fn share(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    IdPath(id): IdPath,
+    ApiJson(request): ApiJson<ShareRequest>,
+) -> Result<Response, ApiError> {
+    writable(&state, &actor, &readable(&state, &actor, id).await?.0)?;
+    let team_id = team_to_share_with(&state, &actor, request.team_id)?;
+    let committed = state
+        .bus
+        .execute::<Workflow, ApiError>(&id.to_string(), &meta.context(&actor), meta.if_match, |w| {
+            writable(&state, &actor, w)?;
+            Ok(WorkflowCommand::ShareWorkflow {
+                team_id,
+                at: Utc::now(),
+            })
+        })
+        .await?;
+    state
+        .read
+        .workflow_committed(&committed.aggregate, committed.version)
+        .await;
+    workflow_answer(StatusCode::OK, &committed.aggregate, committed.version)
+}
+
+/// Take a workflow back from its team: only its owner reads it again. Runs already started
+/// stay the team's.
+#[utoipa::path(
+    post,
+    path = "/workflows/{id}/unshare",
+    operation_id = "unshare_workflow",
+    tag = "teams",
+    params(("id" = Uuid, Path, description = "The workflow's id")),
+    responses(
+        (status = 200, description = "The workflow, no team's", body = WorkflowBody, headers(
+            ("ETag" = String, description = "The workflow's version as an aggregate"),
+        )),
+        (status = 403, description = "The caller may read the workflow but not change it"),
+        (status = 404, description = "No such workflow, or not yours"),
+        (status = 409, description = "The workflow is archived"),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(workflow_id = %id))]
+pub async fn unshare(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    IdPath(id): IdPath,
+) -> Result<Response, ApiError> {
+    let committed = state
+        .bus
+        .execute::<Workflow, ApiError>(&id.to_string(), &meta.context(&actor), meta.if_match, |w| {
+            writable(&state, &actor, w)?;
+            Ok(WorkflowCommand::UnshareWorkflow { at: Utc::now() })
+        })
+        .await?;
+    state
+        .read
+        .workflow_committed(&committed.aggregate, committed.version)
+        .await;
+    workflow_answer(StatusCode::OK, &committed.aggregate, committed.version)
 }

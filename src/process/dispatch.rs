@@ -227,6 +227,7 @@ pub async fn lease_ready(
         }
         let query = ReadyQuery {
             owner_id: (!serves_every_user(agent)).then_some(agent.owner_id),
+            team_id: agent.team_id,
             agent_id: agent.id,
             capabilities: &capabilities,
             now: Utc::now(),

@@ -20,6 +20,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::actor::Actor;
+use crate::authz::{Action, Authz, Resource};
 use crate::store::{Backend, FeedCursor, RecordedEvent, Store, StoreError};
 
 /// The topic that stands for "every aggregate the caller owns".
@@ -246,18 +247,22 @@ pub(crate) fn look_again(times: u32) -> Duration {
     Duration::from_millis(20) * 2u32.pow(times.saturating_sub(10).min(5))
 }
 
-/// May `actor` follow the task `id`? `false` when it does not exist or is not theirs (the
-/// caller answers both the same way: not found).
+/// The task `id` as [`crate::authz`] sees it, if `actor` may follow it now; `None` when it
+/// does not exist or is not theirs (the caller answers both the same way: not found). The
+/// subscriber asks again before each event it pushes, so access lost later (a team member
+/// removed) ends the delivery at once.
 pub(crate) async fn may_follow_task(
     store: &Store,
+    authz: &Authz,
     actor: &Actor,
     id: Uuid,
-) -> Result<bool, StoreError> {
+) -> Result<Option<Resource>, StoreError> {
     let loaded = store.aggregate::<Task>().load(&id.to_string()).await?;
     Ok(loaded
         .aggregate
         .state()
-        .is_some_and(|task| actor.can_read(task.owner_id)))
+        .map(Resource::task)
+        .filter(|task| authz.can(actor, Action::Read, task)))
 }
 
 /// The aggregate type of a task topic.

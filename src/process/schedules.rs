@@ -153,8 +153,8 @@ pub async fn fire(
         .aggregate
         .state()
         .filter(|w| !w.archived)
-        .and_then(|w| Some((w.version(), w.latest()?.clone())));
-    let Some((version, definition)) = live else {
+        .and_then(|w| Some((w.version(), w.latest()?.clone(), w.team_id)));
+    let Some((version, definition, team_id)) = live else {
         // Archiving is final: the schedule goes with its workflow.
         return record(
             bus,
@@ -211,6 +211,7 @@ pub async fn fire(
             owner_id: schedule.owner_id,
             version,
             params,
+            team_id,
         };
         start_run(bus, read, start, definition).await?;
     }
@@ -253,6 +254,7 @@ struct StartRun {
     owner_id: Uuid,
     version: u32,
     params: Map<String, Value>,
+    team_id: Option<Uuid>,
 }
 
 /// Starts the run (or finds it started) and moves it forward in the background.
@@ -275,6 +277,7 @@ async fn start_run(
                     version: start.version,
                     definition: definition.clone(),
                     params: start.params.clone(),
+                    team_id: start.team_id,
                     at: Utc::now(),
                 })
             },
@@ -348,6 +351,7 @@ async fn restart_last_run(
         .aggregate::<Workflow>()
         .load(&schedule.workflow_id.to_string())
         .await?;
+    let team_id = workflow.aggregate.state().and_then(|w| w.team_id);
     let Some(definition) = workflow
         .aggregate
         .state()
@@ -366,6 +370,7 @@ async fn restart_last_run(
         owner_id: schedule.owner_id,
         version,
         params,
+        team_id,
     };
     start_run(bus, read, start, definition).await
 }

@@ -19,7 +19,7 @@ use chronicle_aggregates::task::{Task, TaskCommand, TaskError, TaskFailure, Task
 use chronicle_aggregates::workflow_run::{
     next, Next, RunState, RunStatus, StepStatus, WorkflowRun, WorkflowRunCommand, WorkflowRunError,
 };
-use chronicle_commands::task::NewTaskRequest;
+use chronicle_commands::task::{NewTaskRequest, TaskSpec};
 use chronicle_commands::workflow::StepRequest;
 use chronicle_projections::workflow_run_view::WorkflowRunView;
 use chrono::Utc;
@@ -364,7 +364,11 @@ async fn start_task(
         concurrency_limit: None,
     };
     let spec = match request.validate() {
-        Ok(spec) => spec,
+        // A team workflow's tasks belong to the team too.
+        Ok(spec) => TaskSpec {
+            team_id: state.team_id,
+            ..spec
+        },
         Err(errors) => {
             return Ok(Err(TaskFailure {
                 message: "the step's rendered task is invalid".into(),

@@ -38,6 +38,7 @@ mod schedules;
 mod schema_rules;
 mod server_process;
 mod store;
+mod teams;
 mod workflow_approvals;
 mod workflow_failures;
 mod workflow_nodes;

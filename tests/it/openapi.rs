@@ -74,6 +74,19 @@ const API_MD: &[(&str, &str)] = &[
     ("GET", "/api/status"),
     ("GET", "/api/metrics"),
     ("GET", "/api/ws"),
+    // Teams
+    ("POST", "/api/teams"),
+    ("GET", "/api/teams"),
+    ("GET", "/api/teams/{}"),
+    ("DELETE", "/api/teams/{}"),
+    ("POST", "/api/teams/{}/invitations"),
+    ("POST", "/api/invitations/{}/accept"),
+    ("PATCH", "/api/teams/{}/members/{}"),
+    ("DELETE", "/api/teams/{}/members/{}"),
+    ("POST", "/api/workflows/{}/share"),
+    ("POST", "/api/workflows/{}/unshare"),
+    ("POST", "/api/agents/{}/share"),
+    ("POST", "/api/agents/{}/unshare"),
 ];
 
 /// The endpoints of API.md's Auth, Agents and Tasks tables that the server implements
@@ -114,6 +127,18 @@ const IMPLEMENTED: &[(&str, &str)] = &[
     ("GET", "/api/status"),
     ("GET", "/api/metrics"),
     ("GET", "/api/audit/checkpoint"),
+    ("POST", "/api/teams"),
+    ("GET", "/api/teams"),
+    ("GET", "/api/teams/{}"),
+    ("DELETE", "/api/teams/{}"),
+    ("POST", "/api/teams/{}/invitations"),
+    ("POST", "/api/invitations/{}/accept"),
+    ("PATCH", "/api/teams/{}/members/{}"),
+    ("DELETE", "/api/teams/{}/members/{}"),
+    ("POST", "/api/workflows/{}/share"),
+    ("POST", "/api/workflows/{}/unshare"),
+    ("POST", "/api/agents/{}/share"),
+    ("POST", "/api/agents/{}/unshare"),
 ];
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];

@@ -143,14 +143,14 @@ async fn lists_filter_and_page_newest_first(#[case] backend: Backend) {
             "workflow_views"
         ]
     );
-    assert_eq!(projections[3]["version"], 3);
+    assert_eq!(projections[3]["version"], 4);
 }
 
 async fn view_rows(app: &TestApp) -> Vec<(String, i64, String)> {
     let store = app.db.store(Default::default()).await;
     let db = store.read_db();
     let rows: Vec<(String, i64, String)> = on_reader!(&db, |pool| {
-        sqlx::query_as("SELECT id, version, state FROM task_view_v3 ORDER BY id")
+        sqlx::query_as("SELECT id, version, state FROM task_view_v4 ORDER BY id")
             .fetch_all(pool)
             .await
     })
@@ -195,8 +195,8 @@ async fn the_rebuilt_view_equals_the_live_one(#[case] backend: Backend) {
     let db = store.read_db();
     let mut deleted = Vec::new();
     for statement in [
-        "DELETE FROM task_view_v3",
-        "DELETE FROM task_view_tags_v3",
+        "DELETE FROM task_view_v4",
+        "DELETE FROM task_view_tags_v4",
         "UPDATE projection_checkpoints SET transaction_id = 0, position = 0",
     ] {
         deleted.push(

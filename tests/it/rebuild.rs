@@ -17,13 +17,13 @@ use crate::helpers::{spawn_app, spawn_app_with, Backend, TestApp, TestUser, PASS
 /// Every read-model table, with its columns in a fixed order and its key.
 const TABLES: &[(&str, &str, &str)] = &[
     (
-        "task_view_v3",
+        "task_view_v4",
         "id, owner_id, status, capability, priority, agent_id, pinned_agent_id, \
          workflow_run_id, not_before, created_at, updated_at, version, state, lease_expires_at, \
          concurrency_key, concurrency_limit",
         "id",
     ),
-    ("task_view_tags_v3", "task_id, tag", "task_id, tag"),
+    ("task_view_tags_v4", "task_id, tag", "task_id, tag"),
     (
         "agent_view_v1",
         "id, owner_id, kind, lifecycle, last_heartbeat_at, created_at, updated_at, version, state",
@@ -349,12 +349,12 @@ async fn rebuilt_read_models_equal_the_live_ones_while_reads_go_on(#[case] backe
     let db = store.read_db();
     let live = snapshot(&db).await;
     let count = |name: &str| live.iter().find(|(t, _)| t == name).unwrap().1.len();
-    assert!(count("task_view_v3") > 200, "{}", count("task_view_v3"));
+    assert!(count("task_view_v4") > 200, "{}", count("task_view_v4"));
     assert!(count("agent_view_v1") > 20);
     assert!(count("api_key_view_v1") > 10);
     // Damage the live tables: only a real rebuild brings these rows back.
     execute(&db, "DELETE FROM agent_view_caps_v1").await;
-    execute(&db, "UPDATE task_view_v3 SET priority = -1").await;
+    execute(&db, "UPDATE task_view_v4 SET priority = -1").await;
     execute(&db, "DELETE FROM api_key_view_v1").await;
     assert_ne!(snapshot(&db).await, live);
 

@@ -23,6 +23,10 @@ pub enum AgentEvent {
     AgentDeregistered(AgentDeregistered),
     #[serde(rename = "AgentReconfigured")]
     AgentReconfigured(AgentReconfigured),
+    #[serde(rename = "AgentShared")]
+    AgentShared(AgentShared),
+    #[serde(rename = "AgentUnshared")]
+    AgentUnshared(AgentUnshared),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +72,22 @@ pub struct AgentReconfigured {
     pub at: DateTime<Utc>,
 }
 
+/// The agent serves `team_id` too: it leases the team's tasks beside its owner's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentShared {
+    pub team_id: Uuid,
+    pub at: DateTime<Utc>,
+}
+
+/// The agent serves its owner alone again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentUnshared {
+    pub team_id: Uuid,
+    pub at: DateTime<Utc>,
+}
+
 impl AgentEvent {
     /// The types of the events after which the agent takes no new work; a lease appended
     /// after one of them is refused by the store.
@@ -79,7 +99,9 @@ impl AgentEvent {
             Self::AgentDraining(_) | Self::AgentDeregistered(_) => true,
             Self::AgentRegistered(_)
             | Self::AgentHeartbeatRecorded(_)
-            | Self::AgentReconfigured(_) => false,
+            | Self::AgentReconfigured(_)
+            | Self::AgentShared(_)
+            | Self::AgentUnshared(_) => false,
         }
     }
 }
@@ -92,6 +114,8 @@ impl DomainEvent for AgentEvent {
             Self::AgentDraining(_) => "AgentDraining",
             Self::AgentDeregistered(_) => "AgentDeregistered",
             Self::AgentReconfigured(_) => "AgentReconfigured",
+            Self::AgentShared(_) => "AgentShared",
+            Self::AgentUnshared(_) => "AgentUnshared",
         }
         .to_owned()
     }
@@ -103,6 +127,7 @@ impl DomainEvent for AgentEvent {
             Self::AgentDraining(_) => "1.0",
             Self::AgentDeregistered(_) => "1.0",
             Self::AgentReconfigured(_) => "1.0",
+            Self::AgentShared(_) | Self::AgentUnshared(_) => "1.0",
         }
         .to_owned()
     }

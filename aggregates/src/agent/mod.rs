@@ -25,7 +25,7 @@ use uuid::Uuid;
 pub use error::AgentError;
 pub use events::{
     AgentDeregistered, AgentDraining, AgentEvent, AgentHeartbeatRecorded, AgentReconfigured,
-    AgentRegistered,
+    AgentRegistered, AgentShared, AgentUnshared,
 };
 pub use state::{AgentLifecycle, AgentState, AgentStatus};
 
@@ -70,6 +70,15 @@ pub enum AgentCommand {
         max_concurrency: MaxConcurrency,
         at: DateTime<Utc>,
     },
+    /// Idempotent for the same team; another team replaces the first.
+    ShareAgent {
+        team_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    /// Idempotent.
+    UnshareAgent {
+        at: DateTime<Utc>,
+    },
 }
 
 crate::command_names!(AgentCommand {
@@ -77,7 +86,9 @@ crate::command_names!(AgentCommand {
     RecordHeartbeat,
     DrainAgent,
     DeregisterAgent,
-    ReconfigureAgent
+    ReconfigureAgent,
+    ShareAgent,
+    UnshareAgent
 });
 
 /// At most one event: `None` means the command is accepted and changes nothing.
@@ -142,6 +153,17 @@ fn decide(state: Option<&AgentState>, command: AgentCommand) -> Decision {
                     }),
                 ),
             )
+        }
+        AgentCommand::ShareAgent { team_id, at } => {
+            let state = registered(state)?;
+            Ok((state.team_id != Some(team_id))
+                .then_some(AgentEvent::AgentShared(AgentShared { team_id, at })))
+        }
+        AgentCommand::UnshareAgent { at } => {
+            let state = registered(state)?;
+            Ok(state
+                .team_id
+                .map(|team_id| AgentEvent::AgentUnshared(AgentUnshared { team_id, at })))
         }
     }
 }

@@ -64,6 +64,9 @@ pub struct AgentState {
     pub config: Option<Map<String, Value>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The team it is shared with: it leases the team's tasks too, and the team reads it.
+    #[serde(default)]
+    pub team_id: Option<Uuid>,
 }
 
 impl AgentState {
@@ -106,6 +109,7 @@ impl AgentState {
             config: registered.config,
             created_at: registered.at,
             updated_at: registered.at,
+            team_id: None,
         }
     }
 
@@ -127,6 +131,14 @@ impl AgentState {
             }
             AgentEvent::AgentReconfigured(e) => {
                 self.max_concurrency = e.max_concurrency;
+                self.updated_at = e.at;
+            }
+            AgentEvent::AgentShared(e) => {
+                self.team_id = Some(e.team_id);
+                self.updated_at = e.at;
+            }
+            AgentEvent::AgentUnshared(e) => {
+                self.team_id = None;
                 self.updated_at = e.at;
             }
         }

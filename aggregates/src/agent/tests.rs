@@ -370,3 +370,51 @@ fn the_retiring_types_name_the_events_that_retire() {
         assert_eq!(listed, event.retires(), "{}", event.event_type());
     }
 }
+
+fn team_id() -> Uuid {
+    Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_7e01)
+}
+
+#[test]
+fn share_gives_the_agent_to_a_team_once_and_unshare_takes_it_back() {
+    let shared = AgentEvent::AgentShared(AgentShared {
+        team_id: team_id(),
+        at: at(5),
+    });
+    AgentTest::with(())
+        .given(vec![registered()])
+        .when(AgentCommand::ShareAgent {
+            team_id: team_id(),
+            at: at(5),
+        })
+        .then_expect_events(vec![shared.clone()]);
+    AgentTest::with(())
+        .given(vec![registered(), shared.clone()])
+        .when(AgentCommand::ShareAgent {
+            team_id: team_id(),
+            at: at(6),
+        })
+        .then_expect_events(vec![]);
+    AgentTest::with(())
+        .given(vec![registered(), shared.clone()])
+        .when(AgentCommand::UnshareAgent { at: at(7) })
+        .then_expect_events(vec![AgentEvent::AgentUnshared(AgentUnshared {
+            team_id: team_id(),
+            at: at(7),
+        })]);
+    AgentTest::with(())
+        .given(vec![registered()])
+        .when(AgentCommand::UnshareAgent { at: at(7) })
+        .then_expect_events(vec![]);
+    AgentTest::with(())
+        .given(vec![registered(), deregistered(3)])
+        .when(AgentCommand::ShareAgent {
+            team_id: team_id(),
+            at: at(5),
+        })
+        .then_expect_error(AgentError::Deregistered);
+    assert_eq!(
+        state_after(vec![registered(), shared]).team_id,
+        Some(team_id())
+    );
+}

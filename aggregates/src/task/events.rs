@@ -56,6 +56,9 @@ pub struct TaskCreated {
     /// existed (and left out when there is none, so such payloads keep their shape).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<Concurrency>,
+    /// The team the task belongs to besides its owner; left out when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -34,6 +34,7 @@ pub(super) fn create(
         not_before: spec.not_before,
         at,
         concurrency: spec.concurrency,
+        team_id: spec.team_id,
     })))
 }
 

@@ -140,6 +140,9 @@ pub struct TaskState {
     /// The concurrency group the task waits its turn in, if any.
     #[serde(default)]
     pub concurrency: Option<Concurrency>,
+    /// The team whose members may read it (and, by role, change it).
+    #[serde(default)]
+    pub team_id: Option<Uuid>,
 }
 
 impl TaskState {
@@ -171,6 +174,7 @@ impl TaskState {
             progress: None,
             last_lease: None,
             concurrency: created.concurrency,
+            team_id: created.team_id,
         }
     }
 

@@ -77,6 +77,7 @@ fn created_with(pinned_agent_id: Option<Uuid>, not_before: Option<DateTime<Utc>>
         not_before,
         at: at(0),
         concurrency: None,
+        team_id: None,
     })
 }
 

@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use error::WorkflowError;
-pub use events::{WorkflowArchived, WorkflowCreated, WorkflowEvent, WorkflowUpdated};
+pub use events::{
+    WorkflowArchived, WorkflowCreated, WorkflowEvent, WorkflowShared, WorkflowUnshared,
+    WorkflowUpdated,
+};
 
 /// The aggregate: empty until `WorkflowCreated`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -30,6 +33,9 @@ pub struct WorkflowState {
     pub archived: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The team it is shared with: its members read it, run it and (maintainers) change it.
+    #[serde(default)]
+    pub team_id: Option<Uuid>,
 }
 
 impl WorkflowState {
@@ -64,6 +70,7 @@ pub enum WorkflowCommand {
         workflow_id: Uuid,
         owner_id: Uuid,
         definition: WorkflowDefinition,
+        team_id: Option<Uuid>,
         at: DateTime<Utc>,
     },
     /// Appends the next version.
@@ -73,12 +80,18 @@ pub enum WorkflowCommand {
     },
     /// Idempotent.
     ArchiveWorkflow { at: DateTime<Utc> },
+    /// Idempotent for the same team; another team replaces the first.
+    ShareWorkflow { team_id: Uuid, at: DateTime<Utc> },
+    /// Idempotent.
+    UnshareWorkflow { at: DateTime<Utc> },
 }
 
 crate::command_names!(WorkflowCommand {
     CreateWorkflow,
     UpdateWorkflow,
-    ArchiveWorkflow
+    ArchiveWorkflow,
+    ShareWorkflow,
+    UnshareWorkflow
 });
 
 type Decision = Result<Option<WorkflowEvent>, WorkflowError>;
@@ -89,6 +102,7 @@ fn decide(state: Option<&WorkflowState>, command: WorkflowCommand) -> Decision {
             workflow_id,
             owner_id,
             definition,
+            team_id,
             at,
         } => {
             if state.is_some() {
@@ -99,6 +113,7 @@ fn decide(state: Option<&WorkflowState>, command: WorkflowCommand) -> Decision {
                 owner_id,
                 definition,
                 at,
+                team_id,
             })))
         }
         WorkflowCommand::UpdateWorkflow { definition, at } => {
@@ -113,6 +128,20 @@ fn decide(state: Option<&WorkflowState>, command: WorkflowCommand) -> Decision {
             let state = state.ok_or(WorkflowError::NotFound)?;
             Ok((!state.archived)
                 .then_some(WorkflowEvent::WorkflowArchived(WorkflowArchived { at })))
+        }
+        WorkflowCommand::ShareWorkflow { team_id, at } => {
+            let state = live(state)?;
+            Ok(
+                (state.team_id != Some(team_id)).then_some(WorkflowEvent::WorkflowShared(
+                    WorkflowShared { team_id, at },
+                )),
+            )
+        }
+        WorkflowCommand::UnshareWorkflow { at } => {
+            let state = live(state)?;
+            Ok(state
+                .team_id
+                .map(|team_id| WorkflowEvent::WorkflowUnshared(WorkflowUnshared { team_id, at })))
         }
     }
 }
@@ -155,6 +184,7 @@ impl Aggregate for Workflow {
                     archived: false,
                     created_at: created.at,
                     updated_at: created.at,
+                    team_id: created.team_id,
                 });
             }
             (WorkflowEvent::WorkflowUpdated(updated), Some(state)) => {
@@ -164,6 +194,14 @@ impl Aggregate for Workflow {
             (WorkflowEvent::WorkflowArchived(archived), Some(state)) => {
                 state.archived = true;
                 state.updated_at = archived.at;
+            }
+            (WorkflowEvent::WorkflowShared(shared), Some(state)) => {
+                state.team_id = Some(shared.team_id);
+                state.updated_at = shared.at;
+            }
+            (WorkflowEvent::WorkflowUnshared(unshared), Some(state)) => {
+                state.team_id = None;
+                state.updated_at = unshared.at;
             }
             // Only a corrupt stream has events before its `WorkflowCreated`.
             (_, None) => {}

@@ -38,6 +38,7 @@ fn created() -> WorkflowEvent {
         owner_id: owner_id(),
         definition: definition("one"),
         at: at(0),
+        team_id: None,
     })
 }
 
@@ -49,6 +50,7 @@ fn create_is_version_one() {
             workflow_id: workflow_id(),
             owner_id: owner_id(),
             definition: definition("one"),
+            team_id: None,
             at: at(0),
         })
         .then_expect_events(vec![created()]);
@@ -62,6 +64,7 @@ fn create_twice_is_refused() {
             workflow_id: workflow_id(),
             owner_id: owner_id(),
             definition: definition("one"),
+            team_id: None,
             at: at(1),
         })
         .then_expect_error(WorkflowError::AlreadyExists);
@@ -158,4 +161,79 @@ fn events_round_trip_through_the_codec() {
         crate::codec::decode::<Workflow>(&event_type, payload).unwrap(),
         created()
     );
+}
+
+fn team_id() -> Uuid {
+    Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_7e01)
+}
+
+fn shared(seconds: i64) -> WorkflowEvent {
+    WorkflowEvent::WorkflowShared(WorkflowShared {
+        team_id: team_id(),
+        at: at(seconds),
+    })
+}
+
+#[test]
+fn share_gives_the_workflow_to_a_team_once() {
+    WorkflowTest::with(())
+        .given(vec![created()])
+        .when(WorkflowCommand::ShareWorkflow {
+            team_id: team_id(),
+            at: at(1),
+        })
+        .then_expect_events(vec![shared(1)]);
+    WorkflowTest::with(())
+        .given(vec![created(), shared(1)])
+        .when(WorkflowCommand::ShareWorkflow {
+            team_id: team_id(),
+            at: at(2),
+        })
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn unshare_takes_it_back_and_is_idempotent() {
+    WorkflowTest::with(())
+        .given(vec![created(), shared(1)])
+        .when(WorkflowCommand::UnshareWorkflow { at: at(2) })
+        .then_expect_events(vec![WorkflowEvent::WorkflowUnshared(WorkflowUnshared {
+            team_id: team_id(),
+            at: at(2),
+        })]);
+    WorkflowTest::with(())
+        .given(vec![created()])
+        .when(WorkflowCommand::UnshareWorkflow { at: at(2) })
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn an_archived_workflow_is_not_shared() {
+    WorkflowTest::with(())
+        .given(vec![
+            created(),
+            WorkflowEvent::WorkflowArchived(WorkflowArchived { at: at(1) }),
+        ])
+        .when(WorkflowCommand::ShareWorkflow {
+            team_id: team_id(),
+            at: at(2),
+        })
+        .then_expect_error(WorkflowError::Archived);
+}
+
+#[test]
+fn a_workflow_created_for_a_team_belongs_to_it() {
+    let mut workflow = Workflow::default();
+    workflow.apply(WorkflowEvent::WorkflowCreated(WorkflowCreated {
+        workflow_id: workflow_id(),
+        owner_id: owner_id(),
+        definition: definition("one"),
+        at: at(0),
+        team_id: Some(team_id()),
+    }));
+    assert_eq!(workflow.state().unwrap().team_id, Some(team_id()));
+    // A payload from before teams decodes, without a team.
+    let (event_type, _, payload) = crate::codec::encode::<Workflow>(&created()).unwrap();
+    assert!(payload.get("team_id").is_none());
+    crate::codec::decode::<Workflow>(&event_type, payload).unwrap();
 }

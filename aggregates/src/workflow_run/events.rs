@@ -49,6 +49,10 @@ pub struct WorkflowRunStarted {
     /// Bound: checked against their types, defaults filled in.
     pub params: Map<String, Value>,
     pub at: DateTime<Utc>,
+    /// The team of the workflow when the run started: its tasks belong to that team too.
+    /// Absent from runs of before teams, and left out when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<Uuid>,
 }
 
 /// The step's task was created with `task_id`.

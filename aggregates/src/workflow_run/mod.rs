@@ -52,6 +52,7 @@ pub enum WorkflowRunCommand {
         version: u32,
         definition: WorkflowDefinition,
         params: Map<String, Value>,
+        team_id: Option<Uuid>,
         at: DateTime<Utc>,
     },
     /// From pending only.
@@ -136,6 +137,7 @@ fn decide(state: Option<&RunState>, command: WorkflowRunCommand) -> Decision {
         version,
         definition,
         params,
+        team_id,
         at,
     } = command
     {
@@ -150,6 +152,7 @@ fn decide(state: Option<&RunState>, command: WorkflowRunCommand) -> Decision {
             definition,
             params,
             at,
+            team_id,
         }));
     }
     let state = state.ok_or(WorkflowRunError::NotFound)?;

@@ -84,6 +84,9 @@ pub struct RunState {
     pub error: Option<RunFailure>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The team the run and its tasks belong to, besides their owner.
+    #[serde(default)]
+    pub team_id: Option<Uuid>,
 }
 
 impl RunState {
@@ -118,6 +121,7 @@ impl RunState {
             error: None,
             started_at: started.at,
             finished_at: None,
+            team_id: started.team_id,
         }
     }
 

@@ -67,6 +67,7 @@ fn started(definition: WorkflowDefinition) -> WorkflowRunEvent {
         definition,
         params,
         at: at(0),
+        team_id: None,
     })
 }
 
@@ -114,6 +115,7 @@ fn start_run_then_refuse_a_second_start() {
         params: [("url".to_owned(), json!("https://example.com"))]
             .into_iter()
             .collect(),
+        team_id: None,
         at: at(0),
     };
     RunTest::with(())

@@ -238,6 +238,7 @@ fn keyed_created() -> TaskEvent {
     };
     TaskEvent::TaskCreated(TaskCreated {
         concurrency: keyed_spec().concurrency,
+        team_id: None,
         ..created
     })
 }
