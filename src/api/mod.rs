@@ -8,6 +8,7 @@ pub mod audit;
 pub mod audit_checkpoint;
 pub mod auth;
 pub mod client_ip;
+pub mod conversations;
 pub mod cors;
 pub mod error;
 pub mod events;
@@ -80,6 +81,8 @@ pub struct AppState {
     pub proxies: Arc<client_ip::TrustedProxies>,
     pub request_meters: Arc<request_meters::RequestMeters>,
     pub scrape: Arc<scrape::ScrapeState>,
+    /// `llm.chat` tokens as they stream, for this node's live followers.
+    pub tokens: crate::process::llm::tokens::TokenHub,
 }
 
 impl AppState {
@@ -106,6 +109,7 @@ impl AppState {
             proxies: Arc::new(client_ip::TrustedProxies::new(proxies)),
             request_meters: Arc::default(),
             scrape: Arc::default(),
+            tokens: crate::process::llm::tokens::TokenHub::default(),
         }
     }
 }
@@ -177,7 +181,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(workflows::run_events))
         .routes(routes!(workflow_templates::list))
         .routes(routes!(schedules::create, schedules::list))
-        .routes(routes!(schedules::get, schedules::delete));
+        .routes(routes!(schedules::get, schedules::delete))
+        .routes(routes!(conversations::get));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).nest("/api", api)
 }
 
