@@ -147,7 +147,9 @@ impl LlmSettings {
         if let Some(base_url) = &self.base_url {
             let parsed = url::Url::parse(base_url).ok();
             if !parsed.is_some_and(|url| matches!(url.scheme(), "http" | "https")) {
-                return invalid("CHRONICLE_LLM__BASE_URL: must be an http:// or https:// URL".into());
+                return invalid(
+                    "CHRONICLE_LLM__BASE_URL: must be an http:// or https:// URL".into(),
+                );
             }
         }
         if !(1..=1_000).contains(&self.max_concurrency) {
@@ -170,7 +172,10 @@ impl LlmSettings {
             return invalid("CHRONICLE_LLM__MAX_RETRIES: must be 0 to 10".into());
         }
         let counts = [
-            ("CONVERSATION_BUDGET_TOKENS", self.conversation_budget_tokens),
+            (
+                "CONVERSATION_BUDGET_TOKENS",
+                self.conversation_budget_tokens,
+            ),
             ("CONTEXT_LIMIT", self.context_limit),
             ("CONTEXT_MAX_CHARS", self.context_max_chars),
             ("DEFAULT_MAX_TOKENS", self.default_max_tokens),

@@ -205,9 +205,7 @@ fn optional_string(
 ) -> Option<String> {
     match raw {
         None | Some(Value::Null) => None,
-        Some(Value::String(text)) => errors
-            .check(field, rule(text))
-            .map(|()| text.clone()),
+        Some(Value::String(text)) => errors.check(field, rule(text)).map(|()| text.clone()),
         Some(_) => {
             errors.push(field, "must be a string");
             None

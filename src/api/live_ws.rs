@@ -49,10 +49,10 @@ use super::views::EventView;
 use super::AppState;
 use crate::actor::Actor;
 use crate::auth::revocation::{CloseReason, Grant};
-use crate::process::llm::tokens::TokenChunk;
 use crate::process::live::{
     feed_head, look_again, may_follow_task, read_scoped, task_type, Scope, MINE,
 };
+use crate::process::llm::tokens::TokenChunk;
 use crate::store::{FeedCursor, RecordedEvent};
 
 /// The close code of a consumer too slow for its queue (4000–4999: the application's own).

@@ -22,8 +22,8 @@ use super::extract::IdPath;
 use super::live_ws::{http_event, resume_cursor};
 use super::AppState;
 use crate::actor::Actor;
-use crate::process::llm::tokens::TokenChunk;
 use crate::process::live::{look_again, may_follow_task, read_scoped, task_type, Scope};
+use crate::process::llm::tokens::TokenChunk;
 use crate::store::{FeedCursor, RecordedEvent};
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);

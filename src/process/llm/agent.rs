@@ -385,8 +385,11 @@ impl Worker {
     /// The task's output: the answer, its usage, the context's sources.
     async fn answer(&self, task: &TaskState) -> Result<Value, LlmFailure> {
         let input = LlmChatInput::parse(&task.input).map_err(|errors| {
-            LlmFailure::permanent(codes::INVALID_INPUT, "the input is not a valid llm.chat input")
-                .with_details(json!({"errors": errors.0}))
+            LlmFailure::permanent(
+                codes::INVALID_INPUT,
+                "the input is not a valid llm.chat input",
+            )
+            .with_details(json!({"errors": errors.0}))
         })?;
         let provider = &self.services.provider;
         if let Some(asked) = input.provider.as_deref().filter(|p| *p != provider.name()) {

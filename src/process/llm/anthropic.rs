@@ -14,8 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
 use super::provider::{
-    codes, endpoint, ChatAnswer, ChatProvider, ChatRequest, LlmFailure, TokenSink, Transport,
-    Usage,
+    codes, endpoint, ChatAnswer, ChatProvider, ChatRequest, LlmFailure, TokenSink, Transport, Usage,
 };
 use super::sse_failure;
 
@@ -118,9 +117,7 @@ impl Answer {
             .and_then(Value::as_str)
             .ok_or_else(|| LlmFailure::malformed("an event without `type`"))?;
         let count = |usage: Option<&Value>, field: &str| {
-            usage
-                .and_then(|u| u.get(field))
-                .and_then(Value::as_u64)
+            usage.and_then(|u| u.get(field)).and_then(Value::as_u64)
         };
         match kind {
             "message_start" => {
@@ -129,9 +126,9 @@ impl Answer {
                 self.usage.output_tokens = count(usage, "output_tokens").unwrap_or(0);
             }
             "content_block_delta" => {
-                let delta = value
-                    .get("delta")
-                    .ok_or_else(|| LlmFailure::malformed("a content_block_delta without `delta`"))?;
+                let delta = value.get("delta").ok_or_else(|| {
+                    LlmFailure::malformed("a content_block_delta without `delta`")
+                })?;
                 if delta.get("type").and_then(Value::as_str) == Some("text_delta") {
                     let text = delta
                         .get("text")
@@ -185,13 +182,31 @@ mod tests {
         let sink = Collected::default();
         let mut answer = Answer::default();
         let events = [
-            ("message_start", r#"{"type":"message_start","message":{"id":"msg_1","usage":{"input_tokens":25,"output_tokens":1}}}"#),
-            ("content_block_start", r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#),
+            (
+                "message_start",
+                r#"{"type":"message_start","message":{"id":"msg_1","usage":{"input_tokens":25,"output_tokens":1}}}"#,
+            ),
+            (
+                "content_block_start",
+                r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            ),
             ("ping", r#"{"type":"ping"}"#),
-            ("content_block_delta", r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#),
-            ("content_block_delta", r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" there"}}"#),
-            ("content_block_stop", r#"{"type":"content_block_stop","index":0}"#),
-            ("message_delta", r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":15}}"#),
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
+            ),
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" there"}}"#,
+            ),
+            (
+                "content_block_stop",
+                r#"{"type":"content_block_stop","index":0}"#,
+            ),
+            (
+                "message_delta",
+                r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":15}}"#,
+            ),
         ];
         for (event, data) in events {
             assert!(!answer.take(event, data, &sink).unwrap());
@@ -201,7 +216,13 @@ mod tests {
             .unwrap());
         let answer = answer.finish();
         assert_eq!(answer.content, "Hi there");
-        assert_eq!(answer.usage, Usage { input_tokens: 25, output_tokens: 15 });
+        assert_eq!(
+            answer.usage,
+            Usage {
+                input_tokens: 25,
+                output_tokens: 15
+            }
+        );
         assert_eq!(sink.tokens(), ["Hi", " there"]);
     }
 

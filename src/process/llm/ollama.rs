@@ -196,7 +196,13 @@ mod tests {
             .unwrap());
         let answer = answer.finish();
         assert_eq!(answer.content, "Bonjour");
-        assert_eq!(answer.usage, Usage { input_tokens: 26, output_tokens: 4 });
+        assert_eq!(
+            answer.usage,
+            Usage {
+                input_tokens: 26,
+                output_tokens: 4
+            }
+        );
         assert_eq!(sink.tokens(), ["Bon", "jour"]);
         let failure = Answer::default().take("[1,", &sink).unwrap_err();
         assert_eq!(failure.code, codes::MALFORMED_RESPONSE);

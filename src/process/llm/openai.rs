@@ -11,8 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
 use super::provider::{
-    codes, endpoint, ChatAnswer, ChatProvider, ChatRequest, LlmFailure, TokenSink, Transport,
-    Usage,
+    codes, endpoint, ChatAnswer, ChatProvider, ChatRequest, LlmFailure, TokenSink, Transport, Usage,
 };
 use super::sse_failure;
 
@@ -155,7 +154,13 @@ mod tests {
         assert!(answer.take("[DONE]", &sink).unwrap());
         let answer = answer.finish();
         assert_eq!(answer.content, "Hello");
-        assert_eq!(answer.usage, Usage { input_tokens: 9, output_tokens: 2 });
+        assert_eq!(
+            answer.usage,
+            Usage {
+                input_tokens: 9,
+                output_tokens: 2
+            }
+        );
         assert_eq!(sink.tokens(), ["Hel", "lo"]);
     }
 

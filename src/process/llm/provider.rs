@@ -136,8 +136,11 @@ pub trait ChatProvider: Send + Sync {
     fn default_model(&self) -> &str;
 
     /// Streams the answer to `request`, each piece of text to `sink` as it comes.
-    async fn chat(&self, request: &ChatRequest, sink: &dyn TokenSink)
-        -> Result<ChatAnswer, LlmFailure>;
+    async fn chat(
+        &self,
+        request: &ChatRequest,
+        sink: &dyn TokenSink,
+    ) -> Result<ChatAnswer, LlmFailure>;
 }
 
 /// The HTTP client every provider uses: timeouts, and retries of 429 and 5xx.
@@ -295,8 +298,11 @@ pub fn transport_failure(error: &reqwest::Error, timeout: Duration) -> LlmFailur
         return LlmFailure::retryable(codes::CONNECT_FAILED, "could not reach the provider")
             .with_details(details);
     }
-    LlmFailure::retryable(codes::REQUEST_FAILED, "the exchange with the provider broke off")
-        .with_details(details)
+    LlmFailure::retryable(
+        codes::REQUEST_FAILED,
+        "the exchange with the provider broke off",
+    )
+    .with_details(details)
 }
 
 /// `base` (trailing `/` ignored) with `path` appended, unless `base` already ends with
