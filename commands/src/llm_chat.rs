@@ -164,7 +164,7 @@ impl LlmChatInput {
             fields.get("conversation_id"),
             "input.conversation_id",
             &mut errors,
-            |id| check_conversation_id(id),
+            check_conversation_id,
         );
         match (messages, temperature, max_tokens, use_context) {
             (Some(messages), Some(temperature), Some(max_tokens), Some(use_context))
