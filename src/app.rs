@@ -10,6 +10,7 @@ use crate::auth::revocation::RevocationFeed;
 use crate::auth::secret::ServerKeys;
 use crate::config::Settings;
 use crate::process::http_agent::HttpAgent;
+use crate::process::llm::agent::{LlmAgent, LlmServices};
 use crate::read_side::ReadSide;
 use crate::store::{AuditKey, Store, StoreOptions};
 use crate::teams::TeamFeed;
@@ -22,6 +23,8 @@ pub struct Application {
     tls: Option<TlsConfig>,
     state: AppState,
     http_agent: Option<HttpAgent>,
+    /// Registered only when a provider is configured.
+    llm_agent: Option<LlmAgent>,
     revocations: RevocationFeed,
     teams: TeamFeed,
 }
@@ -56,12 +59,27 @@ impl Application {
         } else {
             None
         };
+        let llm_agent = match crate::process::llm::configured_provider(&state.settings.llm)? {
+            Some(provider) => {
+                let services = LlmServices {
+                    provider,
+                    tokens: state.tokens.clone(),
+                    // The search index provides one; until it is wired, `use_context`
+                    // tasks fail with `context_unavailable`.
+                    context: None,
+                    settings: state.settings.llm.clone(),
+                };
+                Some(LlmAgent::register(&state.bus, &state.read, services).await?)
+            }
+            None => None,
+        };
         crate::auth::password::warm_up();
         Ok(Self {
             listener,
             tls,
             state,
             http_agent,
+            llm_agent,
             revocations,
             teams,
         })
@@ -82,6 +100,11 @@ impl Application {
     /// The built-in HTTP agent this node runs, if enabled.
     pub fn http_agent_id(&self) -> Option<uuid::Uuid> {
         self.http_agent.as_ref().map(HttpAgent::id)
+    }
+
+    /// The built-in LLM agent this node runs, if a provider is configured.
+    pub fn llm_agent_id(&self) -> Option<uuid::Uuid> {
+        self.llm_agent.as_ref().map(LlmAgent::id)
     }
 
     /// Serves until SIGTERM or Ctrl-C, then stops accepting and lets in-flight requests
@@ -150,6 +173,14 @@ impl Application {
                 SHUTDOWN_GRACE,
             ))
         });
+        let llm_agent = self.llm_agent.map(|agent| {
+            tokio::spawn(agent.run(
+                self.state.bus.clone(),
+                read.clone(),
+                stopping.clone(),
+                SHUTDOWN_GRACE,
+            ))
+        });
         let app = router(self.state);
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -188,6 +219,11 @@ impl Application {
         if let Some(agent) = http_agent {
             if let Err(error) = agent.await {
                 tracing::error!(%error, "the built-in HTTP agent failed");
+            }
+        }
+        if let Some(agent) = llm_agent {
+            if let Err(error) = agent.await {
+                tracing::error!(%error, "the built-in LLM agent failed");
             }
         }
         for task in background {

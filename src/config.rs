@@ -80,13 +80,113 @@ pub struct CorsSettings {
     pub origins: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The language model behind `llm.chat` tasks. See [`crate::process::llm`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LlmSettings {
+    /// `openai`, `anthropic` or `ollama`; unset, no built-in LLM agent runs.
     pub provider: Option<String>,
+    /// The provider's API root; the provider's own when unset.
     pub base_url: Option<String>,
     #[serde(skip_serializing)]
     pub api_key: Option<SecretString>,
+    /// The model asked when a task names none; the provider's default when unset.
     pub model: Option<String>,
+    /// Tasks in flight at once (the registered agent's `max_concurrency`), 1 to 1000.
+    pub max_concurrency: u32,
+    /// Longest wait for a TCP (and TLS) connection.
+    pub connect_timeout_ms: u64,
+    /// The whole exchange, streamed answer included.
+    pub timeout_ms: u64,
+    /// Further tries after a 429 or 5xx answer (before any token came).
+    pub max_retries: u32,
+    /// The first retry's delay; doubled each time, capped by `max_backoff_ms` (a
+    /// `Retry-After` is honoured up to that cap).
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// The earlier turns of a conversation sent with a new message, in estimated tokens
+    /// (characters / 4); the oldest turns are dropped first.
+    pub conversation_budget_tokens: u32,
+    /// Context retrieved for `use_context`: documents and characters at most.
+    pub context_limit: u32,
+    pub context_max_chars: u32,
+    /// `max_tokens` when a task sets none (Anthropic requires one).
+    pub default_max_tokens: u32,
+}
+
+impl Default for LlmSettings {
+    fn default() -> Self {
+        Self {
+            provider: None,
+            base_url: None,
+            api_key: None,
+            model: None,
+            max_concurrency: 8,
+            connect_timeout_ms: 5_000,
+            timeout_ms: 120_000,
+            max_retries: 3,
+            initial_backoff_ms: 500,
+            max_backoff_ms: 30_000,
+            conversation_budget_tokens: 4_000,
+            context_limit: 5,
+            context_max_chars: 4_000,
+            default_max_tokens: 1_024,
+        }
+    }
+}
+
+impl LlmSettings {
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        if let Some(provider) = &self.provider {
+            if !chronicle_commands::llm_chat::LlmChatInput::PROVIDERS.contains(&provider.as_str()) {
+                return invalid(format!(
+                    "CHRONICLE_LLM__PROVIDER: `{provider}` is not one of openai, anthropic, ollama"
+                ));
+            }
+        }
+        if let Some(base_url) = &self.base_url {
+            let parsed = url::Url::parse(base_url).ok();
+            if !parsed.is_some_and(|url| matches!(url.scheme(), "http" | "https")) {
+                return invalid(
+                    "CHRONICLE_LLM__BASE_URL: must be an http:// or https:// URL".into(),
+                );
+            }
+        }
+        if !(1..=1_000).contains(&self.max_concurrency) {
+            return invalid("CHRONICLE_LLM__MAX_CONCURRENCY: must be 1 to 1000".into());
+        }
+        let times = [
+            ("CONNECT_TIMEOUT_MS", self.connect_timeout_ms),
+            ("TIMEOUT_MS", self.timeout_ms),
+            ("INITIAL_BACKOFF_MS", self.initial_backoff_ms),
+            ("MAX_BACKOFF_MS", self.max_backoff_ms),
+        ];
+        for (name, value) in times {
+            if !(1..=3_600_000).contains(&value) {
+                return invalid(format!(
+                    "CHRONICLE_LLM__{name}: must be 1 to 3600000 milliseconds"
+                ));
+            }
+        }
+        if self.max_retries > 10 {
+            return invalid("CHRONICLE_LLM__MAX_RETRIES: must be 0 to 10".into());
+        }
+        let counts = [
+            (
+                "CONVERSATION_BUDGET_TOKENS",
+                self.conversation_budget_tokens,
+            ),
+            ("CONTEXT_LIMIT", self.context_limit),
+            ("CONTEXT_MAX_CHARS", self.context_max_chars),
+            ("DEFAULT_MAX_TOKENS", self.default_max_tokens),
+        ];
+        for (name, value) in counts {
+            if !(1..=1_000_000).contains(&value) {
+                return invalid(format!("CHRONICLE_LLM__{name}: must be 1 to 1000000"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -457,6 +557,7 @@ impl Settings {
             ));
         }
         self.http_agent.check()?;
+        self.llm.check()?;
         self.sentry.check()?;
         self.trusted_networks()?;
         if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
@@ -738,6 +839,39 @@ mod tests {
             ("CHRONICLE_HTTP_AGENT__CONNECT_TIMEOUT_MS", "0"),
             ("CHRONICLE_HTTP_AGENT__MAX_RESPONSE_BYTES", "0"),
             ("CHRONICLE_HTTP_AGENT__ALLOW_PRIVATE", "maybe"),
+        ] {
+            Jail::expect_with(|jail| {
+                jail.set_env(variable, value);
+                let error = Settings::load(None).unwrap_err().to_string();
+                assert!(error.contains(variable), "{error}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn llm_defaults_and_bad_values() {
+        Jail::expect_with(|jail| {
+            let settings = Settings::load(None).expect("valid settings");
+            assert!(settings.llm.provider.is_none());
+            jail.set_env("CHRONICLE_LLM__PROVIDER", "anthropic");
+            jail.set_env("CHRONICLE_LLM__API_KEY", "sk-secret-value");
+            jail.set_env("CHRONICLE_LLM__CONVERSATION_BUDGET_TOKENS", "100");
+            let settings = Settings::load(None).expect("valid settings");
+            assert_eq!(settings.llm.provider.as_deref(), Some("anthropic"));
+            assert_eq!(settings.llm.conversation_budget_tokens, 100);
+            // The key is never in what the settings show.
+            let shown = serde_json::to_string(&settings).expect("serialize");
+            assert!(!shown.contains("sk-secret-value"));
+            assert!(!format!("{settings:?}").contains("sk-secret-value"));
+            Ok(())
+        });
+        for (variable, value) in [
+            ("CHRONICLE_LLM__PROVIDER", "azure"),
+            ("CHRONICLE_LLM__BASE_URL", "ftp://x"),
+            ("CHRONICLE_LLM__TIMEOUT_MS", "0"),
+            ("CHRONICLE_LLM__MAX_RETRIES", "11"),
+            ("CHRONICLE_LLM__CONVERSATION_BUDGET_TOKENS", "0"),
         ] {
             Jail::expect_with(|jail| {
                 jail.set_env(variable, value);

@@ -7,6 +7,7 @@
 //! - [`agent`]: the agent registration (`RegisterAgentRequest` → [`agent::AgentSpec`]).
 //! - [`task`]: the task requests (`NewTaskRequest` → [`task::TaskSpec`]).
 //! - [`http_request`]: the input of an `http.request` task, checked at creation.
+//! - [`llm_chat`]: the input of an `llm.chat` task, checked at creation.
 //! - [`auth`]: registration, login, refresh and API-key requests; email, role, hashes.
 //! - [`workflow`]: workflow definitions — the DAG, conditions, templates, params, and the
 //!   built-in workflow templates ([`workflow::catalog`]).
@@ -17,6 +18,7 @@
 pub mod agent;
 pub mod auth;
 pub mod http_request;
+pub mod llm_chat;
 pub mod schedule;
 pub mod schema;
 pub mod task;

@@ -6,6 +6,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::http_request::{self, HttpRequestInput};
+use crate::llm_chat::{self, LlmChatInput};
 use crate::values::{Capability, Concurrency, Priority, RetryPolicy, Tags, TimeoutSecs};
 use crate::ValidationErrors;
 
@@ -160,6 +161,11 @@ impl NewTaskRequest {
 fn check_input(capability: &Capability, input: &serde_json::Value, errors: &mut ValidationErrors) {
     if capability.as_str() == http_request::CAPABILITY {
         if let Err(problems) = HttpRequestInput::parse(input) {
+            errors.append(problems);
+        }
+    }
+    if capability.as_str() == llm_chat::CAPABILITY {
+        if let Err(problems) = LlmChatInput::parse(input) {
             errors.append(problems);
         }
     }

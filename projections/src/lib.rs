@@ -13,6 +13,7 @@
 //! - [`agent_view`]: the agent registry read model.
 //! - [`api_key_view`]: each user's API keys, without their secrets.
 //! - [`aggregate_owners`]: who owns each aggregate, for scoping the event history.
+//! - [`conversations`]: the turns of an `llm.chat` conversation, a query over the task view.
 //! - [`usage`]: usage analytics — one fact per counted task event, reported by bucket.
 //! - [`workflow_view`]: the workflow list read model, every version in each row.
 //! - [`workflow_run_view`]: workflow runs with their per-step map.
@@ -21,6 +22,7 @@
 pub mod agent_view;
 pub mod aggregate_owners;
 pub mod api_key_view;
+pub mod conversations;
 pub mod db;
 pub mod feed;
 pub mod rebuild;

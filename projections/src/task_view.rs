@@ -50,7 +50,7 @@ fn millis(at: DateTime<Utc>) -> i64 {
 }
 
 /// A stored row's state and version as a [`TaskRow`].
-fn decode_row(state: &str, version: i64) -> Result<TaskRow, ProjectionError> {
+pub(crate) fn decode_row(state: &str, version: i64) -> Result<TaskRow, ProjectionError> {
     let task: Task = serde_json::from_str(state).map_err(|e| ProjectionError::Event {
         aggregate_type: Task::TYPE.into(),
         aggregate_id: String::new(),

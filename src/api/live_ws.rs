@@ -9,6 +9,9 @@
 //! - `{"type":"subscribed", "topics": [every topic now subscribed], "after": <position>}`
 //!   (`after`: the position delivery continues after), `{"type":"unsubscribed", "topics"}`;
 //! - `{"type":"event", "topic", "event": Event}`, `topic` the one that asked for it;
+//! - `{"type":"token", "topic", "task_id", "index", "text"}`: a piece of an `llm.chat`
+//!   answer streaming on this node (not stored, no position: see
+//!   [`crate::process::llm::tokens`]);
 //! - `{"type":"error", "topic"?, "problem": <problem+json document>}`: a bad message, or a
 //!   topic the caller may not read (unknown or foreign: both `not-found`), which receives
 //!   nothing. A bad message never closes the socket.
@@ -26,6 +29,7 @@
 //! written before the close frame). On shutdown it closes with 1012.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -36,7 +40,7 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use utoipa::IntoParams;
 use uuid::Uuid;
 
@@ -50,6 +54,7 @@ use crate::authz::{Action, Resource};
 use crate::process::live::{
     feed_head, look_again, may_follow_task, read_scoped, task_type, Scope, MINE,
 };
+use crate::process::llm::tokens::TokenChunk;
 use crate::store::{FeedCursor, RecordedEvent};
 
 /// The close code of a consumer too slow for its queue (4000–4999: the application's own).
@@ -126,6 +131,7 @@ pub async fn connect(
             let (out, queue) = mpsc::channel(state.settings.live.buffer);
             let (close, closing) = oneshot::channel();
             let writer = tokio::spawn(write(sink, queue, closing));
+            let tokens = state.tokens.subscribe();
             let live = Live {
                 state,
                 actor,
@@ -134,6 +140,7 @@ pub async fn connect(
                 followed: HashMap::new(),
                 cursor,
                 out,
+                tokens,
             };
             let end = live.run(stream).await;
             let _ = close.send(end);
@@ -188,6 +195,8 @@ struct Live {
     /// Where delivery stands; `None` until `?after` or the first `subscribe` sets it.
     cursor: Option<FeedCursor>,
     out: mpsc::Sender<Outgoing>,
+    /// This node's `llm.chat` tokens; those in scope are passed on.
+    tokens: broadcast::Receiver<Arc<TokenChunk>>,
 }
 
 impl Live {
@@ -232,6 +241,28 @@ impl Live {
                 reason = revocations.ended(&self.grant) => {
                     break End::Close(CloseReason::CODE, reason.reason());
                 }
+                received = self.tokens.recv() => match received {
+                    Ok(chunk) => {
+                        if let Some(topic) = self.scope.token_topic(chunk.task_id, chunk.owner_id) {
+                            let message = json!({
+                                "type": "token",
+                                "topic": topic,
+                                "task_id": chunk.task_id,
+                                "index": chunk.index,
+                                "text": chunk.text,
+                            });
+                            if let Err(end) = self.push(message, None).await {
+                                break end;
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, "a slow live socket lost tokens");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        break End::Close(1012, "server restarting");
+                    }
+                },
                 () = &mut signal => {}
                 () = &mut progressed, if held_back => {}
                 () = tokio::time::sleep(recheck) => {}

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod audit_checkpoint;
 pub mod auth;
 pub mod client_ip;
+pub mod conversations;
 pub mod cors;
 pub mod error;
 pub mod events;
@@ -84,6 +85,8 @@ pub struct AppState {
     pub scrape: Arc<scrape::ScrapeState>,
     /// Who may do what; its team directory is kept current by `teams::TeamFeed`.
     pub authz: Authz,
+    /// `llm.chat` tokens as they stream, for this node's live followers.
+    pub tokens: crate::process::llm::tokens::TokenHub,
 }
 
 impl AppState {
@@ -111,6 +114,7 @@ impl AppState {
             request_meters: Arc::default(),
             scrape: Arc::default(),
             authz: Authz::default(),
+            tokens: crate::process::llm::tokens::TokenHub::default(),
         }
     }
 }
@@ -191,7 +195,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(workflows::share))
         .routes(routes!(workflows::unshare))
         .routes(routes!(agents::share))
-        .routes(routes!(agents::unshare));
+        .routes(routes!(agents::unshare))
+        .routes(routes!(conversations::get));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).nest("/api", api)
 }
 

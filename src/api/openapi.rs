@@ -49,6 +49,7 @@ const NO_STORE_ERRORS: [&str; 4] = ["health", "metrics", "openapi", "status"];
         (name = "workflows", description = "Workflows: versioned DAGs of steps, their runs, step by step, and cancellation."),
         (name = "admin", description = "Operating the read side: projection status and rebuilds."),
         (name = "teams", description = "Teams: members and their roles (owner, maintainer, member, viewer), invitations by email, and sharing workflows with a team."),
+        (name = "llm", description = "Conversations of `llm.chat` tasks, which the built-in LLM agent runs when a provider is configured."),
     ),
     components(schemas(Problem, FieldError)),
     modifiers(&SecuritySchemes),

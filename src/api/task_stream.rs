@@ -1,9 +1,12 @@
 //! `GET /api/tasks/{id}/stream`: a task's events as server-sent events — its history
 //! (after `Last-Event-ID` when given), then live. `id:` is the event's position, so a
 //! reconnecting `EventSource` resumes where it stopped; `event:` is the event type; a
-//! comment every 15 s keeps the connection open.
+//! comment every 15 s keeps the connection open. An `llm.chat` task's tokens come between
+//! them as `event: token` with no `id:` (they are not stored: see
+//! [`crate::process::llm::tokens`]).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -12,7 +15,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chronicle_aggregates::task::Task;
 use cqrs_es::Aggregate;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use super::error::ApiError;
 use super::extract::IdPath;
@@ -21,6 +24,7 @@ use super::AppState;
 use crate::actor::Actor;
 use crate::authz::{Action, Resource};
 use crate::process::live::{look_again, may_follow_task, read_scoped, task_type, Scope};
+use crate::process::llm::tokens::TokenChunk;
 use crate::store::{FeedCursor, RecordedEvent};
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -46,7 +50,9 @@ pub struct SseFrame {
 /// `text/event-stream`: every event of the task (after the one at `Last-Event-ID`, when
 /// given), then each new one as it is committed. `id:` is the event's position, `event:`
 /// its type, `data:` the `Event` as JSON. A comment every 15 s keeps the connection open.
-/// Tokens of an `llm.chat` task will come as `event: token`.
+/// Tokens of an `llm.chat` task running on this node come as `event: token`, no `id:`,
+/// `data: {"task_id", "index", "text"}`, as they stream: they are not stored, so a
+/// reconnecting client does not get them again (the answer is in `TaskSucceeded`).
 #[utoipa::path(
     get,
     path = "/tasks/{id}/stream",
@@ -88,12 +94,15 @@ pub async fn stream(
         }
     };
     let (out, mut events) = mpsc::channel(state.settings.live.buffer);
+    // Subscribed before the answer starts, so no token published after it is missed.
+    let tokens = state.tokens.subscribe();
     tokio::spawn(produce(
         state,
         Follower { actor, resource },
         id,
         resume,
         out,
+        tokens,
     ));
     // Open while axum polls the stream: dropped when the client goes.
     let open = crate::meters::ConnectionGauge::open("task_sse");
@@ -127,6 +136,7 @@ async fn produce(
     id: uuid::Uuid,
     resume: Option<FeedCursor>,
     out: mpsc::Sender<Result<SseEvent, Infallible>>,
+    mut tokens: broadcast::Receiver<Arc<TokenChunk>>,
 ) {
     // History straight from the aggregate's own events; its last one is where live reading
     // starts (a later event of the task comes after it in feed order).
@@ -195,14 +205,35 @@ async fn produce(
             held_for = 0;
             recheck_every
         };
-        // Messages that are not stored (an `llm.chat` task's tokens, `event: token`) will
-        // arrive on an in-process channel of the task: one more branch here.
         tokio::select! {
+            received = tokens.recv() => match received {
+                Ok(chunk) if chunk.task_id == id => {
+                    if out.send(Ok(token_event(&chunk))).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "a slow task stream lost tokens");
+                }
+                // The hub lives as long as the server.
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
             () = &mut signal => {}
             () = &mut progressed, if held_back => {}
             () = tokio::time::sleep(recheck) => {}
             () = out.closed() => return,
             () = state.shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn token_event(chunk: &TokenChunk) -> SseEvent {
+    match SseEvent::default().event("token").json_data(chunk) {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::warn!(%error, "cannot serialise a token");
+            SseEvent::default().comment("unserialisable token")
         }
     }
 }

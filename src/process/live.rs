@@ -64,6 +64,15 @@ impl Scope {
         topics
     }
 
+    /// The topic under which a token of task `task_id`, owned by `owner_id`, is delivered:
+    /// `None` when the scope does not cover that task.
+    pub(crate) fn token_topic(&self, task_id: Uuid, owner_id: Uuid) -> Option<&str> {
+        if let Some(topic) = self.aggregates.get(&key(Task::TYPE, &task_id.to_string())) {
+            return Some(topic);
+        }
+        (self.owner == Some(owner_id)).then_some(MINE)
+    }
+
     /// The topic an event read in this scope was delivered for.
     pub(crate) fn topic_of(&self, event: &RecordedEvent) -> &str {
         self.aggregates

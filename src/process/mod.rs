@@ -8,6 +8,7 @@
 //! - [`release`]: returns the tasks of a deregistered agent to the queue.
 //! - [`timers`]: expires leases nobody renewed and wakes agents when a retry delay ends.
 //! - [`http_agent`]: the built-in agent that runs `http.request` tasks, behind an SSRF guard.
+//! - [`llm`]: the LLM providers and the built-in agent that runs `llm.chat` tasks.
 //! - [`workflows`]: the workflow driver — starts ready steps as tasks, records how they
 //!   ended, finishes runs.
 //! - [`schedules`]: starts a run each time a workflow's cron schedule is due, once per
@@ -17,6 +18,7 @@
 pub mod dispatch;
 pub mod http_agent;
 pub(crate) mod live;
+pub mod llm;
 pub mod release;
 pub mod schedules;
 pub mod timers;

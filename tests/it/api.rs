@@ -270,7 +270,11 @@ async fn health_status_and_request_ids(#[case] backend: Backend) {
         .unwrap();
     assert_eq!(echoed.headers()["x-request-id"], "client-chosen-id");
 
-    create_task(&app, json!({"capability": "llm.chat", "input": {}})).await;
+    create_task(
+        &app,
+        json!({"capability": "llm.chat", "input": {"messages": [{"role": "user", "content": "hi"}]}}),
+    )
+    .await;
     let status = app.client.get(app.url("/api/status")).send().await.unwrap();
     assert_eq!(status.status(), StatusCode::OK);
     let status: Value = status.json().await.unwrap();

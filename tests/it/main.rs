@@ -24,6 +24,7 @@ mod helpers;
 mod http_agent;
 mod import;
 mod live;
+mod llm;
 mod logs;
 mod metrics;
 mod openapi;

@@ -14,7 +14,12 @@ async fn create(app: &TestApp, capability: &str, tags: Value) -> Value {
     let response = app
         .client
         .post(app.url("/api/tasks"))
-        .json(&json!({"capability": capability, "input": {}, "tags": tags}))
+        // A valid llm.chat input; other capabilities take any.
+        .json(&json!({
+            "capability": capability,
+            "input": {"messages": [{"role": "user", "content": "hi"}]},
+            "tags": tags,
+        }))
         .send()
         .await
         .unwrap();
