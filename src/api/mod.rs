@@ -28,6 +28,7 @@ pub mod schedules;
 pub mod scrape;
 pub mod security_headers;
 pub mod store_link;
+pub mod sync;
 pub mod system;
 pub mod task_stream;
 pub mod task_updates;
@@ -177,7 +178,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(workflows::run_events))
         .routes(routes!(workflow_templates::list))
         .routes(routes!(schedules::create, schedules::list))
-        .routes(routes!(schedules::get, schedules::delete));
+        .routes(routes!(schedules::get, schedules::delete))
+        .routes(routes!(sync::push::push))
+        .routes(routes!(sync::pull::pull));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).nest("/api", api)
 }
 

@@ -38,6 +38,7 @@ mod schedules;
 mod schema_rules;
 mod server_process;
 mod store;
+mod sync;
 mod workflow_approvals;
 mod workflow_nodes;
 mod workflow_templates;

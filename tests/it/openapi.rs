@@ -74,6 +74,9 @@ const API_MD: &[(&str, &str)] = &[
     ("GET", "/api/status"),
     ("GET", "/api/metrics"),
     ("GET", "/api/ws"),
+    // Sync
+    ("POST", "/api/sync/push"),
+    ("GET", "/api/sync/pull"),
 ];
 
 /// The endpoints of API.md's Auth, Agents and Tasks tables that the server implements
@@ -114,6 +117,8 @@ const IMPLEMENTED: &[(&str, &str)] = &[
     ("GET", "/api/status"),
     ("GET", "/api/metrics"),
     ("GET", "/api/audit/checkpoint"),
+    ("POST", "/api/sync/push"),
+    ("GET", "/api/sync/pull"),
 ];
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
