@@ -78,7 +78,6 @@ fn object_or_null() -> utoipa::openapi::Object {
     utoipa::openapi::ObjectBuilder::new()
         .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
         .build()
-        .into()
 }
 
 fn result_body() -> utoipa::openapi::Schema {
