@@ -63,6 +63,7 @@ pub struct PullQuery {
 /// What a pull syncs: the extension's resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = SyncKind)]
 pub enum Kind {
     Task,
     WorkflowRun,
@@ -94,6 +95,7 @@ impl Kind {
 
 /// `GET /api/sync/pull` answer.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(as = SyncPullResponse)]
 pub struct PullResponse {
     /// In the feed order of each resource's first change since the token.
     pub changes: Vec<Change>,
@@ -104,6 +106,7 @@ pub struct PullResponse {
 
 /// One resource that changed.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(as = SyncChange)]
 pub struct Change {
     pub kind: Kind,
     #[schema(format = Uuid)]

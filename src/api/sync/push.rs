@@ -26,6 +26,7 @@ const OP_ID_PATTERN: &str = "^[!-~]{1,200}$";
 /// `POST /api/sync/push` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SyncPushRequest)]
 pub struct PushRequest {
     /// The ops, in the order to apply them.
     #[schema(max_items = 500)]
@@ -35,6 +36,7 @@ pub struct PushRequest {
 /// One queued write: the request it stands for.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SyncOp)]
 pub struct PushOp {
     /// The client's id for the op, unique per user: an op pushed again with the same id
     /// answers its first answer and has no second effect.
@@ -54,12 +56,14 @@ pub struct PushOp {
 
 /// `POST /api/sync/push` answer: one result per op, in the order given.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(as = SyncPushResponse)]
 pub struct PushResponse {
     pub results: Vec<OpResult>,
 }
 
 /// What one op answered.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(as = SyncOpResult)]
 pub struct OpResult {
     pub op_id: String,
     /// The status its route answered; 409 for a stale `if_match`, 422 for an op that is not
