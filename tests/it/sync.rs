@@ -109,7 +109,8 @@ async fn pull_all(
     }
 }
 
-/// How many events the feed shows `client` (its own aggregates' events).
+/// How many events the feed holds, as an admin reads it (the whole feed, not held back by
+/// the owners projection).
 async fn event_count(app: &TestApp, client: &Client) -> usize {
     let mut count = 0;
     let mut cursor: Option<String> = None;
@@ -151,7 +152,7 @@ async fn get_task(app: &TestApp, client: &Client, id: &str) -> Value {
 async fn two_devices_converge_and_conflicts_are_reported(#[case] backend: Backend) {
     let app = spawn_app(backend).await;
     // The first user of the system is an admin, who reads everyone's: keep them out.
-    let _admin = app.register_user().await;
+    let admin = app.register_user().await;
     let (laptop, phone) = user_with_two_devices(&app).await;
     let stranger = app.register_user().await;
     let foreign = create_task(&app, &stranger.client, 0).await;
@@ -239,7 +240,7 @@ async fn two_devices_converge_and_conflicts_are_reported(#[case] backend: Backen
     assert_eq!(conflicts, 6, "every stale write is reported");
 
     // The same batch again (the laptop did not hear the answer): no second effect.
-    let events_before = event_count(&app, &laptop.client).await;
+    let events_before = event_count(&app, &admin.client).await;
     let again = push_ok(&app, &laptop.client, &ops).await;
     for (first, repeat) in results.iter().zip(&again) {
         assert_eq!(repeat["replayed"], true, "{repeat}");
@@ -252,7 +253,7 @@ async fn two_devices_converge_and_conflicts_are_reported(#[case] backend: Backen
             assert_eq!(first["body"], repeat["body"]);
         }
     }
-    assert_eq!(event_count(&app, &laptop.client).await, events_before);
+    assert_eq!(event_count(&app, &admin.client).await, events_before);
 
     // Both devices pull: the laptop from where it was, the phone from the beginning.
     let mut phone_copy = BTreeMap::new();
@@ -378,7 +379,7 @@ async fn pulls_page_collapse_and_long_poll(#[case] backend: Backend) {
 #[tokio::test]
 async fn bad_ops_and_tokens_are_problems(#[case] backend: Backend) {
     let app = spawn_app(backend).await;
-    let _admin = app.register_user().await;
+    let admin = app.register_user().await;
     let me = app.register_user().await;
     let stranger = app.register_user().await;
     let foreign = create_task(&app, &stranger.client, 0).await;
@@ -415,7 +416,7 @@ async fn bad_ops_and_tokens_are_problems(#[case] backend: Backend) {
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
 
     // A bad batch is refused whole: nothing applied.
-    let events_before = event_count(&app, &me.client).await;
+    let events_before = event_count(&app, &admin.client).await;
     let create = |op_id: &str| {
         json!({"op_id": op_id, "method": "POST", "path": "/api/tasks",
                "body": {"capability": "sync.test", "input": {}}})
@@ -470,7 +471,7 @@ async fn bad_ops_and_tokens_are_problems(#[case] backend: Backend) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(event_count(&app, &me.client).await, events_before);
+    assert_eq!(event_count(&app, &admin.client).await, events_before);
 
     // Ops that are not sync's writes, or that their route refuses, are answered one by one.
     let foreign_id = foreign["id"].as_str().unwrap();

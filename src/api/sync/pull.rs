@@ -39,6 +39,9 @@ pub const MAX_WAIT_SECS: u32 = 30;
 const PAGE: u32 = 500;
 /// Once some changes are found, a pull reads at most this many pages before answering.
 const MAX_PAGES: usize = 20;
+/// How long a pull waits for the feed and the owners projection to pass what was
+/// committed before it began.
+const CATCH_UP: Duration = Duration::from_secs(5);
 /// How often a pull looks again at a resource whose read model is behind the feed.
 const STALE_RECHECK: Duration = Duration::from_millis(20);
 /// Every string of this pattern is a token (a position is below 2^63).
@@ -216,10 +219,7 @@ pub async fn pull(
         None => FeedCursor::default(),
     };
     let readable = readable(&actor);
-    if let Readable::OwnedBy(_) = readable {
-        // The caller's own latest writes are in the answer.
-        await_scope(&state.store, &state.read, SCOPE_PATIENCE).await?;
-    }
+    catch_up(&state, readable).await?;
     let inner = Inner::new(&state, &actor, headers.get(REQUEST_ID).cloned());
     let deadline = Instant::now() + Duration::from_secs(wait_secs.into());
     let recheck = state.settings.dispatch.recheck();
@@ -259,6 +259,23 @@ pub async fn pull(
             () = state.shutdown.cancelled() => {}
         }
     }
+}
+
+/// Waits, at most [`CATCH_UP`], until a pull can see everything committed before it
+/// began — the feed's horizon past it and, for an owner's pull, the owners projection —
+/// so that an empty answer means up to date, the caller's latest writes included. After
+/// that the pull answers what is safe: nothing is passed over, only held back.
+async fn catch_up(state: &AppState, readable: Readable) -> Result<(), ApiError> {
+    let deadline = Instant::now() + CATCH_UP;
+    let watermark = state.store.feed_watermark().await?;
+    while !state.store.feed_reached(watermark).await? && Instant::now() < deadline {
+        tokio::time::sleep(STALE_RECHECK).await;
+    }
+    if let Readable::OwnedBy(_) = readable {
+        let patience = deadline.saturating_duration_since(Instant::now());
+        await_scope(&state.store, &state.read, patience.max(SCOPE_PATIENCE)).await?;
+    }
+    Ok(())
 }
 
 /// A resource seen in the window: its last event's sequence, and the cursor just before
