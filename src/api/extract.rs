@@ -424,7 +424,7 @@ pub(crate) const IF_MATCH_PATTERN: &str = r#"^(W/)?("[0-9]{1,19}"|[0-9]{1,19})$"
 
 /// The version an `If-Match` of [`IF_MATCH_PATTERN`] names; `None` for anything else (a
 /// malformed header is a 400, a version that is not the current one a 412).
-fn parse_if_match(raw: &str) -> Option<usize> {
+pub(crate) fn parse_if_match(raw: &str) -> Option<usize> {
     let raw = raw.strip_prefix("W/").unwrap_or(raw);
     let digits = match raw.strip_prefix('"') {
         Some(quoted) => quoted.strip_suffix('"')?,

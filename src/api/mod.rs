@@ -29,6 +29,7 @@ pub mod schedules;
 pub mod scrape;
 pub mod security_headers;
 pub mod store_link;
+pub mod sync;
 pub mod system;
 pub mod task_stream;
 pub mod task_updates;
@@ -196,7 +197,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(workflows::unshare))
         .routes(routes!(agents::share))
         .routes(routes!(agents::unshare))
-        .routes(routes!(conversations::get));
+        .routes(routes!(conversations::get))
+        .routes(routes!(sync::push::push))
+        .routes(routes!(sync::pull::pull));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).nest("/api", api)
 }
 

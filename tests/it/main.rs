@@ -40,6 +40,7 @@ mod schema_rules;
 mod server_process;
 mod store;
 mod teams;
+mod sync;
 mod workflow_approvals;
 mod workflow_failures;
 mod workflow_nodes;

@@ -87,6 +87,9 @@ const API_MD: &[(&str, &str)] = &[
     ("POST", "/api/workflows/{}/unshare"),
     ("POST", "/api/agents/{}/share"),
     ("POST", "/api/agents/{}/unshare"),
+    // Sync
+    ("POST", "/api/sync/push"),
+    ("GET", "/api/sync/pull"),
 ];
 
 /// The endpoints of API.md's Auth, Agents and Tasks tables that the server implements
@@ -139,6 +142,8 @@ const IMPLEMENTED: &[(&str, &str)] = &[
     ("POST", "/api/workflows/{}/unshare"),
     ("POST", "/api/agents/{}/share"),
     ("POST", "/api/agents/{}/unshare"),
+    ("POST", "/api/sync/push"),
+    ("GET", "/api/sync/pull"),
 ];
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
