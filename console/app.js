@@ -24,6 +24,8 @@ const ROUTES = {
 };
 
 let leave = null;
+/** Focus moves to the new page on a route change, not on the first load (Tab starts at the top). */
+let routed = false;
 
 async function route() {
   const main = document.getElementById('main');
@@ -46,7 +48,8 @@ async function route() {
   } catch (error) {
     fill(main, h('h1', {}, 'Something went wrong'), alertBox(error));
   }
-  main.focus({ preventScroll: true });
+  if (routed) main.focus({ preventScroll: true });
+  routed = true;
 }
 
 function showSession(user) {
@@ -63,6 +66,11 @@ function showSession(user) {
 async function start() {
   api.onSession(showSession);
   document.getElementById('signout').addEventListener('click', () => api.signOut());
+  // The skip link moves focus without touching the hash, which the router owns.
+  document.querySelector('.skip').addEventListener('click', (event) => {
+    event.preventDefault();
+    document.getElementById('main').focus();
+  });
   window.addEventListener('hashchange', route);
   await api.resume();
   showSession(api.user);

@@ -3,7 +3,23 @@
 import { api, ApiError } from '../api.js';
 import { alertBox, field, fill, h, table } from '../dom.js';
 
+/** Does the server have search? Its OpenAPI document says, without a 404 in the console. */
+async function available() {
+  try {
+    const document = await api.get('/api/openapi.json');
+    return Boolean(document.paths && document.paths['/api/search']);
+  } catch {
+    return true;
+  }
+}
+
+const UNAVAILABLE = 'Search is not available on this server.';
+
 export async function render(main) {
+  if (!(await available())) {
+    fill(main, h('h1', {}, 'Search'), h('p', { class: 'notice', role: 'status' }, UNAVAILABLE));
+    return;
+  }
   const q = h('input', { type: 'search', name: 'q', required: true });
   const mode = h('select', { name: 'mode' }, ['hybrid', 'bm25', 'vector'].map((m) => h('option', { value: m }, m)));
   const results = h('div', { 'aria-live': 'polite' });
@@ -22,7 +38,7 @@ export async function render(main) {
         ], answer.items) : h('p', {}, 'Nothing found.'));
       } catch (error) {
         fill(results, error instanceof ApiError && error.status === 404
-          ? h('p', { class: 'notice', role: 'status' }, 'Search is not available on this server.')
+          ? h('p', { class: 'notice', role: 'status' }, UNAVAILABLE)
           : alertBox(error));
       }
     },

@@ -111,11 +111,12 @@ export async function renderDetail(main, id) {
   }, label);
 
   const load = async () => {
-    const [task, events] = await Promise.all([
+    const [task, events, verified] = await Promise.all([
       api.get(`/api/tasks/${id}`),
       api.get(`/api/tasks/${id}/events`),
+      api.get('/api/audit/verify', { aggregate_type: 'task', aggregate_id: id }).catch(() => null),
     ]);
-    fill(facts, h('dl', { class: 'facts' },
+    fill(facts, h('dl', { class: 'facts' }, [
       ['Status', badge(task.status)], ['Capability', task.capability], ['Priority', String(task.priority)],
       ['Attempt', `${task.attempt} of ${task.max_attempts}`], ['Agent', task.agent_id || '—'],
       ['Tags', (task.tags || []).join(', ') || '—'], ['Created', when(task.created_at)],
@@ -131,7 +132,10 @@ export async function renderDetail(main, id) {
     const breaks = chainBreaks(events);
     fill(chain, breaks.length
       ? h('p', { class: 'alert', role: 'alert' }, `Hash chain broken at sequence ${breaks.join(', ')}`)
-      : h('p', { class: 'ok' }, `Hash chain intact: ${events.length} events, each linked to the one before.`));
+      : h('p', { class: 'ok' }, `Hash chain intact: ${events.length} events, each linked to the one before.`),
+    verified ? h('p', { class: verified.ok ? 'ok' : 'alert' }, verified.ok
+      ? `The server recomputed ${verified.checked} hashes from the store: all match.`
+      : `The server found broken links: ${verified.broken.map((b) => `sequence ${b.sequence}`).join(', ')}`) : null);
     fill(history, table('Event history', [
       ['#', (e) => String(e.sequence)],
       ['Position', (e) => String(e.position)],

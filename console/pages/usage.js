@@ -10,15 +10,28 @@ function isoDay(date) {
   return date.toISOString().slice(0, 10);
 }
 
+/** Every day from `from` to `to` (ISO dates), each with its row or zeros. */
+function everyDay(rows, from, to) {
+  const byDay = new Map(rows.map((row) => [new Date(row.bucket).toISOString().slice(0, 10), row]));
+  const days = [];
+  for (let t = Date.parse(`${from}T00:00:00Z`); t <= Date.parse(`${to}T00:00:00Z`); t += DAY) {
+    const day = isoDay(new Date(t));
+    days.push({ day: t / 1000, row: byDay.get(day) || null });
+  }
+  return days;
+}
+
 /** A line plot over days; `series` are `[label, colour, row => value]`. */
-function daysPlot(title, rows, series, width) {
-  const x = rows.map((row) => Date.parse(row.bucket) / 1000);
-  const data = [x, ...series.map(([, , value]) => rows.map(value))];
-  const element = h('figure', { class: 'plot', 'data-plot': title, 'data-points': String(rows.length) }, h('figcaption', {}, title));
+function daysPlot(title, days, series, width) {
+  const withData = days.filter(({ row }) => row).length;
+  const data = [days.map(({ day }) => day), ...series.map(([, , value]) => days.map(({ row }) => (row ? value(row) : 0)))];
+  const element = h('figure', { class: 'plot', 'data-plot': title, 'data-points': String(withData) }, h('figcaption', {}, title));
   // eslint-disable-next-line no-new
   new uPlot({
     width, height: 240,
-    series: [{ label: 'Day' }, ...series.map(([label, stroke]) => ({ label, stroke, width: 2, points: { show: true } }))],
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
+    series: [{ label: 'Day', value: (u, v) => (v === null ? '' : isoDay(new Date(v * 1000))) },
+      ...series.map(([label, stroke]) => ({ label, stroke, width: 2, points: { show: true } }))],
     axes: [{ stroke: '#1f2937' }, { stroke: '#1f2937' }],
   }, data, element);
   return element;
@@ -56,14 +69,15 @@ export async function render(main) {
       ]);
       const width = Math.max(320, Math.min(900, main.clientWidth - 40));
       const rows = days.rows.filter((row) => row.bucket);
+      const period = everyDay(rows, from.value, to.value);
       const caps = capabilities.rows.filter((row) => row.bucket);
       fill(plots,
-        rows.length ? daysPlot('Tasks per day', rows, [
+        rows.length ? daysPlot('Tasks per day', period, [
           ['created', '#1d4ed8', (r) => r.created],
           ['succeeded', '#047857', (r) => r.succeeded],
           ['failed', '#b91c1c', (r) => r.failed],
         ], width) : h('p', {}, 'No tasks in this period.'),
-        rows.length ? daysPlot('Tokens per day', rows, [
+        rows.length ? daysPlot('Tokens per day', period, [
           ['input tokens', '#7c3aed', (r) => r.input_tokens],
           ['output tokens', '#b45309', (r) => r.output_tokens],
         ], width) : null,
