@@ -32,7 +32,7 @@ fn header(response: &reqwest::Response, name: reqwest::header::HeaderName) -> St
 fn references(text: &str, base: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     for quote in ['"', '\''] {
-        for piece in text.split(quote).skip(1).step_by(2) {
+        for piece in text.split(quote).skip(1) {
             let target = if piece.starts_with("/assets/") {
                 piece.to_owned()
             } else if (piece.starts_with("./") || piece.starts_with("../"))
