@@ -8,6 +8,7 @@ pub mod audit;
 pub mod audit_checkpoint;
 pub mod auth;
 pub mod client_ip;
+pub mod console;
 pub mod conversations;
 pub mod cors;
 pub mod error;
@@ -210,7 +211,8 @@ pub fn router(state: AppState) -> Router {
     let settings = state.settings.clone();
     let request_meters = state.request_meters.clone();
     let router = Router::from(routes())
-        .fallback(|| async { ApiError::NotFound })
+        // Outside `/api`: the web console's files; anything else is a 404 problem.
+        .fallback(console::serve)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Inside the gate: a replay is for an authenticated caller.
         .layer(axum::middleware::from_fn_with_state(

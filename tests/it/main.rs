@@ -14,6 +14,7 @@ mod auth;
 mod backup;
 mod cluster;
 mod concurrency_keys;
+mod console;
 mod crash;
 mod db_link;
 mod dispatch_limits;
