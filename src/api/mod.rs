@@ -25,6 +25,7 @@ pub mod replay;
 pub mod request_meters;
 pub mod request_span;
 pub mod schedules;
+pub mod search;
 pub mod scrape;
 pub mod security_headers;
 pub mod store_link;
@@ -177,7 +178,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(workflows::run_events))
         .routes(routes!(workflow_templates::list))
         .routes(routes!(schedules::create, schedules::list))
-        .routes(routes!(schedules::get, schedules::delete));
+        .routes(routes!(schedules::get, schedules::delete))
+        .routes(routes!(search::search))
+        .routes(routes!(search::rag_context));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).nest("/api", api)
 }
 

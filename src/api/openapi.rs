@@ -47,6 +47,7 @@ const NO_STORE_ERRORS: [&str; 4] = ["health", "metrics", "openapi", "status"];
         (name = "audit", description = "The tamper-evident history: hash-chain verification over what the caller may read, and the chain checkpoints."),
         (name = "live", description = "Live subscriptions: the event WebSocket (tasks also stream over SSE)."),
         (name = "workflows", description = "Workflows: versioned DAGs of steps, their runs, step by step, and cancellation."),
+        (name = "search", description = "Search over the caller's tasks and workflow runs (BM25 and embeddings, fused), and context for language models from it."),
         (name = "admin", description = "Operating the read side: projection status and rebuilds."),
     ),
     components(schemas(Problem, FieldError)),

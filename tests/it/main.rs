@@ -36,6 +36,7 @@ mod revocation;
 mod runbook;
 mod schedules;
 mod schema_rules;
+mod search;
 mod server_process;
 mod store;
 mod workflow_approvals;
