@@ -636,7 +636,10 @@ impl ReadSide {
     }
 
     /// The search index's row: its position is the one in its own last commit.
-    async fn search_status(&self, index: &SearchIndex) -> Result<ProjectionStatus, ProjectionError> {
+    async fn search_status(
+        &self,
+        index: &SearchIndex,
+    ) -> Result<ProjectionStatus, ProjectionError> {
         let cursor = index.committed();
         let (lag_events, oldest) = self
             .store

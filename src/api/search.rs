@@ -122,9 +122,10 @@ pub struct SearchResults {
 }
 
 fn index(state: &AppState) -> Result<&SearchIndex, ApiError> {
-    state.read.search().ok_or_else(|| {
-        ApiError::Internal("this server runs without a search index".into())
-    })
+    state
+        .read
+        .search()
+        .ok_or_else(|| ApiError::Internal("this server runs without a search index".into()))
 }
 
 fn scope(actor: &Actor) -> Scope {
@@ -267,7 +268,12 @@ pub async fn rag_context(
         ));
     }
     let (context, sources) = index(&state)?
-        .context(scope(&actor), &request.query, limit as usize, max_chars as usize)
+        .context(
+            scope(&actor),
+            &request.query,
+            limit as usize,
+            max_chars as usize,
+        )
         .await
         .map_err(|e| ApiError::Internal(Box::new(e)))?;
     Ok(Json(RagContext {

@@ -52,7 +52,10 @@ pub async fn run(args: SearchArgs, _settings: Settings) -> anyhow::Result<()> {
         let docs = (made..made + chunk)
             .map(|i| synthetic_doc(i, &words, &mut rng))
             .collect();
-        index.index_docs(docs).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        index
+            .index_docs(docs)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         made += chunk;
         eprintln!("indexed {made} documents");
     }
@@ -67,7 +70,10 @@ pub async fn run(args: SearchArgs, _settings: Settings) -> anyhow::Result<()> {
     let queries: Vec<String> = (0..args.queries)
         .map(|_| {
             let n = rng.random_range(1..=3);
-            (0..n).map(|_| zipf_word(&words, &mut rng)).collect::<Vec<_>>().join(" ")
+            (0..n)
+                .map(|_| zipf_word(&words, &mut rng))
+                .collect::<Vec<_>>()
+                .join(" ")
         })
         .collect();
     let mut p99 = Vec::new();
@@ -96,9 +102,16 @@ pub async fn run(args: SearchArgs, _settings: Settings) -> anyhow::Result<()> {
         let mut found = 0usize;
         let mut wanted = 0usize;
         for query in &vectors {
-            let exact: Vec<&str> = v.exact(query, 10, all).into_iter().map(|(k, _)| k).collect();
-            let approximate: Vec<&str> =
-                v.search(query, 10, all).into_iter().map(|(k, _)| k).collect();
+            let exact: Vec<&str> = v
+                .exact(query, 10, all)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            let approximate: Vec<&str> = v
+                .search(query, 10, all)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
             wanted += exact.len();
             found += exact.iter().filter(|k| approximate.contains(k)).count();
         }

@@ -133,7 +133,9 @@ impl SearchIndex {
             .and_then(|p| serde_json::from_str(&p).ok());
         let mut writer: IndexWriter = match index.writer_with_num_threads(threads.max(1), memory) {
             Ok(writer) => writer,
-            Err(tantivy::TantivyError::LockFailure(..)) => return Err(OpenError::Busy(dir.to_owned())),
+            Err(tantivy::TantivyError::LockFailure(..)) => {
+                return Err(OpenError::Busy(dir.to_owned()))
+            }
             Err(error) => return Err(tantivy_error(error).into()),
         };
         let cursor = match payload {
@@ -180,7 +182,11 @@ impl SearchIndex {
             }),
         };
         let vectors = search.vectors_from_store()?;
-        *search.inner.vectors.write().unwrap_or_else(PoisonError::into_inner) = vectors;
+        *search
+            .inner
+            .vectors
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = vectors;
         Ok(search)
     }
 
@@ -195,11 +201,19 @@ impl SearchIndex {
 
     /// The feed position the last commit covers.
     pub fn committed(&self) -> FeedCursor {
-        *self.inner.committed.lock().unwrap_or_else(PoisonError::into_inner)
+        *self
+            .inner
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn failure(&self) -> Option<ProjectionFailure> {
-        self.inner.failure.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.inner
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn is_rebuilding(&self) -> bool {
@@ -311,11 +325,17 @@ impl SearchIndex {
     ) -> Result<u64, ProjectionError> {
         let mut state = self.inner.writer.lock().await;
         self.inner.rebuilding.store(true, Ordering::Relaxed);
-        let rebuilt = self.rebuild_locked(&mut state, source, total, progress).await;
+        let rebuilt = self
+            .rebuild_locked(&mut state, source, total, progress)
+            .await;
         if rebuilt.is_err() {
             self.discard(&mut state).await;
         } else {
-            *self.inner.failure.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            *self
+                .inner
+                .failure
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
         }
         state.fresh = false;
         self.inner.rebuilding.store(false, Ordering::Relaxed);
@@ -432,14 +452,16 @@ impl SearchIndex {
     }
 
     fn fail(&self, event: &RecordedEvent, error: &ProjectionError) {
-        metrics::counter!("chronicle_projection_failures_total", "projection" => NAME)
-            .increment(1);
+        metrics::counter!("chronicle_projection_failures_total", "projection" => NAME).increment(1);
         tracing::error!(position = event.position, %error, "search projection stopped at an event");
-        *self.inner.failure.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(ProjectionFailure {
-                position: event.position,
-                message: error.to_string(),
-            });
+        *self
+            .inner
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(ProjectionFailure {
+            position: event.position,
+            message: error.to_string(),
+        });
     }
 
     /// The stored state and version of a committed document.
@@ -494,7 +516,9 @@ impl SearchIndex {
             .await
             .map_err(ProjectionError::Source)?;
         if vectors.len() != docs.len() {
-            return Err(tantivy_error("the embedder answered a wrong number of vectors"));
+            return Err(tantivy_error(
+                "the embedder answered a wrong number of vectors",
+            ));
         }
         let fields = self.inner.fields;
         let writer = state.writer.clone();
@@ -562,7 +586,11 @@ impl SearchIndex {
         if state.fresh {
             let mut fresh = VectorIndex::new(points.len());
             fresh.upsert_all(points);
-            *self.inner.vectors.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+            *self
+                .inner
+                .vectors
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = fresh;
         } else if !points.is_empty() {
             self.inner
                 .vectors
@@ -571,7 +599,11 @@ impl SearchIndex {
                 .upsert_all(points);
         }
         state.pending.clear();
-        *self.inner.committed.lock().unwrap_or_else(PoisonError::into_inner) = cursor;
+        *self
+            .inner
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = cursor;
         Ok(())
     }
 
@@ -600,13 +632,23 @@ impl SearchIndex {
 
     /// The vector index as committed, for the bench's recall.
     pub fn with_vectors<T>(&self, read: impl FnOnce(&VectorIndex) -> T) -> T {
-        read(&self.inner.vectors.read().unwrap_or_else(PoisonError::into_inner))
+        read(
+            &self
+                .inner
+                .vectors
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// Builds the vector index again from the stored vectors (what every start does).
     pub fn reload_vectors(&self) -> Result<(), ProjectionError> {
         let vectors = self.vectors_from_store()?;
-        *self.inner.vectors.write().unwrap_or_else(PoisonError::into_inner) = vectors;
+        *self
+            .inner
+            .vectors
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = vectors;
         Ok(())
     }
 }

@@ -134,9 +134,7 @@ impl SearchIndex {
             HashMap::new();
         for (rank, doc) in bm25.into_iter().enumerate() {
             let rank = rank as u32 + 1;
-            let entry = fused
-                .entry(key_of(&doc))
-                .or_insert((0.0, None, None, doc));
+            let entry = fused.entry(key_of(&doc)).or_insert((0.0, None, None, doc));
             entry.0 += 1.0 / (RRF_K + f64::from(rank));
             entry.1 = Some(rank);
         }
@@ -147,7 +145,10 @@ impl SearchIndex {
                 let Some(doc) = self.find(&searcher, &key)? else {
                     continue;
                 };
-                if owner.as_deref().is_some_and(|o| text_of(&doc, fields.owner) != o) {
+                if owner
+                    .as_deref()
+                    .is_some_and(|o| text_of(&doc, fields.owner) != o)
+                {
                     continue;
                 }
                 fused.insert(key.clone(), (0.0, None, None, doc));
@@ -210,18 +211,32 @@ impl SearchIndex {
         let mut context = String::new();
         let mut sources = Vec::new();
         for hit in hits {
-            let block = format!("[{} {}] {}\n{}\n\n", hit.kind.as_str(), hit.id, hit.title, hit.body);
+            let block = format!(
+                "[{} {}] {}\n{}\n\n",
+                hit.kind.as_str(),
+                hit.id,
+                hit.title,
+                hit.body
+            );
             let used = context.chars().count();
             let size = block.chars().count();
             if used + size > max_chars {
                 if sources.is_empty() && max_chars > 0 {
                     context = prefix(&block, max_chars);
-                    sources.push(Source { kind: hit.kind, id: hit.id, score: hit.score });
+                    sources.push(Source {
+                        kind: hit.kind,
+                        id: hit.id,
+                        score: hit.score,
+                    });
                 }
                 break;
             }
             context.push_str(&block);
-            sources.push(Source { kind: hit.kind, id: hit.id, score: hit.score });
+            sources.push(Source {
+                kind: hit.kind,
+                id: hit.id,
+                score: hit.score,
+            });
         }
         Ok((context.trim_end().to_owned(), sources))
     }
@@ -248,7 +263,12 @@ impl SearchIndex {
     }
 
     /// `words`, held to the owner and kind by clauses that do not change the score.
-    fn filtered(&self, words: Box<dyn Query>, owner: Option<&str>, kind: Option<DocKind>) -> Box<dyn Query> {
+    fn filtered(
+        &self,
+        words: Box<dyn Query>,
+        owner: Option<&str>,
+        kind: Option<DocKind>,
+    ) -> Box<dyn Query> {
         let fields = self.inner.fields;
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, words)];
         let exact = |field, value: &str| -> Box<dyn Query> {
@@ -301,4 +321,3 @@ fn escape(text: &str) -> String {
 fn search_error(error: tantivy::TantivyError) -> ProjectionError {
     ProjectionError::Rebuild(format!("search: {error}"))
 }
-

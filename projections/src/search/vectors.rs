@@ -220,16 +220,27 @@ mod tests {
     #[test]
     fn a_replaced_or_removed_document_is_never_found() {
         let mut index = VectorIndex::new(10);
-        let all = VectorFilter { owner: None, kind: None };
+        let all = VectorFilter {
+            owner: None,
+            kind: None,
+        };
         index.upsert_all(vec![
             ("task:a".into(), "u1".into(), DocKind::Task, unit(1, 16)),
             ("task:b".into(), "u2".into(), DocKind::Task, unit(2, 16)),
         ]);
-        index.upsert_all(vec![("task:a".into(), "u1".into(), DocKind::Task, unit(3, 16))]);
+        index.upsert_all(vec![(
+            "task:a".into(),
+            "u1".into(),
+            DocKind::Task,
+            unit(3, 16),
+        )]);
         let hits = index.search(&unit(1, 16), 10, all);
         assert_eq!(hits.iter().filter(|(k, _)| *k == "task:a").count(), 1);
         index.remove("task:b");
-        assert!(index.search(&unit(2, 16), 10, all).iter().all(|(k, _)| *k != "task:b"));
+        assert!(index
+            .search(&unit(2, 16), 10, all)
+            .iter()
+            .all(|(k, _)| *k != "task:b"));
         assert_eq!(index.len(), 1);
     }
 
@@ -237,10 +248,20 @@ mod tests {
     fn an_owner_filter_admits_only_that_owners_documents() {
         let mut index = VectorIndex::new(100);
         let points = (0..200)
-            .map(|i| (format!("task:{i}"), format!("u{}", i % 2), DocKind::Task, unit(i, 16)))
+            .map(|i| {
+                (
+                    format!("task:{i}"),
+                    format!("u{}", i % 2),
+                    DocKind::Task,
+                    unit(i, 16),
+                )
+            })
             .collect();
         index.upsert_all(points);
-        let filter = VectorFilter { owner: Some("u1"), kind: None };
+        let filter = VectorFilter {
+            owner: Some("u1"),
+            kind: None,
+        };
         let hits = index.search(&unit(4, 16), 20, filter);
         assert_eq!(hits.len(), 20);
         assert!(hits
