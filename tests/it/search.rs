@@ -137,7 +137,7 @@ async fn bm25_finds_exact_terms_in_input(#[case] backend: Backend) {
         &[("q", "zebrafish"), ("mode", "bm25")],
     )
     .await;
-    assert_eq!(ids(&items), [task.clone()]);
+    assert_eq!(ids(&items), vec![task.clone()]);
     assert_eq!(items[0]["kind"], "task");
     assert_eq!(items[0]["bm25_rank"], 1);
     assert!(items[0]["vector_rank"].is_null());
@@ -152,7 +152,7 @@ async fn bm25_finds_exact_terms_in_input(#[case] backend: Backend) {
     // Stemmed: the plural finds the singular.
     assert_eq!(
         ids(&search(&alice.client, &base, &[("q", "censuses"), ("mode", "bm25")]).await),
-        [task.clone()]
+        vec![task.clone()]
     );
     assert!(search(
         &alice.client,
@@ -197,7 +197,7 @@ async fn bm25_finds_exact_terms_in_output(#[case] backend: Backend) {
     .await;
     assert_eq!(
         ids(&items),
-        [task.clone()],
+        vec![task.clone()],
         "the output is indexed once the task succeeded"
     );
     // Updated in place: still one document for the task.
@@ -406,7 +406,7 @@ async fn nobody_finds_another_users_documents_in_any_mode_or_context(#[case] bac
             );
         }
         let items = ids(&search(&alice.client, &base, &[("q", "platypus"), ("mode", mode)]).await);
-        assert_eq!(items, [mine.clone()], "{mode}");
+        assert_eq!(items, vec![mine.clone()], "{mode}");
         // The admin reads everyone's.
         let all = ids(&search(&app.client, &base, &[("q", "platypus"), ("mode", mode)]).await);
         assert!(
@@ -600,7 +600,7 @@ async fn sigkill_while_indexing_loses_nothing_and_duplicates_nothing(#[case] bac
     indexed(&client, &base).await;
     for (token, id) in &created {
         let items = search(&client, &base, &[("q", token.as_str()), ("mode", "bm25")]).await;
-        assert_eq!(ids(&items), [id.clone()], "{token}");
+        assert_eq!(ids(&items), vec![id.clone()], "{token}");
     }
     // Those whose answer the kill cut off: once at most.
     for writer in 0..4 {

@@ -38,9 +38,7 @@ pub enum EmbedderChoiceError {
 /// The embedder named by `CHRONICLE_EMBEDDINGS__PROVIDER`.
 pub fn embedder_for(provider: &str) -> Result<std::sync::Arc<dyn Embedder>, EmbedderChoiceError> {
     match provider {
-        "builtin" => Ok(std::sync::Arc::new(
-            super::builtin::BuiltinEmbedder::default(),
-        )),
+        "builtin" => Ok(std::sync::Arc::new(super::builtin::BuiltinEmbedder)),
         "local" | "openai" | "ollama" => Err(EmbedderChoiceError::NotYet(provider.to_owned())),
         other => Err(EmbedderChoiceError::Unknown(other.to_owned())),
     }

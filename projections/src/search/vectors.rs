@@ -164,7 +164,7 @@ impl VectorIndex {
                 let point = self.points.get(n.d_id)?;
                 filter
                     .admits(point)
-                    .then(|| (point.key.as_str(), 1.0 - n.distance))
+                    .then_some((point.key.as_str(), 1.0 - n.distance))
             })
             .collect()
     }
