@@ -15,6 +15,7 @@ use crate::read_side::ReadSide;
 use crate::store::{AuditKey, Store, StoreOptions};
 use crate::teams::TeamFeed;
 use crate::tls::{TlsConfig, TlsListener};
+use chronicle_projections::search::{Embedder, OpenError, SearchIndex};
 use secrecy::ExposeSecret;
 
 pub struct Application {
@@ -32,6 +33,7 @@ pub struct Application {
 impl Application {
     /// Connects to the store, applies migrations and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let embedder = embedder_for(&settings.embeddings.provider)?;
         let keys = ServerKeys::load(&settings)?;
         let tls = match settings.tls.paths() {
             Some((cert, key)) => Some(TlsConfig::load(cert, key)?),
@@ -42,9 +44,12 @@ impl Application {
         let listener = TcpListener::bind(settings.bind)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.bind))?;
-        let read = ReadSide::start(&store)
+        let mut read = ReadSide::start(&store)
             .await
             .map_err(|e| anyhow::anyhow!("cannot start the projections: {e}"))?;
+        read.attach_search(open_search(&settings.data_dir, embedder)?)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the search index: {e}"))?;
         let state = AppState::new(store, read, settings, keys);
         let revocations = RevocationFeed::start(&state.store, state.auth.revocations.clone())
             .await
@@ -300,5 +305,34 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+    }
+}
+
+/// The embedder `CHRONICLE_EMBEDDINGS__PROVIDER` names; any other than `builtin` is refused
+/// at start by this version.
+pub(crate) fn embedder_for(provider: &str) -> anyhow::Result<std::sync::Arc<dyn Embedder>> {
+    chronicle_projections::search::embedder_for(provider).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// This node's search index, `<data_dir>/search`. A second server on the same data dir
+/// (tests run several nodes on one) cannot share it: it builds a private one beside it,
+/// from the first event.
+pub(crate) fn open_search(
+    data_dir: &std::path::Path,
+    embedder: std::sync::Arc<dyn Embedder>,
+) -> anyhow::Result<SearchIndex> {
+    match SearchIndex::open(&data_dir.join("search"), embedder.clone()) {
+        Ok(index) => Ok(index),
+        Err(OpenError::Busy(dir)) => {
+            let private = data_dir.join(format!("search.node-{}", uuid::Uuid::new_v4().simple()));
+            tracing::warn!(
+                held = %dir.display(),
+                private = %private.display(),
+                "another server holds this data dir's search index; this node builds its own"
+            );
+            SearchIndex::open(&private, embedder)
+                .map_err(|e| anyhow::anyhow!("cannot open the search index: {e}"))
+        }
+        Err(error) => Err(anyhow::anyhow!("cannot open the search index: {error}")),
     }
 }

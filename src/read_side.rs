@@ -16,6 +16,7 @@ use chronicle_projections::aggregate_owners::AggregateOwners;
 use chronicle_projections::api_key_view::ApiKeyView;
 use chronicle_projections::rebuild::Shadow;
 use chronicle_projections::schedule_view::ScheduleView;
+use chronicle_projections::search::SearchIndex;
 use chronicle_projections::task_view::TaskView;
 use chronicle_projections::usage::UsageView;
 use chronicle_projections::workflow_run_view::WorkflowRunView;
@@ -58,6 +59,9 @@ pub struct ReadSide {
     projected: Arc<Notify>,
     /// Projections this node is rebuilding now.
     rebuilding: Arc<Mutex<HashSet<&'static str>>>,
+    /// This node's search index (not SQL: its position is in its own commits), once
+    /// attached; `None` in tools that do not search.
+    search: Option<SearchIndex>,
 }
 
 /// Events per transaction while a rebuild builds its copy: larger than the live batch,
@@ -79,13 +83,29 @@ pub enum RebuildError {
 /// PostgreSQL, per cluster: [`ReadSide::rebuild_claimed`] takes an advisory lock too).
 /// Released on drop.
 pub struct RebuildClaim {
-    projector: Arc<dyn AnyProjector>,
+    target: RebuildTarget,
     rebuilding: Arc<Mutex<HashSet<&'static str>>>,
+}
+
+/// What a rebuild builds again: a SQL projection, or this node's search index.
+#[derive(Clone)]
+enum RebuildTarget {
+    Sql(Arc<dyn AnyProjector>),
+    Search(SearchIndex),
+}
+
+impl RebuildTarget {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Sql(projector) => projector.name(),
+            Self::Search(_) => chronicle_projections::search::NAME,
+        }
+    }
 }
 
 impl RebuildClaim {
     pub fn name(&self) -> &'static str {
-        self.projector.name()
+        self.target.name()
     }
 }
 
@@ -94,7 +114,7 @@ impl Drop for RebuildClaim {
         self.rebuilding
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(self.projector.name());
+            .remove(self.target.name());
     }
 }
 
@@ -152,12 +172,41 @@ impl ReadSide {
             ended_steps: Arc::default(),
             projected: Arc::default(),
             rebuilding: Arc::default(),
+            search: None,
         })
+    }
+
+    /// Catches the search index up (from its own committed position) and serves searches
+    /// from it; it is kept current by [`ReadSide::spawn`] like the other projections.
+    pub async fn attach_search(&mut self, index: SearchIndex) -> Result<(), ProjectionError> {
+        match index.catch_up(&self.store).await {
+            Ok(applied) => tracing::info!(
+                projection = chronicle_projections::search::NAME,
+                applied,
+                documents = index.len(),
+                "projection caught up"
+            ),
+            Err(error) if index.failure().is_some() => {
+                tracing::warn!(projection = "search", %error, "projection failed");
+            }
+            Err(error) => return Err(error),
+        }
+        self.search = Some(index);
+        Ok(())
+    }
+
+    /// This node's search index, when attached.
+    pub fn search(&self) -> Option<&SearchIndex> {
+        self.search.as_ref()
     }
 
     /// The names of the projections, live versions only.
     pub fn projection_names(&self) -> Vec<&'static str> {
-        self.projectors.iter().map(|p| p.name()).collect()
+        let mut names: Vec<&'static str> = self.projectors.iter().map(|p| p.name()).collect();
+        if self.search.is_some() {
+            names.push(chronicle_projections::search::NAME);
+        }
+        names
     }
 
     /// How many times each projection stopped at an event it could not apply, since this
@@ -172,21 +221,27 @@ impl ReadSide {
 
     /// Claims the rebuild of projection `name` on this node.
     pub fn claim_rebuild(&self, name: &str) -> Result<RebuildClaim, RebuildError> {
-        let projector = self
-            .projectors
-            .iter()
-            .find(|p| p.name() == name)
-            .cloned()
-            .ok_or_else(|| RebuildError::Unknown(name.to_owned()))?;
+        let target = match &self.search {
+            Some(index) if name == chronicle_projections::search::NAME => {
+                RebuildTarget::Search(index.clone())
+            }
+            _ => self
+                .projectors
+                .iter()
+                .find(|p| p.name() == name)
+                .cloned()
+                .map(RebuildTarget::Sql)
+                .ok_or_else(|| RebuildError::Unknown(name.to_owned()))?,
+        };
         let mut rebuilding = self
             .rebuilding
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if !rebuilding.insert(projector.name()) {
-            return Err(RebuildError::Running(projector.name()));
+        if !rebuilding.insert(target.name()) {
+            return Err(RebuildError::Running(target.name()));
         }
         Ok(RebuildClaim {
-            projector,
+            target,
             rebuilding: self.rebuilding.clone(),
         })
     }
@@ -212,7 +267,35 @@ impl ReadSide {
         progress: &(dyn Fn(u64, u64) + Send + Sync),
     ) -> Result<RebuildReport, RebuildError> {
         let started = std::time::Instant::now();
-        let projector = claim.projector.clone();
+        let projector = match claim.target.clone() {
+            RebuildTarget::Sql(projector) => projector,
+            // This node's own index: no cluster lock, no shadow tables.
+            RebuildTarget::Search(index) => {
+                let (total, _) = self
+                    .store
+                    .lag_after(FeedCursor::default())
+                    .await
+                    .map_err(|e| ProjectionError::Source(Box::new(e)))?;
+                let total = u64::try_from(total).unwrap_or_default();
+                let applied = index.rebuild(&self.store, total, progress).await?;
+                self.notify();
+                let report = RebuildReport {
+                    name: chronicle_projections::search::NAME,
+                    version: chronicle_projections::search::VERSION,
+                    applied,
+                    in_switch: 0,
+                    elapsed: started.elapsed(),
+                };
+                tracing::info!(
+                    projection = report.name,
+                    applied,
+                    elapsed_ms = report.elapsed.as_millis() as u64,
+                    "search index rebuilt"
+                );
+                drop(claim);
+                return Ok(report);
+            }
+        };
         let name = projector.name();
         // Across nodes: a session advisory lock, held on this connection until the end.
         let mut cluster_lock = match &self.db {
@@ -317,7 +400,16 @@ impl ReadSide {
                     stop.clone(),
                 ))
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut projectors = projectors;
+        if let Some(index) = self.search.clone() {
+            projectors.push(tokio::spawn(run_search(
+                index,
+                self.store.clone(),
+                self.wake.clone(),
+                stop.clone(),
+            )));
+        }
         let mut others = Vec::new();
         if let (Some(wakeups), ReadDb::Postgres(pool)) = (&self.wakeups, &self.db) {
             others.extend(wakeups.spawn(
@@ -446,6 +538,11 @@ impl ReadSide {
                 tracing::warn!(projection = projector.name(), %error, "final projection catch-up failed");
             }
         }
+        if let Some(index) = &self.search {
+            if let Err(error) = index.catch_up(&self.store).await {
+                tracing::warn!(projection = "search", %error, "final projection catch-up failed");
+            }
+        }
     }
 
     /// Where each live projection's checkpoint stands: cheaper than [`ReadSide::status`].
@@ -531,6 +628,65 @@ impl ReadSide {
                 lag_seconds,
             });
         }
+        if let Some(index) = &self.search {
+            statuses.push(self.search_status(index).await?);
+            statuses.sort_by(|a, b| a.name.cmp(&b.name).then(a.version.cmp(&b.version)));
+        }
         Ok(statuses)
+    }
+
+    /// The search index's row: its position is the one in its own last commit.
+    async fn search_status(
+        &self,
+        index: &SearchIndex,
+    ) -> Result<ProjectionStatus, ProjectionError> {
+        let cursor = index.committed();
+        let (lag_events, oldest) = self
+            .store
+            .lag_after(cursor)
+            .await
+            .map_err(|e| ProjectionError::Source(Box::new(e)))?;
+        let failure = index.failure();
+        Ok(ProjectionStatus {
+            name: chronicle_projections::search::NAME.to_owned(),
+            version: chronicle_projections::search::VERSION,
+            position: cursor.position,
+            lag_events,
+            lag_seconds: oldest
+                .map(|at| (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0)
+                .unwrap_or(0.0),
+            status: if failure.is_some() {
+                "failed"
+            } else if index.is_rebuilding()
+                || self
+                    .rebuilding
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains(chronicle_projections::search::NAME)
+            {
+                "rebuilding"
+            } else if lag_events == 0 {
+                "live"
+            } else {
+                "catching_up"
+            },
+            error: failure.map(|f| format!("at position {}: {}", f.position, f.message)),
+        })
+    }
+}
+
+/// Keeps the search index current: a catch-up on every wake-up (after [`SETTLE`]) and at
+/// least every [`POLL`], until `stop`; errors are logged and retried.
+async fn run_search(index: SearchIndex, store: Store, wake: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        match index.catch_up(&store).await {
+            Ok(_) | Err(ProjectionError::Failed { .. }) => {}
+            Err(error) => tracing::error!(projection = "search", %error, "catch-up failed"),
+        }
+        tokio::select! {
+            () = wake.notified() => tokio::time::sleep(SETTLE).await,
+            () = tokio::time::sleep(POLL) => {}
+            () = stop.cancelled() => return,
+        }
     }
 }

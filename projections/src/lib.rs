@@ -18,6 +18,7 @@
 //! - [`workflow_view`]: the workflow list read model, every version in each row.
 //! - [`workflow_run_view`]: workflow runs with their per-step map.
 //! - [`schedule_view`]: schedules with their next fire time, for the schedule process.
+//! - [`search`]: the search index (tantivy and HNSW on local disk), not SQL.
 
 pub mod agent_view;
 pub mod aggregate_owners;
@@ -28,6 +29,7 @@ pub mod feed;
 pub mod rebuild;
 pub mod runner;
 pub mod schedule_view;
+pub mod search;
 pub mod task_queue;
 pub mod task_view;
 pub mod usage;

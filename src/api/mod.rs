@@ -28,6 +28,7 @@ pub mod request_meters;
 pub mod request_span;
 pub mod schedules;
 pub mod scrape;
+pub mod search;
 pub mod security_headers;
 pub mod store_link;
 pub mod sync;
@@ -200,7 +201,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::unshare))
         .routes(routes!(conversations::get))
         .routes(routes!(sync::push::push))
-        .routes(routes!(sync::pull::pull));
+        .routes(routes!(sync::pull::pull))
+        .routes(routes!(search::search))
+        .routes(routes!(search::rag_context));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).nest("/api", api)
 }
 

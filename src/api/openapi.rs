@@ -48,6 +48,7 @@ const NO_STORE_ERRORS: [&str; 4] = ["health", "metrics", "openapi", "status"];
         (name = "live", description = "Live subscriptions: the event WebSocket (tasks also stream over SSE)."),
         (name = "workflows", description = "Workflows: versioned DAGs of steps, their runs, step by step, and cancellation."),
         (name = "sync", description = "Offline sync for the extension: a batch of queued writes, and the current state of what changed since a token."),
+        (name = "search", description = "Search over the caller's tasks and workflow runs (BM25 and embeddings, fused), and context for language models from it."),
         (name = "admin", description = "Operating the read side: projection status and rebuilds."),
         (name = "teams", description = "Teams: members and their roles (owner, maintainer, member, viewer), invitations by email, and sharing workflows with a team."),
         (name = "llm", description = "Conversations of `llm.chat` tasks, which the built-in LLM agent runs when a provider is configured."),

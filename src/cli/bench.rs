@@ -9,7 +9,8 @@
 //! ([`super::bench_auth`]) measure over HTTP, against a running server or one they start;
 //! `chronicle bench projections` ([`super::bench_projections`]) the read side, in process;
 //! `chronicle bench workflows` ([`super::bench_workflows`]) workflow runs and the driver's
-//! step overhead, over HTTP.
+//! step overhead, over HTTP; `chronicle bench search` ([`super::bench_search`]) the search
+//! index, in process.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -57,6 +58,8 @@ pub enum BenchCommand {
     /// Workflow runs over HTTP (a linear and a fan-out workflow), and the driver's
     /// overhead between one step's success and the next step's lease.
     Workflows(super::bench_workflows::WorkflowsArgs),
+    /// The search index: indexing rate, query latency per mode, the vector leg's recall.
+    Search(super::bench_search::SearchArgs),
 }
 
 pub async fn run(command: BenchCommand, settings: Settings) -> anyhow::Result<()> {
@@ -79,6 +82,7 @@ pub async fn run(command: BenchCommand, settings: Settings) -> anyhow::Result<()
         BenchCommand::Auth(args) => super::bench_auth::run(args, settings).await,
         BenchCommand::Projections(args) => super::bench_projections::run(args, settings).await,
         BenchCommand::Workflows(args) => super::bench_workflows::run(args, settings).await,
+        BenchCommand::Search(args) => super::bench_search::run(args, settings).await,
     }
 }
 

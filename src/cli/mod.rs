@@ -5,6 +5,7 @@ mod audit;
 mod bench;
 mod bench_auth;
 mod bench_projections;
+mod bench_search;
 mod bench_target;
 mod bench_tasks;
 mod bench_workflows;

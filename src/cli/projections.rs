@@ -6,6 +6,8 @@ use std::io::IsTerminal;
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use chronicle_projections::search::{OpenError, SearchIndex};
+
 use crate::app::connect_store;
 use crate::config::Settings;
 use crate::read_side::ReadSide;
@@ -27,9 +29,32 @@ pub enum ProjectionsCommand {
 pub async fn run(command: ProjectionsCommand, settings: Settings) -> anyhow::Result<()> {
     let ProjectionsCommand::Rebuild { name, all } = command;
     let store = connect_store(&settings).await?;
-    let read = ReadSide::start(&store)
+    let mut read = ReadSide::start(&store)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the projections: {e}"))?;
+    // The search index is this node's own files: rebuilt here only while no server holds
+    // them (a running server's is rebuilt by POST /api/admin/projections/search/rebuild).
+    if all || name.as_deref() == Some(chronicle_projections::search::NAME) {
+        let embedder = crate::app::embedder_for(&settings.embeddings.provider)?;
+        let dir = settings.data_dir.join("search");
+        match SearchIndex::open(&dir, embedder) {
+            Ok(index) => read
+                .attach_search(index)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open the search index: {e}"))?,
+            Err(OpenError::Busy(dir)) if !all => anyhow::bail!(
+                "the search index in {} is held by a running server: rebuild it there with \
+                 POST /api/admin/projections/search/rebuild",
+                dir.display()
+            ),
+            Err(OpenError::Busy(dir)) => eprintln!(
+                "search: skipped, {} is held by a running server (rebuild it there with \
+                 POST /api/admin/projections/search/rebuild)",
+                dir.display()
+            ),
+            Err(error) => anyhow::bail!("cannot open the search index: {error}"),
+        }
+    }
     let names: Vec<String> = if all {
         read.projection_names()
             .into_iter()

@@ -38,6 +38,7 @@ mod revocation;
 mod runbook;
 mod schedules;
 mod schema_rules;
+mod search;
 mod server_process;
 mod store;
 mod teams;

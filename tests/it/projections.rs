@@ -143,12 +143,13 @@ async fn lists_filter_and_page_newest_first(#[case] backend: Backend) {
             "agent_view",
             "aggregate_owners",
             "api_key_view",
+            "search",
             "task_view",
             "usage",
             "workflow_views"
         ]
     );
-    assert_eq!(projections[3]["version"], 4);
+    assert_eq!(projections[4]["version"], 4);
 }
 
 async fn view_rows(app: &TestApp) -> Vec<(String, i64, String)> {

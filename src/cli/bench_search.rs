@@ -1,0 +1,189 @@
+//! `chronicle bench search --docs N [--embedder builtin]`: the search index at scale, in
+//! process, in a temporary folder.
+//!
+//! Indexes `N` synthetic task documents (words drawn from a Zipf-like vocabulary, 100
+//! owners) through the index's own write path — embed, tantivy, HNSW, a commit per chunk —
+//! then times 300 queries in each mode over everyone's documents, and measures the vector
+//! leg's recall@10 against exact brute force over the same vectors. Ends with one line:
+//! `search: index=<docs>/s bm25_p99=<ms> vector_p99=<ms> hybrid_p99=<ms> recall@10=<r> rss_mb=<n> index_mb=<n>`.
+//!
+//!     cargo run --release -- bench search --docs 100000
+
+use std::time::{Duration, Instant};
+
+use chronicle_projections::search::vectors::VectorFilter;
+use chronicle_projections::search::{DocKind, Mode, Scope, SearchDoc, SearchIndex};
+use clap::Args;
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::config::Settings;
+
+#[derive(Args)]
+pub struct SearchArgs {
+    /// Documents to index.
+    #[arg(long, default_value_t = 100_000)]
+    docs: usize,
+    /// The embedder (`builtin` only in this version).
+    #[arg(long, default_value = "builtin")]
+    embedder: String,
+    /// Queries per mode.
+    #[arg(long, default_value_t = 300)]
+    queries: usize,
+}
+
+/// Documents per commit while indexing.
+const CHUNK: usize = 10_000;
+const VOCABULARY: usize = 20_000;
+const OWNERS: usize = 100;
+
+pub async fn run(args: SearchArgs, _settings: Settings) -> anyhow::Result<()> {
+    let embedder = crate::app::embedder_for(&args.embedder)?;
+    let dir = tempfile::tempdir()?;
+    let index = SearchIndex::open_with(&dir.path().join("search"), embedder, 2, 200_000_000)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let words = vocabulary(VOCABULARY);
+    let mut rng = StdRng::seed_from_u64(7);
+    let started = Instant::now();
+    let mut made = 0;
+    while made < args.docs {
+        let chunk = CHUNK.min(args.docs - made);
+        let docs = (made..made + chunk)
+            .map(|i| synthetic_doc(i, &words, &mut rng))
+            .collect();
+        index
+            .index_docs(docs)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        made += chunk;
+        eprintln!("indexed {made} documents");
+    }
+    let index_rate = args.docs as f64 / started.elapsed().as_secs_f64();
+    let reload = Instant::now();
+    index.reload_vectors().map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!(
+        "vector index rebuilt from the stored vectors in {:.2}s ({} points)",
+        reload.elapsed().as_secs_f64(),
+        index.with_vectors(|v| v.len())
+    );
+    let queries: Vec<String> = (0..args.queries)
+        .map(|_| {
+            let n = rng.random_range(1..=3);
+            (0..n)
+                .map(|_| zipf_word(&words, &mut rng))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let mut p99 = Vec::new();
+    for mode in [Mode::Bm25, Mode::Vector, Mode::Hybrid] {
+        let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        for query in &queries {
+            let sent = Instant::now();
+            index
+                .query(Scope::All, query, mode, 10, None)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            latencies.record(micros(sent.elapsed()))?;
+        }
+        p99.push(latencies.value_at_quantile(0.99) as f64 / 1000.0);
+    }
+    let embedder = index.embedder().clone();
+    let vectors = embedder
+        .embed(&queries)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let all = VectorFilter {
+        owner: None,
+        kind: None,
+    };
+    let (found, wanted) = index.with_vectors(|v| {
+        let mut found = 0usize;
+        let mut wanted = 0usize;
+        for query in &vectors {
+            let exact: Vec<&str> = v
+                .exact(query, 10, all)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            let approximate: Vec<&str> = v
+                .search(query, 10, all)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            wanted += exact.len();
+            found += exact.iter().filter(|k| approximate.contains(k)).count();
+        }
+        (found, wanted)
+    });
+    let recall = found as f64 / wanted.max(1) as f64;
+    println!(
+        "search: index={index_rate:.0}/s bm25_p99={:.2} vector_p99={:.2} hybrid_p99={:.2} recall@10={recall:.3} rss_mb={} index_mb={}",
+        p99[0],
+        p99[1],
+        p99[2],
+        rss_mb(),
+        index.disk_bytes() / 1_000_000
+    );
+    Ok(())
+}
+
+/// Pronounceable made-up words, so stemming has little to fold.
+fn vocabulary(size: usize) -> Vec<String> {
+    const SYLLABLES: [&str; 24] = [
+        "ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "qui", "dor", "fen", "gal",
+        "hux", "jin", "bel", "cor", "dax", "em", "ol", "ur", "yan", "wex",
+    ];
+    (0..size)
+        .map(|mut i| {
+            let mut word = String::new();
+            for _ in 0..3 {
+                word.push_str(SYLLABLES[i % SYLLABLES.len()]);
+                i /= SYLLABLES.len();
+            }
+            word.push_str(SYLLABLES[i % SYLLABLES.len()]);
+            word
+        })
+        .collect()
+}
+
+/// A word, the frequent ones far more often (rank ~ 1/u²).
+fn zipf_word(words: &[String], rng: &mut StdRng) -> String {
+    let u: f64 = rng.random_range(0.0..1.0);
+    let rank = ((u * u * u) * words.len() as f64) as usize;
+    words[rank.min(words.len() - 1)].clone()
+}
+
+fn synthetic_doc(i: usize, words: &[String], rng: &mut StdRng) -> SearchDoc {
+    let length = rng.random_range(12..40);
+    let body: Vec<String> = (0..length).map(|_| zipf_word(words, rng)).collect();
+    SearchDoc {
+        kind: DocKind::Task,
+        id: format!("00000000-0000-7000-8000-{i:012}"),
+        owner: format!("00000000-0000-4000-8000-{:012}", i % OWNERS),
+        status: "succeeded".into(),
+        time_ms: 1_700_000_000_000 + i as i64,
+        title: format!("bench.{}", words[i % 50]),
+        body: body.join(" "),
+    }
+}
+
+fn rss_mb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
