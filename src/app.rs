@@ -69,9 +69,13 @@ impl Application {
                 let services = LlmServices {
                     provider,
                     tokens: state.tokens.clone(),
-                    // The search index provides one; until it is wired, `use_context`
-                    // tasks fail with `context_unavailable`.
-                    context: None,
+                    // `use_context` searches the task owner's own history in this node's
+                    // index.
+                    context: state.read.search().map(|index| {
+                        std::sync::Arc::new(crate::process::llm::context::SearchContext(
+                            index.clone(),
+                        )) as std::sync::Arc<dyn crate::process::llm::context::ContextSource>
+                    }),
                     settings: state.settings.llm.clone(),
                 };
                 Some(LlmAgent::register(&state.bus, &state.read, services).await?)

@@ -796,3 +796,58 @@ async fn without_a_provider_tasks_wait_for_a_remote_agent(#[case] backend: Backe
     let leased: Value = response.json().await.unwrap();
     assert_eq!(leased["tasks"][0]["id"], id, "{leased}");
 }
+
+/// `use_context`: the agent searches the task owner's own history in the node's index and
+/// sends what it found as a system message; another user's document never reaches it.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn use_context_sends_the_owners_own_history(#[case] backend: Backend) {
+    let fake = Provider::start().await;
+    let app = spawn_with(backend, "openai", &fake).await;
+    let alice = app.register_user().await;
+    let bob = app.register_user().await;
+    let mine = create(
+        &alice.client,
+        &app,
+        json!({"capability": "notes.save", "input": {"text": "the zanzibar ferry leaves at noon"}}),
+    )
+    .await;
+    create(
+        &bob.client,
+        &app,
+        json!({"capability": "notes.save", "input": {"text": "zanzibar ferry secret of bob"}}),
+    )
+    .await;
+    // Until the index has Alice's note (it follows the feed on its own loop).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, found) = get(&alice.client, &app, "/api/search?q=zanzibar&mode=bm25").await;
+        assert_eq!(status, Status::OK, "{found}");
+        if found["items"].as_array().is_some_and(|items| !items.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never indexed: {found}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fake.reply(openai_stream(&["At noon."], (20, 2), &[]));
+    let task = create(
+        &alice.client,
+        &app,
+        json!({"capability": "llm.chat", "input": {
+            "messages": [{"role": "user", "content": "When does the zanzibar ferry leave?"}],
+            "use_context": true}}),
+    )
+    .await;
+    let task = finished(&alice.client, &app, task["id"].as_str().unwrap()).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    let sent = fake.seen()[0].body["messages"].to_string();
+    assert!(sent.contains("leaves at noon"), "{sent}");
+    assert!(!sent.contains("secret of bob"), "{sent}");
+    let sources = task["output"]["sources"].as_array().unwrap();
+    assert!(
+        sources.iter().any(|s| s["id"] == mine["id"]),
+        "{sources:?}"
+    );
+}

@@ -37,3 +37,40 @@ pub trait ContextSource: Send + Sync {
         max_chars: u32,
     ) -> Result<Retrieved, String>;
 }
+
+/// The node's search index as the context source: hybrid search over the owner's own tasks
+/// and workflow runs, as `POST /api/rag/context` answers it.
+pub struct SearchContext(pub chronicle_projections::search::SearchIndex);
+
+#[async_trait]
+impl ContextSource for SearchContext {
+    async fn context(
+        &self,
+        owner_id: Uuid,
+        query: &str,
+        limit: u32,
+        max_chars: u32,
+    ) -> Result<Retrieved, String> {
+        let (context, sources) = self
+            .0
+            .context(
+                chronicle_projections::search::query::Scope::Owner(owner_id),
+                query,
+                limit as usize,
+                max_chars as usize,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Retrieved {
+            context,
+            sources: sources
+                .into_iter()
+                .map(|source| Source {
+                    kind: source.kind.as_str().to_owned(),
+                    id: source.id,
+                    score: source.score,
+                })
+                .collect(),
+        })
+    }
+}
