@@ -74,7 +74,8 @@ impl Application {
                     context: state.read.search().map(|index| {
                         std::sync::Arc::new(crate::process::llm::context::SearchContext(
                             index.clone(),
-                        )) as std::sync::Arc<dyn crate::process::llm::context::ContextSource>
+                        ))
+                            as std::sync::Arc<dyn crate::process::llm::context::ContextSource>
                     }),
                     settings: state.settings.llm.clone(),
                 };

@@ -314,7 +314,11 @@ impl CommandBus {
         // events, or this node holds the aggregate as it last wrote or loaded it — and any
         // refusal, failed precondition or conflict on a guess is asked again of state loaded
         // from the store, without counting as an attempt.
-        let mut guess = if assume_new { Guess::New } else { Guess::Recent };
+        let mut guess = if assume_new {
+            Guess::New
+        } else {
+            Guess::Recent
+        };
         let mut attempt = 1;
         loop {
             let (mut loaded, guessed) = match std::mem::replace(&mut guess, Guess::None) {

@@ -210,7 +210,10 @@ impl OwnServers {
             serving.push(node.serving);
         }
         for served in serving {
-            let served = served.await.map_err(anyhow::Error::from).and_then(|served| served);
+            let served = served
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|served| served);
             if outcome.is_ok() {
                 outcome = served;
             }

@@ -262,7 +262,10 @@ impl Store {
                 let mut heads = sqlite_heads(&mut read, position).await?;
                 read.commit().await?;
                 let checkpoint = sign(&key, position, count, &mut heads, created_at);
-                let mut tx = lite.writer().begin_with("PRAGMA synchronous = FULL; BEGIN IMMEDIATE").await?;
+                let mut tx = lite
+                    .writer()
+                    .begin_with("PRAGMA synchronous = FULL; BEGIN IMMEDIATE")
+                    .await?;
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO chain_checkpoints
                          (chain_version, position, event_count, root, mac, created_at, published)

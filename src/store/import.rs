@@ -135,7 +135,10 @@ impl Importer {
                 tx.commit().await.map_err(map_error)?;
             }
             Backend::Sqlite(lite) => {
-                let mut tx = lite.writer().begin_with("PRAGMA synchronous = FULL; BEGIN IMMEDIATE").await?;
+                let mut tx = lite
+                    .writer()
+                    .begin_with("PRAGMA synchronous = FULL; BEGIN IMMEDIATE")
+                    .await?;
                 for event in &batch {
                     sqlx::query(
                         "INSERT INTO events (position, aggregate_type, aggregate_id, sequence,

@@ -825,7 +825,10 @@ async fn use_context_sends_the_owners_own_history(#[case] backend: Backend) {
     loop {
         let (status, found) = get(&alice.client, &app, "/api/search?q=zanzibar&mode=bm25").await;
         assert_eq!(status, Status::OK, "{found}");
-        if found["items"].as_array().is_some_and(|items| !items.is_empty()) {
+        if found["items"]
+            .as_array()
+            .is_some_and(|items| !items.is_empty())
+        {
             break;
         }
         assert!(Instant::now() < deadline, "never indexed: {found}");
@@ -846,8 +849,5 @@ async fn use_context_sends_the_owners_own_history(#[case] backend: Backend) {
     assert!(sent.contains("leaves at noon"), "{sent}");
     assert!(!sent.contains("secret of bob"), "{sent}");
     let sources = task["output"]["sources"].as_array().unwrap();
-    assert!(
-        sources.iter().any(|s| s["id"] == mine["id"]),
-        "{sources:?}"
-    );
+    assert!(sources.iter().any(|s| s["id"] == mine["id"]), "{sources:?}");
 }

@@ -66,11 +66,13 @@ async fn complete(client: &Client, base: &str, capability: &str, task: &str, out
 
 /// Waits until the search index has applied every event (its `/api/status` row).
 /// Asked as a signed-in user: the anonymous answer is cached for a second.
-async fn indexed(client: &Client, base: &str) {
+async fn indexed(admin: &Client, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, status) = send(client.get(format!("{base}/api/status"))).await;
-        let search = status["projections"]
+        // The admin route, not `/api/status`: that answer is reused for a second, and may
+        // say "caught up" from before the last writes.
+        let (_, status) = send(admin.get(format!("{base}/api/admin/projections"))).await;
+        let search = status
             .as_array()
             .and_then(|rows| rows.iter().find(|row| row["name"] == "search").cloned());
         if search
@@ -130,7 +132,7 @@ async fn bm25_finds_exact_terms_in_input(#[case] backend: Backend) {
         json!({"note": "an unrelated grocery list"}),
     )
     .await;
-    indexed(&alice.client, &base).await;
+    indexed(&app.client, &base).await;
     let items = search(
         &alice.client,
         &base,
@@ -163,13 +165,11 @@ async fn bm25_finds_exact_terms_in_input(#[case] backend: Backend) {
     .is_empty());
 }
 
-/// Known failure, not yet understood: after the task succeeded the index is caught up
-/// (lag 0) but its output's words are not found.
+/// A task's output is indexed once it succeeded, in place (one document per task).
 #[rstest]
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]
 #[tokio::test]
-#[ignore = "known failure: a succeeded task's output is not found after the catch-up"]
 async fn bm25_finds_exact_terms_in_output(#[case] backend: Backend) {
     let (app, alice, _) = app_with_users(backend).await;
     let base = app.address.clone();
@@ -188,7 +188,7 @@ async fn bm25_finds_exact_terms_in_output(#[case] backend: Backend) {
         json!({"summary": "photosynthesis anomaly"}),
     )
     .await;
-    indexed(&alice.client, &base).await;
+    indexed(&app.client, &base).await;
     let items = search(
         &alice.client,
         &base,
@@ -249,7 +249,7 @@ async fn builtin_vectors_find_misspellings_but_not_paraphrases(#[case] backend: 
         json!({"note": "forecast for tomorrow"}),
     )
     .await;
-    indexed(&alice.client, &base).await;
+    indexed(&app.client, &base).await;
 
     assert!(
         search(&alice.client, &base, &[("q", "recieve"), ("mode", "bm25")])
@@ -306,7 +306,7 @@ async fn hybrid_ranks_a_document_both_legs_find_first(#[case] backend: Backend) 
     ] {
         create(&alice.client, &base, "ledger.check", json!({"note": note})).await;
     }
-    indexed(&alice.client, &base).await;
+    indexed(&app.client, &base).await;
     let items = search(
         &alice.client,
         &base,
@@ -357,7 +357,7 @@ async fn the_kind_filter_keeps_tasks_or_workflow_runs(#[case] backend: Backend) 
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{run}");
     let run = run["id"].as_str().unwrap().to_owned();
-    indexed(&alice.client, &base).await;
+    indexed(&app.client, &base).await;
 
     let runs = search(
         &alice.client,
@@ -395,7 +395,7 @@ async fn nobody_finds_another_users_documents_in_any_mode_or_context(#[case] bac
         json!({"secret": "platypus bravo"}),
     )
     .await;
-    indexed(&alice.client, &base).await;
+    indexed(&app.client, &base).await;
     for mode in ["bm25", "vector", "hybrid"] {
         for query in ["platypus", "platypus bravo", "bravo"] {
             let items = search(&alice.client, &base, &[("q", query), ("mode", mode)]).await;
@@ -462,7 +462,7 @@ async fn nobody_finds_another_users_documents_in_any_mode_or_context(#[case] bac
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]
 #[tokio::test]
-#[ignore = "known failure: documents with equal scores are ordered by their place in the index, which a rebuild changes, so a top-10 cut through a tie differs"]
+#[ignore = "known failure: the live index still counts replaced versions of changed documents in its BM25 statistics (until tantivy merges them away), a rebuilt one does not, so near-ties order differently"]
 async fn a_rebuilt_index_answers_the_same_top_ten(#[case] backend: Backend) {
     let (app, alice, bob) = app_with_users(backend).await;
     let base = app.address.clone();
@@ -489,7 +489,7 @@ async fn a_rebuilt_index_answers_the_same_top_ten(#[case] backend: Backend) {
             assert_eq!(status, StatusCode::OK);
         }
     }
-    indexed(&alice.client, &base).await;
+    indexed(&app.client, &base).await;
     let queries = [
         "amber",
         "basalt cobalt",
@@ -518,7 +518,7 @@ async fn a_rebuilt_index_answers_the_same_top_ten(#[case] backend: Backend) {
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    indexed(&alice.client, &base).await;
+    indexed(&app.client, &base).await;
     let mut after = Vec::new();
     for q in queries {
         for mode in ["bm25", "vector", "hybrid"] {
@@ -628,7 +628,7 @@ async fn hostile_queries_answer_200_or_422_never_500(#[case] backend: Backend) {
         json!({"note": "plain words"}),
     )
     .await;
-    indexed(&alice.client, &base).await;
+    indexed(&app.client, &base).await;
     let long = "a".repeat(10_000);
     let hostile = [
         "\"unbalanced",

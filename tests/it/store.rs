@@ -637,7 +637,10 @@ async fn a_stale_recent_aggregate_costs_a_reload_not_a_wrong_answer(#[case] back
     let (bus_a, bus_b) = (CommandBus::new(node_a.clone()), CommandBus::new(node_b));
     let id = "counter-recent";
     assert_eq!(run(&bus_a, id, || CounterCommand::Add(1)).await.unwrap(), 1);
-    assert_eq!(run(&bus_b, id, || CounterCommand::Add(10)).await.unwrap(), 2);
+    assert_eq!(
+        run(&bus_b, id, || CounterCommand::Add(10)).await.unwrap(),
+        2
+    );
     // A still holds version 1: the append at 2 conflicts, A reloads and appends at 3.
     let committed = bus_a
         .execute::<Counter, CommandError<Refused>>(id, &context(), None, |_| {

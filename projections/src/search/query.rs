@@ -101,13 +101,26 @@ impl SearchIndex {
             Mode::Vector => Vec::new(),
             Mode::Bm25 | Mode::Hybrid => {
                 let filtered = self.filtered(words.box_clone(), owner.as_deref(), kind);
-                searcher
+                let mut scored = searcher
                     .search(&*filtered, &TopDocs::with_limit(depth).order_by_score())
                     .map_err(search_error)?
                     .into_iter()
-                    .map(|(_, address)| searcher.doc::<TantivyDocument>(address))
+                    .map(|(score, address)| {
+                        searcher
+                            .doc::<TantivyDocument>(address)
+                            .map(|doc| (score, doc))
+                    })
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(search_error)?
+                    .map_err(search_error)?;
+                // Equal scores in key order, not in the order documents sit in the index
+                // (which a rebuild changes).
+                let key = self.inner.fields.key;
+                scored.sort_by(|(a_score, a), (b_score, b)| {
+                    b_score
+                        .total_cmp(a_score)
+                        .then_with(|| text_of(a, key).cmp(&text_of(b, key)))
+                });
+                scored.into_iter().map(|(_, doc)| doc).collect()
             }
         };
         let nearest: Vec<String> = match &vector {

@@ -185,6 +185,44 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/agents/{id}/share": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Share an agent with a team: it then leases the team's tasks (a team workflow's steps)
+         *     as well as its owner's, and the team's members read it. Sharing with another team
+         *     moves it there.
+         */
+        post: operations["share_agent"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/agents/{id}/unshare": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Take an agent back from its team: it leases its owner's tasks alone again. */
+        post: operations["unshare_agent"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/agents/{id}/ws": {
         parameters: {
             query?: never;
@@ -373,6 +411,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/conversations/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Read one of your conversations.
+         * @description The `llm.chat` tasks you created with this `input.conversation_id`, oldest first (at
+         *     most the newest 1000). The built-in LLM agent sends a conversation's succeeded turns
+         *     before a new task's messages, within `CHRONICLE_LLM__CONVERSATION_BUDGET_TOKENS`.
+         */
+        get: operations["get_conversation"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/events": {
         parameters: {
             query?: never;
@@ -423,6 +483,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/invitations/{id}/accept": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Accept an invitation: the caller must be signed in with the invited email. */
+        post: operations["accept_invitation"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/metrics": {
         parameters: {
             query?: never;
@@ -461,6 +538,50 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/rag/context": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Context for a language model.
+         * @description Built from a hybrid search over what the caller may read (their own history; everyone's
+         *     for auditors and admins): whole documents while they fit in `max_chars`.
+         */
+        post: operations["rag_context"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/search": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Search tasks and workflow runs.
+         * @description Words (BM25 with English stemming) and embeddings (nearest neighbours), fused by
+         *     reciprocal rank fusion with k = 60. Only what the caller may read takes part in either
+         *     leg: their own documents, or everyone's for auditors and admins. The index follows the
+         *     event feed, so a change shows here shortly after it is recorded.
+         */
+        get: operations["search"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/status": {
         parameters: {
             query?: never;
@@ -476,6 +597,70 @@ export interface paths {
         get: operations["status"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/sync/pull": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Pull what changed since a token.
+         * @description The current state of every resource the caller may read — tasks, workflow runs,
+         *     workflows and agents; their own, everyone's for auditors and admins — that changed
+         *     since `since` (absent: from the beginning), each once, as its `GET` answers it. Pull
+         *     again with `next` until `changes` is empty: then the caller is up to date. Gap-free: a
+         *     change committed after a pull is in a later one; a resource that changes again after a
+         *     pull appears again. Two devices pulling from the start get the same states.
+         *
+         *     With `wait_secs`, a pull that finds nothing waits up to that long for a change and
+         *     answers as soon as one is readable (empty on time-out).
+         */
+        get: operations["sync_pull"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/sync/push": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Apply a batch of writes queued offline.
+         * @description The ops are applied one after another, in order, each as the request it names would be
+         *     (the same validation, authorisation, `If-Match` and answers), and each answered on its
+         *     own: a failing op does not stop the ones after it. A push takes exactly these writes:
+         *     `POST /api/tasks` (create), `PATCH /api/tasks/{id}`, `DELETE /api/tasks/{id}` (cancel),
+         *     `POST /api/workflows/{id}/execute` and `POST /api/workflow-runs/{id}/signals`; any other
+         *     method or path (a query included) is answered 422 for that op.
+         *
+         *     Each op runs under an Idempotency-Key derived from the caller and its `op_id`: an op
+         *     pushed again (the same `op_id` with the same request) has no second effect and answers
+         *     its first answer (`replayed: true`); the same `op_id` with another request is 422. A
+         *     stale `if_match` is answered 409 with the resource as it is now (not a problem
+         *     document): the client decides. At most 500 ops in one push; the body is bounded like
+         *     every request's (`CHRONICLE_BODY_LIMIT`). An op whose route fails with a 5xx ends the
+         *     push with that answer: the ops before it took effect, and pushing the batch again
+         *     answers them from their keys and carries on. The batch's shape (the ops' count, each
+         *     `op_id`, `if_match` and `body`) is checked before any op runs: a bad one is 422 for the
+         *     whole push, and nothing is applied.
+         */
+        post: operations["sync_push"];
         delete?: never;
         options?: never;
         head?: never;
@@ -585,7 +770,9 @@ export interface paths {
          * @description `text/event-stream`: every event of the task (after the one at `Last-Event-ID`, when
          *     given), then each new one as it is committed. `id:` is the event's position, `event:`
          *     its type, `data:` the `Event` as JSON. A comment every 15 s keeps the connection open.
-         *     Tokens of an `llm.chat` task will come as `event: token`.
+         *     Tokens of an `llm.chat` task running on this node come as `event: token`, no `id:`,
+         *     `data: {"task_id", "index", "text"}`, as they stream: they are not stored, so a
+         *     reconnecting client does not get them again (the answer is in `TaskSucceeded`).
          */
         get: operations["stream_task_events"];
         put?: never;
@@ -594,6 +781,83 @@ export interface paths {
         options?: never;
         head?: never;
         patch?: never;
+        trace?: never;
+    };
+    "/api/teams": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The teams the caller belongs to, newest first. */
+        get: operations["list_teams"];
+        put?: never;
+        /** Create a team; the caller is its owner. */
+        post: operations["create_team"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/teams/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Read a team and its members. */
+        get: operations["get_team"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete a team (its owners only), once nothing is shared with it any more; otherwise 409
+         *     naming what still is.
+         */
+        delete: operations["delete_team"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/teams/{id}/invitations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Invite whoever holds an email address, with a role; they accept while signed in. */
+        post: operations["invite_to_team"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/teams/{id}/members/{user_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Remove a member (owners), or leave (any member, their own id). Their access to the
+         *     team's resources ends at once, on open sockets too.
+         */
+        delete: operations["remove_team_member"];
+        options?: never;
+        head?: never;
+        /** Change a member's role (owners only); `owner` hands ownership on. */
+        patch: operations["change_team_member_role"];
         trace?: never;
     };
     "/api/users/me": {
@@ -843,6 +1107,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/workflows/{id}/share": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Share a workflow with a team: its members read and run it, its maintainers and owners
+         *     change it, its viewers read it. Sharing with another team moves it there. The run
+         *     started from it, and their tasks, belong to the team too.
+         */
+        post: operations["share_workflow"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/workflows/{id}/status": {
         parameters: {
             query?: never;
@@ -854,6 +1139,26 @@ export interface paths {
         get: operations["workflow_status"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/workflows/{id}/unshare": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Take a workflow back from its team: only its owner reads it again. Runs already started
+         *     stay the team's.
+         */
+        post: operations["unshare_workflow"];
         delete?: never;
         options?: never;
         head?: never;
@@ -912,6 +1217,11 @@ export interface components {
             /** Format: int32 */
             running: number;
             status: components["schemas"]["AgentStatus"];
+            /**
+             * Format: uuid
+             * @description The team it is shared with: it leases the team's tasks too.
+             */
+            team_id?: string | null;
         };
         /**
          * @description How an agent runs: `remote` agents (the extension) pull work over HTTP/WebSocket;
@@ -963,6 +1273,42 @@ export interface components {
             position: number;
             /** @description Hex SHA-256 Merkle root over `(type, id, sequence, hash)` of every aggregate's head. */
             root: string;
+        };
+        /** @description `PATCH /api/teams/{id}/members/{user_id}` body. */
+        ChangeRoleRequest: {
+            /** @description `owner` hands ownership on (the last owner is never demoted). */
+            role: components["schemas"]["TeamRole"];
+        };
+        /** @description `POST /api/rag/context` body. */
+        ContextRequest: {
+            /**
+             * Format: int32
+             * @description Documents to draw on, 1 to 100; 5 when absent.
+             */
+            limit?: number | null;
+            /**
+             * Format: int32
+             * @description The longest context, in characters, 1 to 100000; 4000 when absent.
+             */
+            max_chars?: number | null;
+            /** @description What the context is for, 1 to 2000 characters. */
+            query: string;
+        };
+        ContextSource: {
+            id: string;
+            kind: components["schemas"]["SearchKind"];
+            /** Format: double */
+            score: number;
+        };
+        /** @description A conversation, oldest turn first. */
+        ConversationBody: {
+            id: string;
+            turns: components["schemas"]["TurnBody"][];
+        };
+        /** @description `POST /api/teams` body. */
+        CreateTeamRequest: {
+            /** @description 1 to 100 characters, trimmed. */
+            name: string;
         };
         /** @description The body of `POST /api/workflows`: a definition, or a built-in template and its params. */
         CreateWorkflowRequest: components["schemas"]["WorkflowDefinitionRequest"] | components["schemas"]["TemplateRequest"];
@@ -1023,6 +1369,24 @@ export interface components {
             /** @description The tasks whose leases to renew; tasks the agent does not hold are skipped. */
             running_task_ids?: string[] | null;
         };
+        /** @description An invitation, as its sender sees it. */
+        InvitationBody: {
+            email: string;
+            /** Format: date-time */
+            expires_at: string;
+            /** Format: uuid */
+            id: string;
+            role: components["schemas"]["TeamRole"];
+            /** Format: uuid */
+            team_id: string;
+        };
+        /** @description `POST /api/teams/{id}/invitations` body. */
+        InviteRequest: {
+            /** @description The account that may accept: whoever signs in with this email. */
+            email: string;
+            /** @description Only an owner invites an owner. */
+            role: components["schemas"]["TeamRole"];
+        };
         /** @description An API key as answered right after it was drawn: the only time `key` is shown. */
         IssuedApiKey: {
             /** Format: date-time */
@@ -1081,6 +1445,13 @@ export interface components {
             email: string;
             /** Format: password */
             password: string;
+        };
+        /** @description One member of a team. */
+        MemberBody: {
+            email: string;
+            role: components["schemas"]["TeamRole"];
+            /** Format: uuid */
+            user_id: string;
         };
         /** @description `POST /api/users/me/api-keys` as the client sends it. */
         NewApiKeyRequest: {
@@ -1187,6 +1558,11 @@ export interface components {
             next_cursor?: string | null;
         };
         /** @description One page of a list; `next_cursor` is `null` on the last. */
+        Page_TeamBody: {
+            items: components["schemas"]["TeamBody"][];
+            next_cursor?: string | null;
+        };
+        /** @description One page of a list; `next_cursor` is `null` on the last. */
         Page_TemplateBody: {
             items: components["schemas"]["TemplateBody"][];
             next_cursor?: string | null;
@@ -1257,6 +1633,15 @@ export interface components {
             status: string;
             /** Format: int64 */
             version: number;
+        };
+        RagContext: {
+            /**
+             * @description The documents' titles and texts, best first, `[kind id] title` before each; at most
+             *     `max_chars` characters.
+             */
+            context: string;
+            /** @description The documents the context was made from, in its order. */
+            sources: components["schemas"]["ContextSource"][];
         };
         /** @description The answer to a rebuild request: it runs in the background. */
         RebuildStarted: {
@@ -1378,6 +1763,42 @@ export interface components {
             /** Format: uuid */
             workflow_id: string;
         };
+        SearchItem: {
+            /**
+             * Format: int32
+             * @description 1-based rank in the BM25 leg; `null` when it did not find it.
+             */
+            bm25_rank?: number | null;
+            id: string;
+            kind: components["schemas"]["SearchKind"];
+            /**
+             * Format: double
+             * @description The fused score: `Σ 1/(60 + rank)` over the legs that found it.
+             */
+            score: number;
+            /** @description HTML: the matched words in `<b>…</b>`, everything else escaped. */
+            snippet: string;
+            title: string;
+            /**
+             * Format: int32
+             * @description 1-based rank in the vector leg; `null` when it did not find it.
+             */
+            vector_rank?: number | null;
+        };
+        /** @enum {string} */
+        SearchKind: "task" | "workflow_run";
+        SearchResults: {
+            /** @description Best first. */
+            items: components["schemas"]["SearchItem"][];
+        };
+        /** @description `POST /api/workflows/{id}/share` body. */
+        ShareRequest: {
+            /**
+             * Format: uuid
+             * @description A team the caller maintains or owns.
+             */
+            team_id: string;
+        };
         /** @enum {string} */
         SignalDecision: "approve" | "reject";
         /** @description `POST /api/workflow-runs/{id}/signals` body: a decision on a waiting approval step. */
@@ -1440,14 +1861,33 @@ export interface components {
             /** Format: int64 */
             total: number;
         };
-        /** @description One step as a client writes it. */
+        /**
+         * @description One step as a client writes it.
+         *
+         *     Failures: a step fails for good when its task used up its attempts (or was cancelled),
+         *     its approval was rejected or timed out, or its condition could not be evaluated. A
+         *     failure nothing handles fails the run. A failure is handled when a step that depends on
+         *     the failed one directly has a `condition` reading its status (see `condition`); then the
+         *     run goes on: the handling steps are decided by their conditions, every other step that
+         *     depends on the failed one directly is skipped (its input cannot be taken from a failed
+         *     step), and skips propagate as usual. A run whose every failure was handled succeeds; the
+         *     failed steps keep the status `failed` and their `error` in the run.
+         */
         StepRequest: {
             /** Format: uuid */
             agent_id?: string | null;
             approval?: null | components["schemas"]["ApprovalSpec"];
             /** @description The task's capability; absent for an approval step. */
             capability?: string | null;
-            /** @description JSON Logic over `{params, steps}`; a false condition skips the step. */
+            /**
+             * @description JSON Logic over `{params, steps: {<id>: {status, output, error}}}`; a false
+             *     condition skips the step. A condition that reads the status of a step this one
+             *     depends on directly — a `var` of `steps.<id>.status`, `steps.<id>.error[.…]` or
+             *     `steps.<id>` — *handles* that step's failure: when it fails, the run goes on and this
+             *     step is decided by its condition (the failed step's `status` is `"failed"`, its
+             *     `error` the failure). This is read off the definition when it is accepted, so it does
+             *     not depend on how the run went.
+             */
             condition?: unknown;
             depends_on?: string[];
             /** @description 1 to 64 letters, digits, `_` or `-`; unique in the workflow. */
@@ -1471,6 +1911,64 @@ export interface components {
              */
             latency_ms?: number | null;
             ok: boolean;
+        };
+        /** @description One resource that changed. */
+        SyncChange: {
+            /** @description The resource is gone for the caller (its `GET` answers 404); `resource` is `null`. */
+            deleted: boolean;
+            /** Format: uuid */
+            id: string;
+            kind: components["schemas"]["SyncKind"];
+            resource: components["schemas"]["Task"] | components["schemas"]["WorkflowRunBody"] | components["schemas"]["WorkflowBody"] | components["schemas"]["Agent"] | null;
+        };
+        /**
+         * @description What a pull syncs: the extension's resources.
+         * @enum {string}
+         */
+        SyncKind: "task" | "workflow_run" | "workflow" | "agent";
+        /** @description One queued write: the request it stands for. */
+        SyncOp: {
+            body?: Record<string, never> | null;
+            /** @description An `ETag` of the resource (`"3"`): applied only while it is at that version. */
+            if_match?: string | null;
+            /** @description `POST`, `PATCH` or `DELETE` (see the operation's description for the paths). */
+            method: string;
+            /**
+             * @description The client's id for the op, unique per user: an op pushed again with the same id
+             *     answers its first answer and has no second effect.
+             */
+            op_id: string;
+            /** @description The route's path, e.g. `/api/tasks/{id}`, without a query. */
+            path: string;
+        };
+        /** @description What one op answered. */
+        SyncOpResult: {
+            body: components["schemas"]["Task"] | components["schemas"]["WorkflowRunBody"] | components["schemas"]["ProblemDetails"];
+            op_id: string;
+            /** @description `true` when this is the first answer of an earlier push of the same op. */
+            replayed: boolean;
+            /**
+             * Format: int32
+             * @description The status its route answered; 409 for a stale `if_match`, 422 for an op that is not
+             *     one of the writes sync takes.
+             */
+            status: number;
+        };
+        /** @description `GET /api/sync/pull` answer. */
+        SyncPullResponse: {
+            /** @description In the feed order of each resource's first change since the token. */
+            changes: components["schemas"]["SyncChange"][];
+            /** @description The token for the next pull. */
+            next: string;
+        };
+        /** @description `POST /api/sync/push` body. */
+        SyncPushRequest: {
+            /** @description The ops, in the order to apply them. */
+            ops: components["schemas"]["SyncOp"][];
+        };
+        /** @description `POST /api/sync/push` answer: one result per op, in the order given. */
+        SyncPushResponse: {
+            results: components["schemas"]["SyncOpResult"][];
         };
         /** @description `Task` of API.md. */
         Task: {
@@ -1517,6 +2015,11 @@ export interface components {
             started_at?: string | null;
             status: components["schemas"]["TaskStatus"];
             tags: string[];
+            /**
+             * Format: uuid
+             * @description The team it belongs to besides its owner (a team workflow's step).
+             */
+            team_id?: string | null;
             /**
              * Format: int32
              * @description How long a lease lasts without news; each heartbeat or progress report renews it.
@@ -1603,6 +2106,22 @@ export interface components {
          * @enum {string}
          */
         TaskStatus: "queued" | "retry_scheduled" | "leased" | "running" | "succeeded" | "failed" | "cancelled";
+        /** @description A team and its members. */
+        TeamBody: {
+            /** Format: date-time */
+            created_at: string;
+            /** Format: uuid */
+            id: string;
+            /** @description Ordered by user id. */
+            members: components["schemas"]["MemberBody"][];
+            name: string;
+        };
+        /**
+         * @description What a member of a team may do with the team's resources: owners and maintainers
+         *     change them, members read and run them, viewers only read. Ordered from most to least.
+         * @enum {string}
+         */
+        TeamRole: "owner" | "maintainer" | "member" | "viewer";
         /** @description A built-in template as listed. */
         TemplateBody: {
             description?: string | null;
@@ -1638,6 +2157,26 @@ export interface components {
             refresh_token: string;
             /** @example Bearer */
             token_type: string;
+        };
+        /** @description One `llm.chat` task of the conversation. */
+        TurnBody: {
+            /** @description The answer, once the task succeeded. */
+            content?: string | null;
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            finished_at?: string | null;
+            /** @description The messages the task was created with, `[{role, content}]`. */
+            messages: Record<string, never>[];
+            /**
+             * @description The task's status: a turn that has not succeeded has no answer and is not sent as
+             *     history.
+             */
+            status: string;
+            /** Format: uuid */
+            task_id: string;
+            /** @description `{input_tokens, output_tokens}`, once the task succeeded. */
+            usage?: Record<string, never> | null;
         };
         /**
          * @description One bucket. Each count is of events inside the window: tasks created, attempts retried,
@@ -1720,6 +2259,11 @@ export interface components {
                 [key: string]: components["schemas"]["ParamSpec"];
             };
             steps: components["schemas"]["StepRequest"][];
+            /**
+             * Format: uuid
+             * @description The team it is shared with: members read and run it, maintainers change it.
+             */
+            team_id?: string | null;
             /** Format: date-time */
             updated_at: string;
             /**
@@ -1755,6 +2299,11 @@ export interface components {
             steps: {
                 [key: string]: components["schemas"]["RunStepBody"];
             };
+            /**
+             * Format: uuid
+             * @description The team of its workflow when it started: the run and its tasks are the team's too.
+             */
+            team_id?: string | null;
             /** Format: int32 */
             version: number;
             /** Format: uuid */
@@ -3073,6 +3622,306 @@ export interface operations {
             };
         };
     };
+    share_agent: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description 1–255 visible ASCII characters, no spaces. The same key from the same user within 24 h returns the first answer (with `Idempotent-Replayed: true`) and has no second effect; a new API key's secret is not repeated (`key: null`). */
+                "Idempotency-Key"?: string;
+                /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
+                "X-Request-Id"?: string;
+            };
+            path: {
+                /** @description The agent's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ShareRequest"];
+            };
+        };
+        responses: {
+            /** @description The agent, shared */
+            200: {
+                headers: {
+                    /** @description `true` when this is the stored first answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Agent"];
+                };
+            };
+            /** @description Malformed JSON */
+            400: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No credentials, or bad or expired ones */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The caller may read the agent but not change it, or is in the team below maintainer */
+            403: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No such agent, or not yours */
+            404: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The agent is deregistered */
+            409: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The body is over the limit */
+            413: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description `team_id` is not a team the caller belongs to */
+            422: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Rate limited: per user, or per IP when anonymous; stricter on /api/auth/* */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An internal error; logged, never detailed */
+            500: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The event store is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+        };
+    };
+    unshare_agent: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description 1–255 visible ASCII characters, no spaces. The same key from the same user within 24 h returns the first answer (with `Idempotent-Replayed: true`) and has no second effect; a new API key's secret is not repeated (`key: null`). */
+                "Idempotency-Key"?: string;
+                /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
+                "X-Request-Id"?: string;
+            };
+            path: {
+                /** @description The agent's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The agent, no team's */
+            200: {
+                headers: {
+                    /** @description `true` when this is the stored first answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Agent"];
+                };
+            };
+            /** @description A malformed request or Idempotency-Key */
+            400: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No credentials, or bad or expired ones */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The caller may read the agent but not change it */
+            403: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No such agent, or not yours */
+            404: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The agent is deregistered */
+            409: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The Idempotency-Key was used for a different request */
+            422: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Rate limited: per user, or per IP when anonymous; stricter on /api/auth/* */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An internal error; logged, never detailed */
+            500: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The event store is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+        };
+    };
     agent_websocket: {
         parameters: {
             query?: {
@@ -4075,6 +4924,95 @@ export interface operations {
             };
         };
     };
+    get_conversation: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
+                "X-Request-Id"?: string;
+            };
+            path: {
+                /** @description The conversation id the tasks name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The conversation's turns */
+            200: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConversationBody"];
+                };
+            };
+            /** @description No credentials, or bad or expired ones */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description You have no task in a conversation of this id */
+            404: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Rate limited: per user, or per IP when anonymous; stricter on /api/auth/* */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An internal error; logged, never detailed */
+            500: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The event store is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+        };
+    };
     list_events: {
         parameters: {
             query?: {
@@ -4216,6 +5154,132 @@ export interface operations {
             };
         };
     };
+    accept_invitation: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description 1–255 visible ASCII characters, no spaces. The same key from the same user within 24 h returns the first answer (with `Idempotent-Replayed: true`) and has no second effect; a new API key's secret is not repeated (`key: null`). */
+                "Idempotency-Key"?: string;
+                /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
+                "X-Request-Id"?: string;
+            };
+            path: {
+                /** @description The invitation's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The team joined */
+            200: {
+                headers: {
+                    /** @description `true` when this is the stored first answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamBody"];
+                };
+            };
+            /** @description A malformed request or Idempotency-Key */
+            400: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No credentials, or bad or expired ones */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No such invitation, or it is for another email */
+            404: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Accepted already, expired, or the caller is a member already */
+            409: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The Idempotency-Key was used for a different request */
+            422: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Rate limited: per user, or per IP when anonymous; stricter on /api/auth/* */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An internal error; logged, never detailed */
+            500: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The event store is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+        };
+    };
     metrics: {
         parameters: {
             query?: never;
@@ -4292,6 +5356,223 @@ export interface operations {
             };
         };
     };
+    rag_context: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description 1–255 visible ASCII characters, no spaces. The same key from the same user within 24 h returns the first answer (with `Idempotent-Replayed: true`) and has no second effect; a new API key's secret is not repeated (`key: null`). */
+                "Idempotency-Key"?: string;
+                /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
+                "X-Request-Id"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ContextRequest"];
+            };
+        };
+        responses: {
+            /** @description The context and its sources */
+            200: {
+                headers: {
+                    /** @description `true` when this is the stored first answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RagContext"];
+                };
+            };
+            /** @description A malformed request or Idempotency-Key */
+            400: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No credentials, or bad or expired ones */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The first request with this Idempotency-Key is still running */
+            409: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An empty or too long `query`, or a bad `limit` or `max_chars` */
+            422: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Rate limited: per user, or per IP when anonymous; stricter on /api/auth/* */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An internal error; logged, never detailed */
+            500: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The event store is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+        };
+    };
+    search: {
+        parameters: {
+            query: {
+                /**
+                 * @description The words to look for, 1 to 2000 characters. Query syntax (`"a phrase"`, `+must`,
+                 *     `-not`, `AND`/`OR`) is honoured; a query the parser rejects, or one naming a field
+                 *     (`x:y`), is read as its plain words.
+                 */
+                q: string;
+                /** @description `hybrid` when absent. */
+                mode?: "hybrid" | "bm25" | "vector";
+                /** @description 1 to 100; 10 when absent. */
+                limit?: number;
+                /** @description Only this kind of document. */
+                kind?: "task" | "workflow_run";
+            };
+            header?: {
+                /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
+                "X-Request-Id"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The best matches, best first */
+            200: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SearchResults"];
+                };
+            };
+            /** @description No credentials, or bad or expired ones */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An empty or too long `q`, or a bad `mode`, `limit` or `kind` */
+            422: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Rate limited: per user, or per IP when anonymous; stricter on /api/auth/* */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An internal error; logged, never detailed */
+            500: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The event store is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+        };
+    };
     status: {
         parameters: {
             query?: never;
@@ -4337,6 +5618,239 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Status"];
+                };
+            };
+        };
+    };
+    sync_pull: {
+        parameters: {
+            query?: {
+                /** @description `next` of the previous pull; absent: from the beginning. */
+                since?: string;
+                /** @description At most this many changes (50 when absent). */
+                limit?: number;
+                /** @description When nothing changed, wait up to this many seconds for a change (0 when absent). */
+                wait_secs?: number;
+            };
+            header?: {
+                /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
+                "X-Request-Id"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description What changed, and the next token */
+            200: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SyncPullResponse"];
+                };
+            };
+            /** @description No credentials, or bad or expired ones */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description A bad query parameter, or a `since` that is not a token from this API */
+            422: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Rate limited: per user, or per IP when anonymous; stricter on /api/auth/* */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An internal error; logged, never detailed */
+            500: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The event store is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+        };
+    };
+    sync_push: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description 1–255 visible ASCII characters, no spaces. The same key from the same user within 24 h returns the first answer (with `Idempotent-Replayed: true`) and has no second effect; a new API key's secret is not repeated (`key: null`). */
+                "Idempotency-Key"?: string;
+                /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
+                "X-Request-Id"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SyncPushRequest"];
+            };
+        };
+        responses: {
+            /** @description One result per op, in order */
+            200: {
+                headers: {
+                    /** @description `true` when this is the stored first answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SyncPushResponse"];
+                };
+            };
+            /** @description Malformed JSON */
+            400: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No credentials, or bad or expired ones */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The first request with this Idempotency-Key is still running */
+            409: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The body is over the limit */
+            413: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description More than 500 ops, an `op_id` or `if_match` out of its pattern, or a field of the wrong type: nothing was applied */
+            422: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Rate limited: per user, or per IP when anonymous; stricter on /api/auth/* */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An internal error; logged, never detailed */
+            500: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The event store is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
                 };
             };
         };
@@ -5351,6 +6865,937 @@ export interface operations {
                 };
             };
             /** @description `Last-Event-ID` is not the position of an event */
+            422: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Rate limited: per user, or per IP when anonymous; stricter on /api/auth/* */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An internal error; logged, never detailed */
+            500: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The event store is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+        };
+    };
+    list_teams: {
+        parameters: {
+            query?: {
+                /** @description 50 when absent. */
+                limit?: number;
+                /** @description `next_cursor` of the previous page. */
+                cursor?: string;
+            };
+            header?: {
+                /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
+                "X-Request-Id"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of the caller's teams */
+            200: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Page_TeamBody"];
+                };
+            };
+            /** @description No credentials, or bad or expired ones */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description A bad query parameter */
+            422: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Rate limited: per user, or per IP when anonymous; stricter on /api/auth/* */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An internal error; logged, never detailed */
+            500: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The event store is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+        };
+    };
+    create_team: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description 1–255 visible ASCII characters, no spaces. The same key from the same user within 24 h returns the first answer (with `Idempotent-Replayed: true`) and has no second effect; a new API key's secret is not repeated (`key: null`). */
+                "Idempotency-Key"?: string;
+                /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
+                "X-Request-Id"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateTeamRequest"];
+            };
+        };
+        responses: {
+            /** @description Created */
+            201: {
+                headers: {
+                    /** @description `true` when this is the stored first answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamBody"];
+                };
+            };
+            /** @description Malformed JSON */
+            400: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No credentials, or bad or expired ones */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The caller may not create (auditor) */
+            403: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The first request with this Idempotency-Key is still running */
+            409: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The body is over the limit */
+            413: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description A bad `name` */
+            422: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Rate limited: per user, or per IP when anonymous; stricter on /api/auth/* */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An internal error; logged, never detailed */
+            500: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The event store is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+        };
+    };
+    get_team: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
+                "X-Request-Id"?: string;
+            };
+            path: {
+                /** @description The team's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The team */
+            200: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamBody"];
+                };
+            };
+            /** @description No credentials, or bad or expired ones */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No such team, or the caller is not in it */
+            404: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Rate limited: per user, or per IP when anonymous; stricter on /api/auth/* */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An internal error; logged, never detailed */
+            500: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The event store is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+        };
+    };
+    delete_team: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description 1–255 visible ASCII characters, no spaces. The same key from the same user within 24 h returns the first answer (with `Idempotent-Replayed: true`) and has no second effect; a new API key's secret is not repeated (`key: null`). */
+                "Idempotency-Key"?: string;
+                /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
+                "X-Request-Id"?: string;
+            };
+            path: {
+                /** @description The team's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted */
+            204: {
+                headers: {
+                    /** @description `true` when this is the stored first answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description A malformed request or Idempotency-Key */
+            400: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No credentials, or bad or expired ones */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The caller is in the team but not an owner */
+            403: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No such team, or the caller is not in it */
+            404: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Workflows are still shared with the team (`team.still_shared`, named in `detail`) */
+            409: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The Idempotency-Key was used for a different request */
+            422: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Rate limited: per user, or per IP when anonymous; stricter on /api/auth/* */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An internal error; logged, never detailed */
+            500: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The event store is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+        };
+    };
+    invite_to_team: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description 1–255 visible ASCII characters, no spaces. The same key from the same user within 24 h returns the first answer (with `Idempotent-Replayed: true`) and has no second effect; a new API key's secret is not repeated (`key: null`). */
+                "Idempotency-Key"?: string;
+                /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
+                "X-Request-Id"?: string;
+            };
+            path: {
+                /** @description The team's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["InviteRequest"];
+            };
+        };
+        responses: {
+            /** @description The invitation, open for 7 days */
+            201: {
+                headers: {
+                    /** @description `true` when this is the stored first answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InvitationBody"];
+                };
+            };
+            /** @description Malformed JSON */
+            400: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No credentials, or bad or expired ones */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The caller is a member or viewer, or a maintainer inviting an owner */
+            403: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No such team, or the caller is not in it */
+            404: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The email is a member's already */
+            409: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The body is over the limit */
+            413: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description A bad `email` or `role` */
+            422: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Rate limited: per user, or per IP when anonymous; stricter on /api/auth/* */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An internal error; logged, never detailed */
+            500: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The event store is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+        };
+    };
+    remove_team_member: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description 1–255 visible ASCII characters, no spaces. The same key from the same user within 24 h returns the first answer (with `Idempotent-Replayed: true`) and has no second effect; a new API key's secret is not repeated (`key: null`). */
+                "Idempotency-Key"?: string;
+                /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
+                "X-Request-Id"?: string;
+            };
+            path: {
+                /** @description The team's id */
+                id: string;
+                /** @description The member's user id */
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Removed */
+            204: {
+                headers: {
+                    /** @description `true` when this is the stored first answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description A malformed request or Idempotency-Key */
+            400: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No credentials, or bad or expired ones */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The caller is in the team but not an owner, and not removing themself */
+            403: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No such team or member, or the caller is not in it */
+            404: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The team's last owner cannot leave (`team.last_owner`) */
+            409: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The Idempotency-Key was used for a different request */
+            422: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Rate limited: per user, or per IP when anonymous; stricter on /api/auth/* */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An internal error; logged, never detailed */
+            500: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The event store is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+        };
+    };
+    change_team_member_role: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description 1–255 visible ASCII characters, no spaces. The same key from the same user within 24 h returns the first answer (with `Idempotent-Replayed: true`) and has no second effect; a new API key's secret is not repeated (`key: null`). */
+                "Idempotency-Key"?: string;
+                /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
+                "X-Request-Id"?: string;
+            };
+            path: {
+                /** @description The team's id */
+                id: string;
+                /** @description The member's user id */
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ChangeRoleRequest"];
+            };
+        };
+        responses: {
+            /** @description The team after the change */
+            200: {
+                headers: {
+                    /** @description `true` when this is the stored first answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamBody"];
+                };
+            };
+            /** @description Malformed JSON */
+            400: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No credentials, or bad or expired ones */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The caller is in the team but not an owner */
+            403: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No such team or member, or the caller is not in it */
+            404: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description That would leave the team without an owner (`team.last_owner`) */
+            409: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The body is over the limit */
+            413: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description A bad `role` */
             422: {
                 headers: {
                     /** @description The request's id: the client's, or one drawn by the server */
@@ -7902,6 +10347,171 @@ export interface operations {
             };
         };
     };
+    share_workflow: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description 1–255 visible ASCII characters, no spaces. The same key from the same user within 24 h returns the first answer (with `Idempotent-Replayed: true`) and has no second effect; a new API key's secret is not repeated (`key: null`). */
+                "Idempotency-Key"?: string;
+                /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
+                "X-Request-Id"?: string;
+            };
+            path: {
+                /** @description The workflow's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ShareRequest"];
+            };
+        };
+        responses: {
+            /** @description The workflow, shared */
+            200: {
+                headers: {
+                    /** @description The workflow's version as an aggregate */
+                    ETag?: string;
+                    /** @description `true` when this is the stored first answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkflowBody"];
+                };
+            };
+            /** @description Malformed JSON */
+            400: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No credentials, or bad or expired ones */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The caller may read the workflow but not change it, or is in the team below maintainer */
+            403: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No such workflow, or not yours */
+            404: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The workflow is archived */
+            409: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The body is over the limit */
+            413: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description `team_id` is not a team the caller belongs to */
+            422: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Rate limited: per user, or per IP when anonymous; stricter on /api/auth/* */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An internal error; logged, never detailed */
+            500: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The event store is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+        };
+    };
     workflow_status: {
         parameters: {
             query?: {
@@ -7958,6 +10568,145 @@ export interface operations {
                 };
             };
             /** @description A bad query parameter */
+            422: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Rate limited: per user, or per IP when anonymous; stricter on /api/auth/* */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An internal error; logged, never detailed */
+            500: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The event store is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+        };
+    };
+    unshare_workflow: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description 1–255 visible ASCII characters, no spaces. The same key from the same user within 24 h returns the first answer (with `Idempotent-Replayed: true`) and has no second effect; a new API key's secret is not repeated (`key: null`). */
+                "Idempotency-Key"?: string;
+                /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
+                "X-Request-Id"?: string;
+            };
+            path: {
+                /** @description The workflow's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The workflow, no team's */
+            200: {
+                headers: {
+                    /** @description The workflow's version as an aggregate */
+                    ETag?: string;
+                    /** @description `true` when this is the stored first answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkflowBody"];
+                };
+            };
+            /** @description A malformed request or Idempotency-Key */
+            400: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No credentials, or bad or expired ones */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The caller may read the workflow but not change it */
+            403: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No such workflow, or not yours */
+            404: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The workflow is archived */
+            409: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The Idempotency-Key was used for a different request */
             422: {
                 headers: {
                     /** @description The request's id: the client's, or one drawn by the server */
