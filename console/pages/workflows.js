@@ -87,6 +87,8 @@ export async function renderRun(main, id) {
   const stop = live.listen((event) => {
     if (event.aggregate_id === id || event.aggregate_type === 'task') load().catch(() => {});
   });
+  // Once subscribed, read the run again: a step that changed before that is in it.
+  const stopSubscribed = live.onSubscribed(() => { load().catch(() => {}); });
   live.subscribe(`run:${id}`);
-  return () => { stop(); live.unsubscribe(`run:${id}`); };
+  return () => { stop(); stopSubscribed(); live.unsubscribe(`run:${id}`); };
 }

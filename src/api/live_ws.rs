@@ -52,7 +52,8 @@ use crate::actor::Actor;
 use crate::auth::revocation::{CloseReason, Grant};
 use crate::authz::{Action, Resource};
 use crate::process::live::{
-    feed_head, look_again, may_follow_task, read_scoped, task_type, Scope, MINE,
+    feed_head, look_again, may_follow_run, may_follow_task, read_scoped, run_type, task_type,
+    Scope, MINE,
 };
 use crate::process::llm::tokens::TokenChunk;
 use crate::store::{FeedCursor, RecordedEvent};
@@ -453,6 +454,9 @@ impl Live {
             } else if let Some(Ok(id)) = topic.strip_prefix("task:").map(Uuid::parse_str) {
                 self.scope.remove_aggregate(task_type(), &id.to_string());
                 self.followed.remove(&format!("{}:{id}", task_type()));
+            } else if let Some(Ok(id)) = topic.strip_prefix("run:").map(Uuid::parse_str) {
+                self.scope.remove_aggregate(run_type(), &id.to_string());
+                self.followed.remove(&format!("{}:{id}", run_type()));
             }
         }
         json!({"type": "unsubscribed", "topics": self.scope.topics()})
@@ -478,8 +482,13 @@ impl Live {
                     None => Err(ApiError::NotFound),
                 }
             }
-            // Workflow runs do not exist yet: every run is unknown.
-            "run" => Err(ApiError::NotFound),
+            "run" => {
+                let state = &self.state;
+                match may_follow_run(&state.store, &state.authz, &self.actor, id).await? {
+                    Some(resource) => Ok(Topic::Aggregate(run_type(), id, resource)),
+                    None => Err(ApiError::NotFound),
+                }
+            }
             _ => Err(ApiError::validation(
                 "topics",
                 format!("{topic:?} is not task:<id>, run:<id> or mine"),

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chronicle_aggregates::task::Task;
+use chronicle_aggregates::workflow_run::WorkflowRun;
 use chronicle_projections::aggregate_owners::AggregateOwners;
 use chronicle_projections::ReadDb;
 use cqrs_es::Aggregate;
@@ -277,6 +278,30 @@ pub(crate) async fn may_follow_task(
 /// The aggregate type of a task topic.
 pub(crate) fn task_type() -> &'static str {
     Task::TYPE
+}
+
+/// Whether `actor` may follow workflow run `id`: its resource if so, `None` for a run that
+/// does not exist or that the caller may not read (the same answer).
+pub(crate) async fn may_follow_run(
+    store: &Store,
+    authz: &Authz,
+    actor: &Actor,
+    id: Uuid,
+) -> Result<Option<Resource>, StoreError> {
+    let loaded = store
+        .aggregate::<WorkflowRun>()
+        .load(&id.to_string())
+        .await?;
+    Ok(loaded
+        .aggregate
+        .state()
+        .map(Resource::run)
+        .filter(|run| authz.can(actor, Action::Read, run)))
+}
+
+/// The aggregate type of a run topic.
+pub(crate) fn run_type() -> &'static str {
+    WorkflowRun::TYPE
 }
 
 #[cfg(test)]

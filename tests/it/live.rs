@@ -197,22 +197,30 @@ async fn a_foreign_or_unknown_topic_gets_an_error_and_no_data(#[case] backend: B
     let foreign = format!("task:{theirs}");
     let unknown = format!("task:{}", Uuid::now_v7());
     let run = format!("run:{}", Uuid::now_v7());
-    let (errors, subscribed) =
-        subscribe(&mut client, &[&foreign, &unknown, &run, "nonsense"], None).await;
+    let theirs_run = format!("run:{}", start_waiting_run(&app, &b).await);
+    let (errors, subscribed) = subscribe(
+        &mut client,
+        &[&foreign, &unknown, &run, &theirs_run, "nonsense"],
+        None,
+    )
+    .await;
     assert_eq!(subscribed["topics"], json!([]));
     let refused: Vec<&str> = errors
         .iter()
         .map(|e| e["topic"].as_str().unwrap())
         .collect();
-    assert_eq!(refused, vec![foreign.as_str(), &unknown, &run, "nonsense"]);
-    for error in &errors[..3] {
+    assert_eq!(
+        refused,
+        vec![foreign.as_str(), &unknown, &run, &theirs_run, "nonsense"]
+    );
+    for error in &errors[..4] {
         assert_eq!(error["type"], "error");
         assert_eq!(
             error["problem"]["status"], 404,
             "foreign and unknown alike: {error}"
         );
     }
-    assert_eq!(errors[3]["problem"]["status"], 422);
+    assert_eq!(errors[4]["problem"]["status"], 422);
 
     // B's task changes; A then follows a task of their own, from where the connection's
     // cursor stands (the first subscribe): A receives their task's events, B's never.
@@ -708,4 +716,68 @@ async fn a_live_socket_closes_when_its_session_ends_on_another_node(#[case] back
             other => panic!("expected the socket to close, got {other:?}"),
         }
     }
+}
+
+/// A run of a workflow whose one step waits for an approval; its id.
+async fn start_waiting_run(app: &TestApp, user: &TestUser) -> String {
+    let workflow: Value = user
+        .client
+        .post(app.url("/api/workflows"))
+        .json(&json!({"name": "ask", "steps": [{"id": "ok", "approval": {"prompt": "Go?"}}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = workflow["id"].as_str().unwrap();
+    let response = user
+        .client
+        .post(app.url(&format!("/api/workflows/{id}/execute")))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let run: Value = response.json().await.unwrap();
+    run["id"].as_str().unwrap().to_owned()
+}
+
+/// `run:<id>`: the run's own events, from the first, in order; the owner's decision on its
+/// approval arrives live.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn a_subscribed_run_s_events_arrive_in_order(#[case] backend: Backend) {
+    let app = spawn_app(backend).await.signed_in().await;
+    let a = app.register_user().await;
+    let run = start_waiting_run(&app, &a).await;
+    let topic = format!("run:{run}");
+    let mut client = connect(&app, &a, Some(0)).await;
+    let (errors, subscribed) = subscribe(&mut client, &[&topic], Some(0)).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(subscribed["topics"], json!([topic]));
+    // Until the driver has asked for the approval (an event of the run).
+    let mut types = Vec::new();
+    let mut sequence = 0;
+    while !types.iter().any(|t| t == "WorkflowApprovalRequested") {
+        let (from, event) = next_event(&mut client).await;
+        assert_eq!(from, topic);
+        assert_eq!(event["aggregate_id"], run.as_str(), "{event}");
+        sequence += 1;
+        assert_eq!(event["sequence"], sequence, "{event}");
+        types.push(event["event_type"].as_str().unwrap().to_owned());
+    }
+    let response = a
+        .client
+        .post(app.url(&format!("/api/workflow-runs/{run}/signals")))
+        .json(&json!({"step_id": "ok", "decision": "approve"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let (_, event) = next_event(&mut client).await;
+    assert_eq!(event["event_type"], "WorkflowApprovalDecided", "{event}");
+    assert_eq!(event["sequence"], sequence + 1);
 }
