@@ -31,7 +31,7 @@ pub async fn turns(
     let rows: Vec<(String, i64)> = on_reader!(db, |pool| {
         sqlx::query_as(
             "SELECT state, version FROM (
-                 SELECT id, state, version FROM task_view_v3
+                 SELECT id, state, version FROM task_view_v4
                   WHERE owner_id = $1 AND capability = $2 AND state LIKE $3
                     AND ($4 IS NULL OR id < $4)
                   ORDER BY id DESC LIMIT $5
