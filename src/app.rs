@@ -250,12 +250,27 @@ impl Application {
     }
 }
 
-/// Connects to the configured store and applies its migrations.
+/// Connects to the configured store and applies its migrations, as the server does: a
+/// PostgreSQL connection not had within a second is a 503.
 pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
+    connect_store_waiting(settings, crate::store::postgres::ACQUIRE_TIMEOUT).await
+}
+
+/// Like [`connect_store`] for a one-shot command (`user create`, `audit`, `projections`,
+/// `events`): it waits up to 10 s for a connection on a busy database rather than fail.
+pub async fn connect_store_for_command(settings: &Settings) -> anyhow::Result<Store> {
+    connect_store_waiting(settings, std::time::Duration::from_secs(10)).await
+}
+
+async fn connect_store_waiting(
+    settings: &Settings,
+    acquire_timeout: std::time::Duration,
+) -> anyhow::Result<Store> {
     let options = StoreOptions {
         snapshot_every: settings.store.snapshot_every,
         max_connections: settings.store.max_connections,
         aggregate_cache_bytes: settings.store.aggregate_cache_mb.saturating_mul(1 << 20),
+        acquire_timeout,
     };
     let store = Store::connect(&settings.database_url, options)
         .await
@@ -277,7 +292,7 @@ pub fn audit_key(settings: &Settings, keys: &ServerKeys) -> AuditKey {
 
 /// The store, migrated, with its checkpoint key (for the commands that need one).
 pub async fn connect_store_with_key(settings: &Settings) -> anyhow::Result<Store> {
-    let store = connect_store(settings).await?;
+    let store = connect_store_for_command(settings).await?;
     let key = match &settings.audit.key {
         Some(secret) => AuditKey::derive(secret.expose_secret().as_bytes()),
         None => AuditKey::from_bytes(ServerKeys::load(settings)?.audit),

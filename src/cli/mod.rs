@@ -21,7 +21,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::app::{connect_store, Application};
+use crate::app::{connect_store_for_command, Application};
 use crate::config::Settings;
 use crate::store::AggregateFilter;
 
@@ -144,7 +144,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 .await?;
         }
         Command::Migrate => {
-            connect_store(&settings).await?;
+            connect_store_for_command(&settings).await?;
             eprintln!("migrations applied");
         }
         Command::Health { url, timeout_secs } => {
@@ -171,7 +171,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
         Command::Events {
             command: EventsCommand::Export { after },
         } => {
-            let store = connect_store(&settings).await?;
+            let store = connect_store_for_command(&settings).await?;
             export::export(&store, after).await?;
         }
         Command::Events {

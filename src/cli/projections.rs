@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use chronicle_projections::search::{OpenError, SearchIndex};
 
-use crate::app::connect_store;
+use crate::app::connect_store_for_command;
 use crate::config::Settings;
 use crate::read_side::ReadSide;
 
@@ -28,7 +28,7 @@ pub enum ProjectionsCommand {
 
 pub async fn run(command: ProjectionsCommand, settings: Settings) -> anyhow::Result<()> {
     let ProjectionsCommand::Rebuild { name, all } = command;
-    let store = connect_store(&settings).await?;
+    let store = connect_store_for_command(&settings).await?;
     let mut read = ReadSide::start(&store)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the projections: {e}"))?;

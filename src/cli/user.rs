@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::actor::Actor;
 use crate::api::auth::UserView;
-use crate::app::connect_store;
+use crate::app::connect_store_for_command;
 use crate::auth::accounts::{create_user, RoleChoice};
 use crate::bus::{CommandBus, CommandContext};
 use crate::config::Settings;
@@ -68,7 +68,7 @@ pub async fn run(command: UserCommand, settings: Settings) -> anyhow::Result<()>
             .collect();
         anyhow::anyhow!("{}", described.join("; "))
     })?;
-    let store = connect_store(&settings).await?;
+    let store = connect_store_for_command(&settings).await?;
     let bus = CommandBus::new(store);
     let context = CommandContext {
         actor: Actor::system().to_string(),

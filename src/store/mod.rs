@@ -168,6 +168,9 @@ pub struct StoreOptions {
     /// Bytes of recently written or loaded aggregates kept in memory (see [`recent`]);
     /// 0 keeps none.
     pub aggregate_cache_bytes: usize,
+    /// How long PostgreSQL work waits for a pooled connection, or for a new one to open:
+    /// short for the server (it answers 503 rather than hang), longer for a one-shot command.
+    pub acquire_timeout: Duration,
 }
 
 impl Default for StoreOptions {
@@ -176,6 +179,7 @@ impl Default for StoreOptions {
             snapshot_every: 50,
             max_connections: 32,
             aggregate_cache_bytes: 64 << 20,
+            acquire_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -203,7 +207,10 @@ impl Store {
     /// Connects to `url` (`sqlite://…` or `postgres://…`) without migrating.
     pub async fn connect(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Backend::Postgres(postgres::PgBackend::connect(url, options.max_connections).await?)
+            Backend::Postgres(
+                postgres::PgBackend::connect(url, options.max_connections, options.acquire_timeout)
+                    .await?,
+            )
         } else if url.starts_with("sqlite:") {
             Backend::Sqlite(sqlite::SqliteBackend::connect(url).await?)
         } else {

@@ -43,10 +43,16 @@ pub struct PgBackend {
 
 /// How long a request may wait for a pooled connection, or for a new one to open, before
 /// it is answered 503: well under the 2 s a client should wait for an answer.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl PgBackend {
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    /// A pool of `max_connections` whose acquires give up after `acquire_timeout` (the
+    /// server's is [`ACQUIRE_TIMEOUT`]).
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         // One direct connection first: a pool would only say "timed out", this says why
         // (refused, unknown database, authentication).
         sqlx::Connection::close(<sqlx::PgConnection as sqlx::Connection>::connect(url).await?)
@@ -56,7 +62,7 @@ impl PgBackend {
         let released = link.clone();
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .acquire_timeout(acquire_timeout)
             // While the link is down, a released connection is closed rather than tested:
             // sqlx's test on release waits for an answer without a time limit.
             .after_release(move |_, _| {
