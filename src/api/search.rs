@@ -246,6 +246,9 @@ pub struct RagContext {
     request_body = ContextRequest,
     responses(
         (status = 200, description = "The context and its sources", body = RagContext),
+        (status = 400, description = "Malformed JSON"),
+        (status = 413, description = "The body is over the limit"),
+        (status = 415, description = "The body is not JSON"),
         (status = 422, description = "An empty or too long `query`, or a bad `limit` or `max_chars`"),
     ),
 )]

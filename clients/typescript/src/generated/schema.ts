@@ -5387,7 +5387,7 @@ export interface operations {
                     "application/json": components["schemas"]["RagContext"];
                 };
             };
-            /** @description A malformed request or Idempotency-Key */
+            /** @description Malformed JSON */
             400: {
                 headers: {
                     /** @description The request's id: the client's, or one drawn by the server */
@@ -5416,6 +5416,28 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again */
                     "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The body is over the limit */
+            413: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
                     /** @description The request's id: the client's, or one drawn by the server */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
