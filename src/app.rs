@@ -9,8 +9,11 @@ use crate::api::{router, AppState, SHUTDOWN_GRACE};
 use crate::auth::revocation::RevocationFeed;
 use crate::auth::secret::ServerKeys;
 use crate::config::Settings;
-use crate::process::http_agent::HttpAgent;
-use crate::process::llm::agent::{LlmAgent, LlmServices};
+use crate::process::http_agent::{self, HttpAgent};
+use crate::process::llm::{
+    self,
+    agent::{LlmAgent, LlmServices},
+};
 use crate::read_side::ReadSide;
 use crate::store::{AuditKey, Store, StoreOptions};
 use crate::teams::TeamFeed;
@@ -59,7 +62,7 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("cannot read the teams: {e}"))?;
         let http_agent = if state.settings.http_agent.enabled {
             let agent =
-                HttpAgent::register(&state.bus, &state.read, &state.settings.http_agent).await?;
+                http_agent::register(&state.bus, &state.read, &state.settings.http_agent).await?;
             Some(agent)
         } else {
             None
@@ -79,7 +82,7 @@ impl Application {
                     }),
                     settings: state.settings.llm.clone(),
                 };
-                Some(LlmAgent::register(&state.bus, &state.read, services).await?)
+                Some(llm::agent::register(&state.bus, &state.read, services).await?)
             }
             None => None,
         };

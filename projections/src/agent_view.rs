@@ -46,16 +46,8 @@ fn lifecycle_str(lifecycle: AgentLifecycle) -> &'static str {
 }
 
 fn decode_row(state: &str, version: i64) -> Result<AgentRow, ProjectionError> {
-    let agent: Agent = serde_json::from_str(state).map_err(|e| ProjectionError::Event {
-        aggregate_type: Agent::TYPE.into(),
-        aggregate_id: String::new(),
-        sequence: version,
-        message: format!("stored agent state does not decode: {e}"),
-    })?;
-    Ok(AgentRow {
-        agent,
-        version: usize::try_from(version).unwrap_or_default(),
-    })
+    let (agent, version) = ProjectionError::decode_state::<Agent>(state, version)?;
+    Ok(AgentRow { agent, version })
 }
 
 impl AgentView {

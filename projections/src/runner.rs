@@ -43,6 +43,20 @@ pub enum ProjectionError {
 }
 
 impl ProjectionError {
+    /// A view row's stored aggregate state, decoded, and its version.
+    pub(crate) fn decode_state<A>(state: &str, version: i64) -> Result<(A, usize), Self>
+    where
+        A: cqrs_es::Aggregate + serde::de::DeserializeOwned,
+    {
+        let aggregate: A = serde_json::from_str(state).map_err(|e| Self::Event {
+            aggregate_type: A::TYPE.into(),
+            aggregate_id: String::new(),
+            sequence: version,
+            message: format!("stored {} state does not decode: {e}", A::TYPE),
+        })?;
+        Ok((aggregate, usize::try_from(version).unwrap_or_default()))
+    }
+
     pub fn event(event: &RecordedEvent, message: impl Into<String>) -> Self {
         Self::Event {
             aggregate_type: event.aggregate_type.clone(),

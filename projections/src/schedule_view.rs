@@ -32,16 +32,8 @@ impl ScheduleRow {
 }
 
 fn decode_row(state: &str, version: i64) -> Result<ScheduleRow, ProjectionError> {
-    let schedule: Schedule = serde_json::from_str(state).map_err(|e| ProjectionError::Event {
-        aggregate_type: Schedule::TYPE.into(),
-        aggregate_id: String::new(),
-        sequence: version,
-        message: format!("stored schedule state does not decode: {e}"),
-    })?;
-    Ok(ScheduleRow {
-        schedule,
-        version: usize::try_from(version).unwrap_or_default(),
-    })
+    let (schedule, version) = ProjectionError::decode_state::<Schedule>(state, version)?;
+    Ok(ScheduleRow { schedule, version })
 }
 
 impl ScheduleView {

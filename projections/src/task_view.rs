@@ -51,16 +51,8 @@ fn millis(at: DateTime<Utc>) -> i64 {
 
 /// A stored row's state and version as a [`TaskRow`].
 pub(crate) fn decode_row(state: &str, version: i64) -> Result<TaskRow, ProjectionError> {
-    let task: Task = serde_json::from_str(state).map_err(|e| ProjectionError::Event {
-        aggregate_type: Task::TYPE.into(),
-        aggregate_id: String::new(),
-        sequence: version,
-        message: format!("stored task state does not decode: {e}"),
-    })?;
-    Ok(TaskRow {
-        task,
-        version: usize::try_from(version).unwrap_or_default(),
-    })
+    let (task, version) = ProjectionError::decode_state::<Task>(state, version)?;
+    Ok(TaskRow { task, version })
 }
 
 /// The row's columns, in `$1…$17` order, then its tags as `$18` on PostgreSQL.

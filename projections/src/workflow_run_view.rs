@@ -28,16 +28,8 @@ impl WorkflowRunRow {
 }
 
 fn decode_row(state: &str, version: i64) -> Result<WorkflowRunRow, ProjectionError> {
-    let run: WorkflowRun = serde_json::from_str(state).map_err(|e| ProjectionError::Event {
-        aggregate_type: WorkflowRun::TYPE.into(),
-        aggregate_id: String::new(),
-        sequence: version,
-        message: format!("stored run state does not decode: {e}"),
-    })?;
-    Ok(WorkflowRunRow {
-        run,
-        version: usize::try_from(version).unwrap_or_default(),
-    })
+    let (run, version) = ProjectionError::decode_state::<WorkflowRun>(state, version)?;
+    Ok(WorkflowRunRow { run, version })
 }
 
 impl WorkflowRunView {

@@ -32,16 +32,8 @@ impl WorkflowRow {
 }
 
 fn decode_row(state: &str, version: i64) -> Result<WorkflowRow, ProjectionError> {
-    let workflow: Workflow = serde_json::from_str(state).map_err(|e| ProjectionError::Event {
-        aggregate_type: Workflow::TYPE.into(),
-        aggregate_id: String::new(),
-        sequence: version,
-        message: format!("stored workflow state does not decode: {e}"),
-    })?;
-    Ok(WorkflowRow {
-        workflow,
-        version: usize::try_from(version).unwrap_or_default(),
-    })
+    let (workflow, version) = ProjectionError::decode_state::<Workflow>(state, version)?;
+    Ok(WorkflowRow { workflow, version })
 }
 
 impl WorkflowView {

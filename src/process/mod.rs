@@ -7,6 +7,8 @@
 //! - [`dispatch`]: leases ready tasks to an agent, within its concurrency limit.
 //! - [`release`]: returns the tasks of a deregistered agent to the queue.
 //! - [`timers`]: expires leases nobody renewed and wakes agents when a retry delay ends.
+//! - [`builtin_agent`]: what the built-in agents share: identity, registration, the
+//!   lease-run-report loop, shutdown.
 //! - [`http_agent`]: the built-in agent that runs `http.request` tasks, behind an SSRF guard.
 //! - [`llm`]: the LLM providers and the built-in agent that runs `llm.chat` tasks.
 //! - [`workflows`]: the workflow driver — starts ready steps as tasks, records how they
@@ -15,6 +17,7 @@
 //!   fire time on any number of nodes.
 //! - [`live`]: what a live subscriber may receive, read from the feed in order.
 
+pub mod builtin_agent;
 pub mod dispatch;
 pub mod http_agent;
 pub(crate) mod live;

@@ -19,7 +19,7 @@ use base64::Engine;
 use chronicle::app::Application;
 use chronicle::bus::{CommandBus, CommandContext};
 use chronicle::config::Settings;
-use chronicle::process::http_agent::{agent_id, HttpAgent};
+use chronicle::process::http_agent::{self, agent_id};
 use chronicle::read_side::ReadSide;
 use chronicle_aggregates::task::{Task, TaskCommand, TaskStatus};
 use chronicle_commands::task::NewTaskRequest;
@@ -551,7 +551,7 @@ async fn on_shutdown_the_agent_stops_and_reports_what_it_still_ran(#[case] backe
     let bus = CommandBus::new(store.clone());
     let read = ReadSide::start(&store).await.unwrap();
     let settings = settings_on(&db, |s| s.http_agent.allow_private = true);
-    let agent = HttpAgent::register(&bus, &read, &settings.http_agent)
+    let agent = http_agent::register(&bus, &read, &settings.http_agent)
         .await
         .unwrap();
     let shutdown = CancellationToken::new();

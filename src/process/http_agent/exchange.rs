@@ -70,15 +70,6 @@ impl HttpFailure {
             permanent: false,
         }
     }
-
-    pub fn shutdown() -> Self {
-        Self {
-            code: codes::AGENT_SHUTDOWN,
-            message: "the node stopped before the request finished".into(),
-            details: None,
-            permanent: false,
-        }
-    }
 }
 
 /// Runs exchanges with one guarded client (its connection pool is shared).

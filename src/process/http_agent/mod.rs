@@ -1,29 +1,12 @@
 //! The built-in HTTP agent: runs the `http.request` tasks of every user inside the node,
 //! through an HTTP client that refuses internal addresses (see [`guard`]).
 //!
-//! **Identity.** The agent is system-owned (nil owner, kind `http`), so it serves every
-//! user. Its id is derived, not minted: generation 0 is `UUIDv8(SHA-256("chronicle:
-//! builtin-agent:http:0"))`, so a restarted node finds the agent it registered before
-//! instead of piling up new ones, and every node on one PostgreSQL serves the *same*
-//! agent. Its `max_concurrency` is therefore a limit for the whole cluster (dispatch counts
-//! the tasks the agent holds in the task view), and each node also keeps at most that many
-//! requests in flight. Each start reconfigures the agent to the node's
-//! `http_agent.max_concurrency`, so nodes should share that setting. An operator who drains
-//! or deregisters the agent stops it on every node; a node that starts after that skips the
-//! retired generation and registers the next one.
-//!
-//! **Work.** A loop leases ready tasks when the queue signal fires, when a slot frees up and
-//! at least every few seconds (tasks created on another node), runs each in its own tokio
-//! task, renews the lease while the request runs, and reports the output or the failure.
-//! A failure is permanent (the task fails at once) when another attempt cannot help —
-//! a refused address, an invalid input, an oversize body — and retried per the task's
-//! policy otherwise ([`exchange::codes`]). A task cancelled while its request runs is
-//! noticed at the next renewal, and the request is dropped.
-//!
-//! **Shutdown.** On the node's stop signal the loop takes no more work and waits for the
-//! requests in flight up to the grace period; those still running then are reported as
-//! failed with `agent_shutdown` (retried), not left for their leases to run out. Tasks of
-//! a node that died are retried when their leases expire.
+//! Its identity, registration, lease loop, renewals and shutdown are those of every
+//! built-in agent ([`super::builtin_agent`]): system-owned, kind `http`, generation 0's id
+//! `UUIDv8(SHA-256("chronicle:builtin-agent:http:0"))`, `max_concurrency` a limit for the
+//! whole cluster (`http_agent.max_concurrency`). A failure is permanent (the task fails at
+//! once) when another attempt cannot help — a refused address, an invalid input, an
+//! oversize body — and retried per the task's policy otherwise ([`exchange::codes`]).
 //!
 //! Layout:
 //! - [`guard`]: the SSRF guard: address classes, the filtering resolver, redirect checks.
@@ -32,66 +15,25 @@
 pub mod exchange;
 pub mod guard;
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use chronicle_aggregates::agent::{Agent, AgentCommand, AgentError, AgentLifecycle, AgentState};
-use chronicle_aggregates::task::{Task, TaskCommand, TaskError, TaskFailure};
+use chronicle_aggregates::task::TaskState;
 use chronicle_commands::agent::{AgentKind, AgentName, AgentSpec, MaxConcurrency};
 use chronicle_commands::http_request::CAPABILITY;
 use chronicle_commands::values::Capability;
-use chrono::Utc;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use uuid::{Builder, Uuid};
+use uuid::Uuid;
 
 use self::exchange::{Exchanger, HttpFailure};
-use super::dispatch::{lease_ready, DispatchError, Granted};
-use super::{heartbeat_resolution, jitter};
-use crate::bus::{CommandBus, CommandContext, CommandError, Committed};
+use super::builtin_agent::{self, Builtin, BuiltinAgent, Failure, RegisterError, Runner};
+use crate::bus::CommandBus;
 use crate::config::HttpAgentSettings;
 use crate::read_side::ReadSide;
 
-/// Generations skipped (drained or deregistered by an operator) before registration gives
-/// up: enough for years of operators' changes, few enough to load at start.
-const MAX_GENERATIONS: u32 = 64;
-
-/// Even with no wake-up the loop looks at the queue this often: a task created on another
-/// node is found within this time.
-const RECHECK: Duration = Duration::from_secs(5);
-
-/// A renewal at most this often, however short the task's lease.
-const MIN_RENEWAL: Duration = Duration::from_millis(100);
+/// The name in the agent's derived id.
+const NAME: &str = "http";
 
 /// The id of the built-in HTTP agent's `generation`.
 pub fn agent_id(generation: u32) -> Uuid {
-    let mut hasher = Sha256::new();
-    hasher.update(b"chronicle:builtin-agent:http:");
-    hasher.update(generation.to_string().as_bytes());
-    let digest = hasher.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    Builder::from_custom_bytes(bytes).into_uuid()
-}
-
-/// How often the agent records that it is alive: twice per heartbeat resolution, so its
-/// recorded heartbeat never gets old enough to show it offline.
-fn heartbeat_every() -> Duration {
-    (heartbeat_resolution() / 2)
-        .to_std()
-        .unwrap_or(Duration::from_secs(10))
-}
-
-fn agent_context(agent_id: Uuid) -> CommandContext {
-    CommandContext {
-        actor: format!("agent:{agent_id}"),
-        correlation_id: Uuid::now_v7().to_string(),
-        ..CommandContext::default()
-    }
+    builtin_agent::agent_id(NAME, generation)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,358 +42,53 @@ pub enum StartError {
     Client(#[from] exchange::ExchangerError),
     #[error("invalid built-in agent: {0}")]
     Spec(&'static str),
-    #[error("cannot register the built-in HTTP agent: {0}")]
-    Register(#[from] CommandError<AgentError>),
-    #[error("every one of the built-in HTTP agent's {MAX_GENERATIONS} ids is retired")]
-    NoGeneration,
+    #[error(transparent)]
+    Register(#[from] RegisterError),
 }
 
 /// The registered agent, ready to run.
-pub struct HttpAgent {
-    agent: AgentState,
-    /// The agent's version as registered.
-    version: usize,
-    exchanger: Exchanger,
-    max_concurrency: usize,
-}
+pub type HttpAgent = BuiltinAgent<Exchanger>;
 
-impl HttpAgent {
-    /// Registers this cluster's HTTP agent, or finds it registered and brings its
-    /// concurrency limit to `settings`.
-    pub async fn register(
-        bus: &CommandBus,
-        read: &ReadSide,
-        settings: &HttpAgentSettings,
-    ) -> Result<Self, StartError> {
-        let exchanger = Exchanger::new(settings)?;
-        let max_concurrency =
-            MaxConcurrency::new(i64::from(settings.max_concurrency)).map_err(StartError::Spec)?;
-        let spec = AgentSpec {
-            name: AgentName::parse("Built-in HTTP agent").map_err(StartError::Spec)?,
-            kind: AgentKind::Http,
-            capabilities: vec![Capability::parse(CAPABILITY).map_err(StartError::Spec)?],
-            max_concurrency,
-            metadata: Map::from_iter([("builtin".to_owned(), Value::Bool(true))]),
-            config: None,
-        };
-        for generation in 0..MAX_GENERATIONS {
-            let id = agent_id(generation);
-            let result = bus
-                .execute::<Agent, CommandError<AgentError>>(
-                    &id.to_string(),
-                    &agent_context(id),
-                    None,
-                    |agent| match agent.state() {
-                        None => Ok(AgentCommand::RegisterAgent {
-                            agent_id: id,
-                            owner_id: Uuid::nil(),
-                            spec: spec.clone(),
-                            at: Utc::now(),
-                        }),
-                        Some(state) if state.lifecycle == AgentLifecycle::Active => {
-                            Ok(AgentCommand::ReconfigureAgent {
-                                max_concurrency,
-                                at: Utc::now(),
-                            })
-                        }
-                        Some(_) => Err(CommandError::Refused(AgentError::Deregistered)),
-                    },
-                )
-                .await;
-            match result {
-                Ok(Committed {
-                    aggregate, version, ..
-                }) => {
-                    read.agent_committed(&aggregate, version).await;
-                    let agent = aggregate
-                        .state()
-                        .cloned()
-                        .ok_or(CommandError::Refused(AgentError::NotFound))?;
-                    tracing::info!(agent_id = %id, generation, "built-in HTTP agent registered");
-                    return Ok(Self {
-                        agent,
-                        version,
-                        exchanger,
-                        max_concurrency: max_concurrency.get() as usize,
-                    });
-                }
-                Err(CommandError::Refused(AgentError::Deregistered)) => {
-                    tracing::info!(agent_id = %id, generation, "built-in HTTP agent retired; trying the next id");
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
-        Err(StartError::NoGeneration)
-    }
-
-    pub fn id(&self) -> Uuid {
-        self.agent.id
-    }
-
-    /// Serves tasks until `shutdown`, then lets the requests in flight finish for up to
-    /// `grace` and reports the rest as failed.
-    #[tracing::instrument(skip_all, fields(agent_id = %self.agent.id))]
-    pub async fn run(
-        self,
-        bus: CommandBus,
-        read: ReadSide,
-        shutdown: CancellationToken,
-        grace: Duration,
-    ) {
-        let worker = Arc::new(Worker {
-            bus,
-            read,
-            exchanger: self.exchanger,
-            agent_id: self.agent.id,
-            abort: CancellationToken::new(),
-        });
-        let mut agent = self.agent;
-        let mut version = self.version;
-        let slots = Arc::new(Semaphore::new(self.max_concurrency));
-        let mut running = JoinSet::new();
-        let mut next_heartbeat = Instant::now();
-        while !shutdown.is_cancelled() {
-            if Instant::now() >= next_heartbeat {
-                if let Some((state, now)) = worker.heartbeat(&agent, version).await {
-                    agent = state;
-                    version = now;
-                }
-                next_heartbeat = Instant::now() + heartbeat_every();
-            }
-            // Registered before looking, so a task that becomes ready during the look
-            // still wakes the loop.
-            let queued = worker.read.queue_signal().notified();
-            tokio::pin!(queued);
-            queued.as_mut().enable();
-            if agent.lifecycle == AgentLifecycle::Active {
-                worker.lease(&agent, version, &slots, &mut running).await;
-            }
-            let wait = RECHECK.min(next_heartbeat.saturating_duration_since(Instant::now()));
-            tokio::select! {
-                () = &mut queued => {}
-                Some(joined) = running.join_next(), if !running.is_empty() => report_panic(joined),
-                () = tokio::time::sleep(wait) => {}
-                () = shutdown.cancelled() => {}
-            }
-        }
-        tracing::info!(in_flight = running.len(), "built-in HTTP agent stopping");
-        let drained = tokio::time::timeout(grace, async {
-            while let Some(joined) = running.join_next().await {
-                report_panic(joined);
-            }
-        })
-        .await;
-        if drained.is_err() {
-            worker.abort.cancel();
-            while let Some(joined) = running.join_next().await {
-                report_panic(joined);
-            }
+impl From<HttpFailure> for Failure {
+    fn from(failure: HttpFailure) -> Self {
+        let HttpFailure {
+            code,
+            message,
+            details,
+            permanent,
+        } = failure;
+        Self {
+            code,
+            message,
+            details,
+            permanent,
         }
     }
 }
 
-fn report_panic(joined: Result<(), tokio::task::JoinError>) {
-    if let Err(error) = joined {
-        tracing::error!(%error, "an http.request task runner failed");
+impl Runner for Exchanger {
+    async fn run(&self, task: &TaskState) -> Result<Value, Failure> {
+        Ok(Exchanger::run(self, &task.input).await?)
     }
 }
 
-/// What every task runner shares.
-struct Worker {
-    bus: CommandBus,
-    read: ReadSide,
-    exchanger: Exchanger,
-    agent_id: Uuid,
-    /// Cancelled when the shutdown grace is over: requests still running give up.
-    abort: CancellationToken,
-}
-
-/// How a task command went.
-enum Sent {
-    Committed,
-    /// The task refused it: cancelled, or the lease is no longer ours.
-    Refused,
-    /// The store did not take it; the lease timer will clean up if nothing else does.
-    Failed,
-}
-
-impl Worker {
-    /// Records a sign of life; the agent and its version as they are now, `None` when that
-    /// is unknown.
-    async fn heartbeat(&self, agent: &AgentState, version: usize) -> Option<(AgentState, usize)> {
-        let result = self
-            .bus
-            .execute::<Agent, CommandError<AgentError>>(
-                &agent.id.to_string(),
-                &agent_context(agent.id),
-                None,
-                |_| {
-                    Ok(AgentCommand::RecordHeartbeat {
-                        at: Utc::now(),
-                        resolution: heartbeat_resolution(),
-                    })
-                },
-            )
-            .await;
-        match result {
-            Ok(Committed {
-                aggregate, version, ..
-            }) => {
-                self.read.agent_committed(&aggregate, version).await;
-                if agent.lifecycle == AgentLifecycle::Active
-                    && aggregate
-                        .state()
-                        .is_some_and(|now| now.lifecycle != AgentLifecycle::Active)
-                {
-                    tracing::warn!("the built-in HTTP agent was drained; it takes no new work");
-                }
-                aggregate.state().cloned().map(|state| (state, version))
-            }
-            Err(CommandError::Refused(AgentError::Deregistered)) => {
-                if agent.lifecycle != AgentLifecycle::Deregistered {
-                    tracing::warn!(
-                        "the built-in HTTP agent was deregistered; it takes no new work until the node restarts"
-                    );
-                }
-                Some((
-                    AgentState {
-                        lifecycle: AgentLifecycle::Deregistered,
-                        ..agent.clone()
-                    },
-                    version,
-                ))
-            }
-            Err(error) => {
-                tracing::warn!(%error, "heartbeat of the built-in HTTP agent failed");
-                None
-            }
-        }
-    }
-
-    /// Leases as many ready tasks as there are free slots and starts a runner for each.
-    async fn lease(
-        self: &Arc<Self>,
-        agent: &AgentState,
-        version: usize,
-        slots: &Arc<Semaphore>,
-        running: &mut JoinSet<()>,
-    ) {
-        let free = slots.available_permits();
-        if free == 0 {
-            return;
-        }
-        let context = agent_context(agent.id);
-        let max_tasks = u32::try_from(free).unwrap_or(u32::MAX);
-        let leasing = lease_ready(&self.bus, &self.read, agent, version, max_tasks, &context);
-        let granted = match leasing.await {
-            Ok(granted) => granted,
-            Err(DispatchError::AgentRetired) => {
-                tracing::info!("the built-in HTTP agent retired; its next heartbeat says how");
-                return;
-            }
-            Err(error) => {
-                tracing::error!(%error, "leasing http.request tasks failed");
-                return;
-            }
-        };
-        for grant in granted {
-            // Only this loop takes slots, and it asked for no more than were free.
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tracing::error!("no free slot for a granted task; its lease will expire");
-                continue;
-            };
-            running.spawn(self.clone().serve(grant, permit));
-        }
-    }
-
-    /// Runs one leased task to its report.
-    #[tracing::instrument(skip_all, fields(task_id))]
-    async fn serve(self: Arc<Self>, grant: Granted, _slot: OwnedSemaphorePermit) {
-        let Some(task) = grant.task.state() else {
-            return;
-        };
-        let (task_id, lease_id) = (task.id, grant.lease_id);
-        tracing::Span::current().record("task_id", tracing::field::display(task_id));
-        let start = TaskCommand::StartTask {
-            lease_id,
-            at: Utc::now(),
-        };
-        if let Sent::Refused = self.send(task_id, start).await {
-            return;
-        }
-        // A third of the lease: two renewals may be lost before it runs out.
-        let every =
-            Duration::from_millis(u64::from(task.timeout_secs.get()) * 1000 / 3).max(MIN_RENEWAL);
-        let mut renewals = tokio::time::interval_at(Instant::now() + every, every);
-        let exchange = self.exchanger.run(&task.input);
-        tokio::pin!(exchange);
-        let outcome = loop {
-            tokio::select! {
-                outcome = &mut exchange => break outcome,
-                _ = renewals.tick() => {
-                    let renew = TaskCommand::ExtendLease { lease_id, at: Utc::now() };
-                    if let Sent::Refused = self.send(task_id, renew).await {
-                        tracing::info!("the lease ended while the request ran; dropping it");
-                        return;
-                    }
-                }
-                () = self.abort.cancelled() => break Err(HttpFailure::shutdown()),
-            }
-        };
-        let report = match outcome {
-            Ok(output) => TaskCommand::CompleteTask {
-                lease_id,
-                output,
-                at: Utc::now(),
-            },
-            Err(failure) => {
-                tracing::info!(
-                    code = failure.code,
-                    permanent = failure.permanent,
-                    "http.request failed"
-                );
-                TaskCommand::FailTask {
-                    lease_id,
-                    error: TaskFailure {
-                        message: failure.message,
-                        code: Some(failure.code.to_owned()),
-                        details: failure.details,
-                    },
-                    permanent: failure.permanent,
-                    jitter: jitter(),
-                    at: Utc::now(),
-                }
-            }
-        };
-        self.send(task_id, report).await;
-    }
-
-    async fn send(&self, task_id: Uuid, command: TaskCommand) -> Sent {
-        let context = CommandContext {
-            correlation_id: task_id.to_string(),
-            ..agent_context(self.agent_id)
-        };
-        let result = self
-            .bus
-            .execute::<Task, CommandError<TaskError>>(&task_id.to_string(), &context, None, |_| {
-                Ok(command.clone())
-            })
-            .await;
-        match result {
-            Ok(Committed {
-                aggregate, version, ..
-            }) => {
-                self.read.task_committed(&aggregate, version).await;
-                Sent::Committed
-            }
-            Err(CommandError::Refused(error)) => {
-                tracing::debug!(%error, "task refused the agent's command");
-                Sent::Refused
-            }
-            Err(error) => {
-                tracing::warn!(%error, "task command failed; the lease timer will retry the task");
-                Sent::Failed
-            }
-        }
-    }
+/// Registers this cluster's HTTP agent, or finds it registered and brings its concurrency
+/// limit to `settings`.
+pub async fn register(
+    bus: &CommandBus,
+    read: &ReadSide,
+    settings: &HttpAgentSettings,
+) -> Result<HttpAgent, StartError> {
+    let exchanger = Exchanger::new(settings)?;
+    let spec = AgentSpec {
+        name: AgentName::parse("Built-in HTTP agent").map_err(StartError::Spec)?,
+        kind: AgentKind::Http,
+        capabilities: vec![Capability::parse(CAPABILITY).map_err(StartError::Spec)?],
+        max_concurrency: MaxConcurrency::new(i64::from(settings.max_concurrency))
+            .map_err(StartError::Spec)?,
+        metadata: Map::from_iter([("builtin".to_owned(), Value::Bool(true))]),
+        config: None,
+    };
+    let builtin = Builtin { name: NAME, spec };
+    Ok(BuiltinAgent::register(bus, read, builtin, exchanger).await?)
 }

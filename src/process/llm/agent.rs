@@ -1,69 +1,34 @@
 //! The built-in LLM agent: runs the `llm.chat` tasks of every user inside the node, through
-//! the configured provider, with the life cycle of the built-in HTTP agent (see
-//! [`crate::process::http_agent`]): system-owned, kind `llm`, one derived id for the cluster
-//! (`UUIDv8(SHA-256("chronicle:builtin-agent:llm:<generation>"))`), `max_concurrency` a
-//! limit for the whole cluster, leases renewed while the answer streams, drained on
-//! shutdown (what still runs after the grace period fails with `agent_shutdown`, retried).
+//! the configured provider. Its identity, registration, lease loop, renewals (while the
+//! answer streams) and shutdown are those of every built-in agent
+//! ([`crate::process::builtin_agent`]): system-owned, kind `llm`, one derived id for the
+//! cluster (`UUIDv8(SHA-256("chronicle:builtin-agent:llm:<generation>"))`),
+//! `max_concurrency` a limit for the whole cluster.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use chronicle_aggregates::agent::{Agent, AgentCommand, AgentError, AgentLifecycle, AgentState};
-use chronicle_aggregates::task::{Task, TaskCommand, TaskError, TaskFailure, TaskState};
+use chronicle_aggregates::task::TaskState;
 use chronicle_commands::agent::{AgentKind, AgentName, AgentSpec, MaxConcurrency};
 use chronicle_commands::llm_chat::{ChatMessage, LlmChatInput, Role, CAPABILITY};
 use chronicle_commands::values::Capability;
-use chrono::Utc;
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use uuid::{Builder, Uuid};
+use uuid::Uuid;
 
 use super::context::{ContextSource, Retrieved};
 use super::conversation::{fit, turn_messages};
 use super::provider::{codes, ChatProvider, ChatRequest, LlmFailure};
 use super::tokens::TokenHub;
-use crate::bus::{CommandBus, CommandContext, CommandError, Committed};
+use crate::bus::CommandBus;
 use crate::config::LlmSettings;
-use crate::process::dispatch::{lease_ready, DispatchError, Granted};
-use crate::process::{heartbeat_resolution, jitter};
+use crate::process::builtin_agent::{self, Builtin, BuiltinAgent, Failure, RegisterError, Runner};
 use crate::read_side::ReadSide;
 
-/// Generations skipped (drained or deregistered by an operator) before registration gives up.
-const MAX_GENERATIONS: u32 = 64;
-
-/// Even with no wake-up the loop looks at the queue this often.
-const RECHECK: Duration = Duration::from_secs(5);
-
-/// A renewal at most this often, however short the task's lease.
-const MIN_RENEWAL: Duration = Duration::from_millis(100);
+/// The name in the agent's derived id.
+const NAME: &str = "llm";
 
 /// The id of the built-in LLM agent's `generation`.
 pub fn agent_id(generation: u32) -> Uuid {
-    let mut hasher = Sha256::new();
-    hasher.update(b"chronicle:builtin-agent:llm:");
-    hasher.update(generation.to_string().as_bytes());
-    let digest = hasher.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    Builder::from_custom_bytes(bytes).into_uuid()
-}
-
-fn heartbeat_every() -> Duration {
-    (heartbeat_resolution() / 2)
-        .to_std()
-        .unwrap_or(Duration::from_secs(10))
-}
-
-fn agent_context(agent_id: Uuid) -> CommandContext {
-    CommandContext {
-        actor: format!("agent:{agent_id}"),
-        correlation_id: Uuid::now_v7().to_string(),
-        ..CommandContext::default()
-    }
+    builtin_agent::agent_id(NAME, generation)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,10 +37,8 @@ pub enum StartError {
     Client(#[from] reqwest::Error),
     #[error("invalid built-in agent: {0}")]
     Spec(&'static str),
-    #[error("cannot register the built-in LLM agent: {0}")]
-    Register(#[from] CommandError<AgentError>),
-    #[error("every one of the built-in LLM agent's {MAX_GENERATIONS} ids is retired")]
-    NoGeneration,
+    #[error(transparent)]
+    Register(#[from] RegisterError),
 }
 
 /// What the agent's runners need besides the bus and the read side.
@@ -88,300 +51,68 @@ pub struct LlmServices {
 }
 
 /// The registered agent, ready to run.
-pub struct LlmAgent {
-    agent: AgentState,
-    version: usize,
+pub type LlmAgent = BuiltinAgent<LlmRunner>;
+
+/// Registers this cluster's LLM agent, or finds it registered and brings its concurrency
+/// limit to the settings.
+pub async fn register(
+    bus: &CommandBus,
+    read: &ReadSide,
     services: LlmServices,
-    max_concurrency: usize,
+) -> Result<LlmAgent, StartError> {
+    let spec = AgentSpec {
+        name: AgentName::parse("Built-in LLM agent").map_err(StartError::Spec)?,
+        kind: AgentKind::Llm,
+        capabilities: vec![Capability::parse(CAPABILITY).map_err(StartError::Spec)?],
+        max_concurrency: MaxConcurrency::new(i64::from(services.settings.max_concurrency))
+            .map_err(StartError::Spec)?,
+        metadata: Map::from_iter([
+            ("builtin".to_owned(), Value::Bool(true)),
+            (
+                "provider".to_owned(),
+                Value::String(services.provider.name().to_owned()),
+            ),
+        ]),
+        config: None,
+    };
+    let runner = LlmRunner {
+        read: read.clone(),
+        services,
+    };
+    let builtin = Builtin { name: NAME, spec };
+    Ok(BuiltinAgent::register(bus, read, builtin, runner).await?)
 }
 
-impl LlmAgent {
-    /// Registers this cluster's LLM agent, or finds it registered and brings its
-    /// concurrency limit to the settings.
-    pub async fn register(
-        bus: &CommandBus,
-        read: &ReadSide,
-        services: LlmServices,
-    ) -> Result<Self, StartError> {
-        let max_concurrency = MaxConcurrency::new(i64::from(services.settings.max_concurrency))
-            .map_err(StartError::Spec)?;
-        let spec = AgentSpec {
-            name: AgentName::parse("Built-in LLM agent").map_err(StartError::Spec)?,
-            kind: AgentKind::Llm,
-            capabilities: vec![Capability::parse(CAPABILITY).map_err(StartError::Spec)?],
-            max_concurrency,
-            metadata: Map::from_iter([
-                ("builtin".to_owned(), Value::Bool(true)),
-                (
-                    "provider".to_owned(),
-                    Value::String(services.provider.name().to_owned()),
-                ),
-            ]),
-            config: None,
-        };
-        for generation in 0..MAX_GENERATIONS {
-            let id = agent_id(generation);
-            let result = bus
-                .execute::<Agent, CommandError<AgentError>>(
-                    &id.to_string(),
-                    &agent_context(id),
-                    None,
-                    |agent| match agent.state() {
-                        None => Ok(AgentCommand::RegisterAgent {
-                            agent_id: id,
-                            owner_id: Uuid::nil(),
-                            spec: spec.clone(),
-                            at: Utc::now(),
-                        }),
-                        Some(state) if state.lifecycle == AgentLifecycle::Active => {
-                            Ok(AgentCommand::ReconfigureAgent {
-                                max_concurrency,
-                                at: Utc::now(),
-                            })
-                        }
-                        Some(_) => Err(CommandError::Refused(AgentError::Deregistered)),
-                    },
-                )
-                .await;
-            match result {
-                Ok(Committed {
-                    aggregate, version, ..
-                }) => {
-                    read.agent_committed(&aggregate, version).await;
-                    let agent = aggregate
-                        .state()
-                        .cloned()
-                        .ok_or(CommandError::Refused(AgentError::NotFound))?;
-                    tracing::info!(agent_id = %id, generation, provider = services.provider.name(), "built-in LLM agent registered");
-                    return Ok(Self {
-                        agent,
-                        version,
-                        services,
-                        max_concurrency: max_concurrency.get() as usize,
-                    });
-                }
-                Err(CommandError::Refused(AgentError::Deregistered)) => {
-                    tracing::info!(agent_id = %id, generation, "built-in LLM agent retired; trying the next id");
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
-        Err(StartError::NoGeneration)
-    }
-
-    pub fn id(&self) -> Uuid {
-        self.agent.id
-    }
-
-    /// Serves tasks until `shutdown`, then lets the answers in flight finish for up to
-    /// `grace` and reports the rest as failed.
-    #[tracing::instrument(skip_all, fields(agent_id = %self.agent.id))]
-    pub async fn run(
-        self,
-        bus: CommandBus,
-        read: ReadSide,
-        shutdown: CancellationToken,
-        grace: Duration,
-    ) {
-        let worker = Arc::new(Worker {
-            bus,
-            read,
-            services: self.services,
-            agent_id: self.agent.id,
-            abort: CancellationToken::new(),
-        });
-        let mut agent = self.agent;
-        let mut version = self.version;
-        let slots = Arc::new(Semaphore::new(self.max_concurrency));
-        let mut running = JoinSet::new();
-        let mut next_heartbeat = Instant::now();
-        while !shutdown.is_cancelled() {
-            if Instant::now() >= next_heartbeat {
-                if let Some((state, now)) = worker.heartbeat(&agent, version).await {
-                    agent = state;
-                    version = now;
-                }
-                next_heartbeat = Instant::now() + heartbeat_every();
-            }
-            let queued = worker.read.queue_signal().notified();
-            tokio::pin!(queued);
-            queued.as_mut().enable();
-            if agent.lifecycle == AgentLifecycle::Active {
-                worker.lease(&agent, version, &slots, &mut running).await;
-            }
-            let wait = RECHECK.min(next_heartbeat.saturating_duration_since(Instant::now()));
-            tokio::select! {
-                () = &mut queued => {}
-                Some(joined) = running.join_next(), if !running.is_empty() => report_panic(joined),
-                () = tokio::time::sleep(wait) => {}
-                () = shutdown.cancelled() => {}
-            }
-        }
-        tracing::info!(in_flight = running.len(), "built-in LLM agent stopping");
-        let drained = tokio::time::timeout(grace, async {
-            while let Some(joined) = running.join_next().await {
-                report_panic(joined);
-            }
-        })
-        .await;
-        if drained.is_err() {
-            worker.abort.cancel();
-            while let Some(joined) = running.join_next().await {
-                report_panic(joined);
-            }
+impl From<LlmFailure> for Failure {
+    fn from(failure: LlmFailure) -> Self {
+        let LlmFailure {
+            code,
+            message,
+            details,
+            permanent,
+        } = failure;
+        Self {
+            code,
+            message,
+            details,
+            permanent,
         }
     }
 }
 
-fn report_panic(joined: Result<(), tokio::task::JoinError>) {
-    if let Err(error) = joined {
-        tracing::error!(%error, "an llm.chat task runner failed");
-    }
-}
-
-struct Worker {
-    bus: CommandBus,
+/// One `llm.chat` task's answer.
+pub struct LlmRunner {
     read: ReadSide,
     services: LlmServices,
-    agent_id: Uuid,
-    abort: CancellationToken,
 }
 
-enum Sent {
-    Committed,
-    Refused,
-    Failed,
+impl Runner for LlmRunner {
+    async fn run(&self, task: &TaskState) -> Result<Value, Failure> {
+        Ok(self.answer(task).await?)
+    }
 }
 
-impl Worker {
-    async fn heartbeat(&self, agent: &AgentState, version: usize) -> Option<(AgentState, usize)> {
-        let result = self
-            .bus
-            .execute::<Agent, CommandError<AgentError>>(
-                &agent.id.to_string(),
-                &agent_context(agent.id),
-                None,
-                |_| {
-                    Ok(AgentCommand::RecordHeartbeat {
-                        at: Utc::now(),
-                        resolution: heartbeat_resolution(),
-                    })
-                },
-            )
-            .await;
-        match result {
-            Ok(Committed {
-                aggregate, version, ..
-            }) => {
-                self.read.agent_committed(&aggregate, version).await;
-                aggregate.state().cloned().map(|state| (state, version))
-            }
-            Err(CommandError::Refused(AgentError::Deregistered)) => Some((
-                AgentState {
-                    lifecycle: AgentLifecycle::Deregistered,
-                    ..agent.clone()
-                },
-                version,
-            )),
-            Err(error) => {
-                tracing::warn!(%error, "heartbeat of the built-in LLM agent failed");
-                None
-            }
-        }
-    }
-
-    async fn lease(
-        self: &Arc<Self>,
-        agent: &AgentState,
-        version: usize,
-        slots: &Arc<Semaphore>,
-        running: &mut JoinSet<()>,
-    ) {
-        let free = slots.available_permits();
-        if free == 0 {
-            return;
-        }
-        let context = agent_context(agent.id);
-        let max_tasks = u32::try_from(free).unwrap_or(u32::MAX);
-        let granted =
-            match lease_ready(&self.bus, &self.read, agent, version, max_tasks, &context).await {
-                Ok(granted) => granted,
-                Err(DispatchError::AgentRetired) => return,
-                Err(error) => {
-                    tracing::error!(%error, "leasing llm.chat tasks failed");
-                    return;
-                }
-            };
-        for grant in granted {
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tracing::error!("no free slot for a granted task; its lease will expire");
-                continue;
-            };
-            running.spawn(self.clone().serve(grant, permit));
-        }
-    }
-
-    /// Runs one leased task to its report.
-    #[tracing::instrument(skip_all, fields(task_id))]
-    async fn serve(self: Arc<Self>, grant: Granted, _slot: OwnedSemaphorePermit) {
-        let Some(task) = grant.task.state() else {
-            return;
-        };
-        let (task_id, lease_id) = (task.id, grant.lease_id);
-        tracing::Span::current().record("task_id", tracing::field::display(task_id));
-        let start = TaskCommand::StartTask {
-            lease_id,
-            at: Utc::now(),
-        };
-        if let Sent::Refused = self.send(task_id, start).await {
-            return;
-        }
-        let every =
-            Duration::from_millis(u64::from(task.timeout_secs.get()) * 1000 / 3).max(MIN_RENEWAL);
-        let mut renewals = tokio::time::interval_at(Instant::now() + every, every);
-        let answer = self.answer(task);
-        tokio::pin!(answer);
-        let outcome = loop {
-            tokio::select! {
-                outcome = &mut answer => break outcome,
-                _ = renewals.tick() => {
-                    let renew = TaskCommand::ExtendLease { lease_id, at: Utc::now() };
-                    if let Sent::Refused = self.send(task_id, renew).await {
-                        tracing::info!("the lease ended while the answer streamed; dropping it");
-                        return;
-                    }
-                }
-                () = self.abort.cancelled() => break Err(LlmFailure::shutdown()),
-            }
-        };
-        let report = match outcome {
-            Ok(output) => TaskCommand::CompleteTask {
-                lease_id,
-                output,
-                at: Utc::now(),
-            },
-            Err(failure) => {
-                tracing::info!(
-                    code = failure.code,
-                    permanent = failure.permanent,
-                    "llm.chat failed"
-                );
-                TaskCommand::FailTask {
-                    lease_id,
-                    error: TaskFailure {
-                        message: failure.message,
-                        code: Some(failure.code.to_owned()),
-                        details: failure.details,
-                    },
-                    permanent: failure.permanent,
-                    jitter: jitter(),
-                    at: Utc::now(),
-                }
-            }
-        };
-        self.send(task_id, report).await;
-    }
-
+impl LlmRunner {
     /// The task's output: the answer, its usage, the context's sources.
     async fn answer(&self, task: &TaskState) -> Result<Value, LlmFailure> {
         let input = LlmChatInput::parse(&task.input).map_err(|errors| {
@@ -513,34 +244,5 @@ impl Worker {
             turns,
             u64::from(self.services.settings.conversation_budget_tokens),
         ))
-    }
-
-    async fn send(&self, task_id: Uuid, command: TaskCommand) -> Sent {
-        let context = CommandContext {
-            correlation_id: task_id.to_string(),
-            ..agent_context(self.agent_id)
-        };
-        let result = self
-            .bus
-            .execute::<Task, CommandError<TaskError>>(&task_id.to_string(), &context, None, |_| {
-                Ok(command.clone())
-            })
-            .await;
-        match result {
-            Ok(Committed {
-                aggregate, version, ..
-            }) => {
-                self.read.task_committed(&aggregate, version).await;
-                Sent::Committed
-            }
-            Err(CommandError::Refused(error)) => {
-                tracing::debug!(%error, "task refused the agent's command");
-                Sent::Refused
-            }
-            Err(error) => {
-                tracing::warn!(%error, "task command failed; the lease timer will retry the task");
-                Sent::Failed
-            }
-        }
     }
 }

@@ -112,13 +112,6 @@ impl LlmFailure {
             "the provider's stream ended before the answer was complete",
         )
     }
-
-    pub fn shutdown() -> Self {
-        Self::retryable(
-            codes::AGENT_SHUTDOWN,
-            "the node stopped before the answer ended",
-        )
-    }
 }
 
 /// Where streamed text goes as it arrives.
