@@ -68,6 +68,29 @@ pub struct Failure {
 }
 
 impl Failure {
+    pub fn permanent(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: None,
+            permanent: true,
+        }
+    }
+
+    pub fn retryable(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: None,
+            permanent: false,
+        }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
     fn shutdown() -> Self {
         Self {
             code: AGENT_SHUTDOWN,

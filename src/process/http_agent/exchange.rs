@@ -21,6 +21,7 @@ use super::guard::{
     redirect_policy, AddressPolicy, Blocked, BlockedRedirect, GuardedResolver, RedirectRefused,
 };
 use crate::config::{ConfigError, HttpAgentSettings};
+use crate::process::builtin_agent::Failure;
 
 /// The `error.code`s an `http.request` task fails with.
 pub mod codes {
@@ -44,32 +45,14 @@ pub mod codes {
 }
 
 /// Why an exchange produced no output; `permanent` when another attempt cannot help.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpFailure {
-    pub code: &'static str,
-    pub message: String,
-    pub details: Option<Value>,
-    pub permanent: bool,
+pub type HttpFailure = Failure;
+
+fn permanent(code: &'static str, message: String, details: Value) -> HttpFailure {
+    Failure::permanent(code, message).with_details(details)
 }
 
-impl HttpFailure {
-    fn permanent(code: &'static str, message: String, details: Value) -> Self {
-        Self {
-            code,
-            message,
-            details: Some(details),
-            permanent: true,
-        }
-    }
-
-    fn retryable(code: &'static str, message: String, details: Value) -> Self {
-        Self {
-            code,
-            message,
-            details: Some(details),
-            permanent: false,
-        }
-    }
+fn retryable(code: &'static str, message: String, details: Value) -> HttpFailure {
+    Failure::retryable(code, message).with_details(details)
 }
 
 /// Runs exchanges with one guarded client (its connection pool is shared).
@@ -117,7 +100,7 @@ impl Exchanger {
     /// Runs the exchange a task's `input` describes.
     pub async fn run(&self, input: &Value) -> Result<Value, HttpFailure> {
         let input = HttpRequestInput::parse(input).map_err(|errors| {
-            HttpFailure::permanent(
+            permanent(
                 codes::INVALID_INPUT,
                 "the input is not a valid http.request input".into(),
                 json!({ "errors": errors.0 }),
@@ -168,7 +151,7 @@ impl Exchanger {
         timeout: Duration,
     ) -> Result<Value, HttpFailure> {
         let too_large = |length: Option<u64>| {
-            HttpFailure::permanent(
+            permanent(
                 codes::RESPONSE_TOO_LARGE,
                 format!(
                     "the response body is over the limit of {} bytes",
@@ -247,7 +230,7 @@ fn headers_json(headers: &reqwest::header::HeaderMap) -> Value {
 
 /// `refused` is the URL that led to the address: the task's own or a redirect's.
 fn blocked_failure(blocked: &Blocked, requested: &Url, refused: &Url) -> HttpFailure {
-    HttpFailure::permanent(
+    permanent(
         codes::SSRF_BLOCKED,
         blocked.to_string(),
         json!({
@@ -293,18 +276,18 @@ fn transport_failure(error: &reqwest::Error, url: &Url, timeout: Duration) -> Ht
     }
     let details = json!({ "url": url.as_str(), "cause": chain(error) });
     if let Some(refused) = find::<RedirectRefused>(error) {
-        return HttpFailure::permanent(codes::REDIRECT_REFUSED, refused.to_string(), details);
+        return permanent(codes::REDIRECT_REFUSED, refused.to_string(), details);
     }
     if error.is_timeout() {
         let message = format!("no complete response within {} ms", timeout.as_millis());
-        return HttpFailure::retryable(codes::TIMEOUT, message, details);
+        return retryable(codes::TIMEOUT, message, details);
     }
     if error.is_connect() {
         let host = url.host_str().unwrap_or_default();
         let message = format!("could not connect to {host}");
-        return HttpFailure::retryable(codes::CONNECT_FAILED, message, details);
+        return retryable(codes::CONNECT_FAILED, message, details);
     }
-    HttpFailure::retryable(
+    retryable(
         codes::REQUEST_FAILED,
         "the exchange broke off".into(),
         details,

@@ -22,7 +22,7 @@ use chronicle_commands::values::Capability;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use self::exchange::{Exchanger, HttpFailure};
+use self::exchange::Exchanger;
 use super::builtin_agent::{self, Builtin, BuiltinAgent, Failure, RegisterError, Runner};
 use crate::bus::CommandBus;
 use crate::config::HttpAgentSettings;
@@ -49,26 +49,9 @@ pub enum StartError {
 /// The registered agent, ready to run.
 pub type HttpAgent = BuiltinAgent<Exchanger>;
 
-impl From<HttpFailure> for Failure {
-    fn from(failure: HttpFailure) -> Self {
-        let HttpFailure {
-            code,
-            message,
-            details,
-            permanent,
-        } = failure;
-        Self {
-            code,
-            message,
-            details,
-            permanent,
-        }
-    }
-}
-
 impl Runner for Exchanger {
     async fn run(&self, task: &TaskState) -> Result<Value, Failure> {
-        Ok(Exchanger::run(self, &task.input).await?)
+        Exchanger::run(self, &task.input).await
     }
 }
 

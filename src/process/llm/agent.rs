@@ -83,23 +83,6 @@ pub async fn register(
     Ok(BuiltinAgent::register(bus, read, builtin, runner).await?)
 }
 
-impl From<LlmFailure> for Failure {
-    fn from(failure: LlmFailure) -> Self {
-        let LlmFailure {
-            code,
-            message,
-            details,
-            permanent,
-        } = failure;
-        Self {
-            code,
-            message,
-            details,
-            permanent,
-        }
-    }
-}
-
 /// One `llm.chat` task's answer.
 pub struct LlmRunner {
     read: ReadSide,
@@ -108,7 +91,7 @@ pub struct LlmRunner {
 
 impl Runner for LlmRunner {
     async fn run(&self, task: &TaskState) -> Result<Value, Failure> {
-        Ok(self.answer(task).await?)
+        self.answer(task).await
     }
 }
 

@@ -12,6 +12,7 @@ use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 
 use crate::config::LlmSettings;
+use crate::process::builtin_agent::Failure;
 
 /// The `error.code`s an `llm.chat` task fails with.
 pub mod codes {
@@ -67,38 +68,9 @@ pub struct ChatAnswer {
 }
 
 /// Why a request produced no answer; `permanent` when another attempt cannot help.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LlmFailure {
-    pub code: &'static str,
-    pub message: String,
-    pub details: Option<Value>,
-    pub permanent: bool,
-}
+pub type LlmFailure = Failure;
 
-impl LlmFailure {
-    pub fn permanent(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            details: None,
-            permanent: true,
-        }
-    }
-
-    pub fn retryable(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            details: None,
-            permanent: false,
-        }
-    }
-
-    pub fn with_details(mut self, details: Value) -> Self {
-        self.details = Some(details);
-        self
-    }
-
+impl Failure {
     pub fn malformed(what: impl std::fmt::Display) -> Self {
         Self::permanent(
             codes::MALFORMED_RESPONSE,
