@@ -9,6 +9,7 @@ use chronicle::store::Store;
 use chronicle_aggregates::task::{Task, TaskCommand, TaskFailure};
 use chronicle_commands::task::NewTaskRequest;
 use chronicle_projections::usage::{GroupBy, UsageQuery, UsageRow, UsageView};
+use chronicle_projections::ReadScope;
 use chronicle_projections::{
     on_reader, AnyProjector, Projection, ProjectionError, Projector, ReadDb, ReadTx, RecordedEvent,
 };
@@ -374,7 +375,8 @@ async fn usage_snapshot(
         let query = UsageQuery {
             from: at(1, 0, 0),
             to: at(28, 0, 0),
-            owner_id: None,
+            readers: ReadScope::All,
+            team_id: None,
             group_by,
         };
         reports.push(UsageView::report(db, &query).await.unwrap());
