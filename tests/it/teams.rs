@@ -922,7 +922,8 @@ async fn a_shared_task_is_read_by_the_team_everywhere_and_by_nobody_once_removed
     assert!(listed(&app, &member, "/api/agents").await.is_empty());
     assert_eq!(feed_tasks(&app, &member).await, [by_member.clone()]);
     assert_eq!(status_total(&app, &member, "").await, 1);
-    assert_eq!(usage_created(&app, &member, &team_id, 0).await, 0);
+    // Of the team's tasks, only the one the member owns counts for them now.
+    assert_eq!(usage_created(&app, &member, &team_id, 1).await, 1);
 
     // Unshared: back to the owner alone.
     let (status, body) = send(owner.client.post(app.url(&format!("{path}/unshare")))).await;
