@@ -307,8 +307,7 @@ mod tests {
                 let resource = Resource::new(kind, owner, team_id);
                 for (actor, teams) in &callers {
                     assert_eq!(
-                        scope(actor, teams.clone())
-                            .admits(resource.owner_id, resource.team_id),
+                        scope(actor, teams.clone()).admits(resource.owner_id, resource.team_id),
                         can(&roles, actor, Action::Read, &resource),
                         "{actor:?} reading a {kind:?} of team {team_id:?}"
                     );

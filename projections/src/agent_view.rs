@@ -150,17 +150,9 @@ impl AgentView {
         team_id: Uuid,
         limit: u32,
     ) -> Result<Vec<String>, ProjectionError> {
-        let ids: Vec<(String,)> = on_reader!(db, |pool| {
-            sqlx::query_as(
-                "SELECT id FROM agent_view_v2
-                  WHERE team_id = $1 AND lifecycle <> 'deregistered' ORDER BY id LIMIT $2",
-            )
-            .bind(team_id.to_string())
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await
-        })?;
-        Ok(ids.into_iter().map(|(id,)| id).collect())
+        const SQL: &str = "SELECT id FROM agent_view_v2
+                  WHERE team_id = $1 AND lifecycle <> 'deregistered' ORDER BY id LIMIT $2";
+        Ok(crate::db::ids_of_team(db, SQL, team_id, limit).await?)
     }
 
     /// Newest first, at most `limit`. An agent is online at `now` when it is active and

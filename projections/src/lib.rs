@@ -42,7 +42,7 @@ pub mod workflow_view;
 
 pub use db::{ReadDb, ReadTx};
 pub use feed::{EventSource, FeedCursor, RecordedEvent};
-pub use scope::ReadScope;
 pub use runner::{
     AnyProjector, Projection, ProjectionError, ProjectionFailure, ProjectionStatus, Projector,
 };
+pub use scope::ReadScope;

@@ -268,18 +268,10 @@ impl TaskView {
         team_id: Uuid,
         limit: u32,
     ) -> Result<Vec<String>, ProjectionError> {
-        let ids: Vec<(String,)> = on_reader!(db, |pool| {
-            sqlx::query_as(
-                "SELECT id FROM task_view_v4
+        const SQL: &str = "SELECT id FROM task_view_v4
                   WHERE team_id = $1 AND status NOT IN ('succeeded', 'failed', 'cancelled')
-                  ORDER BY id LIMIT $2",
-            )
-            .bind(team_id.to_string())
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await
-        })?;
-        Ok(ids.into_iter().map(|(id,)| id).collect())
+                  ORDER BY id LIMIT $2";
+        Ok(crate::db::ids_of_team(db, SQL, team_id, limit).await?)
     }
 
     /// Newest first, at most `limit`.

@@ -72,7 +72,11 @@ impl TeamView {
     /// Writes `team` at `version`, its memberships with it, unless the row already
     /// reflects that version or a later one. A deleted team keeps its row (marked) and
     /// loses its memberships.
-    pub async fn upsert(tx: &mut ReadTx, team: &Team, version: usize) -> Result<(), ProjectionError> {
+    pub async fn upsert(
+        tx: &mut ReadTx,
+        team: &Team,
+        version: usize,
+    ) -> Result<(), ProjectionError> {
         let Some(state) = team.state() else {
             return Ok(());
         };

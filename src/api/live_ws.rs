@@ -308,7 +308,8 @@ impl Live {
             }
             if self.scope.has_mine() {
                 // Teams as they are now: a member removed since the last read sees no more.
-                self.scope.set_mine(Some(self.state.authz.mine(&self.actor)));
+                self.scope
+                    .set_mine(Some(self.state.authz.mine(&self.actor)));
             }
             if self.state.shutdown.is_cancelled() {
                 return Err(End::Close(1012, "server restarting"));
@@ -431,7 +432,9 @@ impl Live {
         let mut answers = Vec::new();
         for topic in &message.topics {
             match self.topic(topic).await {
-                Ok(Topic::Mine) => self.scope.set_mine(Some(self.state.authz.mine(&self.actor))),
+                Ok(Topic::Mine) => self
+                    .scope
+                    .set_mine(Some(self.state.authz.mine(&self.actor))),
                 Ok(Topic::Aggregate(aggregate_type, id, resource)) => {
                     self.scope
                         .add_aggregate(aggregate_type, &id.to_string(), topic);

@@ -209,12 +209,14 @@ async fn checked(
     let definition = request.validate()?;
     for (index, step) in definition.steps().iter().enumerate() {
         if let Some(agent_id) = step.agent_id {
-            usable_agent(state, actor, agent_id, None).await.map_err(|_| {
-                ApiError::validation(
-                    &format!("steps[{index}].agent_id"),
-                    "is not an agent that can run your tasks",
-                )
-            })?;
+            usable_agent(state, actor, agent_id, None)
+                .await
+                .map_err(|_| {
+                    ApiError::validation(
+                        &format!("steps[{index}].agent_id"),
+                        "is not an agent that can run your tasks",
+                    )
+                })?;
         }
     }
     Ok(definition)

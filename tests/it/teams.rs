@@ -918,7 +918,10 @@ async fn a_shared_task_is_read_by_the_team_everywhere_and_by_nobody_once_removed
         StatusCode::OK,
         "the member's own task stays theirs"
     );
-    assert_eq!(listed(&app, &member, "/api/tasks").await, [by_member.clone()]);
+    assert_eq!(
+        listed(&app, &member, "/api/tasks").await,
+        [by_member.clone()]
+    );
     assert!(listed(&app, &member, "/api/agents").await.is_empty());
     assert_eq!(feed_tasks(&app, &member).await, [by_member.clone()]);
     assert_eq!(status_total(&app, &member, "").await, 1);
@@ -956,7 +959,10 @@ async fn teams_are_served_from_the_team_view(#[case] backend: Backend) {
         listed(&app, &owner, "/api/teams?limit=1").await,
         [second_id.clone()]
     );
-    assert_eq!(listed(&app, &member, "/api/teams").await, [first_id.clone()]);
+    assert_eq!(
+        listed(&app, &member, "/api/teams").await,
+        [first_id.clone()]
+    );
     let (status, team) = send(
         member
             .client

@@ -543,7 +543,13 @@ impl SearchIndex {
             document.add_i64(fields.version, prepared.version);
             document.add_bytes(fields.vector, &bytes_of_vector(&vector));
             documents.push((doc.key(), document));
-            points.push((doc.key(), doc.owner.clone(), doc.team.clone(), doc.kind, vector));
+            points.push((
+                doc.key(),
+                doc.owner.clone(),
+                doc.team.clone(),
+                doc.kind,
+                vector,
+            ));
         }
         let key_field = fields.key;
         tokio::task::spawn_blocking(move || {

@@ -249,8 +249,20 @@ mod tests {
             kind: None,
         };
         index.upsert_all(vec![
-            ("task:a".into(), "u1".into(), None, DocKind::Task, unit(1, 16)),
-            ("task:b".into(), "u2".into(), None, DocKind::Task, unit(2, 16)),
+            (
+                "task:a".into(),
+                "u1".into(),
+                None,
+                DocKind::Task,
+                unit(1, 16),
+            ),
+            (
+                "task:b".into(),
+                "u2".into(),
+                None,
+                DocKind::Task,
+                unit(2, 16),
+            ),
         ]);
         index.upsert_all(vec![(
             "task:a".into(),
@@ -307,7 +319,15 @@ mod tests {
             _ => None,
         };
         let points = (0..300)
-            .map(|i| (format!("task:{i}"), format!("u{}", i % 5), team(i), DocKind::Task, unit(i, 16)))
+            .map(|i| {
+                (
+                    format!("task:{i}"),
+                    format!("u{}", i % 5),
+                    team(i),
+                    DocKind::Task,
+                    unit(i, 16),
+                )
+            })
             .collect();
         index.upsert_all(points);
         let teams = vec!["t1".to_owned()];
@@ -321,7 +341,13 @@ mod tests {
         assert!(hits
             .iter()
             .all(|(k, _)| k.trim_start_matches("task:").parse::<u64>().unwrap() % 3 == 0));
-        index.upsert_all(vec![("task:0".into(), "u0".into(), None, DocKind::Task, unit(0, 16))]);
+        index.upsert_all(vec![(
+            "task:0".into(),
+            "u0".into(),
+            None,
+            DocKind::Task,
+            unit(0, 16),
+        )]);
         let hits = index.search(&unit(0, 16), 1000, filter);
         assert_eq!(hits.len(), 99);
         assert!(hits.iter().all(|(k, _)| *k != "task:0"));

@@ -20,10 +20,10 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use chronicle_projections::ReadScope;
 use serde_json::Value;
 use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
-use chronicle_projections::ReadScope;
 
 use super::error::ApiError;
 use super::{replay, AppState, REQUEST_ID};
