@@ -1023,7 +1023,10 @@ async fn teams_are_served_from_the_team_view(#[case] backend: Backend) {
         .unwrap()
         .status();
     assert_eq!(status, StatusCode::NO_CONTENT);
-    assert_eq!(listed(&app, &owner, "/api/teams").await, [first_id.as_str()]);
+    assert_eq!(
+        listed(&app, &owner, "/api/teams").await,
+        [first_id.as_str()]
+    );
     assert_eq!(
         get_status(&app.address, &owner, &format!("/api/teams/{second_id}")).await,
         StatusCode::NOT_FOUND
@@ -1153,7 +1156,11 @@ async fn a_team_s_documents_are_found_by_its_members_and_no_other_team(#[case] b
     };
     for mode in ["bm25", "vector", "hybrid"] {
         assert_eq!(found(&member, mode).await, [team_task.as_str()], "{mode}");
-        assert_eq!(found(&outsider, mode).await, [other_task.as_str()], "{mode}");
+        assert_eq!(
+            found(&outsider, mode).await,
+            [other_task.as_str()],
+            "{mode}"
+        );
     }
     let (status, context) = send(
         member
