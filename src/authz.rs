@@ -12,6 +12,7 @@ use chronicle_aggregates::task::TaskState;
 use chronicle_aggregates::workflow::WorkflowState;
 use chronicle_aggregates::workflow_run::RunState;
 use chronicle_commands::team::TeamRole;
+use chronicle_projections::ReadScope;
 use uuid::Uuid;
 
 use crate::actor::{Actor, Role};
@@ -166,6 +167,35 @@ impl Authz {
     pub fn readable_teams(&self, actor: &Actor) -> Vec<Uuid> {
         self.teams.team_ids_of(actor.id)
     }
+
+    /// Whose resources `actor` may read, for whatever reads many at once — the lists, the
+    /// feed, live subscriptions, sync's pull, analytics and search: exactly the resources
+    /// [`can`] lets them read (`readers_are_what_can_reads` proves it), decided now, so a
+    /// removed member's next read leaves the team out.
+    pub fn readers(&self, actor: &Actor) -> ReadScope {
+        scope(actor, self.readable_teams(actor))
+    }
+
+    /// What is the caller's own — theirs and their teams' — whatever else their role lets
+    /// them read: the live `mine` topic and sync's pull.
+    pub fn mine(&self, actor: &Actor) -> ReadScope {
+        ReadScope::Of {
+            owner_id: actor.id,
+            team_ids: self.readable_teams(actor),
+        }
+    }
+}
+
+/// [`Authz::readers`] of an actor in `team_ids` (any role reads).
+fn scope(actor: &Actor, team_ids: Vec<Uuid>) -> ReadScope {
+    if actor.has_role(Role::Admin) || actor.has_role(Role::Auditor) {
+        ReadScope::All
+    } else {
+        ReadScope::Of {
+            owner_id: actor.id,
+            team_ids,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -250,6 +280,40 @@ mod tests {
             }
         }
         assert_eq!(checked, 4 * 2 * 9 * 4);
+    }
+
+    /// What many-at-once reads admit ([`Authz::readers`]) is what [`can`] lets one read.
+    #[test]
+    fn readers_are_what_can_reads() {
+        let (owner, team, other_team) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let mut roles = HashMap::new();
+        let mut callers = vec![
+            (Actor::user(owner, [Role::User]), vec![]),
+            (Actor::user(Uuid::now_v7(), [Role::User]), vec![]),
+            (Actor::user(Uuid::now_v7(), [Role::Auditor]), vec![]),
+            (Actor::user(Uuid::now_v7(), [Role::Admin]), vec![]),
+        ];
+        let outsider = Uuid::now_v7();
+        roles.insert((other_team, outsider), TeamRole::Owner);
+        callers.push((Actor::user(outsider, [Role::User]), vec![other_team]));
+        for role in TeamRole::ALL {
+            let member = Uuid::now_v7();
+            roles.insert((team, member), role);
+            callers.push((Actor::user(member, [Role::User]), vec![team]));
+        }
+        let roles = Roles(roles);
+        for kind in KINDS {
+            for team_id in [None, Some(team), Some(other_team)] {
+                let resource = Resource::new(kind, owner, team_id);
+                for (actor, teams) in &callers {
+                    assert_eq!(
+                        scope(actor, teams.clone()).admits(resource.owner_id, resource.team_id),
+                        can(&roles, actor, Action::Read, &resource),
+                        "{actor:?} reading a {kind:?} of team {team_id:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

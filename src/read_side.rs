@@ -9,6 +9,7 @@ use chronicle_aggregates::agent::Agent;
 use chronicle_aggregates::api_key::ApiKey;
 use chronicle_aggregates::schedule::Schedule;
 use chronicle_aggregates::task::{is_ready, Task};
+use chronicle_aggregates::team::Team;
 use chronicle_aggregates::workflow::Workflow;
 use chronicle_aggregates::workflow_run::WorkflowRun;
 use chronicle_projections::agent_view::AgentView;
@@ -18,6 +19,7 @@ use chronicle_projections::rebuild::Shadow;
 use chronicle_projections::schedule_view::ScheduleView;
 use chronicle_projections::search::SearchIndex;
 use chronicle_projections::task_view::TaskView;
+use chronicle_projections::team_view::TeamView;
 use chronicle_projections::usage::UsageView;
 use chronicle_projections::workflow_run_view::WorkflowRunView;
 use chronicle_projections::workflow_view::WorkflowView;
@@ -141,6 +143,7 @@ impl ReadSide {
             Arc::new(Projector::new(AggregateOwners, store.clone(), db.clone())),
             Arc::new(Projector::new(UsageView, store.clone(), db.clone())),
             Arc::new(Projector::new(WorkflowView, store.clone(), db.clone())),
+            Arc::new(Projector::new(TeamView, store.clone(), db.clone())),
         ]);
         // A new `VERSION` is a new set of tables (`…_v<N>`): it is built here from the
         // first event before the API serves, beside the older version's tables, which nodes
@@ -510,6 +513,14 @@ impl ReadSide {
     pub async fn workflow_committed(&self, workflow: &Workflow, version: usize) {
         if let Err(error) = WorkflowView::write_committed(&self.db, workflow, version).await {
             tracing::warn!(%error, "inline workflow view write failed; catch-up will repair it");
+        }
+        self.notify();
+    }
+
+    /// Brings the team view up to a just-committed team; see [`ReadSide::task_committed`].
+    pub async fn team_committed(&self, team: &Team, version: usize) {
+        if let Err(error) = TeamView::write_committed(&self.db, team, version).await {
+            tracing::warn!(%error, "inline team view write failed; catch-up will repair it");
         }
         self.notify();
     }

@@ -52,6 +52,10 @@ pub struct NewTaskRequest {
     /// `concurrency_key`.
     #[schema(minimum = 1, maximum = 1000)]
     pub concurrency_limit: Option<i64>,
+    /// The team the task belongs to besides its caller: one they may run work in (member,
+    /// maintainer or owner). Its members then read it, maintainers and owners change it,
+    /// and the team's agents lease it.
+    pub team_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -78,8 +82,8 @@ pub struct TaskSpec {
     pub not_before: Option<DateTime<Utc>>,
     #[serde(default)]
     pub concurrency: Option<Concurrency>,
-    /// The team the task belongs to besides its owner (a team workflow's step); set by
-    /// the runtime, never by the request.
+    /// The team the task belongs to besides its owner: the request's `team_id` (checked
+    /// by the API), or a team workflow's.
     #[serde(default)]
     pub team_id: Option<Uuid>,
 }
@@ -148,7 +152,7 @@ impl NewTaskRequest {
                     tags,
                     not_before,
                     concurrency,
-                    team_id: None,
+                    team_id: self.team_id,
                 })
             }
             _ => Err(errors),

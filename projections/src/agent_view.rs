@@ -10,14 +10,18 @@ use uuid::Uuid;
 use crate::db::{ReadDb, ReadTx};
 use crate::feed::RecordedEvent;
 use crate::runner::{fold_next, Projection, ProjectionError};
+use crate::scope::ReadScope;
 use crate::{on_reader, on_tx};
 
 pub struct AgentView;
 
 /// Filters of `GET /api/agents`; `None` means any.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AgentFilter {
-    pub owner_id: Option<Uuid>,
+    /// Whose agents: the owner's and those shared with their teams, or all.
+    pub readers: ReadScope,
+    /// Only the agents shared with this team.
+    pub team_id: Option<Uuid>,
     pub capability: Option<String>,
     pub status: Option<AgentStatus>,
     /// Only agents registered before this one (ids are UUIDv7).
@@ -70,15 +74,15 @@ impl AgentView {
         let id = state.id.to_string();
         let written = on_tx!(tx, |conn| {
             sqlx::query(
-                "INSERT INTO agent_view_v1 (id, owner_id, kind, lifecycle, last_heartbeat_at,
-                        created_at, updated_at, version, state)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                "INSERT INTO agent_view_v2 (id, owner_id, kind, lifecycle, last_heartbeat_at,
+                        created_at, updated_at, version, state, team_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                  ON CONFLICT (id) DO UPDATE SET
-                        lifecycle = excluded.lifecycle,
+                        lifecycle = excluded.lifecycle, team_id = excluded.team_id,
                         last_heartbeat_at = excluded.last_heartbeat_at,
                         updated_at = excluded.updated_at,
                         version = excluded.version, state = excluded.state
-                  WHERE agent_view_v1.version < excluded.version",
+                  WHERE agent_view_v2.version < excluded.version",
             )
             .bind(&id)
             .bind(state.owner_id.to_string())
@@ -89,6 +93,7 @@ impl AgentView {
             .bind(state.updated_at.timestamp_millis())
             .bind(version as i64)
             .bind(&json)
+            .bind(state.team_id.map(|id| id.to_string()))
             .execute(&mut *conn)
             .await
             .map(|r| r.rows_affected())
@@ -99,13 +104,13 @@ impl AgentView {
         // Capabilities never change after registration, but rewriting them keeps a row
         // written first by the inline path and then by the catch-up identical.
         on_tx!(tx, |conn| {
-            sqlx::query("DELETE FROM agent_view_caps_v1 WHERE agent_id = $1")
+            sqlx::query("DELETE FROM agent_view_caps_v2 WHERE agent_id = $1")
                 .bind(&id)
                 .execute(&mut *conn)
                 .await?;
             for capability in &state.capabilities {
                 sqlx::query(
-                    "INSERT INTO agent_view_caps_v1 (agent_id, capability) VALUES ($1, $2)",
+                    "INSERT INTO agent_view_caps_v2 (agent_id, capability) VALUES ($1, $2)",
                 )
                 .bind(&id)
                 .bind(capability.as_str())
@@ -130,6 +135,18 @@ impl AgentView {
         Ok(())
     }
 
+    /// The agents shared with `team_id` that are not deregistered, oldest first, at most
+    /// `limit`: what keeps a team from being deleted.
+    pub async fn shared_with(
+        db: &ReadDb,
+        team_id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<String>, ProjectionError> {
+        const SQL: &str = "SELECT id FROM agent_view_v2
+                  WHERE team_id = $1 AND lifecycle <> 'deregistered' ORDER BY id LIMIT $2";
+        Ok(crate::db::ids_of_team(db, SQL, team_id, limit).await?)
+    }
+
     /// Newest first, at most `limit`. An agent is online at `now` when it is active and
     /// was heard from less than `offline_after` ago.
     pub async fn list(
@@ -139,15 +156,16 @@ impl AgentView {
         offline_after: chrono::TimeDelta,
         limit: u32,
     ) -> Result<Vec<AgentRow>, ProjectionError> {
-        const SQL: &str = "SELECT a.state, a.version FROM agent_view_v1 a
-             WHERE ($1 IS NULL OR a.owner_id = $1)
-               AND ($2 IS NULL OR EXISTS (SELECT 1 FROM agent_view_caps_v1 c
+        const SQL: &str = "SELECT a.state, a.version FROM agent_view_v2 a
+             WHERE ($1 IS NULL OR a.owner_id = $1 OR $8 LIKE '%,' || a.team_id || ',%')
+               AND ($2 IS NULL OR EXISTS (SELECT 1 FROM agent_view_caps_v2 c
                                            WHERE c.agent_id = a.id AND c.capability = $2))
                AND ($3 IS NULL OR a.lifecycle = $3)
                AND ($4 IS NULL OR (a.last_heartbeat_at IS NOT NULL
                                    AND a.last_heartbeat_at > $4))
                AND ($5 IS NULL OR a.last_heartbeat_at IS NULL OR a.last_heartbeat_at <= $5)
                AND ($6 IS NULL OR a.id < $6)
+               AND ($9 IS NULL OR a.team_id = $9)
              ORDER BY a.id DESC
              LIMIT $7";
         let cutoff = (now - offline_after).timestamp_millis();
@@ -160,13 +178,15 @@ impl AgentView {
         };
         let rows: Vec<(String, i64)> = on_reader!(db, |pool| {
             sqlx::query_as(SQL)
-                .bind(filter.owner_id.map(|u| u.to_string()))
+                .bind(filter.readers.owner_param())
                 .bind(filter.capability.as_deref())
                 .bind(lifecycle)
                 .bind(online_after)
                 .bind(offline_at_or_before)
                 .bind(filter.before_id.map(|u| u.to_string()))
                 .bind(i64::from(limit))
+                .bind(filter.readers.teams_param())
+                .bind(filter.team_id.map(|u| u.to_string()))
                 .fetch_all(pool)
                 .await
         })?;
@@ -184,7 +204,7 @@ impl AgentView {
         let cutoff = (now - offline_after).timestamp_millis();
         let count: i64 = on_reader!(db, |pool| {
             sqlx::query_scalar(
-                "SELECT count(*) FROM agent_view_v1
+                "SELECT count(*) FROM agent_view_v2
                   WHERE lifecycle = 'active' AND last_heartbeat_at > $1",
             )
             .bind(cutoff)
@@ -197,11 +217,12 @@ impl AgentView {
 
 impl Projection for AgentView {
     const NAME: &'static str = "agent_view";
-    const VERSION: i64 = 1;
+    /// 2 the team an agent is shared with (`team_id`), for the team's members' lists.
+    const VERSION: i64 = 2;
 
     async fn setup(&self, tx: &mut ReadTx) -> Result<(), sqlx::Error> {
         let statements = [
-            "CREATE TABLE IF NOT EXISTS agent_view_v1 (
+            "CREATE TABLE IF NOT EXISTS agent_view_v2 (
                 id                TEXT PRIMARY KEY,
                 owner_id          TEXT NOT NULL,
                 kind              TEXT NOT NULL,
@@ -210,18 +231,19 @@ impl Projection for AgentView {
                 created_at        BIGINT NOT NULL,
                 updated_at        BIGINT NOT NULL,
                 version           BIGINT NOT NULL,
-                state             TEXT NOT NULL
+                state             TEXT NOT NULL,
+                team_id           TEXT
             )",
-            "CREATE INDEX IF NOT EXISTS agent_view_v1_owner ON agent_view_v1 (owner_id, id)",
-            "CREATE INDEX IF NOT EXISTS agent_view_v1_status
-                ON agent_view_v1 (lifecycle, last_heartbeat_at)",
-            "CREATE TABLE IF NOT EXISTS agent_view_caps_v1 (
+            "CREATE INDEX IF NOT EXISTS agent_view_v2_owner ON agent_view_v2 (owner_id, id)",
+            "CREATE INDEX IF NOT EXISTS agent_view_v2_status
+                ON agent_view_v2 (lifecycle, last_heartbeat_at)",
+            "CREATE TABLE IF NOT EXISTS agent_view_caps_v2 (
                 agent_id   TEXT NOT NULL,
                 capability TEXT NOT NULL,
                 PRIMARY KEY (agent_id, capability)
             )",
-            "CREATE INDEX IF NOT EXISTS agent_view_caps_v1_capability
-                ON agent_view_caps_v1 (capability)",
+            "CREATE INDEX IF NOT EXISTS agent_view_caps_v2_capability
+                ON agent_view_caps_v2 (capability)",
         ];
         tx.execute_all(&statements).await
     }
@@ -231,7 +253,7 @@ impl Projection for AgentView {
             return Ok(());
         }
         let current: Option<(String, i64)> = on_tx!(&mut *tx, |conn| {
-            sqlx::query_as("SELECT state, version FROM agent_view_v1 WHERE id = $1")
+            sqlx::query_as("SELECT state, version FROM agent_view_v2 WHERE id = $1")
                 .bind(&event.aggregate_id)
                 .fetch_optional(conn)
                 .await

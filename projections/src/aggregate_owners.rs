@@ -6,6 +6,12 @@
 //! claim). An aggregate whose first event names neither, or the nil id, belongs to the
 //! system: only readers of everything (auditors, admins) see it.
 //!
+//! An aggregate may also belong to a team: the `team_id` its first event names (a task or
+//! run of a team workflow, a workflow created for a team), then whatever its latest
+//! `…Shared` or `…Unshared` event says. A team's members read the events of every
+//! aggregate that belongs to the team now, its earlier history included — the same answer
+//! as the aggregate's own `/events`.
+//!
 //! A reader that scopes the feed by this table must not read past the table's own
 //! checkpoint ([`AggregateOwners::checkpoint`]): an event whose aggregate is not yet here
 //! would be passed over for good.
@@ -29,6 +35,20 @@ pub fn owner_in_first_event(payload: &Value) -> Option<Uuid> {
         .filter(|id| !id.is_nil())
 }
 
+/// The events that give an aggregate to the team their payload's `team_id` names.
+const SHARED: [&str; 3] = ["TaskShared", "WorkflowShared", "AgentShared"];
+/// The events that take an aggregate back from its team.
+const UNSHARED: [&str; 3] = ["TaskUnshared", "WorkflowUnshared", "AgentUnshared"];
+
+/// The team a payload names, if any.
+fn team_in(payload: &Value) -> Option<String> {
+    payload
+        .get("team_id")
+        .and_then(Value::as_str)
+        .and_then(|text| Uuid::parse_str(text).ok())
+        .map(|id| id.to_string())
+}
+
 impl AggregateOwners {
     /// The owner of one aggregate: `Ok(None)` when it is unknown here or the system's.
     pub async fn owner_of(
@@ -38,7 +58,7 @@ impl AggregateOwners {
     ) -> Result<Option<Uuid>, ProjectionError> {
         let row: Option<(Option<String>,)> = on_reader!(db, |pool| {
             sqlx::query_as(
-                "SELECT owner_id FROM aggregate_owners_v1
+                "SELECT owner_id FROM aggregate_owners_v2
                   WHERE aggregate_type = $1 AND aggregate_id = $2",
             )
             .bind(aggregate_type)
@@ -74,36 +94,62 @@ impl AggregateOwners {
 
 impl Projection for AggregateOwners {
     const NAME: &'static str = "aggregate_owners";
-    const VERSION: i64 = 1;
+    /// 2 the team an aggregate belongs to now (`team_id`).
+    const VERSION: i64 = 2;
 
     async fn setup(&self, tx: &mut ReadTx) -> Result<(), sqlx::Error> {
         let statements = [
-            "CREATE TABLE IF NOT EXISTS aggregate_owners_v1 (
+            "CREATE TABLE IF NOT EXISTS aggregate_owners_v2 (
                 aggregate_type TEXT NOT NULL,
                 aggregate_id   TEXT NOT NULL,
                 owner_id       TEXT,
+                team_id        TEXT,
                 PRIMARY KEY (aggregate_type, aggregate_id)
             )",
-            "CREATE INDEX IF NOT EXISTS aggregate_owners_v1_owner
-                ON aggregate_owners_v1 (owner_id, aggregate_type, aggregate_id)",
+            "CREATE INDEX IF NOT EXISTS aggregate_owners_v2_owner
+                ON aggregate_owners_v2 (owner_id, aggregate_type, aggregate_id)",
+            "CREATE INDEX IF NOT EXISTS aggregate_owners_v2_team
+                ON aggregate_owners_v2 (team_id, aggregate_type, aggregate_id)",
         ];
         tx.execute_all(&statements).await
     }
 
     async fn apply(&self, tx: &mut ReadTx, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        let event_type = event.event_type.as_str();
         if event.sequence != 1 {
+            let team = if SHARED.contains(&event_type) {
+                team_in(&event.payload)
+            } else if UNSHARED.contains(&event_type) {
+                None
+            } else {
+                return Ok(());
+            };
+            on_tx!(tx, |conn| {
+                sqlx::query(
+                    "UPDATE aggregate_owners_v2 SET team_id = $3
+                      WHERE aggregate_type = $1 AND aggregate_id = $2",
+                )
+                .bind(event.aggregate_type.as_str())
+                .bind(event.aggregate_id.as_str())
+                .bind(team)
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected())
+            })?;
             return Ok(());
         }
         let owner = owner_in_first_event(&event.payload).map(|id| id.to_string());
+        let team = team_in(&event.payload);
         on_tx!(tx, |conn| {
             sqlx::query(
-                "INSERT INTO aggregate_owners_v1 (aggregate_type, aggregate_id, owner_id)
-                 VALUES ($1, $2, $3)
+                "INSERT INTO aggregate_owners_v2 (aggregate_type, aggregate_id, owner_id, team_id)
+                 VALUES ($1, $2, $3, $4)
                  ON CONFLICT (aggregate_type, aggregate_id) DO NOTHING",
             )
             .bind(event.aggregate_type.as_str())
             .bind(event.aggregate_id.as_str())
             .bind(owner)
+            .bind(team)
             .execute(conn)
             .await
             .map(|r| r.rows_affected())

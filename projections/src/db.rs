@@ -122,3 +122,21 @@ macro_rules! on_reader {
         }
     };
 }
+
+/// The ids `sql` selects for one team — `$1` the team, `$2` the limit — as text: what is
+/// still shared with a team, for the refusal to delete it.
+pub(crate) async fn ids_of_team(
+    db: &ReadDb,
+    sql: &'static str,
+    team_id: uuid::Uuid,
+    limit: u32,
+) -> Result<Vec<String>, sqlx::Error> {
+    let ids: Vec<(String,)> = crate::on_reader!(db, |pool| {
+        sqlx::query_as(sql)
+            .bind(team_id.to_string())
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+    })?;
+    Ok(ids.into_iter().map(|(id,)| id).collect())
+}

@@ -13,14 +13,18 @@ use uuid::Uuid;
 use crate::db::{ReadDb, ReadTx};
 use crate::feed::RecordedEvent;
 use crate::runner::{decode_event, fold_next, Projection, ProjectionError};
+use crate::scope::ReadScope;
 use crate::{on_reader, on_tx};
 
 pub struct TaskView;
 
 /// Filters of `GET /api/tasks`; `None` means any.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TaskFilter {
-    pub owner_id: Option<Uuid>,
+    /// Whose tasks: the owner's and their teams', or all.
+    pub readers: ReadScope,
+    /// Only the tasks shared with this team.
+    pub team_id: Option<Uuid>,
     pub status: Option<String>,
     pub capability: Option<String>,
     pub agent_id: Option<Uuid>,
@@ -248,6 +252,20 @@ impl TaskView {
             .transpose()
     }
 
+    /// The unfinished tasks shared with `team_id` (not succeeded, failed or cancelled),
+    /// oldest first, at most `limit`: what keeps a team from being deleted. Finished ones
+    /// are history, read by their owners once the team is gone.
+    pub async fn shared_with(
+        db: &ReadDb,
+        team_id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<String>, ProjectionError> {
+        const SQL: &str = "SELECT id FROM task_view_v4
+                  WHERE team_id = $1 AND status NOT IN ('succeeded', 'failed', 'cancelled')
+                  ORDER BY id LIMIT $2";
+        Ok(crate::db::ids_of_team(db, SQL, team_id, limit).await?)
+    }
+
     /// Newest first, at most `limit`.
     pub async fn list(
         db: &ReadDb,
@@ -255,7 +273,7 @@ impl TaskView {
         limit: u32,
     ) -> Result<Vec<TaskRow>, ProjectionError> {
         const SQL: &str = "SELECT v.state, v.version FROM task_view_v4 v
-             WHERE ($1 IS NULL OR v.owner_id = $1)
+             WHERE ($1 IS NULL OR v.owner_id = $1 OR $11 LIKE '%,' || v.team_id || ',%')
                AND ($2 IS NULL OR v.status = $2)
                AND ($3 IS NULL OR v.capability = $3)
                AND ($4 IS NULL OR v.agent_id = $4)
@@ -265,11 +283,12 @@ impl TaskView {
                AND ($7 IS NULL OR v.created_at > $7)
                AND ($8 IS NULL OR v.created_at < $8)
                AND ($9 IS NULL OR v.id < $9)
+               AND ($12 IS NULL OR v.team_id = $12)
              ORDER BY v.id DESC
              LIMIT $10";
         let rows: Vec<(String, i64)> = on_reader!(db, |pool| {
             sqlx::query_as(SQL)
-                .bind(filter.owner_id.map(|u| u.to_string()))
+                .bind(filter.readers.owner_param())
                 .bind(filter.status.as_deref())
                 .bind(filter.capability.as_deref())
                 .bind(filter.agent_id.map(|u| u.to_string()))
@@ -279,6 +298,8 @@ impl TaskView {
                 .bind(filter.created_before.map(millis))
                 .bind(filter.before_id.map(|u| u.to_string()))
                 .bind(i64::from(limit))
+                .bind(filter.readers.teams_param())
+                .bind(filter.team_id.map(|u| u.to_string()))
                 .fetch_all(pool)
                 .await
         })?;
@@ -314,19 +335,23 @@ impl TaskView {
         Ok(rows)
     }
 
-    /// How many tasks are in each status (only statuses that occur), one owner's or all.
+    /// How many tasks `readers` may read are in each status (only statuses that occur);
+    /// with `team_id`, of that team's tasks only.
     pub async fn count_by_status(
         db: &ReadDb,
-        owner_id: Option<Uuid>,
+        readers: &ReadScope,
+        team_id: Option<Uuid>,
     ) -> Result<Vec<(String, i64)>, ProjectionError> {
-        let owner = owner_id.map(|id| id.to_string());
         let rows = on_reader!(db, |pool| {
             sqlx::query_as(
                 "SELECT status, count(*) FROM task_view_v4
-                  WHERE ($1 IS NULL OR owner_id = $1)
+                  WHERE ($1 IS NULL OR owner_id = $1 OR $2 LIKE '%,' || team_id || ',%')
+                    AND ($3 IS NULL OR team_id = $3)
                   GROUP BY status",
             )
-            .bind(owner.as_deref())
+            .bind(readers.owner_param())
+            .bind(readers.teams_param())
+            .bind(team_id.map(|id| id.to_string()))
             .fetch_all(pool)
             .await
         })?;

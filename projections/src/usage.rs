@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::db::{ReadDb, ReadTx};
 use crate::feed::RecordedEvent;
 use crate::runner::{decode_event, Projection, ProjectionError};
+use crate::scope::ReadScope;
 use crate::{on_reader, on_tx};
 
 pub struct UsageView;
@@ -32,12 +33,15 @@ pub enum GroupBy {
     User,
 }
 
-/// Which facts a report covers: `[from, to)`, and one owner's unless `owner_id` is `None`.
+/// Which facts a report covers: `[from, to)`, of the tasks `readers` may read — a task
+/// counts for a team while it belongs to the team now (the task view says which) — and,
+/// with `team_id`, only that team's tasks.
 #[derive(Debug, Clone)]
 pub struct UsageQuery {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
-    pub owner_id: Option<Uuid>,
+    pub readers: ReadScope,
+    pub team_id: Option<Uuid>,
     pub group_by: GroupBy,
 }
 
@@ -56,6 +60,18 @@ pub struct UsageRow {
     pub p95_duration_ms: Option<i64>,
     pub input_tokens: i64,
     pub output_tokens: i64,
+}
+
+/// Whether a fact is in the report's scope: `$3` the reader (NULL: everyone), `$4` their
+/// teams (`,id,id,`), `$5` one team or NULL. A fact's team is its task's now.
+macro_rules! in_scope {
+    () => {
+        "($3 IS NULL OR owner_id = $3
+              OR EXISTS (SELECT 1 FROM task_view_v4 t WHERE t.id = usage_facts_v1.task_id
+                            AND $4 LIKE '%,' || t.team_id || ',%'))
+         AND ($5 IS NULL OR EXISTS (SELECT 1 FROM task_view_v4 t
+                                     WHERE t.id = usage_facts_v1.task_id AND t.team_id = $5))"
+    };
 }
 
 /// The SQL of a report grouped by `$column`: counts and sums, then the p95 by nearest rank
@@ -77,7 +93,9 @@ macro_rules! report_sql {
                     CAST(SUM(input_tokens) AS BIGINT),
                     CAST(SUM(output_tokens) AS BIGINT)
                FROM usage_facts_v1
-              WHERE at >= $1 AND at < $2 AND ($3 IS NULL OR owner_id = $3)
+              WHERE at >= $1 AND at < $2 AND ",
+                in_scope!(),
+                "
               GROUP BY ",
                 $column,
                 " ORDER BY ",
@@ -96,7 +114,9 @@ macro_rules! report_sql {
                 ") AS n
                       FROM usage_facts_v1
                      WHERE duration_ms IS NOT NULL
-                       AND at >= $1 AND at < $2 AND ($3 IS NULL OR owner_id = $3)
+                       AND at >= $1 AND at < $2 AND ",
+                in_scope!(),
+                "
                  )
                  SELECT bucket, MIN(duration_ms) FROM ranked
                   WHERE rn * 20 >= n * 19
@@ -135,12 +155,16 @@ impl UsageView {
         let (totals_sql, p95_sql) = query.group_by.sql();
         let from = query.from.timestamp_millis();
         let to = query.to.timestamp_millis();
-        let owner = query.owner_id.map(|id| id.to_string());
+        let owner = query.readers.owner_param();
+        let teams = query.readers.teams_param();
+        let team = query.team_id.map(|id| id.to_string());
         let totals: Vec<ReportRow> = on_reader!(db, |pool| {
             sqlx::query_as(totals_sql)
                 .bind(from)
                 .bind(to)
                 .bind(owner.as_deref())
+                .bind(&teams)
+                .bind(team.as_deref())
                 .fetch_all(pool)
                 .await
         })?;
@@ -149,6 +173,8 @@ impl UsageView {
                 .bind(from)
                 .bind(to)
                 .bind(owner.as_deref())
+                .bind(&teams)
+                .bind(team.as_deref())
                 .fetch_all(pool)
                 .await
         })?;
@@ -294,7 +320,9 @@ fn fold(
         TaskEvent::TaskStarted(_)
         | TaskEvent::TaskProgressed(_)
         | TaskEvent::LeaseExtended(_)
-        | TaskEvent::TaskReprioritised(_) => None,
+        | TaskEvent::TaskReprioritised(_)
+        | TaskEvent::TaskShared(_)
+        | TaskEvent::TaskUnshared(_) => None,
     };
     Ok(
         counted.map(|(kind, agent_id, at, duration_ms, tokens)| Fact {

@@ -144,17 +144,9 @@ impl WorkflowView {
         team_id: Uuid,
         limit: u32,
     ) -> Result<Vec<String>, ProjectionError> {
-        let ids: Vec<(String,)> = on_reader!(db, |pool| {
-            sqlx::query_as(
-                "SELECT id FROM workflow_view_v3
-                  WHERE team_id = $1 AND archived = 0 ORDER BY id LIMIT $2",
-            )
-            .bind(team_id.to_string())
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await
-        })?;
-        Ok(ids.into_iter().map(|(id,)| id).collect())
+        const SQL: &str = "SELECT id FROM workflow_view_v3
+                  WHERE team_id = $1 AND archived = 0 ORDER BY id LIMIT $2";
+        Ok(crate::db::ids_of_team(db, SQL, team_id, limit).await?)
     }
 
     pub async fn get(db: &ReadDb, id: Uuid) -> Result<Option<WorkflowRow>, ProjectionError> {

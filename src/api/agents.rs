@@ -20,8 +20,8 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::extract::{parse_body, ApiJson, ApiQuery, IdPath, RequestMeta};
 use super::paging::{Page, Paging};
+use super::sharing::{self, ShareRequest};
 use super::views::AgentView;
-use super::workflows::{team_to_share_with, ShareRequest};
 use super::AppState;
 use crate::actor::Actor;
 use crate::authz::{Action, Authz, Resource};
@@ -219,6 +219,9 @@ pub struct ListQuery {
     /// Agents serving this capability.
     pub capability: Option<String>,
     pub status: Option<AgentStatus>,
+    /// Only the agents shared with this team (one the caller belongs to; any other
+    /// answers none).
+    pub team_id: Option<Uuid>,
     /// 50 when absent.
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
@@ -227,7 +230,7 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
-/// Agents the caller may read, newest first.
+/// Agents the caller may read, newest first: their own and those shared with their teams.
 #[utoipa::path(
     get,
     path = "/agents",
@@ -247,7 +250,8 @@ pub async fn list(
 ) -> Result<Json<Page<AgentView>>, ApiError> {
     let paging = Paging::parse(query.limit, query.cursor.as_deref())?;
     let filter = AgentFilter {
-        owner_id: (!actor.can_read_all()).then_some(actor.id),
+        readers: state.authz.readers(&actor),
+        team_id: query.team_id,
         capability: query.capability,
         status: query.status,
         before_id: paging.before_id,
@@ -520,18 +524,7 @@ pub async fn share(
     ApiJson(request): ApiJson<ShareRequest>,
 ) -> Result<Response, ApiError> {
     registered_agent(&state, &actor, id).await?;
-    let team_id = team_to_share_with(&state, &actor, request.team_id)?;
-    share_command(
-        &state,
-        &actor,
-        &meta,
-        id,
-        AgentCommand::ShareAgent {
-            team_id,
-            at: Utc::now(),
-        },
-    )
-    .await
+    shared_answer(&state, &actor, &meta, id, Some(request.team_id)).await
 }
 
 /// Take an agent back from its team: it leases its owner's tasks alone again.
@@ -555,37 +548,19 @@ pub async fn unshare(
     meta: RequestMeta,
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
-    share_command(
-        &state,
-        &actor,
-        &meta,
-        id,
-        AgentCommand::UnshareAgent { at: Utc::now() },
-    )
-    .await
+    shared_answer(&state, &actor, &meta, id, None).await
 }
 
-async fn share_command(
+async fn shared_answer(
     state: &AppState,
     actor: &Actor,
     meta: &RequestMeta,
     id: Uuid,
-    command: AgentCommand,
+    team_id: Option<Uuid>,
 ) -> Result<Response, ApiError> {
     let Committed {
         aggregate, version, ..
-    } = state
-        .bus
-        .execute::<Agent, ApiError>(
-            &id.to_string(),
-            &meta.context(actor),
-            meta.if_match,
-            |agent| {
-                writable(&state.authz, actor, agent)?;
-                Ok(command.clone())
-            },
-        )
-        .await?;
+    } = sharing::share::<Agent>(state, actor, meta, id, team_id).await?;
     state.read.agent_committed(&aggregate, version).await;
     agent_response(state, StatusCode::OK, &aggregate, version).await
 }

@@ -1,5 +1,6 @@
 //! `/api/analytics`: usage by day, agent, capability or user, and tasks by status — the
-//! caller's own, or everyone's for auditors and admins.
+//! caller's own and their teams' (`authz::Authz::readers`), or everyone's for auditors and
+//! admins.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +12,7 @@ use chronicle_projections::usage::{GroupBy, UsageQuery, UsageRow, UsageView};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::ApiQuery;
@@ -56,6 +58,8 @@ pub struct UsageParams {
     /// `day` when absent.
     #[param(inline)]
     pub group_by: Option<UsageGroupBy>,
+    /// Only the tasks of this team (one the caller belongs to; any other counts none).
+    pub team_id: Option<Uuid>,
 }
 
 /// One bucket. Each count is of events inside the window: tasks created, attempts retried,
@@ -105,8 +109,10 @@ pub struct UsageReport {
 
 /// Usage over a window, grouped.
 ///
-/// A user's own tasks; every user's for auditors and admins. Built from the event feed,
-/// so a task shows here shortly after its events are recorded.
+/// The tasks the caller may read: their own and their teams' (a task counts for a team
+/// while it belongs to it), every user's for auditors and admins; `team_id` narrows it to
+/// one team's. Built from the event feed, so a task shows here shortly after its events
+/// are recorded.
 #[utoipa::path(
     get,
     path = "/analytics/usage",
@@ -138,7 +144,8 @@ pub async fn usage(
     let query = UsageQuery {
         from,
         to,
-        owner_id: (!actor.can_read_all()).then_some(actor.id),
+        readers: state.authz.readers(&actor),
+        team_id: params.team_id,
         group_by: params.group_by.unwrap_or_default().into(),
     };
     let rows = UsageView::report(&state.read.db, &query)
@@ -151,6 +158,14 @@ pub async fn usage(
     }))
 }
 
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StatusParams {
+    /// Only the tasks of this team (one the caller belongs to; any other counts none).
+    pub team_id: Option<Uuid>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StatusCounts {
     /// Every task status with its count, zeros included.
@@ -161,21 +176,27 @@ pub struct StatusCounts {
 
 /// Tasks by status, now.
 ///
-/// A user's own tasks; every user's for auditors and admins.
+/// The tasks the caller may read, as in `/analytics/usage`: their own and their teams',
+/// every user's for auditors and admins; `team_id` narrows it to one team's.
 #[utoipa::path(
     get,
     path = "/analytics/status",
     operation_id = "analytics_status",
     tag = "analytics",
-    responses((status = 200, description = "Counts by status", body = StatusCounts)),
+    params(StatusParams),
+    responses(
+        (status = 200, description = "Counts by status", body = StatusCounts),
+        (status = 422, description = "A bad query parameter"),
+    ),
 )]
 #[tracing::instrument(skip_all)]
 pub async fn status(
     State(state): State<AppState>,
     actor: Actor,
+    ApiQuery(params): ApiQuery<StatusParams>,
 ) -> Result<Json<StatusCounts>, ApiError> {
-    let owner = (!actor.can_read_all()).then_some(actor.id);
-    let rows = TaskViewModel::count_by_status(&state.read.db, owner)
+    let readers = state.authz.readers(&actor);
+    let rows = TaskViewModel::count_by_status(&state.read.db, &readers, params.team_id)
         .await
         .map_err(|e| ApiError::Internal(Box::new(e)))?;
     let statuses = [

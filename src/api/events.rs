@@ -9,9 +9,9 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
+use chronicle_projections::ReadScope;
 use serde::Deserialize;
 use utoipa::IntoParams;
-use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::ApiQuery;
@@ -61,7 +61,9 @@ pub struct FeedQuery {
 /// The global event feed, gap-free, in feed order.
 ///
 /// Users see the events of the aggregates they own (their tasks, agents, keys, sessions,
-/// their own user); auditors and admins see every event. The order is the feed's: on
+/// their own user) and of those that belong to one of their teams now (tasks, runs,
+/// workflows and agents shared with it, and the team itself), whole histories included; a
+/// removed member's next read leaves the team out. Auditors and admins see every event. The order is the feed's: on
 /// PostgreSQL `(transaction_id, position)`, so `position` may step back from one
 /// transaction to the next but never repeats, and nothing that commits late is passed
 /// over. To resume, send the `position` of the last event received as `after`.
@@ -117,20 +119,20 @@ pub async fn list(
         .cursor_after(after)
         .await?
         .ok_or_else(|| ApiError::validation("after", "no event has this position"))?;
-    let owner = (!actor.can_read_all()).then_some(actor.id);
+    let readers = state.authz.readers(&actor);
     let filter = AggregateFilter {
         aggregate_type: query.aggregate_type,
         aggregate_id: query.aggregate_id,
     };
     if wants_ndjson(&headers) {
-        return Ok(stream(state, cursor, filter, owner));
+        return Ok(stream(state, cursor, filter, readers));
     }
-    if owner.is_some() {
+    if readers != ReadScope::All {
         await_scope(&state.store, &state.read, SCOPE_PATIENCE).await?;
     }
     let mut events = state
         .store
-        .feed_scoped(cursor, limit + 1, &filter, owner)
+        .feed_scoped(cursor, limit + 1, &filter, &readers)
         .await?;
     let has_more = events.len() > limit as usize;
     events.truncate(limit as usize);
@@ -155,7 +157,7 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
 }
 
 /// Waits, at most `patience`, until the owners projection has passed every event readable
-/// now, so that a scoped read ([`Store::feed_scoped`] with an owner) includes the caller's
+/// now, so that a scoped read ([`Store::feed_scoped`] of a user) includes the caller's
 /// latest writes. After `patience` the read answers what is safe: events the projection
 /// has not reached are held back, never passed over.
 pub(crate) async fn await_scope(
@@ -186,13 +188,13 @@ fn stream(
     state: AppState,
     cursor: FeedCursor,
     filter: AggregateFilter,
-    owner: Option<Uuid>,
+    readers: ReadScope,
 ) -> Response {
     let feed = FeedStream {
         state,
         cursor,
         filter,
-        owner,
+        readers,
         tail: None,
         last_read: false,
         done: false,
@@ -217,7 +219,8 @@ struct FeedStream {
     state: AppState,
     cursor: FeedCursor,
     filter: AggregateFilter,
-    owner: Option<Uuid>,
+    /// Whose events, fixed when the stream began (an export, not a subscription).
+    readers: ReadScope,
     /// The last event readable when the stream began, once the horizon passed everything
     /// committed before it; `None` until then.
     tail: Option<FeedCursor>,
@@ -241,8 +244,8 @@ impl FeedStream {
         }
         // The whole feed is readable up to the horizon; a scoped one up to the owners
         // projection's checkpoint, which has to pass the tail first.
-        self.last_read = self.owner.is_none();
-        if self.owner.is_some() {
+        self.last_read = self.readers == ReadScope::All;
+        if self.readers != ReadScope::All {
             self.state.read.notify();
         }
         store.feed_tail().await
@@ -265,7 +268,7 @@ impl FeedStream {
             let page = self
                 .state
                 .store
-                .feed_scoped(self.cursor, STREAM_PAGE, &self.filter, self.owner)
+                .feed_scoped(self.cursor, STREAM_PAGE, &self.filter, &self.readers)
                 .await?;
             let short = page.len() < STREAM_PAGE as usize;
             if short && self.last_read {

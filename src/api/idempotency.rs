@@ -34,6 +34,7 @@ pub fn same_request(state: &TaskState, spec: &TaskSpec) -> bool {
         && state.pinned_agent_id == spec.pinned_agent_id
         && state.tags == spec.tags
         && state.not_before == spec.not_before
+        && state.team_id == spec.team_id
 }
 
 #[cfg(test)]

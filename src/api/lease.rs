@@ -293,6 +293,7 @@ pub async fn execute(
         not_before: None,
         concurrency_key: None,
         concurrency_limit: None,
+        team_id: None,
     }
     .validate()?;
     let task_id = Uuid::now_v7();

@@ -306,6 +306,11 @@ impl Live {
             if self.scope.is_empty() {
                 return Ok(false);
             }
+            if self.scope.has_mine() {
+                // Teams as they are now: a member removed since the last read sees no more.
+                self.scope
+                    .set_mine(Some(self.state.authz.mine(&self.actor)));
+            }
             if self.state.shutdown.is_cancelled() {
                 return Err(End::Close(1012, "server restarting"));
             }
@@ -427,7 +432,9 @@ impl Live {
         let mut answers = Vec::new();
         for topic in &message.topics {
             match self.topic(topic).await {
-                Ok(Topic::Mine) => self.scope.set_owner(Some(self.actor.id)),
+                Ok(Topic::Mine) => self
+                    .scope
+                    .set_mine(Some(self.state.authz.mine(&self.actor))),
                 Ok(Topic::Aggregate(aggregate_type, id, resource)) => {
                     self.scope
                         .add_aggregate(aggregate_type, &id.to_string(), topic);
@@ -450,7 +457,7 @@ impl Live {
     fn unsubscribe(&mut self, message: UnsubscribeMessage) -> Value {
         for topic in &message.topics {
             if topic == MINE {
-                self.scope.set_owner(None);
+                self.scope.set_mine(None);
             } else if let Some(Ok(id)) = topic.strip_prefix("task:").map(Uuid::parse_str) {
                 self.scope.remove_aggregate(task_type(), &id.to_string());
                 self.followed.remove(&format!("{}:{id}", task_type()));

@@ -30,6 +30,7 @@ pub mod schedules;
 pub mod scrape;
 pub mod search;
 pub mod security_headers;
+pub(crate) mod sharing;
 pub mod store_link;
 pub mod sync;
 pub mod system;
@@ -199,6 +200,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(workflows::unshare))
         .routes(routes!(agents::share))
         .routes(routes!(agents::unshare))
+        .routes(routes!(tasks::share))
+        .routes(routes!(tasks::unshare))
         .routes(routes!(conversations::get))
         .routes(routes!(sync::push::push))
         .routes(routes!(sync::pull::pull))

@@ -1,10 +1,10 @@
 //! `/api/search` and `/api/rag/context`: hybrid search over the tasks and workflow runs the
-//! caller may read (their own; everyone's for auditors and admins), and the context a
-//! language model is given from it.
+//! caller may read (their own and their teams'; everyone's for auditors and admins), and
+//! the context a language model is given from it.
 
 use axum::extract::State;
 use axum::Json;
-use chronicle_projections::search::{DocKind, Hit, Mode, Scope, SearchIndex, Source};
+use chronicle_projections::search::{DocKind, Hit, Mode, SearchIndex, Source};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -128,14 +128,6 @@ fn index(state: &AppState) -> Result<&SearchIndex, ApiError> {
         .ok_or_else(|| ApiError::Internal("this server runs without a search index".into()))
 }
 
-fn scope(actor: &Actor) -> Scope {
-    if actor.can_read_all() {
-        Scope::All
-    } else {
-        Scope::Owner(actor.id)
-    }
-}
-
 fn check_query(field: &str, text: &str) -> Result<(), ApiError> {
     let chars = text.chars().count();
     if text.trim().is_empty() {
@@ -154,7 +146,8 @@ fn check_query(field: &str, text: &str) -> Result<(), ApiError> {
 ///
 /// Words (BM25 with English stemming) and embeddings (nearest neighbours), fused by
 /// reciprocal rank fusion with k = 60. Only what the caller may read takes part in either
-/// leg: their own documents, or everyone's for auditors and admins. The index follows the
+/// leg: their own documents and their teams' (a task or run of a team, while it belongs to
+/// it; never another team's), or everyone's for auditors and admins. The index follows the
 /// event feed, so a change shows here shortly after it is recorded.
 #[utoipa::path(
     get,
@@ -180,7 +173,7 @@ pub async fn search(
     }
     let hits = index(&state)?
         .query(
-            scope(&actor),
+            state.authz.readers(&actor),
             &params.q,
             params.mode.unwrap_or_default().into(),
             limit as usize,
@@ -236,8 +229,8 @@ pub struct RagContext {
 
 /// Context for a language model.
 ///
-/// Built from a hybrid search over what the caller may read (their own history; everyone's
-/// for auditors and admins): whole documents while they fit in `max_chars`.
+/// Built from a hybrid search over what the caller may read (their own history and their
+/// teams'; everyone's for auditors and admins): whole documents while they fit in `max_chars`.
 #[utoipa::path(
     post,
     path = "/rag/context",
@@ -272,7 +265,7 @@ pub async fn rag_context(
     }
     let (context, sources) = index(&state)?
         .context(
-            scope(&actor),
+            state.authz.readers(&actor),
             &request.query,
             limit as usize,
             max_chars as usize,

@@ -20,6 +20,7 @@ use super::extract::{ApiJson, ApiQuery, IdPath, RequestMeta};
 use super::history::{self, HistoryQuery};
 use super::idempotency::{keyed_task_id, same_request};
 use super::paging::{Page, Paging};
+use super::sharing::{self, team_to_share_with, ShareRequest, Shareable};
 use super::views::{EventView, TaskView};
 use super::AppState;
 use crate::actor::Actor;
@@ -70,10 +71,10 @@ pub(crate) fn task_response(
             ("Location" = String, description = "`/api/tasks/{id}`"),
         )),
         (status = 400, description = "Malformed JSON or Idempotency-Key"),
-        (status = 403, description = "The caller may not create tasks (auditor)"),
+        (status = 403, description = "The caller may not create tasks (auditor), or is a viewer of `team_id`"),
         (status = 413, description = "The body is over the limit"),
         (status = 415, description = "The body is not JSON"),
-        (status = 422, description = "An invalid field, an `agent_id` that is not the caller's agent or a built-in one (whether or not it exists), or an Idempotency-Key reused for another request"),
+        (status = 422, description = "An invalid field, an `agent_id` that is not an agent that can run the task (the caller's, the team's or a built-in one; whether or not it exists), a `team_id` that is not a team the caller belongs to, or an Idempotency-Key reused for another request"),
     ),
 )]
 #[tracing::instrument(skip_all, fields(task_id))]
@@ -87,8 +88,11 @@ pub async fn create(
         return Err(ApiError::Forbidden);
     }
     let spec = request.validate()?;
+    if let Some(team_id) = spec.team_id {
+        team_to_share_with(&state, &actor, Task::IN_TEAM, team_id)?;
+    }
     if let Some(agent_id) = spec.pinned_agent_id {
-        usable_agent(&state, &actor, agent_id).await?;
+        usable_agent(&state, &actor, agent_id, spec.team_id).await?;
     }
     let task_id = match &meta.idempotency_key {
         Some(key) => keyed_task_id(actor.id, key),
@@ -135,12 +139,13 @@ pub async fn create(
 }
 
 /// Refuses a pin to an agent that would not serve the caller's task: one of another user's
-/// (an agent leases only its owner's tasks) or none at all. Both get the same 422, so a pin
-/// does not tell whether someone else's agent exists.
+/// (an agent leases only its owner's tasks, and its team's) or none at all. Both get the
+/// same 422, so a pin does not tell whether someone else's agent exists.
 pub(crate) async fn usable_agent(
     state: &AppState,
     actor: &Actor,
     agent_id: Uuid,
+    team_id: Option<Uuid>,
 ) -> Result<(), ApiError> {
     let loaded = state
         .store
@@ -148,7 +153,13 @@ pub(crate) async fn usable_agent(
         .load(&agent_id.to_string())
         .await?;
     match loaded.aggregate.state() {
-        Some(agent) if agent.owner_id == actor.id || serves_every_user(agent) => Ok(()),
+        Some(agent)
+            if agent.owner_id == actor.id
+                || serves_every_user(agent)
+                || (team_id.is_some() && agent.team_id == team_id) =>
+        {
+            Ok(())
+        }
         _ => Err(ApiError::validation(
             "agent_id",
             "is not an agent that can run your tasks",
@@ -359,6 +370,8 @@ pub struct ListQuery {
     /// Tasks carrying this tag.
     pub tag: Option<String>,
     pub workflow_run_id: Option<Uuid>,
+    /// Only the tasks of this team (one the caller belongs to; any other answers none).
+    pub team_id: Option<Uuid>,
     pub created_after: Option<DateTime<Utc>>,
     pub created_before: Option<DateTime<Utc>>,
     /// 50 when absent.
@@ -369,7 +382,7 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
-/// Tasks the caller may read, newest first.
+/// Tasks the caller may read, newest first: their own and their teams'.
 #[utoipa::path(
     get,
     path = "/tasks",
@@ -389,7 +402,8 @@ pub async fn list(
 ) -> Result<Json<Page<TaskView>>, ApiError> {
     let paging = Paging::parse(query.limit, query.cursor.as_deref())?;
     let filter = TaskFilter {
-        owner_id: (!actor.can_read_all()).then_some(actor.id),
+        readers: state.authz.readers(&actor),
+        team_id: query.team_id,
         status: query.status.map(|s| s.as_str().to_owned()),
         capability: query.capability,
         agent_id: query.agent_id,
@@ -407,4 +421,84 @@ pub async fn list(
         |row| row.state().map(|task| TaskView::new(task, row.version)),
         |task| task.id,
     )))
+}
+
+/// Share a task with a team: its members read it (its history and stream too), its
+/// maintainers and owners change and cancel it, its viewers only read, and the team's
+/// agents lease it. Sharing with another team moves it there.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/share",
+    operation_id = "share_task",
+    tag = "teams",
+    params(
+        ("id" = Uuid, Path, description = "The task's id"),
+        ("If-Match" = Option<String>, Header, description = "Only if the task is still at this version (an `ETag`)"),
+    ),
+    request_body = ShareRequest,
+    responses(
+        (status = 200, description = "The task, shared", body = TaskView, headers(
+            ("ETag" = String, description = "The task's new version"),
+        )),
+        (status = 400, description = "Malformed JSON"),
+        (status = 403, description = "The caller may read the task but not change it, or is a viewer of `team_id`"),
+        (status = 404, description = "No such task, or not one the caller may read"),
+        (status = 412, description = "If-Match does not match the current version"),
+        (status = 413, description = "The body is over the limit"),
+        (status = 415, description = "The body is not JSON"),
+        (status = 422, description = "`team_id` is not a team the caller belongs to"),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(task_id = %id))]
+pub async fn share(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    IdPath(id): IdPath,
+    ApiJson(request): ApiJson<ShareRequest>,
+) -> Result<Response, ApiError> {
+    shared_answer(&state, &actor, &meta, id, Some(request.team_id)).await
+}
+
+/// Take a task back from its team: only its owner reads it again.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/unshare",
+    operation_id = "unshare_task",
+    tag = "teams",
+    params(
+        ("id" = Uuid, Path, description = "The task's id"),
+        ("If-Match" = Option<String>, Header, description = "Only if the task is still at this version (an `ETag`)"),
+    ),
+    responses(
+        (status = 200, description = "The task, no team's", body = TaskView, headers(
+            ("ETag" = String, description = "The task's new version"),
+        )),
+        (status = 403, description = "The caller may read the task but not change it"),
+        (status = 404, description = "No such task, or not one the caller may read"),
+        (status = 412, description = "If-Match does not match the current version"),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(task_id = %id))]
+pub async fn unshare(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    IdPath(id): IdPath,
+) -> Result<Response, ApiError> {
+    shared_answer(&state, &actor, &meta, id, None).await
+}
+
+async fn shared_answer(
+    state: &AppState,
+    actor: &Actor,
+    meta: &RequestMeta,
+    id: Uuid,
+    team_id: Option<Uuid>,
+) -> Result<Response, ApiError> {
+    let Committed {
+        aggregate, version, ..
+    } = sharing::share::<Task>(state, actor, meta, id, team_id).await?;
+    committed(state, &aggregate, version).await;
+    task_response(StatusCode::OK, &aggregate, version)
 }

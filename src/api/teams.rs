@@ -1,6 +1,7 @@
 //! `/api/teams` and `/api/invitations`: teams, their members and roles, invitations by
 //! email. The Team aggregate decides who may change what; [`crate::authz`] hides a team
-//! from whoever is not in it (404). Every commit is learnt by this node's team directory at
+//! from whoever is not in it (404). Every commit is learnt by this node's team directory
+//! (which the authorisation reads) and the team view (which the reads answer from) at
 //! once, and by the other nodes from the feed.
 
 use axum::extract::{FromRequestParts, Path, State};
@@ -12,6 +13,9 @@ use chronicle_aggregates::team::{Team, TeamCommand, TeamState};
 use chronicle_aggregates::user::User;
 use chronicle_commands::auth::Email;
 use chronicle_commands::team::{TeamName, TeamRole};
+use chronicle_projections::agent_view::AgentView;
+use chronicle_projections::task_view::TaskView;
+use chronicle_projections::team_view::TeamView;
 use chronicle_projections::workflow_view::WorkflowView;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -183,11 +187,21 @@ async fn team_command(
             command,
         )
         .await?;
+    learn(state, &committed).await;
+    Ok(committed)
+}
+
+/// Tells this node's directory (the authorisation) and the team view of a committed team
+/// at once, so the caller reads its own write either way.
+async fn learn(state: &AppState, committed: &Committed<Team>) {
     state
         .authz
         .teams
         .learn(&committed.aggregate, committed.version);
-    Ok(committed)
+    state
+        .read
+        .team_committed(&committed.aggregate, committed.version)
+        .await;
 }
 
 fn team_answer(status: StatusCode, team: &Team) -> Result<Response, ApiError> {
@@ -241,10 +255,7 @@ pub async fn create(
             })
         })
         .await?;
-    state
-        .authz
-        .teams
-        .learn(&committed.aggregate, committed.version);
+    learn(&state, &committed).await;
     team_answer(StatusCode::CREATED, &committed.aggregate)
 }
 
@@ -267,15 +278,12 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<TeamBody>>, ApiError> {
     let paging = Paging::parse(query.limit, query.cursor.as_deref())?;
-    let mut teams = state.authz.teams.teams_of(actor.id);
-    teams.reverse();
-    let rows = teams
-        .into_iter()
-        .filter(|team| paging.before_id.is_none_or(|before| team.id < before))
-        .take(paging.fetch() as usize);
+    let rows = TeamView::of_member(&state.read.db, actor.id, paging.before_id, paging.fetch())
+        .await
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
     Ok(Json(paging.page(
         rows,
-        |team| Some(TeamBody::from(&team)),
+        |row| row.state().map(TeamBody::from),
         |team| team.id,
     )))
 }
@@ -299,12 +307,22 @@ pub async fn get(
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
     visible(&state, &actor, id)?;
-    let loaded = state
-        .store
-        .aggregate::<Team>()
-        .load(&id.to_string())
-        .await?;
-    team_answer(StatusCode::OK, &loaded.aggregate)
+    let row = TeamView::get(&state.read.db, id)
+        .await
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let team = match row {
+        Some(row) => row.team,
+        // Not in the view yet (its inline write failed): the event store answers.
+        None => {
+            state
+                .store
+                .aggregate::<Team>()
+                .load(&id.to_string())
+                .await?
+                .aggregate
+        }
+    };
+    team_answer(StatusCode::OK, &team)
 }
 
 /// Delete a team (its owners only), once nothing is shared with it any more; otherwise 409
@@ -319,7 +337,7 @@ pub async fn get(
         (status = 204, description = "Deleted"),
         (status = 403, description = "The caller is in the team but not an owner"),
         (status = 404, description = "No such team, or the caller is not in it"),
-        (status = 409, description = "Workflows are still shared with the team (`team.still_shared`, named in `detail`)"),
+        (status = 409, description = "Workflows (not archived), agents (not deregistered) or unfinished tasks are still shared with the team (`team.still_shared`, named in `detail`)"),
     ),
 )]
 #[tracing::instrument(skip_all, fields(team_id = %id))]
@@ -330,12 +348,7 @@ pub async fn delete(
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
     visible(&state, &actor, id)?;
-    let shared: Vec<String> = WorkflowView::shared_with(&state.read.db, id, NAMED_IN_REFUSAL)
-        .await
-        .map_err(|e| ApiError::Internal(Box::new(e)))?
-        .into_iter()
-        .map(|workflow| format!("workflow {workflow}"))
-        .collect();
+    let shared = still_shared(&state, id).await?;
     team_command(&state, &actor, &meta, id, |_| {
         Ok(TeamCommand::DeleteTeam {
             by: actor.id,
@@ -345,6 +358,31 @@ pub async fn delete(
     })
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// What is still shared with a team, named (at most [`NAMED_IN_REFUSAL`] of each kind):
+/// workflows not archived, agents not deregistered and unfinished tasks.
+async fn still_shared(state: &AppState, team_id: Uuid) -> Result<Vec<String>, ApiError> {
+    let db = &state.read.db;
+    let internal = |e| ApiError::Internal(Box::new(e));
+    let workflows = WorkflowView::shared_with(db, team_id, NAMED_IN_REFUSAL)
+        .await
+        .map_err(internal)?;
+    let agents = AgentView::shared_with(db, team_id, NAMED_IN_REFUSAL)
+        .await
+        .map_err(internal)?;
+    let tasks = TaskView::shared_with(db, team_id, NAMED_IN_REFUSAL)
+        .await
+        .map_err(internal)?;
+    let named = |kind: &str, ids: Vec<String>| -> Vec<String> {
+        ids.into_iter().map(|id| format!("{kind} {id}")).collect()
+    };
+    Ok([
+        named("workflow", workflows),
+        named("agent", agents),
+        named("task", tasks),
+    ]
+    .concat())
 }
 
 /// Invite whoever holds an email address, with a role; they accept while signed in.

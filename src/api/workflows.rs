@@ -29,12 +29,13 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiJsonOrYaml, ApiQuery, IdPath, RequestMeta};
 use super::history::{owned_answer, HistoryQuery};
 use super::paging::{Page, Paging};
+use super::sharing::{self, team_to_share_with, ShareRequest};
 use super::tasks::usable_agent;
 use super::views::EventView;
 use super::workflow_templates::{definition_request, CreateWorkflowRequest};
 use super::AppState;
 use crate::actor::Actor;
-use crate::authz::{Action, Denied, Resource};
+use crate::authz::{Action, Resource};
 use crate::process::workflows::{advance, cancel_tasks, run_command};
 
 /// A workflow at one version.
@@ -208,12 +209,14 @@ async fn checked(
     let definition = request.validate()?;
     for (index, step) in definition.steps().iter().enumerate() {
         if let Some(agent_id) = step.agent_id {
-            usable_agent(state, actor, agent_id).await.map_err(|_| {
-                ApiError::validation(
-                    &format!("steps[{index}].agent_id"),
-                    "is not an agent that can run your tasks",
-                )
-            })?;
+            usable_agent(state, actor, agent_id, None)
+                .await
+                .map_err(|_| {
+                    ApiError::validation(
+                        &format!("steps[{index}].agent_id"),
+                        "is not an agent that can run your tasks",
+                    )
+                })?;
         }
     }
     Ok(definition)
@@ -265,27 +268,6 @@ pub(crate) fn writable(
     allowed(state, actor, Action::Write, workflow)
 }
 
-/// The team a new or shared resource is to belong to: one the caller maintains (or owns).
-/// A team they are not in is as good as none (422 on `team_id`); a team they only read or
-/// run in is 403.
-pub(crate) fn team_to_share_with(
-    state: &AppState,
-    actor: &Actor,
-    team_id: Uuid,
-) -> Result<Uuid, ApiError> {
-    match state
-        .authz
-        .require(actor, Action::Write, &Resource::team(team_id))
-    {
-        Ok(()) => Ok(team_id),
-        Err(Denied::Forbidden) => Err(ApiError::Forbidden),
-        Err(Denied::Hidden) => Err(ApiError::validation(
-            "team_id",
-            "is not a team you belong to",
-        )),
-    }
-}
-
 fn workflow_answer(
     status: StatusCode,
     workflow: &Workflow,
@@ -331,7 +313,7 @@ pub async fn create(
     }
     let (body, team_id) = take_team_id(body)?;
     let team_id = team_id
-        .map(|team_id| team_to_share_with(&state, &actor, team_id))
+        .map(|team_id| team_to_share_with(&state, &actor, Action::Write, team_id))
         .transpose()?;
     let request = definition_request(body)?;
     let definition = checked(&state, &actor, request).await?;
@@ -918,14 +900,6 @@ fn take_team_id(mut body: Value) -> Result<(Value, Option<Uuid>), ApiError> {
     Ok((body, team_id))
 }
 
-/// `POST /api/workflows/{id}/share` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ShareRequest {
-    /// A team the caller maintains or owns.
-    pub team_id: Uuid,
-}
-
 /// Share a workflow with a team: its members read and run it, its maintainers and owners
 /// change it, its viewers read it. Sharing with another team moves it there. The run
 /// started from it, and their tasks, belong to the team too.
@@ -957,23 +931,7 @@ pub async fn share(
     IdPath(id): IdPath,
     ApiJson(request): ApiJson<ShareRequest>,
 ) -> Result<Response, ApiError> {
-    writable(&state, &actor, &readable(&state, &actor, id).await?.0)?;
-    let team_id = team_to_share_with(&state, &actor, request.team_id)?;
-    let committed = state
-        .bus
-        .execute::<Workflow, ApiError>(&id.to_string(), &meta.context(&actor), meta.if_match, |w| {
-            writable(&state, &actor, w)?;
-            Ok(WorkflowCommand::ShareWorkflow {
-                team_id,
-                at: Utc::now(),
-            })
-        })
-        .await?;
-    state
-        .read
-        .workflow_committed(&committed.aggregate, committed.version)
-        .await;
-    workflow_answer(StatusCode::OK, &committed.aggregate, committed.version)
+    shared_answer(&state, &actor, &meta, id, Some(request.team_id)).await
 }
 
 /// Take a workflow back from its team: only its owner reads it again. Runs already started
@@ -1000,13 +958,17 @@ pub async fn unshare(
     meta: RequestMeta,
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
-    let committed = state
-        .bus
-        .execute::<Workflow, ApiError>(&id.to_string(), &meta.context(&actor), meta.if_match, |w| {
-            writable(&state, &actor, w)?;
-            Ok(WorkflowCommand::UnshareWorkflow { at: Utc::now() })
-        })
-        .await?;
+    shared_answer(&state, &actor, &meta, id, None).await
+}
+
+async fn shared_answer(
+    state: &AppState,
+    actor: &Actor,
+    meta: &RequestMeta,
+    id: Uuid,
+    team_id: Option<Uuid>,
+) -> Result<Response, ApiError> {
+    let committed = sharing::share::<Workflow>(state, actor, meta, id, team_id).await?;
     state
         .read
         .workflow_committed(&committed.aggregate, committed.version)

@@ -96,6 +96,7 @@ pub async fn run(args: SearchArgs, _settings: Settings) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let all = VectorFilter {
         owner: None,
+        teams: &[],
         kind: None,
     };
     let (found, wanted) = index.with_vectors(|v| {
@@ -162,6 +163,7 @@ fn synthetic_doc(i: usize, words: &[String], rng: &mut StdRng) -> SearchDoc {
         kind: DocKind::Task,
         id: format!("00000000-0000-7000-8000-{i:012}"),
         owner: format!("00000000-0000-4000-8000-{:012}", i % OWNERS),
+        team: None,
         status: "succeeded".into(),
         time_ms: 1_700_000_000_000 + i as i64,
         title: format!("bench.{}", words[i % 50]),

@@ -15,7 +15,7 @@ use std::time::Duration;
 use chronicle_aggregates::task::Task;
 use chronicle_aggregates::workflow_run::WorkflowRun;
 use chronicle_projections::aggregate_owners::AggregateOwners;
-use chronicle_projections::ReadDb;
+use chronicle_projections::{ReadDb, ReadScope};
 use cqrs_es::Aggregate;
 use sqlx::Row;
 use uuid::Uuid;
@@ -28,17 +28,17 @@ use crate::store::{Backend, FeedCursor, RecordedEvent, Store, StoreError};
 pub(crate) const MINE: &str = "mine";
 
 /// What a subscriber receives: the events of these aggregates, and of every aggregate
-/// `owner` owns (the `mine` topic).
+/// `mine` reads — the caller's own and their teams' (the `mine` topic).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Scope {
     /// `"<aggregate_type>:<aggregate_id>"` → the topic that asked for it.
     aggregates: BTreeMap<String, String>,
-    owner: Option<Uuid>,
+    mine: Option<ReadScope>,
 }
 
 impl Scope {
     pub(crate) fn is_empty(&self) -> bool {
-        self.aggregates.is_empty() && self.owner.is_none()
+        self.aggregates.is_empty() && self.mine.is_none()
     }
 
     /// Adds one aggregate; `topic` is what the subscriber called it.
@@ -51,14 +51,22 @@ impl Scope {
         self.aggregates.remove(&key(aggregate_type, aggregate_id));
     }
 
-    pub(crate) fn set_owner(&mut self, owner: Option<Uuid>) {
-        self.owner = owner;
+    /// Subscribes `mine` with whose aggregates it reads now, or (`None`) ends it. The
+    /// subscriber sets it again before each read, so a removed member's next read leaves
+    /// the team out.
+    pub(crate) fn set_mine(&mut self, mine: Option<ReadScope>) {
+        self.mine = mine;
+    }
+
+    /// Whether `mine` is subscribed.
+    pub(crate) fn has_mine(&self) -> bool {
+        self.mine.is_some()
     }
 
     /// Every topic subscribed, sorted.
     pub(crate) fn topics(&self) -> Vec<String> {
         let mut topics: Vec<String> = self.aggregates.values().cloned().collect();
-        if self.owner.is_some() {
+        if self.mine.is_some() {
             topics.push(MINE.to_owned());
         }
         topics.sort();
@@ -71,7 +79,8 @@ impl Scope {
         if let Some(topic) = self.aggregates.get(&key(Task::TYPE, &task_id.to_string())) {
             return Some(topic);
         }
-        (self.owner == Some(owner_id)).then_some(MINE)
+        let own = matches!(&self.mine, Some(ReadScope::Of { owner_id: me, .. }) if *me == owner_id);
+        own.then_some(MINE)
     }
 
     /// The topic an event read in this scope was delivered for.
@@ -161,7 +170,7 @@ pub(crate) async fn read_scoped(
     let (head, beyond) = feed_end(store).await?;
     let mut end = head;
     let mut held_back = beyond;
-    if scope.owner.is_some() {
+    if scope.mine.is_some() {
         let owners = AggregateOwners::checkpoint(db)
             .await
             .map_err(|e| StoreError::Database(Box::new(e)))?;
@@ -179,7 +188,11 @@ pub(crate) async fn read_scoped(
         });
     }
     let keys: Vec<String> = scope.aggregates.keys().cloned().collect();
-    let owner = scope.owner.map(|id| id.to_string());
+    let owner = scope.mine.as_ref().and_then(ReadScope::owner_param);
+    let teams = scope
+        .mine
+        .as_ref()
+        .map_or_else(|| ",".to_owned(), ReadScope::teams_param);
     let events = match store.backend() {
         Backend::Postgres(pg) => {
             let rows = sqlx::query(
@@ -189,8 +202,8 @@ pub(crate) async fn read_scoped(
                   WHERE (transaction_id, position) > ($1::text::xid8, $2)
                     AND (transaction_id, position) <= ($3::text::xid8, $4)
                     AND (aggregate_type || ':' || aggregate_id = ANY($5)
-                         OR EXISTS (SELECT 1 FROM aggregate_owners_v1 o
-                                     WHERE o.owner_id = $6
+                         OR EXISTS (SELECT 1 FROM aggregate_owners_v2 o
+                                     WHERE (o.owner_id = $6 OR $8 LIKE '%,' || o.team_id || ',%')
                                        AND o.aggregate_type = e.aggregate_type
                                        AND o.aggregate_id = e.aggregate_id))
                   ORDER BY transaction_id, position
@@ -203,6 +216,7 @@ pub(crate) async fn read_scoped(
             .bind(&keys)
             .bind(owner.as_deref())
             .bind(i64::from(limit))
+            .bind(&teams)
             .fetch_all(pg.pool())
             .await?;
             rows.iter()
@@ -217,8 +231,8 @@ pub(crate) async fn read_scoped(
                    FROM events e
                   WHERE position > ?1 AND position <= ?2
                     AND (aggregate_type || ':' || aggregate_id IN (SELECT value FROM json_each(?3))
-                         OR EXISTS (SELECT 1 FROM aggregate_owners_v1 o
-                                     WHERE o.owner_id = ?4
+                         OR EXISTS (SELECT 1 FROM aggregate_owners_v2 o
+                                     WHERE (o.owner_id = ?4 OR ?6 LIKE '%,' || o.team_id || ',%')
                                        AND o.aggregate_type = e.aggregate_type
                                        AND o.aggregate_id = e.aggregate_id))
                   ORDER BY position
@@ -229,6 +243,7 @@ pub(crate) async fn read_scoped(
             .bind(keys)
             .bind(owner.as_deref())
             .bind(i64::from(limit))
+            .bind(&teams)
             .fetch_all(lite.reader())
             .await?;
             rows.iter()
@@ -322,7 +337,7 @@ mod tests {
         let mut scope = Scope::default();
         assert!(scope.is_empty());
         scope.add_aggregate("task", "t1", "task:t1");
-        scope.set_owner(Some(Uuid::nil()));
+        scope.set_mine(Some(ReadScope::owner(Uuid::nil())));
         assert_eq!(scope.topics(), vec!["mine", "task:t1"]);
         let event = |id: &str| RecordedEvent {
             position: 1,
@@ -339,7 +354,7 @@ mod tests {
         assert_eq!(scope.topic_of(&event("t1")), "task:t1");
         assert_eq!(scope.topic_of(&event("t2")), MINE);
         scope.remove_aggregate("task", "t1");
-        scope.set_owner(None);
+        scope.set_mine(None);
         assert!(scope.is_empty());
     }
 }

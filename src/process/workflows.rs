@@ -362,6 +362,7 @@ async fn start_task(
         not_before: None,
         concurrency_key: None,
         concurrency_limit: None,
+        team_id: None,
     };
     let spec = match request.validate() {
         // A team workflow's tasks belong to the team too.

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chronicle_projections::aggregate_owners::AggregateOwners;
-use chronicle_projections::{Projection, ProjectionError};
+use chronicle_projections::{Projection, ProjectionError, ReadScope};
 use cqrs_es::persist::{
     EventUpcaster, PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent,
     SerializedSnapshot,
@@ -312,11 +312,12 @@ impl Store {
         }
     }
 
-    /// [`Store::feed`] as `owner` may read it: with `Some(owner)`, only events of aggregates
-    /// that owner owns (the `aggregate_owners` read model, joined in the same statement)
-    /// and never past that projection's checkpoint, so an event whose aggregate the
-    /// projection has not seen yet is held back rather than passed over; with `None`
-    /// (auditors, admins), the whole feed. The HTTP feed and live subscriptions both read
+    /// [`Store::feed`] as a reader of `scope` may read it: for a scoped reader, only events
+    /// of aggregates the scope's owner owns or that belong to one of its teams now (the
+    /// `aggregate_owners` read model, joined in the same statement) and never past that
+    /// projection's checkpoint, so an event whose aggregate the projection has not seen
+    /// yet is held back rather than passed over; for [`ReadScope::All`] (auditors,
+    /// admins), the whole feed. The HTTP feed and live subscriptions both read
     /// through here; a reader that wants the caller's latest writes waits until
     /// [`Store::scope_bound`] reaches [`Store::feed_tail`].
     pub async fn feed_scoped(
@@ -324,15 +325,17 @@ impl Store {
         after: FeedCursor,
         limit: u32,
         filter: &AggregateFilter,
-        owner: Option<Uuid>,
+        scope: &ReadScope,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let Some(owner) = owner else {
+        let Some(owner) = scope.owner_param() else {
             return self.feed(after, limit, filter).await;
         };
+        let teams = scope.teams_param();
+        let readers = (owner.as_str(), teams.as_str());
         let owners = (AggregateOwners::NAME, AggregateOwners::VERSION);
         match self.backend() {
-            Backend::Postgres(pg) => pg.feed_owned(after, limit, filter, owner, owners).await,
-            Backend::Sqlite(lite) => lite.feed_owned(after, limit, filter, owner, owners).await,
+            Backend::Postgres(pg) => pg.feed_owned(after, limit, filter, readers, owners).await,
+            Backend::Sqlite(lite) => lite.feed_owned(after, limit, filter, readers, owners).await,
         }
     }
 

@@ -289,7 +289,8 @@ impl PgBackend {
         rows.iter().map(decode).collect()
     }
 
-    /// [`Self::feed`] narrowed to the aggregates `owner` owns (`aggregate_owners_v1`), and
+    /// [`Self::feed`] narrowed to the aggregates `readers` may read (`aggregate_owners_v2`:
+    /// the owner's, and those of the teams in `,id,id,`), and
     /// never past that projection's checkpoint (`$6`/`$7` name it): an event whose
     /// aggregate is not in the table yet is held back, not passed over. Checkpoint and
     /// table are read in one statement, so they are one committed state.
@@ -298,7 +299,7 @@ impl PgBackend {
         after: FeedCursor,
         limit: u32,
         filter: &AggregateFilter,
-        owner: Uuid,
+        readers: (&str, &str),
         owners: (&str, i64),
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let sql = select_events!(
@@ -310,10 +311,10 @@ impl PgBackend {
                AND ($3::text IS NULL OR aggregate_type = $3)
                AND ($4::text IS NULL OR aggregate_id = $4)
                AND EXISTS (
-                   SELECT 1 FROM aggregate_owners_v1 o
+                   SELECT 1 FROM aggregate_owners_v2 o
                     WHERE o.aggregate_type = events.aggregate_type
                       AND o.aggregate_id = events.aggregate_id
-                      AND o.owner_id = $5)
+                      AND (o.owner_id = $5 OR $9 LIKE '%,' || o.team_id || ',%'))
              ORDER BY transaction_id, position
              LIMIT $8"
         );
@@ -322,10 +323,11 @@ impl PgBackend {
             .bind(after.position)
             .bind(filter.aggregate_type.as_deref())
             .bind(filter.aggregate_id.as_deref())
-            .bind(owner.to_string())
+            .bind(readers.0)
             .bind(owners.0)
             .bind(owners.1)
             .bind(i64::from(limit))
+            .bind(readers.1)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(decode).collect()
@@ -446,7 +448,7 @@ impl PgBackend {
             "WHERE ($1::text IS NULL OR aggregate_type = $1)
                AND ($2::text IS NULL OR aggregate_id = $2)
                AND EXISTS (
-                   SELECT 1 FROM aggregate_owners_v1 o
+                   SELECT 1 FROM aggregate_owners_v2 o
                     WHERE o.aggregate_type = events.aggregate_type
                       AND o.aggregate_id = events.aggregate_id
                       AND o.owner_id = $3)

@@ -170,7 +170,7 @@ impl SqliteBackend {
         after: FeedCursor,
         limit: u32,
         filter: &AggregateFilter,
-        owner: Uuid,
+        readers: (&str, &str),
         owners: (&str, i64),
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let rows = sqlx::query(select_events!(
@@ -181,19 +181,20 @@ impl SqliteBackend {
                AND (?2 IS NULL OR aggregate_type = ?2)
                AND (?3 IS NULL OR aggregate_id = ?3)
                AND EXISTS (
-                   SELECT 1 FROM aggregate_owners_v1 o
+                   SELECT 1 FROM aggregate_owners_v2 o
                     WHERE o.aggregate_type = events.aggregate_type
                       AND o.aggregate_id = events.aggregate_id
-                      AND o.owner_id = ?4)
+                      AND (o.owner_id = ?4 OR ?8 LIKE '%,' || o.team_id || ',%'))
              ORDER BY position LIMIT ?7"
         ))
         .bind(after.position)
         .bind(filter.aggregate_type.as_deref())
         .bind(filter.aggregate_id.as_deref())
-        .bind(owner.to_string())
+        .bind(readers.0)
         .bind(owners.0)
         .bind(owners.1)
         .bind(i64::from(limit))
+        .bind(readers.1)
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(decode).collect()
@@ -272,7 +273,7 @@ impl SqliteBackend {
             "WHERE (?1 IS NULL OR aggregate_type = ?1)
                AND (?2 IS NULL OR aggregate_id = ?2)
                AND EXISTS (
-                   SELECT 1 FROM aggregate_owners_v1 o
+                   SELECT 1 FROM aggregate_owners_v2 o
                     WHERE o.aggregate_type = events.aggregate_type
                       AND o.aggregate_id = events.aggregate_id
                       AND o.owner_id = ?3)

@@ -8,7 +8,9 @@ use chronicle::bus::{CommandBus, CommandContext};
 use chronicle::store::Store;
 use chronicle_aggregates::task::{Task, TaskCommand, TaskFailure};
 use chronicle_commands::task::NewTaskRequest;
+use chronicle_projections::task_view::TaskView;
 use chronicle_projections::usage::{GroupBy, UsageQuery, UsageRow, UsageView};
+use chronicle_projections::ReadScope;
 use chronicle_projections::{
     on_reader, AnyProjector, Projection, ProjectionError, Projector, ReadDb, ReadTx, RecordedEvent,
 };
@@ -374,7 +376,8 @@ async fn usage_snapshot(
         let query = UsageQuery {
             from: at(1, 0, 0),
             to: at(28, 0, 0),
-            owner_id: None,
+            readers: ReadScope::All,
+            team_id: None,
             group_by,
         };
         reports.push(UsageView::report(db, &query).await.unwrap());
@@ -489,6 +492,9 @@ async fn a_batch_applied_usage_view_equals_one_applied_event_by_event(#[case] ba
     let db = store.read_db();
     let by_event = Projector::new(EventByEvent, store.clone(), db.clone());
     catch_up_fully(&store, &by_event).await;
+    // A report reads the task view for the teams of the tasks.
+    let tasks = Projector::new(TaskView, store.clone(), db.clone());
+    catch_up_fully(&store, &tasks).await;
     let expected = usage_snapshot(&db).await;
     assert_eq!(expected.1.len(), 24, "every task has its row");
     assert!(

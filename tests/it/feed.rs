@@ -776,15 +776,18 @@ async fn the_scoped_feed_stops_at_the_owners_checkpoint(#[case] backend: Backend
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
-    let scoped = |owner| {
+    let scoped = |owner: Option<uuid::Uuid>| {
         let store = store.clone();
+        let scope = owner.map_or(chronicle_projections::ReadScope::All, |owner| {
+            chronicle_projections::ReadScope::owner(owner)
+        });
         async move {
             store
                 .feed_scoped(
                     FeedCursor::default(),
                     100,
                     &AggregateFilter::default(),
-                    owner,
+                    &scope,
                 )
                 .await
                 .unwrap()

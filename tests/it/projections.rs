@@ -145,6 +145,7 @@ async fn lists_filter_and_page_newest_first(#[case] backend: Backend) {
             "api_key_view",
             "search",
             "task_view",
+            "team_view",
             "usage",
             "workflow_views"
         ]

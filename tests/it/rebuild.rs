@@ -20,17 +20,18 @@ const TABLES: &[(&str, &str, &str)] = &[
         "task_view_v4",
         "id, owner_id, status, capability, priority, agent_id, pinned_agent_id, \
          workflow_run_id, not_before, created_at, updated_at, version, state, lease_expires_at, \
-         concurrency_key, concurrency_limit",
+         concurrency_key, concurrency_limit, team_id",
         "id",
     ),
     ("task_view_tags_v4", "task_id, tag", "task_id, tag"),
     (
-        "agent_view_v1",
-        "id, owner_id, kind, lifecycle, last_heartbeat_at, created_at, updated_at, version, state",
+        "agent_view_v2",
+        "id, owner_id, kind, lifecycle, last_heartbeat_at, created_at, updated_at, version, state, \
+         team_id",
         "id",
     ),
     (
-        "agent_view_caps_v1",
+        "agent_view_caps_v2",
         "agent_id, capability",
         "agent_id, capability",
     ),
@@ -40,9 +41,19 @@ const TABLES: &[(&str, &str, &str)] = &[
         "id",
     ),
     (
-        "aggregate_owners_v1",
-        "aggregate_type, aggregate_id, owner_id",
+        "aggregate_owners_v2",
+        "aggregate_type, aggregate_id, owner_id, team_id",
         "aggregate_type, aggregate_id",
+    ),
+    (
+        "team_view_v1",
+        "id, name, created_at, deleted, version, state",
+        "id",
+    ),
+    (
+        "team_members_v1",
+        "team_id, user_id, email, role",
+        "team_id, user_id",
     ),
 ];
 
@@ -96,6 +107,8 @@ struct Known {
     tasks: Vec<String>,
     agents: Vec<String>,
     keys: Vec<String>,
+    /// The user's team: tasks are shared with it and taken back.
+    team: Option<String>,
 }
 
 /// Sends one request; anything but a server error is a fair answer in a race.
@@ -242,6 +255,18 @@ async fn client_workload(
                 let url = app.url(&format!("/api/users/me/api-keys/{key}"));
                 send(client.delete(url), &commands).await;
             }
+            96 => {
+                let (Some(task), Some(team)) = (task, known.lock().unwrap().team.clone()) else {
+                    continue;
+                };
+                let url = app.url(&format!("/api/tasks/{task}/share"));
+                send(client.post(url).json(&json!({"team_id": team})), &commands).await;
+            }
+            97 => {
+                let Some(task) = task else { continue };
+                let url = app.url(&format!("/api/tasks/{task}/unshare"));
+                send(client.post(url), &commands).await;
+            }
             _ => {
                 let Some(agent) = agent else { continue };
                 send(
@@ -322,11 +347,47 @@ async fn rebuilt_read_models_equal_the_live_ones_while_reads_go_on(#[case] backe
     for _ in 0..USERS {
         users.push(app.register_user().await);
     }
+    // Each user has a team; the second is in the first's too (the team view's rows).
+    let mut teams = Vec::new();
+    for user in &users {
+        let response = user
+            .client
+            .post(app.url("/api/teams"))
+            .json(&json!({"name": "rebuilt"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let team: Value = response.json().await.unwrap();
+        teams.push(team["id"].as_str().unwrap().to_owned());
+    }
+    let response = users[0]
+        .client
+        .post(app.url(&format!("/api/teams/{}/invitations", teams[0])))
+        .json(&json!({"email": users[1].body["user"]["email"], "role": "member"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let invitation: Value = response.json().await.unwrap();
+    let response = users[1]
+        .client
+        .post(app.url(&format!(
+            "/api/invitations/{}/accept",
+            invitation["id"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
     let app = Arc::new(app);
     let commands = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
     for (u, user) in users.iter().enumerate() {
-        let known = Arc::new(Mutex::new(Known::default()));
+        let known = Arc::new(Mutex::new(Known {
+            team: Some(teams[u].clone()),
+            ..Known::default()
+        }));
         for c in 0..CLIENTS_PER_USER {
             clients.push(tokio::spawn(client_workload(
                 app.clone(),
@@ -350,12 +411,15 @@ async fn rebuilt_read_models_equal_the_live_ones_while_reads_go_on(#[case] backe
     let live = snapshot(&db).await;
     let count = |name: &str| live.iter().find(|(t, _)| t == name).unwrap().1.len();
     assert!(count("task_view_v4") > 200, "{}", count("task_view_v4"));
-    assert!(count("agent_view_v1") > 20);
+    assert!(count("agent_view_v2") > 20);
     assert!(count("api_key_view_v1") > 10);
+    assert_eq!(count("team_view_v1"), 2);
+    assert_eq!(count("team_members_v1"), 3);
     // Damage the live tables: only a real rebuild brings these rows back.
-    execute(&db, "DELETE FROM agent_view_caps_v1").await;
+    execute(&db, "DELETE FROM agent_view_caps_v2").await;
     execute(&db, "UPDATE task_view_v4 SET priority = -1").await;
     execute(&db, "DELETE FROM api_key_view_v1").await;
+    execute(&db, "DELETE FROM team_members_v1").await;
     assert_ne!(snapshot(&db).await, live);
 
     // A reader hits the lists all along the rebuild: never an error, never empty.

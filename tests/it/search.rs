@@ -66,7 +66,7 @@ async fn complete(client: &Client, base: &str, capability: &str, task: &str, out
 
 /// Waits until the search index has applied every event (its `/api/status` row).
 /// Asked as a signed-in user: the anonymous answer is cached for a second.
-async fn indexed(admin: &Client, base: &str) {
+pub(crate) async fn indexed(admin: &Client, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         // The admin route, not `/api/status`: that answer is reused for a second, and may
@@ -90,7 +90,7 @@ async fn indexed(admin: &Client, base: &str) {
 }
 
 /// `GET /api/search` answered 200: its items.
-async fn search(client: &Client, base: &str, query: &[(&str, &str)]) -> Vec<Value> {
+pub(crate) async fn search(client: &Client, base: &str, query: &[(&str, &str)]) -> Vec<Value> {
     let (status, body) = send(client.get(format!("{base}/api/search")).query(query)).await;
     assert_eq!(status, StatusCode::OK, "{query:?}: {body}");
     body["items"].as_array().unwrap().clone()

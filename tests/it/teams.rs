@@ -681,3 +681,509 @@ async fn a_team_agent_leases_the_team_s_tasks_and_nobody_else_s(#[case] backend:
     assert_eq!(status, StatusCode::OK, "{unshared}");
     assert_eq!(unshared["team_id"], Value::Null);
 }
+
+/// Creates a task as `user` (with `team_id` when given); answers the status and body.
+async fn create_task(app: &TestApp, user: &TestUser, team_id: Option<&str>) -> (StatusCode, Value) {
+    let mut body = json!({"capability": "team.task", "input": {"word": "marmalade"}});
+    if let Some(team_id) = team_id {
+        body["team_id"] = json!(team_id);
+    }
+    send(user.client.post(app.url("/api/tasks")).json(&body)).await
+}
+
+/// The ids of the items of a page `user` reads at `path`.
+async fn listed(app: &TestApp, user: &TestUser, path: &str) -> Vec<String> {
+    let (status, page) = send(user.client.get(app.url(path))).await;
+    assert_eq!(status, StatusCode::OK, "{path}: {page}");
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            item["id"]
+                .as_str()
+                .or_else(|| item["aggregate_id"].as_str())
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The aggregates whose task events `user` reads in the feed, once they are `expected`
+/// (the feed's scope follows the owners projection, which may lag a loaded machine: read
+/// again, bounded, and answer what was read last).
+async fn feed_tasks(app: &TestApp, user: &TestUser, expected: &[String]) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut ids = listed(app, user, "/api/events?aggregate_type=task&limit=500").await;
+        ids.sort();
+        ids.dedup();
+        if ids == expected || Instant::now() >= deadline {
+            return ids;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn status_total(app: &TestApp, user: &TestUser, query: &str) -> i64 {
+    let (status, body) = send(
+        user.client
+            .get(app.url(&format!("/api/analytics/status{query}"))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["total"].as_i64().unwrap()
+}
+
+/// `created` of the usage report `user` reads for one team (the usage projection follows
+/// the feed: read until it shows `expected`, bounded).
+async fn usage_created(app: &TestApp, user: &TestUser, team_id: &str, expected: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = send(
+            user.client
+                .get(app.url("/api/analytics/usage"))
+                .query(&[("group_by", "capability"), ("team_id", team_id)]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let created: i64 = body["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row["created"].as_i64().unwrap())
+            .sum();
+        if created == expected || Instant::now() >= deadline {
+            return created;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn a_shared_task_is_read_by_the_team_everywhere_and_by_nobody_once_removed(
+    #[case] backend: Backend,
+) {
+    let app = app(backend).await;
+    let (owner, maintainer, member, viewer, stranger) = (
+        app.register_user().await,
+        app.register_user().await,
+        app.register_user().await,
+        app.register_user().await,
+        app.register_user().await,
+    );
+    let team = create_team(&app, &owner, "Tasks").await;
+    let team_id = team["id"].as_str().unwrap().to_owned();
+    join(&app, &owner, &team_id, &maintainer, "maintainer").await;
+    join(&app, &owner, &team_id, &member, "member").await;
+    join(&app, &owner, &team_id, &viewer, "viewer").await;
+    let other_team = create_team(&app, &stranger, "Elsewhere").await;
+    let other_team_id = other_team["id"].as_str().unwrap().to_owned();
+
+    // `team_id` on create: a member may put a task in the team; a viewer may not (403),
+    // nor may anyone outside it (422, as for a team they cannot see).
+    let (status, created) = create_task(&app, &member, Some(&team_id)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["team_id"], team_id.as_str());
+    let by_member = created["id"].as_str().unwrap().to_owned();
+    let (status, body) = create_task(&app, &viewer, Some(&team_id)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = create_task(&app, &stranger, Some(&team_id)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["errors"][0]["field"], "team_id", "{body}");
+
+    // The owner's own task, then shared with the team (an event of the task).
+    let (status, private) = create_task(&app, &owner, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{private}");
+    let shared = private["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/tasks/{shared}");
+    assert_eq!(
+        get_status(&app.address, &member, &path).await,
+        StatusCode::NOT_FOUND
+    );
+    let share = |user: &TestUser, team: &str| {
+        user.client
+            .post(app.url(&format!("{path}/share")))
+            .json(&json!({"team_id": team}))
+    };
+    let (status, _) = send(share(&member, &team_id)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "not the member's to share");
+    let (status, body) = send(share(&owner, &other_team_id)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = send(share(&owner, &team_id)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["team_id"], team_id.as_str());
+    let (_, history) = send(owner.client.get(app.url(&format!("{path}/events")))).await;
+    let types: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["TaskCreated", "TaskShared"]);
+
+    // Members read it, its history too; viewers and members cannot change it, maintainers can.
+    for user in [&maintainer, &member, &viewer] {
+        for path in [path.clone(), format!("{path}/events")] {
+            assert_eq!(
+                get_status(&app.address, user, &path).await,
+                StatusCode::OK,
+                "{path}"
+            );
+        }
+    }
+    assert_eq!(
+        get_status(&app.address, &stranger, &path).await,
+        StatusCode::NOT_FOUND
+    );
+    for user in [&viewer, &member] {
+        let (status, _) = send(
+            user.client
+                .patch(app.url(&path))
+                .json(&json!({"priority": 2})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = send(user.client.delete(app.url(&path))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+    let (status, _) = send(stranger.client.delete(app.url(&path))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    reprioritise(&app, &maintainer, &shared, 2).await;
+
+    // The lists: the team's tasks beside one's own, `team_id` narrows; nobody else's.
+    let (_, own) = create_task(&app, &viewer, None).await;
+    let own = own["id"].as_str().unwrap().to_owned();
+    let tasks = listed(&app, &viewer, "/api/tasks").await;
+    assert_eq!(tasks, [own.clone(), shared.clone(), by_member.clone()]);
+    let tasks = listed(&app, &viewer, &format!("/api/tasks?team_id={team_id}")).await;
+    assert_eq!(tasks, [shared.clone(), by_member.clone()]);
+    let tasks = listed(&app, &stranger, &format!("/api/tasks?team_id={team_id}")).await;
+    assert!(tasks.is_empty(), "{tasks:?}");
+    assert!(listed(&app, &stranger, "/api/tasks").await.is_empty());
+
+    // Agents: one shared with the team is in the members' list.
+    let agent = register_agent(&app, &owner).await;
+    assert!(!listed(&app, &member, "/api/agents").await.contains(&agent));
+    let (status, body) = send(
+        owner
+            .client
+            .post(app.url(&format!("/api/agents/{agent}/share")))
+            .json(&json!({"team_id": team_id})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        listed(&app, &member, &format!("/api/agents?team_id={team_id}")).await,
+        [agent.as_str()]
+    );
+    assert!(listed(&app, &stranger, "/api/agents").await.is_empty());
+
+    // The feed: the team's tasks' events, their whole history; not the stranger's.
+    let mut expected = vec![shared.clone(), by_member.clone()];
+    expected.sort();
+    assert_eq!(feed_tasks(&app, &member, &expected).await, expected);
+    assert!(feed_tasks(&app, &stranger, &[]).await.is_empty());
+
+    // Analytics: the team's tasks count for its members.
+    assert_eq!(status_total(&app, &member, "").await, 2);
+    assert_eq!(
+        status_total(&app, &viewer, &format!("?team_id={team_id}")).await,
+        2
+    );
+    assert_eq!(status_total(&app, &stranger, "").await, 0);
+    assert_eq!(usage_created(&app, &member, &team_id, 2).await, 2);
+    assert_eq!(usage_created(&app, &stranger, &team_id, 0).await, 0);
+
+    // While tasks and an agent are shared, the team stays; the refusal names them.
+    let (status, body) = send(
+        owner
+            .client
+            .delete(app.url(&format!("/api/teams/{team_id}"))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["code"], "team.still_shared", "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    for named in [&shared, &by_member, &agent] {
+        assert!(detail.contains(named.as_str()), "{detail}");
+    }
+
+    // Removed: nothing of the team any more, at once, wherever the member reads.
+    assert_eq!(
+        remove(&app, &owner, &team_id, &member).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        get_status(&app.address, &member, &path).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get_status(&app.address, &member, &format!("/api/tasks/{by_member}")).await,
+        StatusCode::OK,
+        "the member's own task stays theirs"
+    );
+    assert_eq!(
+        listed(&app, &member, "/api/tasks").await,
+        [by_member.as_str()]
+    );
+    assert!(listed(&app, &member, "/api/agents").await.is_empty());
+    let members_own = [by_member.clone()];
+    assert_eq!(feed_tasks(&app, &member, &members_own).await, members_own);
+    assert_eq!(status_total(&app, &member, "").await, 1);
+    // Of the team's tasks, only the one the member owns counts for them now.
+    assert_eq!(usage_created(&app, &member, &team_id, 1).await, 1);
+
+    // Unshared: back to the owner alone.
+    let (status, body) = send(owner.client.post(app.url(&format!("{path}/unshare")))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["team_id"], Value::Null);
+    assert_eq!(
+        get_status(&app.address, &viewer, &path).await,
+        StatusCode::NOT_FOUND
+    );
+    let mut left = vec![by_member.clone(), own.clone()];
+    left.sort();
+    assert_eq!(feed_tasks(&app, &viewer, &left).await, left);
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn teams_are_served_from_the_team_view(#[case] backend: Backend) {
+    let app = app(backend).await;
+    let (owner, member) = (app.register_user().await, app.register_user().await);
+    let first = create_team(&app, &owner, "First").await;
+    let first_id = first["id"].as_str().unwrap().to_owned();
+    let second = create_team(&app, &owner, "Second").await;
+    let second_id = second["id"].as_str().unwrap().to_owned();
+    join(&app, &owner, &first_id, &member, "viewer").await;
+    assert_eq!(
+        listed(&app, &owner, "/api/teams").await,
+        [second_id.clone(), first_id.clone()]
+    );
+    assert_eq!(
+        listed(&app, &owner, "/api/teams?limit=1").await,
+        [second_id.as_str()]
+    );
+    assert_eq!(
+        listed(&app, &member, "/api/teams").await,
+        [first_id.as_str()]
+    );
+    let (status, team) = send(
+        member
+            .client
+            .get(app.url(&format!("/api/teams/{first_id}"))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{team}");
+    assert_eq!(role_of(&team, &member).as_deref(), Some("viewer"));
+    assert_eq!(role_of(&team, &owner).as_deref(), Some("owner"));
+
+    // The rows, as the view holds them, are those the Team events fold to.
+    let store = app.db.store(Default::default()).await;
+    let db = store.read_db();
+    let memberships = chronicle_projections::team_view::TeamView::memberships(&db)
+        .await
+        .unwrap();
+    let mut rows: Vec<(String, String, String)> = memberships
+        .iter()
+        .map(|m| {
+            (
+                m.team_id.to_string(),
+                m.user_id.to_string(),
+                format!("{:?}", m.role).to_lowercase(),
+            )
+        })
+        .collect();
+    rows.sort();
+    let mut expected = vec![
+        (first_id.clone(), owner.id.clone(), "owner".to_owned()),
+        (first_id.clone(), member.id.clone(), "viewer".to_owned()),
+        (second_id.clone(), owner.id.clone(), "owner".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(rows, expected);
+
+    // Removed and deleted: gone from the lists and the view's memberships.
+    assert_eq!(
+        remove(&app, &owner, &first_id, &member).await,
+        StatusCode::NO_CONTENT
+    );
+    assert!(listed(&app, &member, "/api/teams").await.is_empty());
+    let status = owner
+        .client
+        .delete(app.url(&format!("/api/teams/{second_id}")))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        listed(&app, &owner, "/api/teams").await,
+        [first_id.as_str()]
+    );
+    assert_eq!(
+        get_status(&app.address, &owner, &format!("/api/teams/{second_id}")).await,
+        StatusCode::NOT_FOUND
+    );
+    let memberships = chronicle_projections::team_view::TeamView::memberships(&db)
+        .await
+        .unwrap();
+    assert_eq!(memberships.len(), 1, "{memberships:?}");
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn mine_and_sync_pull_carry_the_team_s_resources_until_the_member_is_removed(
+    #[case] backend: Backend,
+) {
+    let app = app(backend).await;
+    let (owner, member) = (app.register_user().await, app.register_user().await);
+    let team = create_team(&app, &owner, "Sync").await;
+    let team_id = team["id"].as_str().unwrap().to_owned();
+    join(&app, &owner, &team_id, &member, "member").await;
+    let (status, task) = create_task(&app, &owner, Some(&team_id)).await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    let team_task = task["id"].as_str().unwrap().to_owned();
+
+    // A pull from zero brings the team's task; so does `mine` on a live socket.
+    let pulled = |token: Option<String>| {
+        let member = &member;
+        let app = &app;
+        async move {
+            let query = token.map_or_else(String::new, |t| format!("?since={t}"));
+            let (status, page) = send(
+                member
+                    .client
+                    .get(app.url(&format!("/api/sync/pull{query}"))),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            let ids: Vec<String> = page["changes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_owned())
+                .collect();
+            (ids, page["next"].as_str().unwrap().to_owned())
+        }
+    };
+    let (ids, token) = pulled(None).await;
+    assert_eq!(ids, [team_task.as_str()]);
+    let token_str = member.body["access_token"].as_str().unwrap().to_owned();
+    let mut live = LiveClient::connect(&app.address, &token_str, None)
+        .await
+        .unwrap();
+    live.subscribe(&["mine"], None, OWED).await.unwrap();
+    reprioritise(&app, &owner, &team_task, 4).await;
+    match live.next(OWED).await.unwrap() {
+        Received::Event { topic, event, .. } => {
+            assert_eq!(topic, "mine");
+            assert_eq!(event["aggregate_id"], team_task.as_str(), "{event}");
+        }
+        other => panic!("expected the team task's event, got {other:?}"),
+    }
+    let (ids, token) = pulled(Some(token)).await;
+    assert_eq!(ids, [team_task.as_str()], "the change since the last pull");
+
+    // Removed: the next pull and the socket leave the team out at once.
+    assert_eq!(
+        remove(&app, &owner, &team_id, &member).await,
+        StatusCode::NO_CONTENT
+    );
+    reprioritise(&app, &owner, &team_task, 5).await;
+    let (own, _) = create_task(&app, &member, None).await;
+    assert_eq!(own, StatusCode::CREATED);
+    let (ids, _) = pulled(Some(token)).await;
+    assert!(!ids.contains(&team_task), "{ids:?}");
+    assert_eq!(ids.len(), 1, "only the member's own new task: {ids:?}");
+    let (ids, _) = pulled(None).await;
+    assert!(!ids.contains(&team_task), "{ids:?}");
+    // The socket's next event is the member's own task, not the team's.
+    match live.next(OWED).await.unwrap() {
+        Received::Event { topic, event, .. } => {
+            assert_eq!(topic, "mine");
+            assert_ne!(event["aggregate_id"], team_task.as_str(), "{event}");
+        }
+        other => panic!("expected the member's own task's event, got {other:?}"),
+    }
+    live.close().await;
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn a_team_s_documents_are_found_by_its_members_and_no_other_team(#[case] backend: Backend) {
+    let app = spawn_app(backend).await.signed_in().await;
+    let (owner, member, outsider) = (
+        app.register_user().await,
+        app.register_user().await,
+        app.register_user().await,
+    );
+    let team = create_team(&app, &owner, "Search").await;
+    let team_id = team["id"].as_str().unwrap().to_owned();
+    join(&app, &owner, &team_id, &member, "viewer").await;
+    let other = create_team(&app, &outsider, "Other").await;
+    let other_id = other["id"].as_str().unwrap().to_owned();
+    let (_, task) = create_task(&app, &owner, Some(&team_id)).await;
+    let team_task = task["id"].as_str().unwrap().to_owned();
+    let (_, task) = create_task(&app, &outsider, Some(&other_id)).await;
+    let other_task = task["id"].as_str().unwrap().to_owned();
+    crate::search::indexed(&app.client, &app.address).await;
+
+    let found = |user: &TestUser, mode: &'static str| {
+        let client = user.client.clone();
+        let address = app.address.clone();
+        async move {
+            let items =
+                crate::search::search(&client, &address, &[("q", "marmalade"), ("mode", mode)])
+                    .await;
+            let mut ids: Vec<String> = items
+                .iter()
+                .map(|item| item["id"].as_str().unwrap().to_owned())
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    for mode in ["bm25", "vector", "hybrid"] {
+        assert_eq!(found(&member, mode).await, [team_task.as_str()], "{mode}");
+        assert_eq!(
+            found(&outsider, mode).await,
+            [other_task.as_str()],
+            "{mode}"
+        );
+    }
+    let (status, context) = send(
+        member
+            .client
+            .post(app.url("/api/rag/context"))
+            .json(&json!({"query": "marmalade"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{context}");
+    let sources: Vec<&str> = context["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, [team_task.as_str()]);
+
+    // Removed: the member finds nothing of the team.
+    assert_eq!(
+        remove(&app, &owner, &team_id, &member).await,
+        StatusCode::NO_CONTENT
+    );
+    for mode in ["bm25", "vector", "hybrid"] {
+        assert!(found(&member, mode).await.is_empty(), "{mode}");
+    }
+}

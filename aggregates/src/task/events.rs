@@ -35,6 +35,10 @@ pub enum TaskEvent {
     TaskRequeued(TaskRequeued),
     #[serde(rename = "TaskReprioritised")]
     TaskReprioritised(TaskReprioritised),
+    #[serde(rename = "TaskShared")]
+    TaskShared(TaskShared),
+    #[serde(rename = "TaskUnshared")]
+    TaskUnshared(TaskUnshared),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,6 +161,22 @@ pub struct TaskReprioritised {
     pub at: DateTime<Utc>,
 }
 
+/// From now on the task belongs to `team_id` too (replacing any earlier team).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskShared {
+    pub team_id: Uuid,
+    pub at: DateTime<Utc>,
+}
+
+/// The task belongs to its owner alone again; `team_id` is the team it left.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskUnshared {
+    pub team_id: Uuid,
+    pub at: DateTime<Utc>,
+}
+
 impl TaskEvent {
     /// The types of the events that end the hold a `TaskLeased` began (the task leaves
     /// `leased`/`running`); the lease slots of the store count a hold until one follows.
@@ -174,7 +194,9 @@ impl TaskEvent {
             | Self::TaskProgressed(_)
             | Self::LeaseExtended(_)
             | Self::TaskRequeued(_)
-            | Self::TaskReprioritised(_) => false,
+            | Self::TaskReprioritised(_)
+            | Self::TaskShared(_)
+            | Self::TaskUnshared(_) => false,
         }
     }
 }
@@ -192,6 +214,8 @@ impl DomainEvent for TaskEvent {
             Self::TaskAttemptFailed(_) => "TaskAttemptFailed",
             Self::TaskRequeued(_) => "TaskRequeued",
             Self::TaskReprioritised(_) => "TaskReprioritised",
+            Self::TaskShared(_) => "TaskShared",
+            Self::TaskUnshared(_) => "TaskUnshared",
         }
         .to_owned()
     }
@@ -208,6 +232,8 @@ impl DomainEvent for TaskEvent {
             Self::TaskAttemptFailed(_) => "1.0",
             Self::TaskRequeued(_) => "1.0",
             Self::TaskReprioritised(_) => "1.0",
+            Self::TaskShared(_) => "1.0",
+            Self::TaskUnshared(_) => "1.0",
         }
         .to_owned()
     }

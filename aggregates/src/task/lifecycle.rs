@@ -1,11 +1,14 @@
-//! Decisions on the owner's commands: create, cancel, retry by hand, reprioritise.
+//! Decisions on the owner's commands: create, cancel, retry by hand, reprioritise, share.
 
 use chronicle_commands::task::TaskSpec;
 use chronicle_commands::values::{Priority, Tags};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::events::{TaskCancelled, TaskCreated, TaskEvent, TaskReprioritised, TaskRequeued};
+use super::events::{
+    TaskCancelled, TaskCreated, TaskEvent, TaskReprioritised, TaskRequeued, TaskShared,
+    TaskUnshared,
+};
 use super::state::{TaskState, TaskStatus};
 use super::{existing, Decision, TaskError};
 
@@ -97,4 +100,19 @@ pub(super) fn reprioritise(
         tags,
         at,
     })))
+}
+
+/// Sharing with the team it already belongs to changes nothing.
+pub(super) fn share(state: Option<&TaskState>, team_id: Uuid, at: DateTime<Utc>) -> Decision {
+    let state = existing(state)?;
+    Ok((state.team_id != Some(team_id))
+        .then_some(TaskEvent::TaskShared(TaskShared { team_id, at })))
+}
+
+/// Unsharing a task that belongs to no team changes nothing.
+pub(super) fn unshare(state: Option<&TaskState>, at: DateTime<Utc>) -> Decision {
+    let state = existing(state)?;
+    Ok(state
+        .team_id
+        .map(|team_id| TaskEvent::TaskUnshared(TaskUnshared { team_id, at })))
 }

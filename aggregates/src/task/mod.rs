@@ -23,7 +23,8 @@ use uuid::Uuid;
 pub use error::TaskError;
 pub use events::{
     AttemptFailureCause, LeaseExtended, TaskAttemptFailed, TaskCancelled, TaskCreated, TaskEvent,
-    TaskLeased, TaskProgressed, TaskReprioritised, TaskRequeued, TaskStarted, TaskSucceeded,
+    TaskLeased, TaskProgressed, TaskReprioritised, TaskRequeued, TaskShared, TaskStarted,
+    TaskSucceeded, TaskUnshared,
 };
 pub use rules::{is_ready, lease_alive, lease_expiry, retry_at};
 pub use state::{EndedLease, LeaseOutcome, TaskFailure, TaskState, TaskStatus};
@@ -109,6 +110,16 @@ pub enum TaskCommand {
         tags: Option<Tags>,
         at: DateTime<Utc>,
     },
+    /// The task belongs to `team_id` too, finished or not; sharing it with its team again
+    /// changes nothing.
+    ShareTask {
+        team_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    /// Back to its owner alone; a task shared with no team is left as it is.
+    UnshareTask {
+        at: DateTime<Utc>,
+    },
 }
 
 crate::command_names!(TaskCommand {
@@ -122,7 +133,9 @@ crate::command_names!(TaskCommand {
     ExpireLease,
     CancelTask,
     RetryTask,
-    Reprioritise
+    Reprioritise,
+    ShareTask,
+    UnshareTask
 });
 
 /// At most one event: `None` means the command is accepted and changes nothing.
@@ -175,6 +188,8 @@ fn decide(state: Option<&TaskState>, command: TaskCommand) -> Decision {
         TaskCommand::Reprioritise { priority, tags, at } => {
             lifecycle::reprioritise(state, priority, tags, at)
         }
+        TaskCommand::ShareTask { team_id, at } => lifecycle::share(state, team_id, at),
+        TaskCommand::UnshareTask { at } => lifecycle::unshare(state, at),
     }
 }
 

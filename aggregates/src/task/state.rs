@@ -256,6 +256,14 @@ impl TaskState {
                 self.tags = e.tags;
                 self.updated_at = e.at;
             }
+            TaskEvent::TaskShared(e) => {
+                self.team_id = Some(e.team_id);
+                self.updated_at = e.at;
+            }
+            TaskEvent::TaskUnshared(e) => {
+                self.team_id = None;
+                self.updated_at = e.at;
+            }
         }
     }
 

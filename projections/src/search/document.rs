@@ -1,4 +1,4 @@
-//! What the search index holds of a task or a workflow run: its words, owner, kind, status
+//! What the search index holds of a task or a workflow run: its words, owner, team, kind, status
 //! and time, made from the aggregate's state.
 
 use chronicle_aggregates::task::Task;
@@ -35,6 +35,8 @@ pub struct SearchDoc {
     pub kind: DocKind,
     pub id: String,
     pub owner: String,
+    /// The team it belongs to now: the team's members find it.
+    pub team: Option<String>,
     pub status: String,
     pub time_ms: i64,
     pub title: String,
@@ -74,6 +76,7 @@ impl SearchDoc {
             kind: DocKind::Task,
             id: state.id.to_string(),
             owner: state.owner_id.to_string(),
+            team: state.team_id.map(|id| id.to_string()),
             status: state.status.as_str().to_owned(),
             time_ms: state.created_at.timestamp_millis(),
             title,
@@ -99,6 +102,7 @@ impl SearchDoc {
             kind: DocKind::WorkflowRun,
             id: state.id.to_string(),
             owner: state.owner_id.to_string(),
+            team: state.team_id.map(|id| id.to_string()),
             status: state.status.as_str().to_owned(),
             time_ms: state.started_at.timestamp_millis(),
             title: format!("{} (run)", state.definition.name()),

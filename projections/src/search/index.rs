@@ -266,7 +266,8 @@ impl SearchIndex {
                 .and_then(|v| v.as_bytes())
                 .map(vector_of_bytes)
                 .unwrap_or_default();
-            points.push((text(fields.key), text(fields.owner), kind, vector));
+            let team = Some(text(fields.team)).filter(|team| !team.is_empty());
+            points.push((text(fields.key), text(fields.owner), team, kind, vector));
         }
         let mut vectors = VectorIndex::new(points.len());
         vectors.upsert_all(points);
@@ -531,6 +532,9 @@ impl SearchIndex {
             document.add_text(fields.kind, doc.kind.as_str());
             document.add_text(fields.id, &doc.id);
             document.add_text(fields.owner, &doc.owner);
+            if let Some(team) = &doc.team {
+                document.add_text(fields.team, team);
+            }
             document.add_text(fields.status, &doc.status);
             document.add_i64(fields.time, doc.time_ms);
             document.add_text(fields.title, &doc.title);
@@ -539,7 +543,13 @@ impl SearchIndex {
             document.add_i64(fields.version, prepared.version);
             document.add_bytes(fields.vector, &bytes_of_vector(&vector));
             documents.push((doc.key(), document));
-            points.push((doc.key(), doc.owner.clone(), doc.kind, vector));
+            points.push((
+                doc.key(),
+                doc.owner.clone(),
+                doc.team.clone(),
+                doc.kind,
+                vector,
+            ));
         }
         let key_field = fields.key;
         tokio::task::spawn_blocking(move || {

@@ -7,7 +7,7 @@
 //! - [`builtin`]: the offline, lexical `builtin` embedder.
 //! - [`document`]: what a task or a run becomes in the index.
 //! - [`schema`]: the tantivy fields.
-//! - [`vectors`]: the HNSW index with owner and kind filters.
+//! - [`vectors`]: the HNSW index with owner, team and kind filters.
 //! - [`index`]: opening, folding events in, committing with the position, rebuilding.
 //! - [`query`]: BM25, vector and hybrid (RRF) search, snippets, RAG context.
 
@@ -27,4 +27,5 @@ pub use query::{Hit, Mode, Scope, Source, RRF_K};
 /// The projection's name in `/api/admin/projections` and `chronicle projections rebuild`.
 pub const NAME: &str = "search";
 /// A new version (or another embedder, recorded beside it) builds the index again.
-pub const VERSION: i64 = 1;
+/// 2: the team a document belongs to (`team`), for the team's members.
+pub const VERSION: i64 = 2;

@@ -1,8 +1,8 @@
 //! Searching the index: BM25 over the words, nearest neighbours over the embeddings, and
 //! both fused by reciprocal rank fusion (RRF, k = 60: `score = Σ 1 / (60 + rank)` over the
-//! legs that found the document). The owner filter is inside both legs — a tantivy term
-//! clause and the vector index's own filter — so nobody else's document reaches a rank, a
-//! score or a snippet.
+//! legs that found the document). The owner-and-teams filter is inside both legs — a
+//! tantivy term clause and the vector index's own filter — so nobody else's document (no
+//! other team's) reaches a rank, a score or a snippet.
 
 use std::collections::HashMap;
 
@@ -17,6 +17,7 @@ use super::document::DocKind;
 use super::index::SearchIndex;
 use super::vectors::VectorFilter;
 use crate::runner::ProjectionError;
+use crate::scope::ReadScope;
 
 /// The RRF constant.
 pub const RRF_K: f64 = 60.0;
@@ -25,13 +26,9 @@ const FUSION_DEPTH: usize = 50;
 /// Longest snippet, in characters.
 const SNIPPET_CHARS: usize = 200;
 
-/// Whose documents a query may see.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// Auditors and admins.
-    All,
-    Owner(Uuid),
-}
+/// Whose documents a query may see: everyone's (auditors and admins), or one user's and
+/// their teams' (`ReadScope::Of`).
+pub type Scope = ReadScope;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -92,15 +89,16 @@ impl SearchIndex {
             ),
         };
         let searcher = self.inner.reader.searcher();
-        let owner = match scope {
-            Scope::All => None,
-            Scope::Owner(id) => Some(id.to_string()),
+        let owner = scope.owner_param();
+        let teams: Vec<String> = match &scope {
+            Scope::All => Vec::new(),
+            Scope::Of { team_ids, .. } => team_ids.iter().map(Uuid::to_string).collect(),
         };
         let words = self.words_query(text);
         let bm25 = match mode {
             Mode::Vector => Vec::new(),
             Mode::Bm25 | Mode::Hybrid => {
-                let filtered = self.filtered(words.box_clone(), owner.as_deref(), kind);
+                let filtered = self.filtered(words.box_clone(), owner.as_deref(), &teams, kind);
                 let mut scored = searcher
                     .search(&*filtered, &TopDocs::with_limit(depth).order_by_score())
                     .map_err(search_error)?
@@ -132,6 +130,7 @@ impl SearchIndex {
                         depth,
                         VectorFilter {
                             owner: owner.as_deref(),
+                            teams: &teams,
                             kind,
                         },
                     )
@@ -158,10 +157,10 @@ impl SearchIndex {
                 let Some(doc) = self.find(&searcher, &key)? else {
                     continue;
                 };
-                if owner
-                    .as_deref()
-                    .is_some_and(|o| text_of(&doc, fields.owner) != o)
-                {
+                let readable = owner.as_deref().is_none_or(|o| {
+                    text_of(&doc, fields.owner) == o || teams.contains(&text_of(&doc, fields.team))
+                });
+                if !readable {
                     continue;
                 }
                 fused.insert(key.clone(), (0.0, None, None, doc));
@@ -275,11 +274,13 @@ impl SearchIndex {
         }
     }
 
-    /// `words`, held to the owner and kind by clauses that do not change the score.
+    /// `words`, held to the owner (or one of `teams`) and kind by clauses that do not
+    /// change the score.
     fn filtered(
         &self,
         words: Box<dyn Query>,
         owner: Option<&str>,
+        teams: &[String],
         kind: Option<DocKind>,
     ) -> Box<dyn Query> {
         let fields = self.inner.fields;
@@ -294,7 +295,11 @@ impl SearchIndex {
             ))
         };
         if let Some(owner) = owner {
-            clauses.push((Occur::Must, exact(fields.owner, owner)));
+            let readers: Vec<(Occur, Box<dyn Query>)> = std::iter::once(exact(fields.owner, owner))
+                .chain(teams.iter().map(|team| exact(fields.team, team)))
+                .map(|clause| (Occur::Should, clause))
+                .collect();
+            clauses.push((Occur::Must, Box::new(BooleanQuery::new(readers))));
         }
         if let Some(kind) = kind {
             clauses.push((Occur::Must, exact(fields.kind, kind.as_str())));

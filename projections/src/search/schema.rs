@@ -12,6 +12,8 @@ pub struct Fields {
     pub kind: Field,
     pub id: Field,
     pub owner: Field,
+    /// The team the document belongs to now, if any.
+    pub team: Field,
     pub status: Field,
     /// Creation time, epoch milliseconds.
     pub time: Field,
@@ -41,6 +43,7 @@ impl Fields {
             kind: builder.add_text_field("kind", STRING | STORED),
             id: builder.add_text_field("id", STRING | STORED),
             owner: builder.add_text_field("owner", STRING | STORED),
+            team: builder.add_text_field("team", STRING | STORED),
             status: builder.add_text_field("status", STRING | STORED),
             time: builder.add_i64_field("time", INDEXED | STORED | FAST),
             title: builder.add_text_field("title", english.clone()),

@@ -1,5 +1,5 @@
 //! The vector index: HNSW (`hnsw_rs`) over the documents' embeddings, with each point's
-//! owner and kind beside it so that a search is filtered inside the graph walk, and small
+//! owner, team and kind beside it so that a search is filtered inside the graph walk, and small
 //! scopes (one user's few thousand documents) are searched exactly instead.
 //!
 //! HNSW has no delete: a changed document gets a new point and its old one is marked dead
@@ -39,22 +39,31 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 struct Point {
     key: String,
     owner: String,
+    team: Option<String>,
     kind: DocKind,
     vector: Box<[f32]>,
     live: bool,
 }
 
-/// Who may be found: everyone's documents, or one owner's.
+/// Who may be found: everyone's documents, or one owner's and those of `teams`.
 #[derive(Debug, Clone, Copy)]
 pub struct VectorFilter<'a> {
     pub owner: Option<&'a str>,
+    /// With an owner: the teams whose documents are found too.
+    pub teams: &'a [String],
     pub kind: Option<DocKind>,
 }
 
 impl VectorFilter<'_> {
     fn admits(&self, point: &Point) -> bool {
         point.live
-            && self.owner.is_none_or(|owner| point.owner == owner)
+            && self.owner.is_none_or(|owner| {
+                point.owner == owner
+                    || point
+                        .team
+                        .as_ref()
+                        .is_some_and(|team| self.teams.contains(team))
+            })
             && self.kind.is_none_or(|kind| point.kind == kind)
     }
 }
@@ -64,10 +73,11 @@ pub struct VectorIndex {
     points: Vec<Point>,
     by_key: HashMap<String, usize>,
     by_owner: HashMap<String, HashSet<usize>>,
+    by_team: HashMap<String, HashSet<usize>>,
 }
 
-/// One point to add: key, owner, kind, vector.
-pub type NewPoint = (String, String, DocKind, Vec<f32>);
+/// One point to add: key, owner, team, kind, vector.
+pub type NewPoint = (String, String, Option<String>, DocKind, Vec<f32>);
 
 impl VectorIndex {
     pub fn new(capacity: usize) -> Self {
@@ -82,6 +92,7 @@ impl VectorIndex {
             points: Vec::with_capacity(capacity),
             by_key: HashMap::with_capacity(capacity),
             by_owner: HashMap::new(),
+            by_team: HashMap::new(),
         }
     }
 
@@ -97,12 +108,11 @@ impl VectorIndex {
     /// Adds or replaces documents; the graph insertions run in parallel.
     pub fn upsert_all(&mut self, items: Vec<NewPoint>) {
         let mut inserted = Vec::with_capacity(items.len());
-        for (key, owner, kind, vector) in items {
+        for (key, owner, team, kind, vector) in items {
             if let Some(&old) = self.by_key.get(&key) {
-                let point = &mut self.points[old];
-                if *point.vector == vector[..] {
-                    point.owner = owner;
-                    point.kind = kind;
+                let point = &self.points[old];
+                if *point.vector == vector[..] && point.owner == owner && point.team == team {
+                    self.points[old].kind = kind;
                     continue;
                 }
                 self.remove(&key);
@@ -110,9 +120,13 @@ impl VectorIndex {
             let id = self.points.len();
             self.by_key.insert(key.clone(), id);
             self.by_owner.entry(owner.clone()).or_default().insert(id);
+            if let Some(team) = &team {
+                self.by_team.entry(team.clone()).or_default().insert(id);
+            }
             self.points.push(Point {
                 key,
                 owner,
+                team,
                 kind,
                 vector: vector.into_boxed_slice(),
                 live: true,
@@ -139,6 +153,9 @@ impl VectorIndex {
             if let Some(ids) = self.by_owner.get_mut(&point.owner) {
                 ids.remove(&id);
             }
+            if let Some(ids) = point.team.as_ref().and_then(|t| self.by_team.get_mut(t)) {
+                ids.remove(&id);
+            }
         }
     }
 
@@ -151,9 +168,15 @@ impl VectorIndex {
             return self.exact(query, k, filter);
         }
         if let Some(owner) = filter.owner {
-            let ids = self.by_owner.get(owner);
-            if ids.is_none_or(|ids| ids.len() <= EXACT_MAX) {
-                return self.exact_among(query, k, filter, ids.into_iter().flatten().copied());
+            let sets: Vec<&HashSet<usize>> = std::iter::once(self.by_owner.get(owner))
+                .chain(filter.teams.iter().map(|team| self.by_team.get(team)))
+                .flatten()
+                .collect();
+            if sets.iter().map(|ids| ids.len()).sum::<usize>() <= EXACT_MAX {
+                let mut ids: Vec<usize> = sets.into_iter().flatten().copied().collect();
+                ids.sort_unstable();
+                ids.dedup();
+                return self.exact_among(query, k, filter, ids.into_iter());
             }
         }
         let admit = |id: &usize| self.points.get(*id).is_some_and(|p| filter.admits(p));
@@ -222,15 +245,29 @@ mod tests {
         let mut index = VectorIndex::new(10);
         let all = VectorFilter {
             owner: None,
+            teams: &[],
             kind: None,
         };
         index.upsert_all(vec![
-            ("task:a".into(), "u1".into(), DocKind::Task, unit(1, 16)),
-            ("task:b".into(), "u2".into(), DocKind::Task, unit(2, 16)),
+            (
+                "task:a".into(),
+                "u1".into(),
+                None,
+                DocKind::Task,
+                unit(1, 16),
+            ),
+            (
+                "task:b".into(),
+                "u2".into(),
+                None,
+                DocKind::Task,
+                unit(2, 16),
+            ),
         ]);
         index.upsert_all(vec![(
             "task:a".into(),
             "u1".into(),
+            None,
             DocKind::Task,
             unit(3, 16),
         )]);
@@ -252,6 +289,7 @@ mod tests {
                 (
                     format!("task:{i}"),
                     format!("u{}", i % 2),
+                    None,
                     DocKind::Task,
                     unit(i, 16),
                 )
@@ -260,6 +298,7 @@ mod tests {
         index.upsert_all(points);
         let filter = VectorFilter {
             owner: Some("u1"),
+            teams: &[],
             kind: None,
         };
         let hits = index.search(&unit(4, 16), 20, filter);
@@ -267,5 +306,50 @@ mod tests {
         assert!(hits
             .iter()
             .all(|(k, _)| k.trim_start_matches("task:").parse::<u64>().unwrap() % 2 == 1));
+    }
+
+    /// With teams, a scope admits its owner's documents and its teams', and a document
+    /// taken from a team (upserted without it) leaves the team's searches at once.
+    #[test]
+    fn a_team_filter_admits_the_team_s_documents_and_no_other_team_s() {
+        let mut index = VectorIndex::new(100);
+        let team = |i: u64| match i % 3 {
+            0 => Some("t1".to_owned()),
+            1 => Some("t2".to_owned()),
+            _ => None,
+        };
+        let points = (0..300)
+            .map(|i| {
+                (
+                    format!("task:{i}"),
+                    format!("u{}", i % 5),
+                    team(i),
+                    DocKind::Task,
+                    unit(i, 16),
+                )
+            })
+            .collect();
+        index.upsert_all(points);
+        let teams = vec!["t1".to_owned()];
+        let filter = VectorFilter {
+            owner: Some("u9"),
+            teams: &teams,
+            kind: None,
+        };
+        let hits = index.search(&unit(7, 16), 1000, filter);
+        assert_eq!(hits.len(), 100, "every document of t1, none other");
+        assert!(hits
+            .iter()
+            .all(|(k, _)| k.trim_start_matches("task:").parse::<u64>().unwrap() % 3 == 0));
+        index.upsert_all(vec![(
+            "task:0".into(),
+            "u0".into(),
+            None,
+            DocKind::Task,
+            unit(0, 16),
+        )]);
+        let hits = index.search(&unit(0, 16), 1000, filter);
+        assert_eq!(hits.len(), 99);
+        assert!(hits.iter().all(|(k, _)| *k != "task:0"));
     }
 }

@@ -20,33 +20,22 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use chronicle_projections::ReadScope;
 use serde_json::Value;
 use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
-use uuid::Uuid;
 
 use super::error::ApiError;
 use super::{replay, AppState, REQUEST_ID};
 use crate::actor::Actor;
 use crate::auth::Authentication;
 
-/// Whose resources a caller may read, as sync sees it: the one decision behind both the
-/// resources a pull includes and, through the routes themselves, what a push may touch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Readable {
-    /// Auditors and admins: every user's.
-    Everything,
-    /// The resources this user owns.
-    OwnedBy(Uuid),
-}
-
-/// What `actor` may read (ARCHITECTURE.md, "Who may do what"); teams widen `OwnedBy` here.
-pub(crate) fn readable(actor: &Actor) -> Readable {
-    if actor.can_read_all() {
-        Readable::Everything
-    } else {
-        Readable::OwnedBy(actor.id)
-    }
+/// Whose resources a pull includes: the caller's own and their teams' (as the teams are
+/// at each read, so a removed member's next pull leaves the team out), or every user's for
+/// auditors and admins — [`crate::authz::Authz::readers`], the decision behind the lists
+/// and the feed too. What a push may touch the routes themselves decide.
+pub(crate) fn readable(state: &AppState, actor: &Actor) -> ReadScope {
+    state.authz.readers(actor)
 }
 
 /// The route table without the gates in front of it (the sync request itself passed

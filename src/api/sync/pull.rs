@@ -20,7 +20,9 @@ use serde_json::Value;
 use tokio::time::Instant;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{readable, Inner, Readable};
+use chronicle_projections::ReadScope;
+
+use super::{readable, Inner};
 use crate::actor::Actor;
 use crate::api::error::ApiError;
 use crate::api::events::{await_scope, SCOPE_PATIENCE};
@@ -218,8 +220,7 @@ pub async fn pull(
         Some(token) => decode(token)?,
         None => FeedCursor::default(),
     };
-    let readable = readable(&actor);
-    catch_up(&state, readable).await?;
+    catch_up(&state, &readable(&state, &actor)).await?;
     let inner = Inner::new(&state, &actor, headers.get(REQUEST_ID).cloned());
     let deadline = Instant::now() + Duration::from_secs(wait_secs.into());
     let recheck = state.settings.dispatch.recheck();
@@ -235,7 +236,7 @@ pub async fn pull(
         let progressed = projected.notified();
         tokio::pin!(progressed);
         progressed.as_mut().enable();
-        let window = window(&state, readable, after, limit).await?;
+        let window = window(&state, &readable(&state, &actor), after, limit).await?;
         let (changes, next) = resolve(&state, &inner, window.seen, window.next).await?;
         if !changes.is_empty() || Instant::now() >= deadline || state.shutdown.is_cancelled() {
             return Ok(Json(PullResponse {
@@ -265,13 +266,13 @@ pub async fn pull(
 /// began — the feed's horizon past it and, for an owner's pull, the owners projection —
 /// so that an empty answer means up to date, the caller's latest writes included. After
 /// that the pull answers what is safe: nothing is passed over, only held back.
-async fn catch_up(state: &AppState, readable: Readable) -> Result<(), ApiError> {
+async fn catch_up(state: &AppState, readable: &ReadScope) -> Result<(), ApiError> {
     let deadline = Instant::now() + CATCH_UP;
     let watermark = state.store.feed_watermark().await?;
     while !state.store.feed_reached(watermark).await? && Instant::now() < deadline {
         tokio::time::sleep(STALE_RECHECK).await;
     }
-    if let Readable::OwnedBy(_) = readable {
+    if *readable != ReadScope::All {
         let patience = deadline.saturating_duration_since(Instant::now());
         await_scope(&state.store, &state.read, patience.max(SCOPE_PATIENCE)).await?;
     }
@@ -304,9 +305,9 @@ struct Read {
     held_back: bool,
 }
 
-async fn read(state: &AppState, readable: Readable, after: FeedCursor) -> Result<Read, ApiError> {
+async fn read(state: &AppState, readable: &ReadScope, after: FeedCursor) -> Result<Read, ApiError> {
     match readable {
-        Readable::Everything => {
+        ReadScope::All => {
             let events = state
                 .store
                 .feed(after, PAGE, &AggregateFilter::default())
@@ -319,9 +320,9 @@ async fn read(state: &AppState, readable: Readable, after: FeedCursor) -> Result
                 held_back: false,
             })
         }
-        Readable::OwnedBy(owner) => {
+        ReadScope::Of { .. } => {
             let mut scope = Scope::default();
-            scope.set_owner(Some(owner));
+            scope.set_mine(Some(readable.clone()));
             let page = read_scoped(&state.store, &state.read.db, &scope, after, PAGE).await?;
             Ok(Read {
                 full: page.events.len() >= PAGE as usize,
@@ -337,7 +338,7 @@ async fn read(state: &AppState, readable: Readable, after: FeedCursor) -> Result
 /// their first change.
 async fn window(
     state: &AppState,
-    readable: Readable,
+    readable: &ReadScope,
     after: FeedCursor,
     limit: u32,
 ) -> Result<Window, ApiError> {

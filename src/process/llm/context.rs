@@ -54,7 +54,7 @@ impl ContextSource for SearchContext {
         let (context, sources) = self
             .0
             .context(
-                chronicle_projections::search::query::Scope::Owner(owner_id),
+                chronicle_projections::ReadScope::owner(owner_id),
                 query,
                 limit as usize,
                 max_chars as usize,

@@ -285,3 +285,102 @@ fn created_payloads_without_a_group_keep_their_shape() {
         keyed_created()
     );
 }
+
+fn team() -> Uuid {
+    Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_7ea1)
+}
+
+fn shared(seconds: i64) -> TaskEvent {
+    TaskEvent::TaskShared(TaskShared {
+        team_id: team(),
+        at: at(seconds),
+    })
+}
+
+#[test]
+fn share_gives_the_task_to_a_team_once() {
+    TaskTest::with(())
+        .given(vec![created()])
+        .when(TaskCommand::ShareTask {
+            team_id: team(),
+            at: at(1),
+        })
+        .then_expect_events(vec![shared(1)]);
+    TaskTest::with(())
+        .given(vec![created(), shared(1)])
+        .when(TaskCommand::ShareTask {
+            team_id: team(),
+            at: at(2),
+        })
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn a_finished_task_can_still_be_shared() {
+    TaskTest::with(())
+        .given(vec![created(), cancelled()])
+        .when(TaskCommand::ShareTask {
+            team_id: team(),
+            at: at(6),
+        })
+        .then_expect_events(vec![shared(6)]);
+}
+
+#[test]
+fn share_with_another_team_moves_the_task() {
+    let other = Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_7ea2);
+    TaskTest::with(())
+        .given(vec![created(), shared(1)])
+        .when(TaskCommand::ShareTask {
+            team_id: other,
+            at: at(2),
+        })
+        .then_expect_events(vec![TaskEvent::TaskShared(TaskShared {
+            team_id: other,
+            at: at(2),
+        })]);
+}
+
+#[test]
+fn unshare_takes_the_task_back_and_is_idempotent() {
+    TaskTest::with(())
+        .given(vec![created(), shared(1)])
+        .when(TaskCommand::UnshareTask { at: at(2) })
+        .then_expect_events(vec![TaskEvent::TaskUnshared(TaskUnshared {
+            team_id: team(),
+            at: at(2),
+        })]);
+    TaskTest::with(())
+        .given(vec![created()])
+        .when(TaskCommand::UnshareTask { at: at(2) })
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn share_and_unshare_need_a_task() {
+    TaskTest::with(())
+        .given_no_previous_events()
+        .when(TaskCommand::ShareTask {
+            team_id: team(),
+            at: at(1),
+        })
+        .then_expect_error(TaskError::NotFound);
+    TaskTest::with(())
+        .given_no_previous_events()
+        .when(TaskCommand::UnshareTask { at: at(1) })
+        .then_expect_error(TaskError::NotFound);
+}
+
+#[test]
+fn sharing_sets_and_clears_the_team_of_the_state() {
+    let mut task = Task::default();
+    for event in [created(), shared(1)] {
+        task.apply(event);
+    }
+    assert_eq!(task.state().map(|t| t.team_id), Some(Some(team())));
+    task.apply(TaskEvent::TaskUnshared(TaskUnshared {
+        team_id: team(),
+        at: at(2),
+    }));
+    assert_eq!(task.state().map(|t| t.team_id), Some(None));
+}

@@ -51,7 +51,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Agents the caller may read, newest first. */
+        /** Agents the caller may read, newest first: their own and those shared with their teams. */
         get: operations["list_agents"];
         put?: never;
         post?: never;
@@ -261,7 +261,8 @@ export interface paths {
         };
         /**
          * Tasks by status, now.
-         * @description A user's own tasks; every user's for auditors and admins.
+         * @description The tasks the caller may read, as in `/analytics/usage`: their own and their teams',
+         *     every user's for auditors and admins; `team_id` narrows it to one team's.
          */
         get: operations["analytics_status"];
         put?: never;
@@ -281,8 +282,10 @@ export interface paths {
         };
         /**
          * Usage over a window, grouped.
-         * @description A user's own tasks; every user's for auditors and admins. Built from the event feed,
-         *     so a task shows here shortly after its events are recorded.
+         * @description The tasks the caller may read: their own and their teams' (a task counts for a team
+         *     while it belongs to it), every user's for auditors and admins; `team_id` narrows it to
+         *     one team's. Built from the event feed, so a task shows here shortly after its events
+         *     are recorded.
          */
         get: operations["analytics_usage"];
         put?: never;
@@ -443,7 +446,9 @@ export interface paths {
         /**
          * The global event feed, gap-free, in feed order.
          * @description Users see the events of the aggregates they own (their tasks, agents, keys, sessions,
-         *     their own user); auditors and admins see every event. The order is the feed's: on
+         *     their own user) and of those that belong to one of their teams now (tasks, runs,
+         *     workflows and agents shared with it, and the team itself), whole histories included; a
+         *     removed member's next read leaves the team out. Auditors and admins see every event. The order is the feed's: on
          *     PostgreSQL `(transaction_id, position)`, so `position` may step back from one
          *     transaction to the next but never repeats, and nothing that commits late is passed
          *     over. To resume, send the `position` of the last event received as `after`.
@@ -549,8 +554,8 @@ export interface paths {
         put?: never;
         /**
          * Context for a language model.
-         * @description Built from a hybrid search over what the caller may read (their own history; everyone's
-         *     for auditors and admins): whole documents while they fit in `max_chars`.
+         * @description Built from a hybrid search over what the caller may read (their own history and their
+         *     teams'; everyone's for auditors and admins): whole documents while they fit in `max_chars`.
          */
         post: operations["rag_context"];
         delete?: never;
@@ -570,7 +575,8 @@ export interface paths {
          * Search tasks and workflow runs.
          * @description Words (BM25 with English stemming) and embeddings (nearest neighbours), fused by
          *     reciprocal rank fusion with k = 60. Only what the caller may read takes part in either
-         *     leg: their own documents, or everyone's for auditors and admins. The index follows the
+         *     leg: their own documents and their teams' (a task or run of a team, while it belongs to
+         *     it; never another team's), or everyone's for auditors and admins. The index follows the
          *     event feed, so a change shows here shortly after it is recorded.
          */
         get: operations["search"];
@@ -674,7 +680,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Tasks the caller may read, newest first. */
+        /** Tasks the caller may read, newest first: their own and their teams'. */
         get: operations["list_tasks"];
         put?: never;
         /**
@@ -758,6 +764,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/tasks/{id}/share": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Share a task with a team: its members read it (its history and stream too), its
+         *     maintainers and owners change and cancel it, its viewers only read, and the team's
+         *     agents lease it. Sharing with another team moves it there.
+         */
+        post: operations["share_task"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/tasks/{id}/stream": {
         parameters: {
             query?: never;
@@ -777,6 +804,23 @@ export interface paths {
         get: operations["stream_task_events"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/tasks/{id}/unshare": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Take a task back from its team: only its owner reads it again. */
+        post: operations["unshare_task"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1527,6 +1571,13 @@ export interface components {
             retry?: null | components["schemas"]["RetryRequest"];
             tags?: string[] | null;
             /**
+             * Format: uuid
+             * @description The team the task belongs to besides its caller: one they may run work in (member,
+             *     maintainer or owner). Its members then read it, maintainers and owners change it,
+             *     and the team's agents lease it.
+             */
+            team_id?: string | null;
+            /**
              * Format: int64
              * @description How long a lease lasts without news; 300 when absent.
              */
@@ -1791,11 +1842,11 @@ export interface components {
             /** @description Best first. */
             items: components["schemas"]["SearchItem"][];
         };
-        /** @description `POST /api/workflows/{id}/share` body. */
+        /** @description `POST /api/{tasks,workflows,agents}/{id}/share` body. */
         ShareRequest: {
             /**
              * Format: uuid
-             * @description A team the caller maintains or owns.
+             * @description A team the caller may put this kind of resource in (see each route).
              */
             team_id: string;
         };
@@ -2555,6 +2606,11 @@ export interface operations {
                 /** @description Agents serving this capability. */
                 capability?: string;
                 status?: components["schemas"]["AgentStatus"];
+                /**
+                 * @description Only the agents shared with this team (one the caller belongs to; any other
+                 *     answers none).
+                 */
+                team_id?: string;
                 /** @description 50 when absent. */
                 limit?: number;
                 /** @description `next_cursor` of the previous page. */
@@ -4055,7 +4111,10 @@ export interface operations {
     };
     analytics_status: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Only the tasks of this team (one the caller belongs to; any other counts none). */
+                team_id?: string;
+            };
             header?: {
                 /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
                 "X-Request-Id"?: string;
@@ -4081,6 +4140,17 @@ export interface operations {
                 headers: {
                     /** @description `Bearer` */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description A bad query parameter */
+            422: {
+                headers: {
                     /** @description The request's id: the client's, or one drawn by the server */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -4140,6 +4210,8 @@ export interface operations {
                 to?: string;
                 /** @description `day` when absent. */
                 group_by?: "day" | "agent" | "capability" | "user";
+                /** @description Only the tasks of this team (one the caller belongs to; any other counts none). */
+                team_id?: string;
             };
             header?: {
                 /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
@@ -5887,6 +5959,8 @@ export interface operations {
                 /** @description Tasks carrying this tag. */
                 tag?: string;
                 workflow_run_id?: string;
+                /** @description Only the tasks of this team (one the caller belongs to; any other answers none). */
+                team_id?: string;
                 created_after?: string;
                 created_before?: string;
                 /** @description 50 when absent. */
@@ -6036,7 +6110,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["ProblemDetails"];
                 };
             };
-            /** @description The caller may not create tasks (auditor) */
+            /** @description The caller may not create tasks (auditor), or is a viewer of `team_id` */
             403: {
                 headers: {
                     /** @description The request's id: the client's, or one drawn by the server */
@@ -6082,7 +6156,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["ProblemDetails"];
                 };
             };
-            /** @description An invalid field, an `agent_id` that is not the caller's agent or a built-in one (whether or not it exists), or an Idempotency-Key reused for another request */
+            /** @description An invalid field, an `agent_id` that is not an agent that can run the task (the caller's, the team's or a built-in one; whether or not it exists), a `team_id` that is not a team the caller belongs to, or an Idempotency-Key reused for another request */
             422: {
                 headers: {
                     /** @description The request's id: the client's, or one drawn by the server */
@@ -6834,6 +6908,186 @@ export interface operations {
             };
         };
     };
+    share_task: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Only if the task is still at this version (an `ETag`) */
+                "If-Match"?: string;
+                /** @description 1–255 visible ASCII characters, no spaces. The same key from the same user within 24 h returns the first answer (with `Idempotent-Replayed: true`) and has no second effect; a new API key's secret is not repeated (`key: null`). */
+                "Idempotency-Key"?: string;
+                /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
+                "X-Request-Id"?: string;
+            };
+            path: {
+                /** @description The task's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ShareRequest"];
+            };
+        };
+        responses: {
+            /** @description The task, shared */
+            200: {
+                headers: {
+                    /** @description The task's new version */
+                    ETag?: string;
+                    /** @description `true` when this is the stored first answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Task"];
+                };
+            };
+            /** @description Malformed JSON */
+            400: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No credentials, or bad or expired ones */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The caller may read the task but not change it, or is a viewer of `team_id` */
+            403: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No such task, or not one the caller may read */
+            404: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The first request with this Idempotency-Key is still running */
+            409: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description If-Match does not match the current version */
+            412: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The body is over the limit */
+            413: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The body is not JSON */
+            415: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description `team_id` is not a team the caller belongs to */
+            422: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Rate limited: per user, or per IP when anonymous; stricter on /api/auth/* */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An internal error; logged, never detailed */
+            500: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The event store is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+        };
+    };
     stream_task_events: {
         parameters: {
             query?: never;
@@ -6887,6 +7141,160 @@ export interface operations {
                 };
             };
             /** @description `Last-Event-ID` is not the position of an event */
+            422: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description Rate limited: per user, or per IP when anonymous; stricter on /api/auth/* */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description An internal error; logged, never detailed */
+            500: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The event store is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+        };
+    };
+    unshare_task: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Only if the task is still at this version (an `ETag`) */
+                "If-Match"?: string;
+                /** @description 1–255 visible ASCII characters, no spaces. The same key from the same user within 24 h returns the first answer (with `Idempotent-Replayed: true`) and has no second effect; a new API key's secret is not repeated (`key: null`). */
+                "Idempotency-Key"?: string;
+                /** @description Echoed back; a UUID is drawn when absent. Recorded with the events it causes. */
+                "X-Request-Id"?: string;
+            };
+            path: {
+                /** @description The task's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The task, no team's */
+            200: {
+                headers: {
+                    /** @description The task's new version */
+                    ETag?: string;
+                    /** @description `true` when this is the stored first answer to an earlier request with the same Idempotency-Key */
+                    "Idempotent-Replayed"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Task"];
+                };
+            };
+            /** @description A malformed request or Idempotency-Key */
+            400: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No credentials, or bad or expired ones */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The caller may read the task but not change it */
+            403: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description No such task, or not one the caller may read */
+            404: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The first request with this Idempotency-Key is still running */
+            409: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description If-Match does not match the current version */
+            412: {
+                headers: {
+                    /** @description The request's id: the client's, or one drawn by the server */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ProblemDetails"];
+                };
+            };
+            /** @description The Idempotency-Key was used for a different request */
             422: {
                 headers: {
                     /** @description The request's id: the client's, or one drawn by the server */
@@ -7341,7 +7749,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["ProblemDetails"];
                 };
             };
-            /** @description Workflows are still shared with the team (`team.still_shared`, named in `detail`) */
+            /** @description Workflows (not archived), agents (not deregistered) or unfinished tasks are still shared with the team (`team.still_shared`, named in `detail`) */
             409: {
                 headers: {
                     /** @description The request's id: the client's, or one drawn by the server */
