@@ -41,16 +41,8 @@ pub struct MembershipRow {
 }
 
 fn decode_row(state: &str, version: i64) -> Result<TeamRow, ProjectionError> {
-    let team: Team = serde_json::from_str(state).map_err(|e| ProjectionError::Event {
-        aggregate_type: Team::TYPE.into(),
-        aggregate_id: String::new(),
-        sequence: version,
-        message: format!("stored team state does not decode: {e}"),
-    })?;
-    Ok(TeamRow {
-        team,
-        version: usize::try_from(version).unwrap_or_default(),
-    })
+    let (team, version) = ProjectionError::decode_state::<Team>(state, version)?;
+    Ok(TeamRow { team, version })
 }
 
 fn role_str(role: TeamRole) -> &'static str {
