@@ -622,13 +622,7 @@ impl ReadSide {
                 } else {
                     "catching_up"
                 },
-                error: failure
-                    .map(|f| format!("at position {}: {}", f.position, f.message))
-                    .or_else(|| {
-                        index.retrying().map(|why| {
-                            format!("retrying after position {}: {why}", cursor.position)
-                        })
-                    }),
+                error: failure.map(|f| format!("at position {}: {}", f.position, f.message)),
                 name,
                 version,
                 position,
