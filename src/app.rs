@@ -36,7 +36,7 @@ pub struct Application {
 impl Application {
     /// Connects to the store, applies migrations and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let embedder = embedder_for(&settings.embeddings.provider)?;
+        let embedder = embedder_from_settings(&settings.embeddings).await?;
         let keys = ServerKeys::load(&settings)?;
         let tls = match settings.tls.paths() {
             Some((cert, key)) => Some(TlsConfig::load(cert, key)?),
@@ -331,10 +331,50 @@ async fn shutdown_signal() {
     }
 }
 
-/// The embedder `CHRONICLE_EMBEDDINGS__PROVIDER` names; any other than `builtin` is refused
-/// at start by this version.
-pub(crate) fn embedder_for(provider: &str) -> anyhow::Result<std::sync::Arc<dyn Embedder>> {
-    chronicle_projections::search::embedder_for(provider).map_err(|e| anyhow::anyhow!("{e}"))
+/// The embedder `CHRONICLE_EMBEDDINGS__*` names, ready to embed: a `local` model is loaded
+/// from its folder, a remote server without configured dimensions is asked for one vector.
+pub(crate) async fn embedder_from_settings(
+    settings: &crate::config::EmbeddingSettings,
+) -> anyhow::Result<std::sync::Arc<dyn Embedder>> {
+    use chronicle_projections::search::remote::{RemoteSettings, Wire};
+    use chronicle_projections::search::EmbedderChoice;
+    use secrecy::ExposeSecret;
+    use std::time::Duration;
+    let remote = |wire| {
+        EmbedderChoice::Remote(RemoteSettings {
+            wire,
+            base_url: settings.base_url.clone().unwrap_or_default(),
+            model: settings.model.clone().unwrap_or_default(),
+            api_key: settings
+                .api_key
+                .as_ref()
+                .map(|k| k.expose_secret().to_owned()),
+            dimensions: settings.dimensions,
+            batch_size: settings.batch_size,
+            connect_timeout: Duration::from_millis(settings.connect_timeout_ms),
+            timeout: Duration::from_millis(settings.timeout_ms),
+            max_retries: settings.max_retries,
+            initial_backoff: Duration::from_millis(settings.initial_backoff_ms),
+            max_backoff: Duration::from_millis(settings.max_backoff_ms),
+        })
+    };
+    let choice = match settings.provider.as_str() {
+        "builtin" => EmbedderChoice::Builtin,
+        "local" => EmbedderChoice::Local {
+            model_dir: settings.model_dir.clone().unwrap_or_default(),
+        },
+        "openai" => remote(Wire::OpenAi),
+        "ollama" => remote(Wire::Ollama),
+        other => anyhow::bail!(
+            "unknown embeddings provider {other:?}: expected builtin, local, openai or ollama \
+             (CHRONICLE_EMBEDDINGS__PROVIDER)"
+        ),
+    };
+    let embedder = chronicle_projections::search::open_embedder(choice)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(embedder = embedder.id(), "embeddings provider ready");
+    Ok(embedder)
 }
 
 /// This node's search index, `<data_dir>/search`. A second server on the same data dir

@@ -189,9 +189,116 @@ impl LlmSettings {
     }
 }
 
+/// What embeds text for the search index's vector leg (`CHRONICLE_EMBEDDINGS__*`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EmbeddingSettings {
+    /// `builtin`, `local` (a build with the `local-embeddings` feature), `openai` or
+    /// `ollama`.
     pub provider: String,
+    /// `local`: the sentence-transformers model folder (`config.json`, `tokenizer.json`,
+    /// `model.safetensors`, `sentence_bert_config.json`).
+    pub model_dir: Option<PathBuf>,
+    /// `openai`, `ollama`: the model the server is asked for (required).
+    pub model: Option<String>,
+    /// `openai`, `ollama`: the server's root (required), e.g. `http://127.0.0.1:11434`.
+    pub base_url: Option<String>,
+    /// `openai`: sent as `Authorization: Bearer`.
+    #[serde(skip_serializing)]
+    pub api_key: Option<SecretString>,
+    /// `openai`, `ollama`: the vectors' length (sent to `openai` as `dimensions`); when
+    /// unset the server is asked for one vector at start.
+    pub dimensions: Option<usize>,
+    /// `openai`, `ollama`: texts per request, 1 to 2048.
+    pub batch_size: usize,
+    pub connect_timeout_ms: u64,
+    /// One request, its answer included.
+    pub timeout_ms: u64,
+    /// Further tries after a 429, a 5xx or a failed connection.
+    pub max_retries: u32,
+    /// The first retry's delay; doubled each time, capped by `max_backoff_ms` (a
+    /// `Retry-After` is honoured up to that cap).
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl Default for EmbeddingSettings {
+    fn default() -> Self {
+        Self {
+            provider: "builtin".into(),
+            model_dir: None,
+            model: None,
+            base_url: None,
+            api_key: None,
+            dimensions: None,
+            batch_size: 64,
+            connect_timeout_ms: 5_000,
+            timeout_ms: 60_000,
+            max_retries: 4,
+            initial_backoff_ms: 500,
+            max_backoff_ms: 30_000,
+        }
+    }
+}
+
+impl EmbeddingSettings {
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |message: &str| Err(ConfigError::Invalid(message.to_owned()));
+        match self.provider.as_str() {
+            "builtin" => {}
+            "local" => {
+                if self.model_dir.is_none() {
+                    return invalid(
+                        "CHRONICLE_EMBEDDINGS__MODEL_DIR: required with the local provider",
+                    );
+                }
+            }
+            "openai" | "ollama" => {
+                let parsed = self
+                    .base_url
+                    .as_deref()
+                    .and_then(|u| url::Url::parse(u).ok());
+                if !parsed.is_some_and(|url| matches!(url.scheme(), "http" | "https")) {
+                    return invalid(
+                        "CHRONICLE_EMBEDDINGS__BASE_URL: an http:// or https:// URL is required \
+                         with the openai and ollama providers",
+                    );
+                }
+                if self.model.as_deref().is_none_or(str::is_empty) {
+                    return invalid(
+                        "CHRONICLE_EMBEDDINGS__MODEL: required with the openai and ollama providers",
+                    );
+                }
+            }
+            _ => {
+                return invalid(
+                    "CHRONICLE_EMBEDDINGS__PROVIDER: must be builtin, local, openai or ollama",
+                )
+            }
+        }
+        if self.dimensions.is_some_and(|d| !(1..=65_536).contains(&d)) {
+            return invalid("CHRONICLE_EMBEDDINGS__DIMENSIONS: must be 1 to 65536");
+        }
+        if !(1..=2_048).contains(&self.batch_size) {
+            return invalid("CHRONICLE_EMBEDDINGS__BATCH_SIZE: must be 1 to 2048");
+        }
+        let times = [
+            ("CONNECT_TIMEOUT_MS", self.connect_timeout_ms),
+            ("TIMEOUT_MS", self.timeout_ms),
+            ("INITIAL_BACKOFF_MS", self.initial_backoff_ms),
+            ("MAX_BACKOFF_MS", self.max_backoff_ms),
+        ];
+        for (name, value) in times {
+            if !(1..=3_600_000).contains(&value) {
+                return Err(ConfigError::Invalid(format!(
+                    "CHRONICLE_EMBEDDINGS__{name}: must be 1 to 3600000 milliseconds"
+                )));
+            }
+        }
+        if self.max_retries > 10 {
+            return invalid("CHRONICLE_EMBEDDINGS__MAX_RETRIES: must be 0 to 10");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -393,9 +500,7 @@ impl Default for Settings {
                 ],
             },
             llm: LlmSettings::default(),
-            embeddings: EmbeddingSettings {
-                provider: "builtin".into(),
-            },
+            embeddings: EmbeddingSettings::default(),
             log: LogSettings::default(),
             store: StoreSettings {
                 max_connections: 32,
@@ -558,6 +663,7 @@ impl Settings {
         }
         self.http_agent.check()?;
         self.llm.check()?;
+        self.embeddings.check()?;
         self.sentry.check()?;
         self.trusted_networks()?;
         if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
@@ -882,6 +988,66 @@ mod tests {
         }
     }
 
+    #[test]
+    fn embeddings_defaults_and_bad_values() {
+        Jail::expect_with(|jail| {
+            let settings = Settings::load(None).expect("valid settings");
+            assert_eq!(settings.embeddings.provider, "builtin");
+            jail.set_env("CHRONICLE_EMBEDDINGS__PROVIDER", "openai");
+            jail.set_env("CHRONICLE_EMBEDDINGS__BASE_URL", "http://127.0.0.1:8080");
+            jail.set_env("CHRONICLE_EMBEDDINGS__MODEL", "text-embedding-3-small");
+            jail.set_env("CHRONICLE_EMBEDDINGS__API_KEY", "sk-embedding-secret");
+            jail.set_env("CHRONICLE_EMBEDDINGS__DIMENSIONS", "512");
+            jail.set_env("CHRONICLE_EMBEDDINGS__BATCH_SIZE", "16");
+            let settings = Settings::load(None).expect("valid settings");
+            assert_eq!(settings.embeddings.dimensions, Some(512));
+            assert_eq!(settings.embeddings.batch_size, 16);
+            let shown = serde_json::to_string(&settings).expect("serialize");
+            assert!(!shown.contains("sk-embedding-secret"));
+            assert!(!format!("{settings:?}").contains("sk-embedding-secret"));
+            Ok(())
+        });
+        let cases: [&[(&str, &str)]; 8] = [
+            &[("CHRONICLE_EMBEDDINGS__PROVIDER", "word2vec")],
+            &[("CHRONICLE_EMBEDDINGS__PROVIDER", "local")],
+            &[
+                ("CHRONICLE_EMBEDDINGS__PROVIDER", "ollama"),
+                ("CHRONICLE_EMBEDDINGS__MODEL", "m"),
+            ],
+            &[
+                ("CHRONICLE_EMBEDDINGS__PROVIDER", "openai"),
+                ("CHRONICLE_EMBEDDINGS__BASE_URL", "http://127.0.0.1:1"),
+            ],
+            &[("CHRONICLE_EMBEDDINGS__DIMENSIONS", "0")],
+            &[("CHRONICLE_EMBEDDINGS__BATCH_SIZE", "0")],
+            &[("CHRONICLE_EMBEDDINGS__TIMEOUT_MS", "0")],
+            &[("CHRONICLE_EMBEDDINGS__MAX_RETRIES", "11")],
+        ];
+        let named = [
+            "CHRONICLE_EMBEDDINGS__PROVIDER",
+            "CHRONICLE_EMBEDDINGS__MODEL_DIR",
+            "CHRONICLE_EMBEDDINGS__BASE_URL",
+            "CHRONICLE_EMBEDDINGS__MODEL",
+            "CHRONICLE_EMBEDDINGS__DIMENSIONS",
+            "CHRONICLE_EMBEDDINGS__BATCH_SIZE",
+            "CHRONICLE_EMBEDDINGS__TIMEOUT_MS",
+            "CHRONICLE_EMBEDDINGS__MAX_RETRIES",
+        ];
+        for (variables, named) in cases.into_iter().zip(named) {
+            Jail::expect_with(|jail| {
+                for (variable, value) in variables {
+                    jail.set_env(variable, value);
+                }
+                let error = Settings::load(None).unwrap_err().to_string();
+                assert!(
+                    error.contains(&format!("{named}:")),
+                    "{variables:?}: {error}"
+                );
+                Ok(())
+            });
+        }
+    }
+
     /// Everything production asks for, chosen safely.
     fn safe_production(jail: &mut Jail) {
         jail.set_env("CHRONICLE_PROFILE", "production");
@@ -1157,9 +1323,10 @@ live:
     }
 
     /// The settings never serialized (secrets), which the examples still show.
-    const SECRET_KEYS: [&str; 5] = [
+    const SECRET_KEYS: [&str; 6] = [
         "jwt_secret",
         "llm.api_key",
+        "embeddings.api_key",
         "audit.key",
         "metrics.token",
         "sentry.dsn",

@@ -189,7 +189,9 @@ impl ReadSide {
                 documents = index.len(),
                 "projection caught up"
             ),
-            Err(error) if index.failure().is_some() => {
+            // A failed event, or an embedder not answering: the node starts and the
+            // index tries again (the error shows in /api/admin/projections).
+            Err(error) if index.failure().is_some() || index.retrying().is_some() => {
                 tracing::warn!(projection = "search", %error, "projection failed");
             }
             Err(error) => return Err(error),
@@ -681,7 +683,13 @@ impl ReadSide {
             } else {
                 "catching_up"
             },
-            error: failure.map(|f| format!("at position {}: {}", f.position, f.message)),
+            error: failure
+                .map(|f| format!("at position {}: {}", f.position, f.message))
+                .or_else(|| {
+                    index
+                        .retrying()
+                        .map(|why| format!("retrying after position {}: {why}", cursor.position))
+                }),
         })
     }
 }

@@ -25,7 +25,8 @@ pub struct SearchArgs {
     /// Documents to index.
     #[arg(long, default_value_t = 100_000)]
     docs: usize,
-    /// The embedder (`builtin` only in this version).
+    /// The embedder: `builtin`, or `local`, `openai`, `ollama` configured by
+    /// CHRONICLE_EMBEDDINGS__* (`local` needs the `local-embeddings` build feature).
     #[arg(long, default_value = "builtin")]
     embedder: String,
     /// Queries per mode.
@@ -38,8 +39,10 @@ const CHUNK: usize = 10_000;
 const VOCABULARY: usize = 20_000;
 const OWNERS: usize = 100;
 
-pub async fn run(args: SearchArgs, _settings: Settings) -> anyhow::Result<()> {
-    let embedder = crate::app::embedder_for(&args.embedder)?;
+pub async fn run(args: SearchArgs, settings: Settings) -> anyhow::Result<()> {
+    let mut chosen = settings.embeddings.clone();
+    chosen.provider = args.embedder.clone();
+    let embedder = crate::app::embedder_from_settings(&chosen).await?;
     let dir = tempfile::tempdir()?;
     let index = SearchIndex::open_with(&dir.path().join("search"), embedder, 2, 200_000_000)
         .map_err(|e| anyhow::anyhow!("{e}"))?;

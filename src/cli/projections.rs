@@ -35,7 +35,7 @@ pub async fn run(command: ProjectionsCommand, settings: Settings) -> anyhow::Res
     // The search index is this node's own files: rebuilt here only while no server holds
     // them (a running server's is rebuilt by POST /api/admin/projections/search/rebuild).
     if all || name.as_deref() == Some(chronicle_projections::search::NAME) {
-        let embedder = crate::app::embedder_for(&settings.embeddings.provider)?;
+        let embedder = crate::app::embedder_from_settings(&settings.embeddings).await?;
         let dir = settings.data_dir.join("search");
         match SearchIndex::open(&dir, embedder) {
             Ok(index) => read

@@ -721,3 +721,334 @@ async fn hostile_queries_answer_200_or_422_never_500(#[case] backend: Backend) {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
     }
 }
+
+/// The sentence-embedding model `scripts/fetch-test-model` fetches (or
+/// `CHRONICLE_TEST_MODEL_DIR`); a missing model fails the test, it never skips it.
+#[cfg(feature = "local-embeddings")]
+fn test_model_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("CHRONICLE_TEST_MODEL_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".models/all-MiniLM-L6-v2")
+        });
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "no model in {}: run ./scripts/fetch-test-model",
+        dir.display()
+    );
+    dir
+}
+
+#[cfg(feature = "local-embeddings")]
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn local_vectors_find_a_paraphrase_that_shares_no_word(#[case] backend: Backend) {
+    let dir = test_model_dir();
+    let app = crate::helpers::spawn_app_with(backend, move |settings| {
+        settings.embeddings.provider = "local".into();
+        settings.embeddings.model_dir = Some(dir);
+    })
+    .await
+    .signed_in()
+    .await;
+    let alice = app.register_user().await;
+    let base = app.address.clone();
+    let mut others = Vec::new();
+    for note in [
+        "baking sourdough bread at home",
+        "quarterly tax report for the accountant",
+        "learning to play the violin",
+        "planting tomatoes in the garden",
+        "booking a flight to Lisbon",
+    ] {
+        others.push(create(&alice.client, &base, "notes.write", json!({"note": note})).await);
+    }
+    let car = create(
+        &alice.client,
+        &base,
+        "notes.write",
+        json!({"note": "fixing my car"}),
+    )
+    .await;
+    indexed(&app.client, &base).await;
+
+    for word in ["automobile", "repair"] {
+        assert!(
+            search(&alice.client, &base, &[("q", word), ("mode", "bm25")])
+                .await
+                .is_empty(),
+            "{word} is in no document"
+        );
+    }
+    let items = search(
+        &alice.client,
+        &base,
+        &[("q", "automobile repair"), ("mode", "vector")],
+    )
+    .await;
+    assert_eq!(ids(&items)[0], car, "{items:?}");
+    assert_eq!(items[0]["vector_rank"], 1);
+    let hybrid = search(
+        &alice.client,
+        &base,
+        &[("q", "automobile repair"), ("mode", "hybrid")],
+    )
+    .await;
+    assert_eq!(ids(&hybrid)[0], car, "{hybrid:?}");
+}
+
+/// A fake embeddings server speaking both wire formats (`/v1/embeddings`, `/api/embed`):
+/// 8 dimensions, word-hashed (a text shares a vector's direction with texts sharing its
+/// words), answering 500 while `down`.
+#[derive(Default)]
+struct FakeEmbeddings {
+    down: std::sync::atomic::AtomicBool,
+    inputs: std::sync::Mutex<Vec<String>>,
+}
+
+impl FakeEmbeddings {
+    fn vector(text: &str) -> Vec<f32> {
+        let mut vector = vec![0.01f32; 8];
+        for word in text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+        {
+            let hash = word
+                .bytes()
+                .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+            vector[(hash % 8) as usize] += 1.0;
+        }
+        vector
+    }
+
+    fn saw(&self, needle: &str) -> bool {
+        self.inputs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|t| t.contains(needle))
+    }
+
+    async fn serve(self: &std::sync::Arc<Self>) -> String {
+        use axum::extract::{Json, State};
+        use axum::routing::post;
+        async fn answer(
+            State(fake): State<std::sync::Arc<FakeEmbeddings>>,
+            uri: axum::http::Uri,
+            Json(body): Json<Value>,
+        ) -> (axum::http::StatusCode, Json<Value>) {
+            if fake.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return (
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    Json(json!({"error": "model not loaded"})),
+                );
+            }
+            let inputs: Vec<String> = body["input"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().to_owned())
+                .collect();
+            fake.inputs.lock().unwrap().extend(inputs.iter().cloned());
+            let vectors: Vec<Vec<f32>> = inputs.iter().map(|t| FakeEmbeddings::vector(t)).collect();
+            let body = if uri.path() == "/api/embed" {
+                json!({"model": body["model"], "embeddings": vectors})
+            } else {
+                let data: Vec<Value> = vectors
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+                    .collect();
+                json!({"object": "list", "data": data, "model": body["model"]})
+            };
+            (axum::http::StatusCode::OK, Json(body))
+        }
+        let router = axum::Router::new()
+            .route("/v1/embeddings", post(answer))
+            .route("/api/embed", post(answer))
+            .with_state(self.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{address}")
+    }
+}
+
+/// The search row of `/api/admin/projections`.
+async fn search_row(admin: &Client, base: &str) -> Value {
+    let (status, rows) = send(admin.get(format!("{base}/api/admin/projections"))).await;
+    assert_eq!(status, StatusCode::OK, "{rows}");
+    rows.as_array()
+        .and_then(|rows| rows.iter().find(|row| row["name"] == "search").cloned())
+        .unwrap()
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn an_embedder_that_fails_holds_the_index_at_the_document_until_it_answers(
+    #[case] backend: Backend,
+) {
+    let fake = std::sync::Arc::new(FakeEmbeddings::default());
+    let url = fake.serve().await;
+    let app = crate::helpers::spawn_app_with(backend, move |settings| {
+        settings.embeddings.provider = "openai".into();
+        settings.embeddings.base_url = Some(url);
+        settings.embeddings.model = Some("fake-embed".into());
+        settings.embeddings.dimensions = Some(8);
+        settings.embeddings.max_retries = 1;
+        settings.embeddings.initial_backoff_ms = 1;
+        settings.embeddings.max_backoff_ms = 5;
+    })
+    .await
+    .signed_in()
+    .await;
+    let alice = app.register_user().await;
+    let base = app.address.clone();
+    let first = create(
+        &alice.client,
+        &base,
+        "notes.write",
+        json!({"note": "alpha"}),
+    )
+    .await;
+    indexed(&app.client, &base).await;
+
+    fake.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let second = create(
+        &alice.client,
+        &base,
+        "notes.write",
+        json!({"note": "bravo"}),
+    )
+    .await;
+    let third = create(
+        &alice.client,
+        &base,
+        "notes.write",
+        json!({"note": "hotel"}),
+    )
+    .await;
+    // The index stops before the documents it could not embed and says why.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let row = loop {
+        let row = search_row(&app.client, &base).await;
+        if row["error"].is_string() {
+            break row;
+        }
+        assert!(Instant::now() < deadline, "no error shown: {row}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = row["error"].as_str().unwrap();
+    assert!(
+        error.contains("embedder openai:fake-embed-8")
+            && error.contains("answered 500 after 1 retries"),
+        "{row}"
+    );
+    assert_ne!(row["status"], "live", "{row}");
+    assert!(row["lag_events"].as_i64().unwrap() > 0, "{row}");
+    for note in ["bravo", "hotel"] {
+        assert!(
+            search(&alice.client, &base, &[("q", note), ("mode", "bm25")])
+                .await
+                .is_empty(),
+            "{note} was written without its vector"
+        );
+    }
+    let items = search(&alice.client, &base, &[("q", "alpha"), ("mode", "bm25")]).await;
+    assert_eq!(ids(&items), vec![first.clone()], "searches go on");
+
+    // Once it answers, the same events are applied: nothing was skipped.
+    fake.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    indexed(&app.client, &base).await;
+    assert!(search_row(&app.client, &base).await["error"].is_null());
+    for (note, id) in [("bravo", &second), ("hotel", &third)] {
+        let items = search(&alice.client, &base, &[("q", note), ("mode", "bm25")]).await;
+        assert_eq!(ids(&items), vec![id.clone()], "{note}");
+        let items = search(&alice.client, &base, &[("q", note), ("mode", "vector")]).await;
+        assert_eq!(ids(&items)[0], *id, "{note}: {items:?}");
+    }
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn switching_the_embedder_builds_the_index_again_with_the_new_vectors(
+    #[case] backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = start(&db, port).await;
+    let registered: Value = Client::new()
+        .post(format!("{base}/api/auth/register"))
+        .json(&json!({"email": "ada@example.com", "password": crate::helpers::PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client = crate::helpers::bearer_client(registered["access_token"].as_str().unwrap());
+    let task = create(
+        &client,
+        &base,
+        "notes.write",
+        json!({"note": "zebra crossing"}),
+    )
+    .await;
+    indexed(&client, &base).await;
+    server.kill().expect("SIGKILL");
+    server.wait().expect("reaped");
+
+    // The same data dir, now with a remote embedder: the builtin vectors are not reused.
+    let fake = std::sync::Arc::new(FakeEmbeddings::default());
+    let url = fake.serve().await;
+    let mut command = crate::crash::chronicle(&db, port);
+    command
+        .arg("serve")
+        .env("CHRONICLE_EMBEDDINGS__PROVIDER", "ollama")
+        .env("CHRONICLE_EMBEDDINGS__BASE_URL", &url)
+        .env("CHRONICLE_EMBEDDINGS__MODEL", "fake-embed");
+    let mut server = crate::crash::started(command, port).await;
+    indexed(&client, &base).await;
+    assert!(
+        fake.saw("zebra crossing"),
+        "the old task was embedded again"
+    );
+    let items = search(&client, &base, &[("q", "zebra"), ("mode", "vector")]).await;
+    assert_eq!(ids(&items), vec![task.clone()]);
+    let private: Vec<_> = std::fs::read_dir(db.data_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("search.node-"))
+        .collect();
+    assert!(
+        private.is_empty(),
+        "the index in <data_dir>/search was rebuilt in place"
+    );
+    server.kill().expect("SIGKILL");
+    server.wait().expect("reaped");
+
+    // Another model of the same provider is another embedder too.
+    let before = fake.inputs.lock().unwrap().len();
+    let mut command = crate::crash::chronicle(&db, port);
+    command
+        .arg("serve")
+        .env("CHRONICLE_EMBEDDINGS__PROVIDER", "ollama")
+        .env("CHRONICLE_EMBEDDINGS__BASE_URL", &url)
+        .env("CHRONICLE_EMBEDDINGS__MODEL", "fake-embed-2");
+    let mut server = crate::crash::started(command, port).await;
+    indexed(&client, &base).await;
+    let inputs = fake.inputs.lock().unwrap()[before..].to_vec();
+    assert!(
+        inputs.iter().any(|t| t.contains("zebra crossing")),
+        "{inputs:?}"
+    );
+    server.kill().expect("SIGKILL");
+    server.wait().expect("reaped");
+}

@@ -74,6 +74,8 @@ pub(super) struct Inner {
     pub(super) embedder: Arc<dyn Embedder>,
     committed: Mutex<FeedCursor>,
     failure: Mutex<Option<ProjectionFailure>>,
+    /// Why the last catch-up stopped short (an embedder or feed error), until one succeeds.
+    retrying: Mutex<Option<String>>,
     rebuilding: AtomicBool,
 }
 
@@ -178,6 +180,7 @@ impl SearchIndex {
                 embedder,
                 committed: Mutex::new(cursor),
                 failure: Mutex::new(None),
+                retrying: Mutex::new(None),
                 rebuilding: AtomicBool::new(false),
             }),
         };
@@ -214,6 +217,26 @@ impl SearchIndex {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Why the last catch-up wrote nothing, while the next one has not succeeded: an
+    /// embedder that cannot be reached or answers wrongly stops the index at the first
+    /// batch it could not embed (nothing of it is written, nothing after it is skipped),
+    /// and every catch-up tries that batch again.
+    pub fn retrying(&self) -> Option<String> {
+        self.inner
+            .retrying
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_retrying(&self, why: Option<String>) {
+        *self
+            .inner
+            .retrying
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = why;
     }
 
     pub fn is_rebuilding(&self) -> bool {
@@ -279,7 +302,18 @@ impl SearchIndex {
     pub async fn catch_up<S: EventSource>(&self, source: &S) -> Result<u64, ProjectionError> {
         let mut total = 0;
         loop {
-            let applied = self.step(source).await?;
+            let applied = match self.step(source).await {
+                Ok(applied) => {
+                    self.set_retrying(None);
+                    applied
+                }
+                Err(error) => {
+                    if !matches!(error, ProjectionError::Failed { .. }) {
+                        self.set_retrying(Some(error.to_string()));
+                    }
+                    return Err(error);
+                }
+            };
             total += applied;
             if applied < u64::from(BATCH) {
                 return Ok(total);
@@ -510,16 +544,27 @@ impl SearchIndex {
             return Ok(());
         }
         let texts: Vec<String> = docs.iter().map(|p| p.doc.text()).collect();
-        let vectors = self
-            .inner
-            .embedder
+        let embedder = &self.inner.embedder;
+        let embedding_error = |message: String| {
+            ProjectionError::Source(format!("embedder {}: {message}", embedder.id()).into())
+        };
+        let vectors = embedder
             .embed(&texts)
             .await
-            .map_err(ProjectionError::Source)?;
+            .map_err(|e| embedding_error(e.to_string()))?;
         if vectors.len() != docs.len() {
-            return Err(tantivy_error(
-                "the embedder answered a wrong number of vectors",
-            ));
+            return Err(embedding_error(format!(
+                "{} vectors for {} texts",
+                vectors.len(),
+                docs.len()
+            )));
+        }
+        if let Some(wrong) = vectors.iter().find(|v| v.len() != embedder.dimension()) {
+            return Err(embedding_error(format!(
+                "a vector of {} dimensions, {} expected",
+                wrong.len(),
+                embedder.dimension()
+            )));
         }
         let fields = self.inner.fields;
         let writer = state.writer.clone();

@@ -5,6 +5,9 @@
 //! Layout:
 //! - [`embedder`]: the `Embedder` trait and the provider the configuration names.
 //! - [`builtin`]: the offline, lexical `builtin` embedder.
+//! - `local` (build feature `local-embeddings`): a sentence-transformers model run in
+//!   process with candle.
+//! - [`remote`]: the `openai` and `ollama` embedders.
 //! - [`document`]: what a task or a run becomes in the index.
 //! - [`schema`]: the tantivy fields.
 //! - [`vectors`]: the HNSW index with owner, team and kind filters.
@@ -15,12 +18,15 @@ pub mod builtin;
 pub mod document;
 pub mod embedder;
 pub mod index;
+#[cfg(feature = "local-embeddings")]
+pub mod local;
 pub mod query;
+pub mod remote;
 pub mod schema;
 pub mod vectors;
 
 pub use document::{DocKind, SearchDoc};
-pub use embedder::{embedder_for, Embedder, EmbedderChoiceError};
+pub use embedder::{open_embedder, Embedder, EmbedderChoice, EmbedderChoiceError};
 pub use index::{OpenError, SearchIndex};
 pub use query::{Hit, Mode, Scope, Source, RRF_K};
 
