@@ -13,7 +13,7 @@ use reqwest::{Client, StatusCode};
 use rstest::rstest;
 use serde_json::{json, Value};
 
-use crate::helpers::{bearer_client, spawn_app, Backend, TestApp};
+use crate::helpers::{api_key, bearer_client, spawn_app, Backend, TestApp};
 
 /// The requirement: refused within a second of the call that ended the credential.
 const WITHIN: Duration = Duration::from_secs(1);
@@ -43,6 +43,25 @@ async fn refused_within(node: &str, client: &Client, since: Instant) {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Grants `user_id` the auditor role straight in the store, as an operator's tool would:
+/// no node is told, they find it in the feed.
+async fn make_auditor(app: &TestApp, user_id: &str) {
+    let bus = CommandBus::new(app.db.store(StoreOptions::default()).await);
+    let context = CommandContext {
+        actor: "system:test".into(),
+        correlation_id: "role-change".into(),
+        ..CommandContext::default()
+    };
+    bus.execute::<User, CommandError<UserError>>(user_id, &context, None, |_| {
+        Ok(UserCommand::GrantRole {
+            role: Role::Auditor,
+            at: chrono::Utc::now(),
+        })
+    })
+    .await
+    .unwrap();
 }
 
 async fn post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
@@ -114,20 +133,7 @@ async fn a_role_change_refuses_tokens_that_name_the_old_roles(#[case] backend: B
 
     // No route changes roles yet; the command goes straight to the store, as an operator's
     // tool would, so no node is told: they find it in the feed.
-    let bus = CommandBus::new(app.db.store(StoreOptions::default()).await);
-    let context = CommandContext {
-        actor: "system:test".into(),
-        correlation_id: "role-change".into(),
-        ..CommandContext::default()
-    };
-    bus.execute::<User, CommandError<UserError>>(&user.id, &context, None, |_| {
-        Ok(UserCommand::GrantRole {
-            role: Role::Auditor,
-            at: chrono::Utc::now(),
-        })
-    })
-    .await
-    .unwrap();
+    make_auditor(&app, &user.id).await;
     let changed = Instant::now();
     refused_within(&node_b, &user.client, changed).await;
     refused_within(&app.address, &user.client, changed).await;
@@ -290,22 +296,6 @@ async fn a_query_token_never_reaches_the_logs(#[case] backend: Backend) {
     assert!(!logs.contains("access_token="), "a query was logged");
 }
 
-/// A new API key of `client`'s user: `(id, key)`.
-async fn api_key(app: &TestApp, client: &Client) -> (String, String) {
-    let response = client
-        .post(app.url("/api/users/me/api-keys"))
-        .json(&json!({"name": "cached"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let body: Value = response.json().await.unwrap();
-    (
-        body["id"].as_str().unwrap().to_owned(),
-        body["key"].as_str().unwrap().to_owned(),
-    )
-}
-
 /// `key` answers 200 on every node, twice: the second time from the node's cache of
 /// verified keys.
 async fn accepted_everywhere(nodes: &[&str], key: &Client) {
@@ -402,20 +392,7 @@ async fn a_role_change_reaches_api_keys_every_node_verified(#[case] backend: Bac
         }
     }
 
-    let bus = CommandBus::new(app.db.store(StoreOptions::default()).await);
-    let context = CommandContext {
-        actor: "system:test".into(),
-        correlation_id: "role-change".into(),
-        ..CommandContext::default()
-    };
-    bus.execute::<User, CommandError<UserError>>(&user.id, &context, None, |_| {
-        Ok(UserCommand::GrantRole {
-            role: Role::Auditor,
-            at: chrono::Utc::now(),
-        })
-    })
-    .await
-    .unwrap();
+    make_auditor(&app, &user.id).await;
     let changed = Instant::now();
     for node in [&app.address, &node_b] {
         loop {
