@@ -72,6 +72,11 @@ pub struct AuthSettings {
     pub access_ttl_secs: u64,
     /// A refresh token unused for this long expires; each refresh starts it again.
     pub refresh_ttl_secs: u64,
+    /// How long a node trusts an API key it verified without loading it again (revocation,
+    /// rotation and role changes end it sooner, on every node); 0 turns the cache off.
+    pub api_key_cache_secs: u64,
+    /// At most this many verified API keys are kept per node; the least recently used go.
+    pub api_key_cache_entries: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -491,6 +496,8 @@ impl Default for Settings {
             auth: AuthSettings {
                 access_ttl_secs: 15 * 60,
                 refresh_ttl_secs: 30 * 24 * 60 * 60,
+                api_key_cache_secs: 30,
+                api_key_cache_entries: 10_000,
             },
             cors: CorsSettings {
                 origins: vec![
@@ -658,6 +665,13 @@ impl Settings {
         {
             return Err(ConfigError::Invalid(
                 "CHRONICLE_AUTH__ACCESS_TTL_SECS and CHRONICLE_AUTH__REFRESH_TTL_SECS: must be 1 to 315360000 (10 years)"
+                    .into(),
+            ));
+        }
+        if self.auth.api_key_cache_secs > 300 || self.auth.api_key_cache_entries > 1_000_000 {
+            return Err(ConfigError::Invalid(
+                "CHRONICLE_AUTH__API_KEY_CACHE_SECS must be 0 to 300 and \
+                 CHRONICLE_AUTH__API_KEY_CACHE_ENTRIES 0 to 1000000"
                     .into(),
             ));
         }

@@ -107,7 +107,12 @@ impl AppState {
             bus: CommandBus::new(store.clone()).fail_after_commits(settings.fail_after_commit),
             store,
             read,
-            auth: Arc::new(Authenticator::new(keys, settings.auth.access_ttl_secs)),
+            auth: Arc::new(
+                Authenticator::new(keys, settings.auth.access_ttl_secs).with_key_cache(
+                    settings.auth.api_key_cache_entries,
+                    Duration::from_secs(settings.auth.api_key_cache_secs),
+                ),
+            ),
             limits: Arc::new(RateLimits::new(&settings.rate_limit)),
             settings: Arc::new(settings),
             started_at: Instant::now(),

@@ -192,6 +192,7 @@ pub async fn rotate_key(
             },
         )
         .await?;
+    state.auth.key_changed(id, committed.version, false);
     issued(&state, &committed, new.key).await
 }
 
@@ -230,6 +231,7 @@ pub async fn revoke_key(
             },
         )
         .await?;
+    state.auth.key_changed(id, committed.version, true);
     state
         .read
         .api_key_committed(&committed.aggregate, committed.version)

@@ -7,6 +7,7 @@
 //! - [`refresh`]: opaque, MAC'd refresh tokens naming a session and a token.
 //! - [`keys`]: self-locating `chr_` API keys, stored as HMACs.
 //! - [`key_misses`]: a brief memory of keys that did not authenticate.
+//! - [`key_cache`]: a short memory of keys that did, ended by revocations.
 //! - [`accounts`]: creating users (register and the CLI), the first one as admin.
 //! - [`sessions`]: starting, rotating and ending refresh-token families.
 //! - [`revocation`]: credentials that ended before they expire, on every node.
@@ -15,6 +16,7 @@
 pub mod accounts;
 pub mod error;
 pub mod jwt;
+pub mod key_cache;
 pub mod key_misses;
 pub mod keys;
 pub mod password;
@@ -23,16 +25,18 @@ pub mod revocation;
 pub mod secret;
 pub mod sessions;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap};
 use chronicle_aggregates::api_key::ApiKey;
 use chronicle_aggregates::user::User;
 use chrono::Utc;
+use uuid::Uuid;
 
 use crate::actor::Actor;
 use crate::store::{Store, StoreError};
 use jwt::JwtCodec;
+use key_cache::KeyCache;
 use key_misses::KeyMisses;
 use revocation::{Grant, Revocations};
 use secret::ServerKeys;
@@ -43,16 +47,36 @@ pub struct Authenticator {
     pub jwt: JwtCodec,
     pub revocations: Revocations,
     pub misses: KeyMisses,
+    pub verified: KeyCache,
 }
 
 impl Authenticator {
+    /// Without a cache of verified API keys (see [`Self::with_key_cache`]).
     pub fn new(keys: ServerKeys, access_ttl_secs: u64) -> Self {
         Self {
             jwt: JwtCodec::new(&keys.jwt),
             misses: KeyMisses::default(),
             keys,
             revocations: Revocations::new(access_ttl_secs),
+            verified: KeyCache::new(0, Duration::ZERO),
         }
+    }
+
+    /// Trusts a verified API key for `ttl` (never longer than the revocations remember what
+    /// ended), up to `capacity` keys.
+    pub fn with_key_cache(self, capacity: usize, ttl: Duration) -> Self {
+        let window = self.revocations.window().to_std().unwrap_or_default();
+        Self {
+            verified: KeyCache::new(capacity, ttl.min(window)),
+            ..self
+        }
+    }
+
+    /// This node revoked (`revoked`) or rotated key `key_id` with the event at `sequence`:
+    /// it ends here at once, on other nodes when their revocation feed reads it.
+    pub fn key_changed(&self, key_id: Uuid, sequence: usize, revoked: bool) {
+        self.revocations.key_changed(key_id, sequence, revoked);
+        self.verified.forget(key_id);
     }
 }
 
@@ -171,6 +195,15 @@ async fn api_key_actor(
     let Some(presented) = keys::parse(raw) else {
         return Ok(None);
     };
+    let checked_at = Instant::now();
+    if let Some(hit) = auth.verified.get(
+        &presented,
+        &auth.keys.api_key,
+        &auth.revocations,
+        checked_at,
+    ) {
+        return Ok(Some(hit));
+    }
     if auth.revocations.key_revoked(presented.key_id) {
         return Ok(None);
     }
@@ -189,14 +222,23 @@ async fn api_key_actor(
         .load(&key.owner_id.to_string())
         .await?;
     let version = |version: usize| i64::try_from(version).unwrap_or(i64::MAX);
-    Ok(user.aggregate.state().map(|state| {
-        let grant = Grant::ApiKey {
-            key_id: presented.key_id,
-            user_id: state.id,
-            key_version: version(loaded.version),
-            user_version: version(user.version),
-            expires_at: key.expires_at,
-        };
-        (Actor::user(state.id, state.roles.iter().copied()), grant)
-    }))
+    let Some(state) = user.aggregate.state() else {
+        return Ok(None);
+    };
+    let grant = Grant::ApiKey {
+        key_id: presented.key_id,
+        user_id: state.id,
+        key_version: version(loaded.version),
+        user_version: version(user.version),
+        expires_at: key.expires_at,
+    };
+    let actor = Actor::user(state.id, state.roles.iter().copied());
+    auth.verified.put(
+        presented.key_id,
+        key.secret_hash.clone(),
+        actor.clone(),
+        grant.clone(),
+        checked_at,
+    );
+    Ok(Some((actor, grant)))
 }

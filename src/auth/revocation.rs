@@ -274,6 +274,20 @@ impl Revocations {
         }
     }
 
+    /// Records at once that this node revoked (`revoked`) or rotated key `key_id` with the
+    /// event at `sequence`, without waiting for the feed to bring it: the next request with
+    /// the key, on this node, is checked against it.
+    pub fn key_changed(&self, key_id: Uuid, sequence: usize, revoked: bool) {
+        let change = KeyChange {
+            at: Utc::now(),
+            sequence: i64::try_from(sequence).unwrap_or(i64::MAX),
+            revoked,
+        };
+        if self.change_key(key_id, change) {
+            self.announce();
+        }
+    }
+
     // Each of these says whether it learnt something: the same event is read more than once
     // (by the feed and by the recent read).
 

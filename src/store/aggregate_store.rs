@@ -249,7 +249,7 @@ impl<A: Aggregate> AggregateStore<A> {
                     .await?
             }
             (Backend::Sqlite(lite), snapshot_update) => {
-                lite.write(A::TYPE, &serialized, snapshot_update, recorded_at, slot)
+                lite.write(A::TYPE, serialized, snapshot_update, recorded_at, slot)
                     .await?
             }
         }

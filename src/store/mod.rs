@@ -15,6 +15,19 @@
 //! - [`link`]: whether PostgreSQL answers, probed from a connection of its own.
 //! - [`recent`]: the aggregates this node wrote or loaded last, a guess that saves a load.
 
+/// The `WHERE … ORDER BY` of the events that end credentials before they expire (see
+/// `auth::revocation`) recorded at or after `$1`, for either backend: the list must stay
+/// the one the partial index `events_credential_ends` names (migration
+/// `20261201010000_credential_events_index`), or the index no longer serves the query.
+macro_rules! credential_events_since {
+    () => {
+        "WHERE event_type IN ('SessionRevoked', 'ApiKeyRevoked', 'ApiKeyRotated', \
+                              'RoleGranted', 'RoleRevoked')
+           AND recorded_at >= $1
+         ORDER BY position"
+    };
+}
+
 pub mod aggregate_store;
 pub mod chain;
 pub mod checkpoint;

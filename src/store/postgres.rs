@@ -24,7 +24,7 @@ use super::{AggregateFilter, FeedCursor, RecordedEvent, StoreError};
 /// form of `transaction_id` gets its own name: an output column named `transaction_id`
 /// would make `ORDER BY transaction_id` sort as text ("10000" < "9999").
 macro_rules! select_events {
-    ($($rest:literal),*) => {
+    ($($rest:expr),*) => {
         concat!(
             "SELECT position, transaction_id::text AS xid, aggregate_type, \
              aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at \
@@ -277,15 +277,10 @@ impl PgBackend {
         &self,
         since: DateTime<Utc>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(select_events!(
-            "WHERE event_type IN ('SessionRevoked', 'ApiKeyRevoked', 'ApiKeyRotated', \
-                                  'RoleGranted', 'RoleRevoked')
-               AND recorded_at >= $1
-             ORDER BY position"
-        ))
-        .bind(since)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(select_events!(credential_events_since!()))
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(decode).collect()
     }
 

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -18,14 +20,15 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::Row;
+use sqlx::{Connection, Row, SqliteConnection};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::lease_slots::{self, LeaseSlot};
 use super::{AggregateFilter, FeedCursor, RecordedEvent, StoreError};
 
 macro_rules! select_events {
-    ($($rest:literal),*) => {
+    ($($rest:expr),*) => {
         concat!(
             "SELECT position, aggregate_type, aggregate_id, sequence, event_type, \
              event_version, payload, metadata, recorded_at FROM events ",
@@ -37,6 +40,23 @@ macro_rules! select_events {
 pub struct SqliteBackend {
     writer: SqlitePool,
     reader: SqlitePool,
+    appends: mpsc::Sender<Append>,
+    /// Appends handed to the writer task, and the transactions it committed them in.
+    submitted: AtomicU64,
+    commits: Arc<AtomicU64>,
+}
+
+/// Appends one writer task takes into one transaction at most.
+const MAX_BATCH: usize = 256;
+
+/// One command's events, waiting for the writer task.
+struct Append {
+    aggregate_type: String,
+    events: Vec<SerializedEvent>,
+    snapshot_update: Option<(String, Value, usize)>,
+    recorded_at: String,
+    slot: Option<LeaseSlot>,
+    reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
 impl SqliteBackend {
@@ -73,7 +93,26 @@ impl SqliteBackend {
                 .connect_with(options.read_only(true))
                 .await?
         };
-        Ok(Self { writer, reader })
+        let (appends, queue) = mpsc::channel(MAX_BATCH * 4);
+        let commits = Arc::new(AtomicU64::new(0));
+        tokio::spawn(group_commit(writer.clone(), queue, commits.clone()));
+        Ok(Self {
+            writer,
+            reader,
+            appends,
+            submitted: AtomicU64::new(0),
+            commits,
+        })
+    }
+
+    /// Appends handed to the writer task so far.
+    pub fn appends_submitted(&self) -> u64 {
+        self.submitted.load(Ordering::Acquire)
+    }
+
+    /// Event-store transactions committed so far (each holds one or more appends).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Acquire)
     }
 
     pub fn writer(&self) -> &SqlitePool {
@@ -152,15 +191,10 @@ impl SqliteBackend {
         since: DateTime<Utc>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let since = since.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
-        let rows = sqlx::query(select_events!(
-            "WHERE event_type IN ('SessionRevoked', 'ApiKeyRevoked', 'ApiKeyRotated', \
-                                  'RoleGranted', 'RoleRevoked')
-               AND recorded_at >= ?1
-             ORDER BY position"
-        ))
-        .bind(since)
-        .fetch_all(&self.reader)
-        .await?;
+        let rows = sqlx::query(select_events!(credential_events_since!()))
+            .bind(since)
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter().map(decode).collect()
     }
 
@@ -339,88 +373,180 @@ impl SqliteBackend {
     }
 
     /// Appends `events` recorded at `recorded_at` (the time their hashes cover), with the
-    /// snapshot update if any, in one transaction.
+    /// snapshot update if any, atomically: queued for the writer task, which commits the
+    /// appends waiting together in one transaction (see [`group_commit`]).
     pub(super) async fn write(
         &self,
         aggregate_type: &str,
-        events: &[SerializedEvent],
+        events: Vec<SerializedEvent>,
         snapshot_update: Option<(String, Value, usize)>,
         recorded_at: DateTime<Utc>,
         slot: Option<&LeaseSlot>,
     ) -> Result<(), StoreError> {
-        let recorded_at = super::chain::format_recorded_at(recorded_at);
-        // IMMEDIATE: take the write lock first, so a writer in another process makes us wait
-        // rather than fail when a deferred transaction upgrades.
+        let (reply, answer) = oneshot::channel();
+        let append = Append {
+            aggregate_type: aggregate_type.to_owned(),
+            events,
+            snapshot_update,
+            recorded_at: super::chain::format_recorded_at(recorded_at),
+            slot: slot.cloned(),
+            reply,
+        };
+        if self.appends.send(append).await.is_err() {
+            return Err(StoreError::Unavailable("the SQLite writer stopped".into()));
+        }
+        self.submitted.fetch_add(1, Ordering::AcqRel);
+        answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the SQLite writer stopped".into())))
+    }
+}
+
+/// The writer task: once an append arrives it takes the writer connection (which the read
+/// models share), then every append waiting by then (up to [`MAX_BATCH`]), and commits
+/// them in one transaction, one fsync for all, while the next ones queue. Each append runs
+/// in a savepoint of its own, so the one whose sequence is taken (the optimistic-concurrency
+/// check: a unique violation), whose snapshot moved or whose lease does not fit is rolled
+/// back and answered alone; the others commit. They run in queue order on the one writer
+/// connection, so positions are commit order and the feed has no gaps.
+async fn group_commit(
+    writer: SqlitePool,
+    mut queue: mpsc::Receiver<Append>,
+    commits: Arc<AtomicU64>,
+) {
+    while let Some(first) = queue.recv().await {
+        // IMMEDIATE: take the write lock first, so a writer in another process makes us
+        // wait rather than fail when a deferred transaction upgrades.
         // FULL: this commit waits for the WAL's fsync (the connection is shared with read
         // models, whose transactions do not; see `ReadDb::begin_derived`).
-        let mut tx = self
-            .writer
+        let tx = match writer
             .begin_with("PRAGMA synchronous = FULL; BEGIN IMMEDIATE")
-            .await?;
-        if let (Some(slot), Some(first)) = (slot, events.first()) {
-            lease_slots::check_and_take_sqlite(
-                &mut tx,
-                slot,
-                &first.aggregate_id,
-                first.sequence as i64,
-            )
-            .await?;
-        }
-        let mut last_sequence = 0;
-        for event in events {
-            last_sequence = event.sequence;
-            sqlx::query(
-                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
-                                     event_version, payload, metadata, recorded_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .bind(aggregate_type)
-            .bind(&event.aggregate_id)
-            .bind(event.sequence as i64)
-            .bind(&event.event_type)
-            .bind(&event.event_version)
-            .bind(serde_json::to_string(&event.payload)?)
-            .bind(serde_json::to_string(&event.metadata)?)
-            .bind(&recorded_at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some((aggregate_id, payload, current_snapshot)) = snapshot_update {
-            let payload = serde_json::to_string(&payload)?;
-            let written = if current_snapshot == 1 {
-                sqlx::query(
-                    "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence,
-                                            current_snapshot, payload)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .bind(aggregate_type)
-                .bind(&aggregate_id)
-                .bind(last_sequence as i64)
-                .bind(current_snapshot as i64)
-                .bind(payload)
-                .execute(&mut *tx)
-                .await?
-            } else {
-                sqlx::query(
-                    "UPDATE snapshots SET last_sequence = ?3, current_snapshot = ?4, payload = ?5
-                      WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND current_snapshot = ?6",
-                )
-                .bind(aggregate_type)
-                .bind(&aggregate_id)
-                .bind(last_sequence as i64)
-                .bind(current_snapshot as i64)
-                .bind(payload)
-                .bind(current_snapshot as i64 - 1)
-                .execute(&mut *tx)
-                .await?
-            };
-            if written.rows_affected() != 1 {
-                return Err(StoreError::Conflict);
+            .await
+        {
+            Ok(tx) => tx,
+            Err(error) => {
+                let _ = first.reply.send(Err(StoreError::from(error)));
+                continue;
+            }
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(append) => batch.push(append),
+                Err(_) => break,
             }
         }
-        tx.commit().await?;
-        Ok(())
+        // A command whose caller gave up is not written later behind its back.
+        batch.retain(|append| !append.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        crate::meters::group_commit_batch(batch.len());
+        match write_batch(tx, &batch).await {
+            Ok(outcomes) => {
+                commits.fetch_add(1, Ordering::AcqRel);
+                for (append, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = append.reply.send(outcome);
+                }
+            }
+            Err(error) => {
+                // The transaction itself failed: nothing of it stayed.
+                let message = error.to_string();
+                let unavailable = error.is_unavailable();
+                for append in batch {
+                    let error = if unavailable {
+                        StoreError::Unavailable(message.clone().into())
+                    } else {
+                        StoreError::Database(message.clone().into())
+                    };
+                    let _ = append.reply.send(Err(error));
+                }
+            }
+        }
     }
+}
+
+/// Writes `batch` in `tx` and commits; each append's own outcome, by index.
+async fn write_batch(
+    mut tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    batch: &[Append],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for append in batch {
+        let mut savepoint = tx.begin().await?;
+        let outcome = write_one(&mut savepoint, append).await;
+        if outcome.is_ok() {
+            savepoint.commit().await?;
+        } else {
+            savepoint.rollback().await?;
+        }
+        outcomes.push(outcome);
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// One append's rows: its lease slot, its events, its snapshot.
+async fn write_one(tx: &mut SqliteConnection, append: &Append) -> Result<(), StoreError> {
+    let aggregate_type = append.aggregate_type.as_str();
+    if let (Some(slot), Some(first)) = (&append.slot, append.events.first()) {
+        lease_slots::check_and_take_sqlite(tx, slot, &first.aggregate_id, first.sequence as i64)
+            .await?;
+    }
+    let mut last_sequence = 0;
+    for event in &append.events {
+        last_sequence = event.sequence;
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata, recorded_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(aggregate_type)
+        .bind(&event.aggregate_id)
+        .bind(event.sequence as i64)
+        .bind(&event.event_type)
+        .bind(&event.event_version)
+        .bind(serde_json::to_string(&event.payload)?)
+        .bind(serde_json::to_string(&event.metadata)?)
+        .bind(&append.recorded_at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if let Some((aggregate_id, payload, current_snapshot)) = &append.snapshot_update {
+        let payload = serde_json::to_string(payload)?;
+        let current_snapshot = *current_snapshot as i64;
+        let written = if current_snapshot == 1 {
+            sqlx::query(
+                "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence,
+                                        current_snapshot, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(last_sequence as i64)
+            .bind(current_snapshot)
+            .bind(payload)
+            .execute(&mut *tx)
+            .await?
+        } else {
+            sqlx::query(
+                "UPDATE snapshots SET last_sequence = ?3, current_snapshot = ?4, payload = ?5
+                  WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND current_snapshot = ?6",
+            )
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(last_sequence as i64)
+            .bind(current_snapshot)
+            .bind(payload)
+            .bind(current_snapshot - 1)
+            .execute(&mut *tx)
+            .await?
+        };
+        if written.rows_affected() != 1 {
+            return Err(StoreError::Conflict);
+        }
+    }
+    Ok(())
 }
 
 impl PersistedEventRepository for SqliteBackend {
@@ -472,7 +598,13 @@ impl PersistedEventRepository for SqliteBackend {
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
         Ok(self
-            .write(A::TYPE, events, snapshot_update, super::chain::now(), None)
+            .write(
+                A::TYPE,
+                events.to_vec(),
+                snapshot_update,
+                super::chain::now(),
+                None,
+            )
             .await?)
     }
 

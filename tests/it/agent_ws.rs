@@ -18,7 +18,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
 use crate::helpers::{
-    bearer_client, spawn_app, spawn_app_with, Backend, TestApp, TestUser, PASSWORD,
+    api_key, bearer_client, spawn_app, spawn_app_with, Backend, TestApp, TestUser, PASSWORD,
 };
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -424,22 +424,6 @@ async fn login(app: &TestApp, user: &TestUser) -> String {
         .as_str()
         .unwrap()
         .to_owned()
-}
-
-/// A new API key of `client`'s user: `(id, key)`.
-async fn api_key(app: &TestApp, client: &reqwest::Client) -> (String, String) {
-    let response = client
-        .post(app.url("/api/users/me/api-keys"))
-        .json(&json!({"name": "socket"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let body: Value = response.json().await.unwrap();
-    (
-        body["id"].as_str().unwrap().to_owned(),
-        body["key"].as_str().unwrap().to_owned(),
-    )
 }
 
 /// The requirement: a socket closes within a second of its credentials ending elsewhere.

@@ -246,3 +246,19 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
         stop: Some(stop),
     }
 }
+
+/// A new API key of `client`'s user: `(id, key)`.
+pub async fn api_key(app: &TestApp, client: &reqwest::Client) -> (String, String) {
+    let response = client
+        .post(app.url("/api/users/me/api-keys"))
+        .json(&serde_json::json!({"name": "test key"}))
+        .send()
+        .await
+        .expect("issue an API key");
+    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    (
+        body["id"].as_str().expect("id").to_owned(),
+        body["key"].as_str().expect("key").to_owned(),
+    )
+}

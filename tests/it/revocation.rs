@@ -13,7 +13,7 @@ use reqwest::{Client, StatusCode};
 use rstest::rstest;
 use serde_json::{json, Value};
 
-use crate::helpers::{bearer_client, spawn_app, Backend, TestApp};
+use crate::helpers::{api_key, bearer_client, spawn_app, Backend, TestApp};
 
 /// The requirement: refused within a second of the call that ended the credential.
 const WITHIN: Duration = Duration::from_secs(1);
@@ -43,6 +43,25 @@ async fn refused_within(node: &str, client: &Client, since: Instant) {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Grants `user_id` the auditor role straight in the store, as an operator's tool would:
+/// no node is told, they find it in the feed.
+async fn make_auditor(app: &TestApp, user_id: &str) {
+    let bus = CommandBus::new(app.db.store(StoreOptions::default()).await);
+    let context = CommandContext {
+        actor: "system:test".into(),
+        correlation_id: "role-change".into(),
+        ..CommandContext::default()
+    };
+    bus.execute::<User, CommandError<UserError>>(user_id, &context, None, |_| {
+        Ok(UserCommand::GrantRole {
+            role: Role::Auditor,
+            at: chrono::Utc::now(),
+        })
+    })
+    .await
+    .unwrap();
 }
 
 async fn post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
@@ -114,20 +133,7 @@ async fn a_role_change_refuses_tokens_that_name_the_old_roles(#[case] backend: B
 
     // No route changes roles yet; the command goes straight to the store, as an operator's
     // tool would, so no node is told: they find it in the feed.
-    let bus = CommandBus::new(app.db.store(StoreOptions::default()).await);
-    let context = CommandContext {
-        actor: "system:test".into(),
-        correlation_id: "role-change".into(),
-        ..CommandContext::default()
-    };
-    bus.execute::<User, CommandError<UserError>>(&user.id, &context, None, |_| {
-        Ok(UserCommand::GrantRole {
-            role: Role::Auditor,
-            at: chrono::Utc::now(),
-        })
-    })
-    .await
-    .unwrap();
+    make_auditor(&app, &user.id).await;
     let changed = Instant::now();
     refused_within(&node_b, &user.client, changed).await;
     refused_within(&app.address, &user.client, changed).await;
@@ -288,4 +294,121 @@ async fn a_query_token_never_reaches_the_logs(#[case] backend: Backend) {
     assert!(!logs.contains(&token), "the access token was logged");
     assert!(!logs.contains(&bogus), "the bogus token was logged");
     assert!(!logs.contains("access_token="), "a query was logged");
+}
+
+/// `key` answers 200 on every node, twice: the second time from the node's cache of
+/// verified keys.
+async fn accepted_everywhere(nodes: &[&str], key: &Client) {
+    for node in nodes {
+        for _ in 0..2 {
+            assert_eq!(me(node, key).await, StatusCode::OK, "{node}");
+        }
+    }
+}
+
+/// Revoking a key a node has verified (and keeps as verified) ends it at once on that node
+/// — the very next request — and within a second on another node that holds it too.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn a_revoked_api_key_is_refused_at_once_here_and_soon_on_another_node(
+    #[case] backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let (node_b, _stop_b) = app.second_node(|_| {}).await;
+    let user = app.register_user().await;
+    let (id, key) = api_key(&app, &user.client).await;
+    let (_, kept) = api_key(&app, &user.client).await;
+    let (key, kept) = (bearer_client(&key), bearer_client(&kept));
+    accepted_everywhere(&[&app.address, &node_b], &key).await;
+    accepted_everywhere(&[&app.address, &node_b], &kept).await;
+
+    let revoked = user
+        .client
+        .delete(app.url(&format!("/api/users/me/api-keys/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    let ended = Instant::now();
+    assert_eq!(me(&app.address, &key).await, StatusCode::UNAUTHORIZED);
+    refused_within(&node_b, &key, ended).await;
+    // The user's other key is untouched.
+    accepted_everywhere(&[&app.address, &node_b], &kept).await;
+}
+
+/// After a rotation the old secret is refused — at once on the rotating node, within a
+/// second on another that had verified it — and the new one is accepted on both.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn a_rotated_api_keys_old_secret_is_refused(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (node_b, _stop_b) = app.second_node(|_| {}).await;
+    let user = app.register_user().await;
+    let (id, old) = api_key(&app, &user.client).await;
+    let old = bearer_client(&old);
+    accepted_everywhere(&[&app.address, &node_b], &old).await;
+
+    let rotated = user
+        .client
+        .post(app.url(&format!("/api/users/me/api-keys/{id}/rotate")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), StatusCode::CREATED);
+    let ended = Instant::now();
+    let rotated: Value = rotated.json().await.unwrap();
+    let new = bearer_client(rotated["key"].as_str().unwrap());
+    assert_eq!(me(&app.address, &old).await, StatusCode::UNAUTHORIZED);
+    refused_within(&node_b, &old, ended).await;
+    accepted_everywhere(&[&app.address, &node_b], &new).await;
+}
+
+/// A verified key carries its owner's roles as they were: a role change (here straight to
+/// the store, as an operator's tool would make it, so no node is told) ends what every
+/// node kept, within a second, and the key then acts with the new roles — an auditor
+/// creates nothing.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn a_role_change_reaches_api_keys_every_node_verified(#[case] backend: Backend) {
+    let app = spawn_app(backend).await.signed_in().await;
+    let (node_b, _stop_b) = app.second_node(|_| {}).await;
+    let user = app.register_user().await;
+    let (_, key) = api_key(&app, &user.client).await;
+    let key = bearer_client(&key);
+    let create = |node: &str| {
+        key.post(format!("{node}/api/tasks"))
+            .json(&json!({"capability": "a.b", "input": {}}))
+            .send()
+    };
+    for node in [&app.address, &node_b] {
+        for _ in 0..2 {
+            assert_eq!(create(node).await.unwrap().status(), StatusCode::CREATED);
+        }
+    }
+
+    make_auditor(&app, &user.id).await;
+    let changed = Instant::now();
+    for node in [&app.address, &node_b] {
+        loop {
+            let status = create(node).await.unwrap().status();
+            if status == StatusCode::FORBIDDEN {
+                break;
+            }
+            assert_eq!(status, StatusCode::CREATED, "only 201 until refused");
+            assert!(
+                changed.elapsed() < WITHIN,
+                "{node} still created as a user {:?} after the role change",
+                changed.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    // Still authenticated: the key itself did not end.
+    assert_eq!(me(&node_b, &key).await, StatusCode::OK);
 }
