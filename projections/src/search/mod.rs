@@ -7,6 +7,7 @@
 //! - [`builtin`]: the offline, lexical `builtin` embedder.
 //! - [`document`]: what a task or a run becomes in the index.
 //! - [`schema`]: the tantivy fields.
+//! - [`stats`]: BM25 statistics that count alive documents only.
 //! - [`vectors`]: the HNSW index with owner and kind filters.
 //! - [`index`]: opening, folding events in, committing with the position, rebuilding.
 //! - [`query`]: BM25, vector and hybrid (RRF) search, snippets, RAG context.
@@ -17,6 +18,7 @@ pub mod embedder;
 pub mod index;
 pub mod query;
 pub mod schema;
+pub mod stats;
 pub mod vectors;
 
 pub use document::{DocKind, SearchDoc};

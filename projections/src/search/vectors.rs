@@ -132,6 +132,14 @@ impl VectorIndex {
         }
     }
 
+    /// The live documents' keys and vectors (the bench compares other indexes on them).
+    pub fn live(&self) -> impl Iterator<Item = (&str, &[f32])> {
+        self.points
+            .iter()
+            .filter(|p| p.live)
+            .map(|p| (p.key.as_str(), &*p.vector))
+    }
+
     pub fn remove(&mut self, key: &str) {
         if let Some(id) = self.by_key.remove(key) {
             let point = &mut self.points[id];
@@ -189,9 +197,14 @@ impl VectorIndex {
         if k == 0 {
             return Vec::new();
         }
-        scored.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        // Equal scores in key order, not in insertion order (which a rebuild changes).
+        let order = |a: &(usize, f32), b: &(usize, f32)| {
+            b.1.total_cmp(&a.1)
+                .then_with(|| self.points[a.0].key.cmp(&self.points[b.0].key))
+        };
+        scored.select_nth_unstable_by(k - 1, order);
         scored.truncate(k);
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        scored.sort_by(order);
         scored
             .into_iter()
             .map(|(id, score)| (self.points[id].key.as_str(), score))
