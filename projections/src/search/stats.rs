@@ -188,7 +188,10 @@ mod tests {
         live.index_docs(replaced.clone()).await.unwrap();
 
         let fresh = open(fresh_dir.path());
-        let mut last: Vec<SearchDoc> = first.into_iter().filter(|d| d.id < *"doc-10").collect();
+        let mut last: Vec<SearchDoc> = first
+            .into_iter()
+            .filter(|d| d.id.as_str() < "doc-10")
+            .collect();
         last.extend(replaced);
         fresh.index_docs(last).await.unwrap();
 
