@@ -134,24 +134,11 @@ pub async fn run(args: SearchArgs, _settings: Settings) -> anyhow::Result<()> {
     };
     let measured = Instant::now();
     let (exact, recall, key_recall) = index.with_vectors(|v| {
-        let exact: Vec<Vec<(String, f32)>> = vectors
-            .iter()
-            .map(|q| {
-                v.exact(q, K, all)
-                    .into_iter()
-                    .map(|(k, s)| (k.to_owned(), s))
-                    .collect()
-            })
-            .collect();
-        let approximate: Vec<Vec<(String, f32)>> = vectors
-            .iter()
-            .map(|q| {
-                v.search(q, K, all)
-                    .into_iter()
-                    .map(|(k, s)| (k.to_owned(), s))
-                    .collect()
-            })
-            .collect();
+        let owned = |hits: Vec<(&str, f32)>| -> Vec<(String, f32)> {
+            hits.into_iter().map(|(k, s)| (k.to_owned(), s)).collect()
+        };
+        let exact: Vec<_> = vectors.iter().map(|q| owned(v.exact(q, K, all))).collect();
+        let approximate: Vec<_> = vectors.iter().map(|q| owned(v.search(q, K, all))).collect();
         let (recall, key_recall) = recall_of(&exact, &approximate);
         (exact, recall, key_recall)
     });
