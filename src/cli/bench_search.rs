@@ -1,13 +1,19 @@
-//! `chronicle bench search --docs N [--embedder builtin]`: the search index at scale, in
-//! process, in a temporary folder.
+//! `chronicle bench search --docs N [--embedder builtin|local]`: the search index at scale,
+//! in process, in a temporary folder.
 //!
 //! Indexes `N` synthetic task documents (words drawn from a Zipf-like vocabulary, 100
 //! owners) through the index's own write path — embed, tantivy, HNSW, a commit per chunk —
 //! then times 300 queries in each mode over everyone's documents, and measures the vector
-//! leg's recall@10 against exact brute force over the same vectors. Ends with one line:
+//! leg's recall@10 against exact brute force over the same vectors (200 of the queries).
+//! Recall counts a returned document as a true neighbour when it is at least as close as
+//! the exact tenth (documents at the same distance are interchangeable). Ends with one line:
 //! `search: index=<docs>/s bm25_p99=<ms> vector_p99=<ms> hybrid_p99=<ms> recall@10=<r> rss_mb=<n> index_mb=<n>`.
 //!
 //!     cargo run --release -- bench search --docs 100000
+//!
+//! Built with `--features bench-hora` and run with `--hora`, it also builds a `hora` HNSW index over the same
+//! vectors (same graph degree and search depth) and prints its recall and query p99 on
+//! stderr: the comparison behind the choice of `hnsw_rs`.
 
 use std::time::{Duration, Instant};
 
@@ -32,7 +38,21 @@ pub struct SearchArgs {
     /// Queries per mode.
     #[arg(long, default_value_t = 300)]
     queries: usize,
+    /// Also time building the vector index again from the stored vectors, as a start does.
+    #[arg(long)]
+    restart: bool,
+    /// Also build `hora`'s HNSW over the same vectors and print its recall and p99.
+    #[cfg(feature = "bench-hora")]
+    #[arg(long)]
+    hora: bool,
 }
+
+/// Queries the recall is measured on, at most.
+const RECALL_QUERIES: usize = 200;
+/// The `k` of recall@k.
+const K: usize = 10;
+/// Cosine rounding: a hit this close to the exact tenth's score counts as a tie.
+const TIE: f32 = 1e-5;
 
 /// Documents per commit while indexing.
 const CHUNK: usize = 10_000;
@@ -63,13 +83,19 @@ pub async fn run(args: SearchArgs, settings: Settings) -> anyhow::Result<()> {
         eprintln!("indexed {made} documents");
     }
     let index_rate = args.docs as f64 / started.elapsed().as_secs_f64();
-    let reload = Instant::now();
-    index.reload_vectors().map_err(|e| anyhow::anyhow!("{e}"))?;
     eprintln!(
-        "vector index rebuilt from the stored vectors in {:.2}s ({} points)",
-        reload.elapsed().as_secs_f64(),
-        index.with_vectors(|v| v.len())
+        "indexed at {index_rate:.0} documents/s ({:.1}s)",
+        started.elapsed().as_secs_f64()
     );
+    if args.restart {
+        let reload = Instant::now();
+        index.reload_vectors().map_err(|e| anyhow::anyhow!("{e}"))?;
+        eprintln!(
+            "vector index rebuilt from the stored vectors in {:.2}s ({} points)",
+            reload.elapsed().as_secs_f64(),
+            index.with_vectors(|v| v.len())
+        );
+    }
     let queries: Vec<String> = (0..args.queries)
         .map(|_| {
             let n = rng.random_range(1..=3);
@@ -93,8 +119,9 @@ pub async fn run(args: SearchArgs, settings: Settings) -> anyhow::Result<()> {
         p99.push(latencies.value_at_quantile(0.99) as f64 / 1000.0);
     }
     let embedder = index.embedder().clone();
+    let sample = &queries[..queries.len().min(RECALL_QUERIES)];
     let vectors = embedder
-        .embed(&queries)
+        .embed(sample)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let all = VectorFilter {
@@ -102,26 +129,27 @@ pub async fn run(args: SearchArgs, settings: Settings) -> anyhow::Result<()> {
         teams: &[],
         kind: None,
     };
-    let (found, wanted) = index.with_vectors(|v| {
-        let mut found = 0usize;
-        let mut wanted = 0usize;
-        for query in &vectors {
-            let exact: Vec<&str> = v
-                .exact(query, 10, all)
-                .into_iter()
-                .map(|(k, _)| k)
-                .collect();
-            let approximate: Vec<&str> = v
-                .search(query, 10, all)
-                .into_iter()
-                .map(|(k, _)| k)
-                .collect();
-            wanted += exact.len();
-            found += exact.iter().filter(|k| approximate.contains(k)).count();
-        }
-        (found, wanted)
+    let measured = Instant::now();
+    let (exact, recall, key_recall) = index.with_vectors(|v| {
+        let owned = |hits: Vec<(&str, f32)>| -> Vec<(String, f32)> {
+            hits.into_iter().map(|(k, s)| (k.to_owned(), s)).collect()
+        };
+        let exact: Vec<_> = vectors.iter().map(|q| owned(v.exact(q, K, all))).collect();
+        let approximate: Vec<_> = vectors.iter().map(|q| owned(v.search(q, K, all))).collect();
+        let (recall, key_recall) = recall_of(&exact, &approximate);
+        (exact, recall, key_recall)
     });
-    let recall = found as f64 / wanted.max(1) as f64;
+    eprintln!(
+        "hnsw_rs: recall@{K}={recall:.3} (same keys as brute force: {key_recall:.3}) over {} queries; brute force took {:.1}s",
+        vectors.len(),
+        measured.elapsed().as_secs_f64()
+    );
+    #[cfg(feature = "bench-hora")]
+    if args.hora {
+        index.with_vectors(|v| hora_compare(v, &vectors, &exact))?;
+    }
+    #[cfg(not(feature = "bench-hora"))]
+    let _ = exact;
     println!(
         "search: index={index_rate:.0}/s bm25_p99={:.2} vector_p99={:.2} hybrid_p99={:.2} recall@10={recall:.3} rss_mb={} index_mb={}",
         p99[0],
@@ -129,6 +157,88 @@ pub async fn run(args: SearchArgs, settings: Settings) -> anyhow::Result<()> {
         p99[2],
         rss_mb(),
         index.disk_bytes() / 1_000_000
+    );
+    Ok(())
+}
+
+/// Recall@K of `approximate` against `exact`, per query: the hits at least as close as the
+/// exact K-th (ties count), and the hits that are the very documents brute force chose.
+fn recall_of(exact: &[Vec<(String, f32)>], approximate: &[Vec<(String, f32)>]) -> (f64, f64) {
+    let mut wanted = 0usize;
+    let mut close = 0usize;
+    let mut same = 0usize;
+    for (exact, approximate) in exact.iter().zip(approximate) {
+        let Some(&(_, kth)) = exact.last() else {
+            continue;
+        };
+        wanted += exact.len();
+        close += approximate
+            .iter()
+            .filter(|(_, score)| *score >= kth - TIE)
+            .count()
+            .min(exact.len());
+        same += approximate
+            .iter()
+            .filter(|(key, _)| exact.iter().any(|(k, _)| k == key))
+            .count();
+    }
+    let wanted = wanted.max(1) as f64;
+    (close as f64 / wanted, same as f64 / wanted)
+}
+
+/// The same vectors in `hora`'s HNSW (graph degree and search depth as ours), its recall
+/// and query p99 on the same queries: printed, not part of the summary line.
+#[cfg(feature = "bench-hora")]
+fn hora_compare(
+    v: &chronicle_projections::search::vectors::VectorIndex,
+    queries: &[Vec<f32>],
+    exact: &[Vec<(String, f32)>],
+) -> anyhow::Result<()> {
+    use hora::core::ann_index::ANNIndex;
+    use hora::core::metrics::Metric;
+    use hora::index::hnsw_idx::HNSWIndex;
+    use hora::index::hnsw_params::HNSWParams;
+
+    let points: Vec<(&str, &[f32])> = v.live().collect();
+    let dimension = points.first().map_or(1, |(_, v)| v.len());
+    let params = HNSWParams::<f32>::default()
+        .max_item(points.len() + 1)
+        .n_neighbor(16)
+        .n_neighbor0(32)
+        .ef_build(100)
+        .ef_search(96);
+    let mut hora = HNSWIndex::<f32, usize>::new(dimension, &params);
+    let built = Instant::now();
+    for (id, (_, vector)) in points.iter().enumerate() {
+        hora.add(vector, id)
+            .map_err(|e| anyhow::anyhow!("hora: {e}"))?;
+    }
+    hora.build(Metric::DotProduct)
+        .map_err(|e| anyhow::anyhow!("hora: {e}"))?;
+    let build_secs = built.elapsed().as_secs_f64();
+    let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut approximate = Vec::with_capacity(queries.len());
+    for query in queries {
+        let sent = Instant::now();
+        let ids = hora.search(query, K);
+        latencies.record(micros(sent.elapsed()))?;
+        approximate.push(
+            ids.into_iter()
+                .filter_map(|id| points.get(id))
+                .map(|(key, vector)| {
+                    (
+                        (*key).to_owned(),
+                        chronicle_projections::search::vectors::dot(query, vector),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    let (recall, key_recall) = recall_of(exact, &approximate);
+    eprintln!(
+        "hora: recall@{K}={recall:.3} (same keys as brute force: {key_recall:.3}) query_p99={:.2}ms build={build_secs:.1}s over {} points",
+        latencies.value_at_quantile(0.99) as f64 / 1000.0,
+        points.len()
     );
     Ok(())
 }

@@ -23,6 +23,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDo
 use super::document::{key_of, DocKind, SearchDoc};
 use super::embedder::Embedder;
 use super::schema::Fields;
+use super::stats::StatisticsCache;
 use super::vectors::{NewPoint, VectorIndex};
 use super::{NAME, VERSION};
 use crate::feed::{EventSource, FeedCursor, RecordedEvent};
@@ -72,6 +73,8 @@ pub(super) struct Inner {
     writer: tokio::sync::Mutex<WriterState>,
     pub(super) vectors: RwLock<VectorIndex>,
     pub(super) embedder: Arc<dyn Embedder>,
+    /// BM25 statistics of the alive documents, kept between searches.
+    pub(super) statistics: StatisticsCache,
     committed: Mutex<FeedCursor>,
     failure: Mutex<Option<ProjectionFailure>>,
     /// Why the last catch-up stopped short (an embedder or feed error), until one succeeds.
@@ -178,6 +181,7 @@ impl SearchIndex {
                 }),
                 vectors: RwLock::new(VectorIndex::new(0)),
                 embedder,
+                statistics: StatisticsCache::default(),
                 committed: Mutex::new(cursor),
                 failure: Mutex::new(None),
                 retrying: Mutex::new(None),
@@ -696,8 +700,15 @@ impl SearchIndex {
         )
     }
 
-    /// Builds the vector index again from the stored vectors (what every start does).
+    /// Builds the vector index again from the stored vectors (what every start does), for
+    /// the bench: the old one is dropped first (searches meanwhile find no vectors), so the
+    /// two are never in memory together.
     pub fn reload_vectors(&self) -> Result<(), ProjectionError> {
+        *self
+            .inner
+            .vectors
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = VectorIndex::new(0);
         let vectors = self.vectors_from_store()?;
         *self
             .inner

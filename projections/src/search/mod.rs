@@ -10,6 +10,7 @@
 //! - [`remote`]: the `openai` and `ollama` embedders.
 //! - [`document`]: what a task or a run becomes in the index.
 //! - [`schema`]: the tantivy fields.
+//! - [`stats`]: BM25 statistics that count alive documents only.
 //! - [`vectors`]: the HNSW index with owner, team and kind filters.
 //! - [`index`]: opening, folding events in, committing with the position, rebuilding.
 //! - [`query`]: BM25, vector and hybrid (RRF) search, snippets, RAG context.
@@ -23,6 +24,7 @@ pub mod local;
 pub mod query;
 pub mod remote;
 pub mod schema;
+pub mod stats;
 pub mod vectors;
 
 pub use document::{DocKind, SearchDoc};

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::document::DocKind;
 use super::index::SearchIndex;
+use super::stats::AliveStatistics;
 use super::vectors::VectorFilter;
 use crate::runner::ProjectionError;
 use crate::scope::ReadScope;
@@ -99,8 +100,14 @@ impl SearchIndex {
             Mode::Vector => Vec::new(),
             Mode::Bm25 | Mode::Hybrid => {
                 let filtered = self.filtered(words.box_clone(), owner.as_deref(), &teams, kind);
+                // Statistics of the alive documents: a rebuilt index scores alike.
+                let statistics = AliveStatistics::new(&searcher, &self.inner.statistics);
                 let mut scored = searcher
-                    .search(&*filtered, &TopDocs::with_limit(depth).order_by_score())
+                    .search_with_statistics_provider(
+                        &*filtered,
+                        &TopDocs::with_limit(depth).order_by_score(),
+                        &statistics,
+                    )
                     .map_err(search_error)?
                     .into_iter()
                     .map(|(score, address)| {
