@@ -44,6 +44,13 @@ pub enum ApiError {
     Unprocessable { code: &'static str, detail: String },
     #[error("store unavailable")]
     Unavailable(#[source] StoreError),
+    /// A service the answer needs besides the store (the embeddings provider) did not answer.
+    #[error("{what} unavailable")]
+    DependencyUnavailable {
+        what: &'static str,
+        #[source]
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -90,7 +97,9 @@ impl ApiError {
             Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::DependencyUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -109,7 +118,7 @@ impl ApiError {
             Self::PayloadTooLarge => "payload-too-large",
             Self::TooManyRequests { .. } => "too-many-requests",
             Self::Unprocessable { .. } => "unprocessable",
-            Self::Unavailable(_) => "unavailable",
+            Self::Unavailable(_) | Self::DependencyUnavailable { .. } => "unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -138,6 +147,9 @@ impl ApiError {
                 format!("rate limit reached; retry in {retry_after_secs} s")
             }
             Self::Unavailable(_) => "the event store is unavailable; try again shortly".into(),
+            Self::DependencyUnavailable { what, .. } => {
+                format!("{what} is unavailable; try again shortly")
+            }
             Self::Internal(_) => "an internal error occurred; it has been logged".into(),
         }
     }
@@ -150,6 +162,9 @@ impl ApiError {
                 tracing::error!(error = %cause, source = ?cause.source(), "internal error")
             }
             Self::Unavailable(cause) => tracing::warn!(error = %cause, "store unavailable"),
+            Self::DependencyUnavailable { what, cause } => {
+                tracing::warn!(error = %cause, what, "dependency unavailable")
+            }
             _ => {}
         }
         self.document()
@@ -213,7 +228,7 @@ impl IntoResponse for ApiError {
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         let headers = response.headers_mut();
         match &this {
-            Self::Unavailable(_) => {
+            Self::Unavailable(_) | Self::DependencyUnavailable { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::TooManyRequests { retry_after_secs } => {

@@ -5,6 +5,7 @@
 use axum::extract::State;
 use axum::Json;
 use chronicle_projections::search::{DocKind, Hit, Mode, SearchIndex, Source};
+use chronicle_projections::ProjectionError;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -128,6 +129,17 @@ fn index(state: &AppState) -> Result<&SearchIndex, ApiError> {
         .ok_or_else(|| ApiError::Internal("this server runs without a search index".into()))
 }
 
+/// A query's failure: the embedder's (the only source a query calls) is a 503.
+fn query_error(error: ProjectionError) -> ApiError {
+    match error {
+        ProjectionError::Source(cause) => ApiError::DependencyUnavailable {
+            what: "the embeddings provider",
+            cause,
+        },
+        other => ApiError::Internal(Box::new(other)),
+    }
+}
+
 fn check_query(field: &str, text: &str) -> Result<(), ApiError> {
     let chars = text.chars().count();
     if text.trim().is_empty() {
@@ -158,6 +170,7 @@ fn check_query(field: &str, text: &str) -> Result<(), ApiError> {
     responses(
         (status = 200, description = "The best matches, best first", body = SearchResults),
         (status = 422, description = "An empty or too long `q`, or a bad `mode`, `limit` or `kind`"),
+        (status = 503, description = "The embeddings provider did not answer (vector and hybrid modes); retry"),
     ),
 )]
 #[tracing::instrument(skip_all)]
@@ -180,7 +193,7 @@ pub async fn search(
             params.kind.map(DocKind::from),
         )
         .await
-        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+        .map_err(query_error)?;
     Ok(Json(SearchResults {
         items: hits.into_iter().map(SearchItem::from).collect(),
     }))
@@ -243,6 +256,7 @@ pub struct RagContext {
         (status = 413, description = "The body is over the limit"),
         (status = 415, description = "The body is not JSON"),
         (status = 422, description = "An empty or too long `query`, or a bad `limit` or `max_chars`"),
+        (status = 503, description = "The embeddings provider did not answer; retry"),
     ),
 )]
 #[tracing::instrument(skip_all)]
@@ -271,7 +285,7 @@ pub async fn rag_context(
             max_chars as usize,
         )
         .await
-        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+        .map_err(query_error)?;
     Ok(Json(RagContext {
         context,
         sources: sources.into_iter().map(ContextSource::from).collect(),

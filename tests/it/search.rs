@@ -944,6 +944,20 @@ async fn an_embedder_that_fails_holds_the_index_at_the_document_until_it_answers
     }
     let items = search(&alice.client, &base, &[("q", "alpha"), ("mode", "bm25")]).await;
     assert_eq!(ids(&items), vec![first.clone()], "searches go on");
+    // A query that needs the embedder meanwhile is a 503 to retry, not a 500.
+    for mode in ["vector", "hybrid"] {
+        let answer = alice
+            .client
+            .get(format!("{base}/api/search"))
+            .query(&[("q", "alpha"), ("mode", mode)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 503, "{mode}");
+        assert_eq!(answer.headers()["retry-after"], "1");
+        let problem: Value = answer.json().await.unwrap();
+        assert_eq!(problem["type"], "urn:chronicle:problem:unavailable", "{problem}");
+    }
 
     // Once it answers, the same events are applied: nothing was skipped.
     fake.down.store(false, std::sync::atomic::Ordering::SeqCst);

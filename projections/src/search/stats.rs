@@ -150,6 +150,7 @@ mod tests {
             kind: DocKind::Task,
             id: format!("doc-{n:02}"),
             owner: "00000000-0000-4000-8000-000000000001".into(),
+            team: None,
             status: "succeeded".into(),
             time_ms: 0,
             title: "note".into(),
