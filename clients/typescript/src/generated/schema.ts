@@ -5553,11 +5553,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["ProblemDetails"];
                 };
             };
-            /** @description The event store is unavailable */
+            /** @description The embeddings provider did not answer; retry */
             503: {
                 headers: {
-                    /** @description Seconds to wait before trying again */
-                    "Retry-After"?: number;
                     /** @description The request's id: the client's, or one drawn by the server */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -5652,11 +5650,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["ProblemDetails"];
                 };
             };
-            /** @description The event store is unavailable */
+            /** @description The embeddings provider did not answer (vector and hybrid modes); retry */
             503: {
                 headers: {
-                    /** @description Seconds to wait before trying again */
-                    "Retry-After"?: number;
                     /** @description The request's id: the client's, or one drawn by the server */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
