@@ -25,6 +25,7 @@
 pub mod agent_view;
 pub mod aggregate_owners;
 pub mod api_key_view;
+pub mod backoff;
 pub mod conversations;
 pub mod db;
 pub mod feed;

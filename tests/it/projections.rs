@@ -262,6 +262,13 @@ async fn nodes_join_a_busy_cluster() {
                         .send()
                         .await
                         .unwrap();
+                    // Nine nodes' start-ups on two shared cores may keep the pool busy past
+                    // its acquire timeout: a 503 is the server's honest "try again" (what
+                    // this test is about is that no node deadlocks while joining).
+                    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        continue;
+                    }
                     assert_eq!(response.status(), StatusCode::CREATED);
                     created += 1;
                 }

@@ -956,7 +956,10 @@ async fn an_embedder_that_fails_holds_the_index_at_the_document_until_it_answers
         assert_eq!(answer.status(), 503, "{mode}");
         assert_eq!(answer.headers()["retry-after"], "1");
         let problem: Value = answer.json().await.unwrap();
-        assert_eq!(problem["type"], "urn:chronicle:problem:unavailable", "{problem}");
+        assert_eq!(
+            problem["type"], "urn:chronicle:problem:unavailable",
+            "{problem}"
+        );
     }
 
     // Once it answers, the same events are applied: nothing was skipped.

@@ -16,13 +16,14 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::HeaderMap;
 use reqwest::{Client, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::builtin::normalise;
 use super::embedder::Embedder;
+use crate::backoff::Backoff;
 use crate::feed::BoxError;
 
 /// The wire format a remote embedder speaks.
@@ -216,18 +217,13 @@ impl RemoteEmbedder {
         }
     }
 
-    /// The wait before retry number `retry + 1`: the server's `Retry-After` when it sent
-    /// one, else doubling backoff with jitter; never more than `max_backoff`.
+    /// The wait before retry number `retry + 1` ([`Backoff`]).
     fn delay(&self, retry: u32, headers: &HeaderMap) -> Duration {
-        if let Some(asked) = retry_after(headers) {
-            return asked.min(self.settings.max_backoff);
-        }
-        let base = self
-            .settings
-            .initial_backoff
-            .saturating_mul(2u32.saturating_pow(retry.min(20)));
-        base.mul_f64(0.5 + rand::random::<f64>() / 2.0)
-            .min(self.settings.max_backoff)
+        let backoff = Backoff {
+            initial: self.settings.initial_backoff,
+            max: self.settings.max_backoff,
+        };
+        backoff.delay(retry, headers, rand::random::<f64>())
     }
 
     /// The vectors in an answer, in input order, normalised, each checked for length.
@@ -326,17 +322,6 @@ impl Embedder for RemoteEmbedder {
     }
 }
 
-/// `Retry-After` as seconds or as an HTTP date (RFC 9110 §10.2.3).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let wait = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(wait.to_std().unwrap_or(Duration::ZERO))
-}
-
 #[cfg(test)]
 mod tests {
     //! Against a local HTTP server speaking each wire format.
@@ -349,6 +334,7 @@ mod tests {
     use axum::response::{IntoResponse, Response};
     use axum::routing::post;
     use axum::{Json, Router};
+    use reqwest::header::RETRY_AFTER;
     use serde_json::Value;
 
     use super::*;
@@ -543,16 +529,8 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_reads_seconds_and_dates_and_is_capped() {
+    fn a_retry_after_is_capped_by_the_settings() {
         let mut headers = HeaderMap::new();
-        assert_eq!(retry_after(&headers), None);
-        headers.insert(RETRY_AFTER, "7".parse().unwrap());
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
-        headers.insert(
-            RETRY_AFTER,
-            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
-        );
-        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
         let embedder = RemoteEmbedder {
             settings: settings(Wire::OpenAi, "http://127.0.0.1:9".into(), Some(3)),
             url: String::new(),

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chronicle_commands::llm_chat::ChatMessage;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use chronicle_projections::backoff::Backoff;
+use reqwest::header::HeaderMap;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -113,8 +114,7 @@ pub struct Transport {
     client: Client,
     timeout: Duration,
     max_retries: u32,
-    initial_backoff: Duration,
-    max_backoff: Duration,
+    backoff: Backoff,
 }
 
 impl Transport {
@@ -127,8 +127,10 @@ impl Transport {
             client,
             timeout: Duration::from_millis(settings.timeout_ms),
             max_retries: settings.max_retries,
-            initial_backoff: Duration::from_millis(settings.initial_backoff_ms),
-            max_backoff: Duration::from_millis(settings.max_backoff_ms),
+            backoff: Backoff {
+                initial: Duration::from_millis(settings.initial_backoff_ms),
+                max: Duration::from_millis(settings.max_backoff_ms),
+            },
         })
     }
 
@@ -165,7 +167,9 @@ impl Transport {
             }
             let again = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
             if again && retry < self.max_retries {
-                let delay = self.delay(retry, response.headers());
+                let delay = self
+                    .backoff
+                    .delay(retry, response.headers(), crate::process::jitter());
                 tracing::info!(
                     status = status.as_u16(),
                     retry = retry + 1,
@@ -181,31 +185,6 @@ impl Transport {
             return Err(status_failure(status, response, retry).await);
         }
     }
-
-    /// The wait before retry number `retry + 1`: the server's `Retry-After` when it sent
-    /// one, else exponential backoff with jitter; never more than `max_backoff`.
-    fn delay(&self, retry: u32, headers: &HeaderMap) -> Duration {
-        if let Some(asked) = retry_after(headers) {
-            return asked.min(self.max_backoff);
-        }
-        let base = self
-            .initial_backoff
-            .saturating_mul(2u32.saturating_pow(retry.min(20)));
-        // Between half and all of the doubled delay, so that retries of many tasks spread.
-        base.mul_f64(0.5 + crate::process::jitter() / 2.0)
-            .min(self.max_backoff)
-    }
-}
-
-/// `Retry-After` as seconds or as an HTTP date (RFC 9110 §10.2.3).
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let wait = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(wait.to_std().unwrap_or(Duration::ZERO))
 }
 
 /// The failure of a final non-success answer, with what the provider said (a short piece).
@@ -313,36 +292,14 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_reads_seconds_and_dates() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(retry_after(&headers), None);
-        headers.insert(RETRY_AFTER, "3".parse().unwrap());
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
-        headers.insert(
-            RETRY_AFTER,
-            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
-        );
-        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
-        headers.insert(RETRY_AFTER, "soon".parse().unwrap());
-        assert_eq!(retry_after(&headers), None);
-    }
-
-    #[test]
-    fn backoff_doubles_and_is_capped() {
+    fn the_backoff_comes_from_the_settings() {
         let settings = LlmSettings {
             initial_backoff_ms: 100,
             max_backoff_ms: 1_000,
             ..LlmSettings::default()
         };
         let transport = Transport::new(&settings).unwrap();
-        let none = HeaderMap::new();
-        let first = transport.delay(0, &none);
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-        let third = transport.delay(2, &none);
-        assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
-        assert!(transport.delay(10, &none) <= Duration::from_millis(1_000));
-        let mut asked = HeaderMap::new();
-        asked.insert(RETRY_AFTER, "60".parse().unwrap());
-        assert_eq!(transport.delay(0, &asked), Duration::from_millis(1_000));
+        assert_eq!(transport.backoff.initial, Duration::from_millis(100));
+        assert_eq!(transport.backoff.max, Duration::from_millis(1_000));
     }
 }
