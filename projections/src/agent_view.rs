@@ -157,7 +157,7 @@ impl AgentView {
         limit: u32,
     ) -> Result<Vec<AgentRow>, ProjectionError> {
         const SQL: &str = "SELECT a.state, a.version FROM agent_view_v2 a
-             WHERE ($1 IS NULL OR a.owner_id = $1 OR $8 LIKE '%,' || a.team_id || ',%')
+             WHERE ($1 IS NULL OR a.owner_id = $1 OR ($8 <> ',' AND $8 LIKE '%,' || a.team_id || ',%'))
                AND ($2 IS NULL OR EXISTS (SELECT 1 FROM agent_view_caps_v2 c
                                            WHERE c.agent_id = a.id AND c.capability = $2))
                AND ($3 IS NULL OR a.lifecycle = $3)

@@ -31,8 +31,10 @@ impl ReadScope {
     }
 
     /// The teams as one text parameter, `,id,id,` (`,` for none): a row's team is in the
-    /// scope when `$n LIKE '%,' || team_id || ',%'`, which both backends read alike (ids
-    /// are UUIDs: no `%` or `_` in them).
+    /// scope when `($n <> ',' AND $n LIKE '%,' || team_id || ',%')`, which both backends
+    /// read alike (ids are UUIDs: no `%` or `_` in them). The `<> ','` guard lets the
+    /// planner drop the team branch for a reader in no team, so the owner index serves
+    /// their lists as before teams existed.
     pub fn teams_param(&self) -> String {
         match self {
             Self::All => ",".to_owned(),

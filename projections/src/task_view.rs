@@ -273,7 +273,7 @@ impl TaskView {
         limit: u32,
     ) -> Result<Vec<TaskRow>, ProjectionError> {
         const SQL: &str = "SELECT v.state, v.version FROM task_view_v4 v
-             WHERE ($1 IS NULL OR v.owner_id = $1 OR $11 LIKE '%,' || v.team_id || ',%')
+             WHERE ($1 IS NULL OR v.owner_id = $1 OR ($11 <> ',' AND $11 LIKE '%,' || v.team_id || ',%'))
                AND ($2 IS NULL OR v.status = $2)
                AND ($3 IS NULL OR v.capability = $3)
                AND ($4 IS NULL OR v.agent_id = $4)
@@ -345,7 +345,7 @@ impl TaskView {
         let rows = on_reader!(db, |pool| {
             sqlx::query_as(
                 "SELECT status, count(*) FROM task_view_v4
-                  WHERE ($1 IS NULL OR owner_id = $1 OR $2 LIKE '%,' || team_id || ',%')
+                  WHERE ($1 IS NULL OR owner_id = $1 OR ($2 <> ',' AND $2 LIKE '%,' || team_id || ',%'))
                     AND ($3 IS NULL OR team_id = $3)
                   GROUP BY status",
             )

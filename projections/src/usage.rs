@@ -67,8 +67,9 @@ pub struct UsageRow {
 macro_rules! in_scope {
     () => {
         "($3 IS NULL OR owner_id = $3
-              OR EXISTS (SELECT 1 FROM task_view_v4 t WHERE t.id = usage_facts_v1.task_id
-                            AND $4 LIKE '%,' || t.team_id || ',%'))
+              OR ($4 <> ',' AND EXISTS (SELECT 1 FROM task_view_v4 t
+                                          WHERE t.id = usage_facts_v1.task_id
+                                            AND $4 LIKE '%,' || t.team_id || ',%')))
          AND ($5 IS NULL OR EXISTS (SELECT 1 FROM task_view_v4 t
                                      WHERE t.id = usage_facts_v1.task_id AND t.team_id = $5))"
     };
