@@ -11,13 +11,17 @@
 //!
 //!     cargo run --release -- bench search --docs 100000
 //!
+//! `--ef 96,400,…` also measures recall@10 and the vector leg's p50/p99 at each HNSW search
+//! depth (everyone's documents and one owner's), on the index's graph or, for an exact
+//! index or another `--m`/`--ef-construction`, on a graph built for the sweep.
+//!
 //! Built with `--features bench-hora` and run with `--hora`, it also builds a `hora` HNSW index over the same
 //! vectors (same graph degree and search depth) and prints its recall and query p99 on
 //! stderr: the comparison behind the choice of `hnsw_rs`.
 
 use std::time::{Duration, Instant};
 
-use chronicle_projections::search::vectors::VectorFilter;
+use chronicle_projections::search::vectors::{HnswParams, VectorFilter, VectorIndex, VectorSearch};
 use chronicle_projections::search::{DocKind, Mode, Scope, SearchDoc, SearchIndex};
 use clap::Args;
 use hdrhistogram::Histogram;
@@ -41,6 +45,17 @@ pub struct SearchArgs {
     /// Also time building the vector index again from the stored vectors, as a start does.
     #[arg(long)]
     restart: bool,
+    /// Also measure the vector leg's recall@10 and p99 keeping each of these many
+    /// candidates (e.g. `--ef 96,256,512`), over everyone's documents and over one owner's;
+    /// printed on stderr, one line each.
+    #[arg(long, value_delimiter = ',')]
+    ef: Vec<usize>,
+    /// With `--ef`: sweep over a graph built again with this degree…
+    #[arg(long)]
+    m: Option<usize>,
+    /// …and this construction effort (defaults: the index's own).
+    #[arg(long)]
+    ef_construction: Option<usize>,
     /// Also build `hora`'s HNSW over the same vectors and print its recall and p99.
     #[cfg(feature = "bench-hora")]
     #[arg(long)]
@@ -135,15 +150,39 @@ pub async fn run(args: SearchArgs, settings: Settings) -> anyhow::Result<()> {
             hits.into_iter().map(|(k, s)| (k.to_owned(), s)).collect()
         };
         let exact: Vec<_> = vectors.iter().map(|q| owned(v.exact(q, K, all))).collect();
-        let approximate: Vec<_> = vectors.iter().map(|q| owned(v.search(q, K, all))).collect();
+        let mut took = Vec::with_capacity(vectors.len());
+        let approximate: Vec<_> = vectors
+            .iter()
+            .map(|q| {
+                let sent = Instant::now();
+                let hits = owned(v.search(q, K, all));
+                took.push(sent.elapsed());
+                hits
+            })
+            .collect();
+        took.sort();
+        eprintln!(
+            "vector index alone: p50={:.2}ms p99={:.2}ms (k={K})",
+            took.get(took.len() / 2)
+                .map_or(0.0, |d| d.as_secs_f64() * 1e3),
+            took.get(took.len() * 99 / 100)
+                .map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        );
         let (recall, key_recall) = recall_of(&exact, &approximate);
         (exact, recall, key_recall)
     });
     eprintln!(
-        "hnsw_rs: recall@{K}={recall:.3} (same keys as brute force: {key_recall:.3}) over {} queries; brute force took {:.1}s",
+        "vector leg ({}): recall@{K}={recall:.3} (same keys as brute force: {key_recall:.3}) over {} queries; brute force took {:.1}s",
+        index.with_vectors(|v| match v.search_kind() {
+            VectorSearch::Graph(_) => "hnsw_rs graph",
+            VectorSearch::Exact => "exact, by columns",
+        }),
         vectors.len(),
         measured.elapsed().as_secs_f64()
     );
+    if !args.ef.is_empty() {
+        index.with_vectors(|v| sweep(v, &args, &vectors))?;
+    }
     #[cfg(feature = "bench-hora")]
     if args.hora {
         index.with_vectors(|v| hora_compare(v, &vectors, &exact))?;
@@ -158,6 +197,79 @@ pub async fn run(args: SearchArgs, settings: Settings) -> anyhow::Result<()> {
         rss_mb(),
         index.disk_bytes() / 1_000_000
     );
+    Ok(())
+}
+
+/// Recall@K and p99 of the vector leg at each `--ef`, over everyone's documents and over
+/// one owner's (the scope a user's own search has), on a graph of `--m`/`--ef-construction`
+/// when given.
+fn sweep(v: &VectorIndex, args: &SearchArgs, queries: &[Vec<f32>]) -> anyhow::Result<()> {
+    let defaults = HnswParams::default();
+    let params = HnswParams {
+        max_connections: args.m.unwrap_or(defaults.max_connections),
+        ef_construction: args.ef_construction.unwrap_or(defaults.ef_construction),
+        ..defaults
+    };
+    let rebuilt;
+    let graph = if v.search_kind() == VectorSearch::Graph(params) {
+        v
+    } else {
+        let built = Instant::now();
+        rebuilt = v.rebuilt(params);
+        eprintln!(
+            "graph m={} ef_construction={} built in {:.1}s",
+            params.max_connections,
+            params.ef_construction,
+            built.elapsed().as_secs_f64()
+        );
+        &rebuilt
+    };
+    let owner = format!("00000000-0000-4000-8000-{:012}", 0);
+    let scopes = [
+        (
+            "all",
+            VectorFilter {
+                owner: None,
+                teams: &[],
+                kind: None,
+            },
+        ),
+        (
+            "owner",
+            VectorFilter {
+                owner: Some(&owner),
+                teams: &[],
+                kind: None,
+            },
+        ),
+    ];
+    let owned = |hits: Vec<(&str, f32)>| -> Vec<(String, f32)> {
+        hits.into_iter().map(|(k, s)| (k.to_owned(), s)).collect()
+    };
+    for (name, filter) in scopes {
+        let exact: Vec<_> = queries
+            .iter()
+            .map(|q| owned(graph.exact(q, K, filter)))
+            .collect();
+        for &ef in &args.ef {
+            let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let mut approximate = Vec::with_capacity(queries.len());
+            for query in queries {
+                let sent = Instant::now();
+                let hits = owned(graph.search_ef(query, K, filter, ef));
+                latencies.record(micros(sent.elapsed()))?;
+                approximate.push(hits);
+            }
+            let (recall, key_recall) = recall_of(&exact, &approximate);
+            eprintln!(
+                "sweep m={} ef_construction={} ef={ef} scope={name}: recall@{K}={recall:.3} (same keys: {key_recall:.3}) vector_p50={:.2}ms vector_p99={:.2}ms",
+                params.max_connections,
+                params.ef_construction,
+                latencies.value_at_quantile(0.5) as f64 / 1000.0,
+                latencies.value_at_quantile(0.99) as f64 / 1000.0,
+            );
+        }
+    }
     Ok(())
 }
 

@@ -87,6 +87,10 @@ impl Embedder for BuiltinEmbedder {
         DIMENSION
     }
 
+    fn lexical(&self) -> bool {
+        true
+    }
+
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, BoxError> {
         Ok(texts.iter().map(|t| Self::vector(t)).collect())
     }

@@ -20,6 +20,13 @@ pub trait Embedder: Send + Sync + 'static {
 
     fn dimension(&self) -> usize;
 
+    /// Whether the vectors are lexical (hashed words and n-grams, like the builtin
+    /// embedder's): the index then searches them exactly instead of by an HNSW graph, which
+    /// cannot navigate them (see [`super::vectors`]).
+    fn lexical(&self) -> bool {
+        false
+    }
+
     /// One vector per text, in order.
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, BoxError>;
 }

@@ -24,7 +24,7 @@ use super::document::{key_of, DocKind, SearchDoc};
 use super::embedder::Embedder;
 use super::schema::Fields;
 use super::stats::StatisticsCache;
-use super::vectors::{NewPoint, VectorIndex};
+use super::vectors::{HnswParams, NewPoint, VectorIndex, VectorSearch};
 use super::{NAME, VERSION};
 use crate::feed::{EventSource, FeedCursor, RecordedEvent};
 use crate::runner::{fold_next, ProjectionError, ProjectionFailure};
@@ -179,7 +179,10 @@ impl SearchIndex {
                     staged: Vec::new(),
                     fresh: false,
                 }),
-                vectors: RwLock::new(VectorIndex::new(0)),
+                vectors: RwLock::new(VectorIndex::with_search(
+                    0,
+                    vector_search(embedder.as_ref()),
+                )),
                 embedder,
                 statistics: StatisticsCache::default(),
                 committed: Mutex::new(cursor),
@@ -269,6 +272,10 @@ impl SearchIndex {
             .unwrap_or_default()
     }
 
+    fn vector_search(&self) -> VectorSearch {
+        vector_search(self.inner.embedder.as_ref())
+    }
+
     /// The vector index built from the committed documents' stored vectors.
     fn vectors_from_store(&self) -> Result<VectorIndex, ProjectionError> {
         let searcher = self.inner.reader.searcher();
@@ -296,7 +303,7 @@ impl SearchIndex {
             let team = Some(text(fields.team)).filter(|team| !team.is_empty());
             points.push((text(fields.key), text(fields.owner), team, kind, vector));
         }
-        let mut vectors = VectorIndex::new(points.len());
+        let mut vectors = VectorIndex::with_search(points.len(), self.vector_search());
         vectors.upsert_all(points);
         Ok(vectors)
     }
@@ -643,7 +650,7 @@ impl SearchIndex {
             .map(|VectorChange::Upsert(point)| point)
             .collect();
         if state.fresh {
-            let mut fresh = VectorIndex::new(points.len());
+            let mut fresh = VectorIndex::with_search(points.len(), self.vector_search());
             fresh.upsert_all(points);
             *self
                 .inner
@@ -708,7 +715,8 @@ impl SearchIndex {
             .inner
             .vectors
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = VectorIndex::new(0);
+            .unwrap_or_else(PoisonError::into_inner) =
+            VectorIndex::with_search(0, self.vector_search());
         let vectors = self.vectors_from_store()?;
         *self
             .inner
@@ -716,6 +724,16 @@ impl SearchIndex {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = vectors;
         Ok(())
+    }
+}
+
+/// How the vectors of `embedder` are searched: exactly for a lexical embedder, by an HNSW
+/// graph otherwise.
+fn vector_search(embedder: &dyn Embedder) -> VectorSearch {
+    if embedder.lexical() {
+        VectorSearch::Exact
+    } else {
+        VectorSearch::Graph(HnswParams::default())
     }
 }
 

@@ -2,6 +2,13 @@
 //! owner, team and kind beside it so that a search is filtered inside the graph walk, and small
 //! scopes (one user's few thousand documents) are searched exactly instead.
 //!
+//! A lexical embedder's vectors (the builtin one's hashed words and n-grams) are not
+//! searched by a graph: a 1–3-word query is a handful of features against documents that are
+//! dense sums of hundreds, and no walk over document-to-document edges leads to the few
+//! documents that share the query's words (measured by `bench search --ef`: recall@10 0.28 at
+//! ef 96, 0.51 at ef 1600 on 100k documents). Those indexes keep a column per dimension
+//! instead and score every document exactly, touching only the query's non-zero dimensions.
+//!
 //! HNSW has no delete: a changed document gets a new point and its old one is marked dead
 //! (filtered out of every search); the index is built afresh from the stored vectors at
 //! each start, which drops the dead points.
@@ -13,16 +20,48 @@ use hnsw_rs::hnsw::Hnsw;
 
 use super::document::DocKind;
 
-/// Graph degree and construction effort. With the builtin embedder's vectors of the bench's
-/// synthetic documents these give a recall@10 of 0.28 at 100k documents (`bench search`):
-/// far from the 0.95 goal.
-const MAX_CONNECTIONS: usize = 16;
-const MAX_LAYERS: usize = 16;
-const EF_CONSTRUCTION: usize = 100;
-/// Candidates kept while searching, at least.
-const EF_SEARCH: usize = 96;
 /// A scope with at most this many documents is searched exactly.
 const EXACT_MAX: usize = 4_096;
+
+/// The graph's shape and how hard a search looks: degree, construction effort and the
+/// candidates a search keeps. Measured with `bench search --ef … [--m … --ef-construction …]`
+/// (README, Search): the defaults are the chosen point of that sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HnswParams {
+    /// Neighbours per point on the upper layers (twice that on layer 0).
+    pub max_connections: usize,
+    /// Candidates kept while inserting.
+    pub ef_construction: usize,
+    /// Candidates kept while searching, at least (never fewer than twice `k`).
+    pub ef_search: usize,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            ef_construction: 100,
+            ef_search: 96,
+        }
+    }
+}
+
+const MAX_LAYERS: usize = 16;
+
+/// Fixed point of the exact index's columns: a unit vector's components lie in [-1, 1], so
+/// one step is 3·10⁻⁵ and a score's rounding at most √(non-zero dimensions) of that.
+const COLUMN_SCALE: f32 = i16::MAX as f32;
+/// The column scan keeps this many times `k` candidates, rescored exactly from the rows.
+const RESCORED: usize = 4;
+
+/// How the nearest documents are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VectorSearch {
+    /// An HNSW graph: semantic embedders, whose vectors a graph walk navigates.
+    Graph(HnswParams),
+    /// Exact, from a column store: lexical embedders (see the module's documentation).
+    Exact,
+}
 
 /// `1 - cosine` of unit vectors, never below 0 (rounding), as HNSW wants a distance.
 #[derive(Debug, Clone, Copy, Default)]
@@ -87,7 +126,12 @@ impl VectorFilter<'_> {
 }
 
 pub struct VectorIndex {
-    hnsw: Hnsw<'static, f32, CosineDistance>,
+    search: VectorSearch,
+    /// With [`VectorSearch::Graph`].
+    hnsw: Option<Hnsw<'static, f32, CosineDistance>>,
+    /// With [`VectorSearch::Exact`]: dimension `d` of every point, by point id, in fixed
+    /// point (`round(v * COLUMN_SCALE)`): half the bytes a scan reads, which bound it.
+    columns: Vec<Vec<i16>>,
     points: Vec<Point>,
     by_key: HashMap<String, usize>,
     by_owner: HashMap<String, HashSet<usize>>,
@@ -98,20 +142,36 @@ pub struct VectorIndex {
 pub type NewPoint = (String, String, Option<String>, DocKind, Vec<f32>);
 
 impl VectorIndex {
+    /// A graph index of the default shape.
     pub fn new(capacity: usize) -> Self {
-        Self {
-            hnsw: Hnsw::new(
-                MAX_CONNECTIONS,
+        Self::with_search(capacity, VectorSearch::Graph(HnswParams::default()))
+    }
+
+    pub fn with_search(capacity: usize, search: VectorSearch) -> Self {
+        let hnsw = match search {
+            VectorSearch::Graph(params) => Some(Hnsw::new(
+                params.max_connections,
                 capacity.max(1_000),
                 MAX_LAYERS,
-                EF_CONSTRUCTION,
+                params.ef_construction,
                 CosineDistance,
-            ),
+            )),
+            VectorSearch::Exact => None,
+        };
+        Self {
+            search,
+            hnsw,
+            columns: Vec::new(),
             points: Vec::with_capacity(capacity),
             by_key: HashMap::with_capacity(capacity),
             by_owner: HashMap::new(),
             by_team: HashMap::new(),
         }
+    }
+
+    /// How this index searches.
+    pub fn search_kind(&self) -> VectorSearch {
+        self.search
     }
 
     /// Live documents.
@@ -151,15 +211,29 @@ impl VectorIndex {
             });
             inserted.push(id);
         }
+        let Some(hnsw) = &self.hnsw else {
+            for &id in &inserted {
+                let vector = &self.points[id].vector;
+                if self.columns.is_empty() {
+                    self.columns = vec![Vec::new(); vector.len()];
+                }
+                for (d, column) in self.columns.iter_mut().enumerate() {
+                    column.resize(id, 0);
+                    let value = vector.get(d).copied().unwrap_or(0.0).clamp(-1.0, 1.0);
+                    column.push((value * COLUMN_SCALE).round() as i16);
+                }
+            }
+            return;
+        };
         let batch: Vec<(&[f32], usize)> = inserted
             .iter()
             .map(|&id| (&*self.points[id].vector, id))
             .collect();
         if batch.len() > 64 {
-            self.hnsw.parallel_insert_slice(&batch);
+            hnsw.parallel_insert_slice(&batch);
         } else {
             for item in batch {
-                self.hnsw.insert_slice(item);
+                hnsw.insert_slice(item);
             }
         }
     }
@@ -170,6 +244,27 @@ impl VectorIndex {
             .iter()
             .filter(|p| p.live)
             .map(|p| (p.key.as_str(), &*p.vector))
+    }
+
+    /// The live documents in a new graph of `params` (the bench compares graph shapes).
+    pub fn rebuilt(&self, params: HnswParams) -> Self {
+        let mut index = Self::with_search(self.len(), VectorSearch::Graph(params));
+        index.upsert_all(
+            self.points
+                .iter()
+                .filter(|p| p.live)
+                .map(|p| {
+                    (
+                        p.key.clone(),
+                        p.owner.clone(),
+                        p.team.clone(),
+                        p.kind,
+                        p.vector.to_vec(),
+                    )
+                })
+                .collect(),
+        );
+        index
     }
 
     pub fn remove(&mut self, key: &str) {
@@ -187,27 +282,41 @@ impl VectorIndex {
 
     /// The `k` nearest documents `filter` admits, nearest first, with their cosine.
     pub fn search(&self, query: &[f32], k: usize, filter: VectorFilter<'_>) -> Vec<(&str, f32)> {
+        let ef = match self.search {
+            VectorSearch::Graph(params) => params.ef_search,
+            VectorSearch::Exact => 0,
+        };
+        self.search_ef(query, k, filter, ef)
+    }
+
+    /// [`VectorIndex::search`] keeping `ef` candidates (the bench's sweep).
+    pub fn search_ef(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: VectorFilter<'_>,
+        ef: usize,
+    ) -> Vec<(&str, f32)> {
         if k == 0 {
             return Vec::new();
         }
+        let Some(hnsw) = &self.hnsw else {
+            // Exact: one owner's (and teams') documents by their ids, everyone's by columns.
+            return match self.scope_ids(filter) {
+                Some(ids) => self.exact_among(query, k, filter, ids.into_iter()),
+                None => self.scan_columns(query, k, filter),
+            };
+        };
         if filter.owner.is_none() && self.by_key.len() <= EXACT_MAX {
             return self.exact(query, k, filter);
         }
-        if let Some(owner) = filter.owner {
-            let sets: Vec<&HashSet<usize>> = std::iter::once(self.by_owner.get(owner))
-                .chain(filter.teams.iter().map(|team| self.by_team.get(team)))
-                .flatten()
-                .collect();
-            if sets.iter().map(|ids| ids.len()).sum::<usize>() <= EXACT_MAX {
-                let mut ids: Vec<usize> = sets.into_iter().flatten().copied().collect();
-                ids.sort_unstable();
-                ids.dedup();
+        if filter.owner.is_some() {
+            if let Some(ids) = self.scope_ids(filter).filter(|ids| ids.len() <= EXACT_MAX) {
                 return self.exact_among(query, k, filter, ids.into_iter());
             }
         }
         let admit = |id: &usize| self.points.get(*id).is_some_and(|p| filter.admits(p));
-        self.hnsw
-            .search_filter(query, k, EF_SEARCH.max(2 * k), Some(&admit))
+        hnsw.search_filter(query, k, ef.max(2 * k), Some(&admit))
             .into_iter()
             .filter_map(|n| {
                 let point = self.points.get(n.d_id)?;
@@ -216,6 +325,73 @@ impl VectorIndex {
                     .then_some((point.key.as_str(), 1.0 - n.distance))
             })
             .collect()
+    }
+
+    /// The ids of an owner's documents and their teams', in id order; `None` for a filter
+    /// without an owner (everyone's).
+    fn scope_ids(&self, filter: VectorFilter<'_>) -> Option<Vec<usize>> {
+        let owner = filter.owner?;
+        let mut ids: Vec<usize> = std::iter::once(self.by_owner.get(owner))
+            .chain(filter.teams.iter().map(|team| self.by_team.get(team)))
+            .flatten()
+            .flatten()
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Some(ids)
+    }
+
+    /// Every document scored from the columns of the query's non-zero dimensions, a block
+    /// of documents at a time (the block's scores stay in the L1 cache while each column
+    /// adds to them), keeping the best `RESCORED × k` admitted so far (a score below the
+    /// current last is dropped without looking at its document); those are scored again
+    /// exactly from their rows, and the best `k` of them answer.
+    fn scan_columns(&self, query: &[f32], k: usize, filter: VectorFilter<'_>) -> Vec<(&str, f32)> {
+        const BLOCK: usize = 2_048;
+        let weights: Vec<(&[i16], f32)> = self
+            .columns
+            .iter()
+            .zip(query)
+            .filter(|(_, w)| **w != 0.0)
+            .map(|(column, w)| (column.as_slice(), *w / COLUMN_SCALE))
+            .collect();
+        let kept = RESCORED * k;
+        let n = self.points.len();
+        let mut best: Vec<(usize, f32)> = Vec::with_capacity(2 * kept + 1);
+        let mut floor = f32::NEG_INFINITY;
+        let mut block = [0.0f32; BLOCK];
+        let mut start = 0;
+        while start < n {
+            let len = BLOCK.min(n - start);
+            let scores = &mut block[..len];
+            scores.fill(0.0);
+            for &(column, weight) in &weights {
+                let Some(values) = column.get(start..start + len) else {
+                    continue;
+                };
+                for (score, value) in scores.iter_mut().zip(values) {
+                    *score += weight * f32::from(*value);
+                }
+            }
+            for (offset, &score) in scores.iter().enumerate() {
+                if score < floor {
+                    continue;
+                }
+                let id = start + offset;
+                if !self.points.get(id).is_some_and(|p| filter.admits(p)) {
+                    continue;
+                }
+                best.push((id, score));
+                if best.len() > 2 * kept {
+                    best = self.top_ids(best, kept);
+                    floor = best.last().map_or(f32::NEG_INFINITY, |b| b.1);
+                }
+            }
+            start += len;
+        }
+        let ids = best.into_iter().map(|(id, _)| id);
+        self.exact_among(query, k, filter, ids)
     }
 
     /// The exact `k` nearest (brute force): small scopes, and the bench's ground truth.
@@ -230,15 +406,45 @@ impl VectorIndex {
         filter: VectorFilter<'_>,
         ids: impl Iterator<Item = usize>,
     ) -> Vec<(&str, f32)> {
-        let mut scored: Vec<(usize, f32)> = ids
-            .filter(|&id| self.points.get(id).is_some_and(|p| filter.admits(p)))
-            .map(|id| (id, dot(query, &self.points[id].vector)))
+        // A sparse query (a lexical embedder's few features) reads only its non-zero
+        // dimensions of each row.
+        let sparse: Vec<(usize, f32)> = query
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| **w != 0.0)
+            .map(|(d, w)| (d, *w))
             .collect();
+        let score = |row: &[f32]| -> f32 {
+            if sparse.len() * 4 <= query.len() {
+                sparse
+                    .iter()
+                    .map(|&(d, w)| w * row.get(d).copied().unwrap_or(0.0))
+                    .sum()
+            } else {
+                dot(query, row)
+            }
+        };
+        let scored = ids
+            .filter(|&id| self.points.get(id).is_some_and(|p| filter.admits(p)))
+            .map(|id| (id, score(&self.points[id].vector)))
+            .collect();
+        self.top(scored, k)
+    }
+
+    /// The `k` best of `scored`, best first; equal scores in key order, not in insertion
+    /// order (which a rebuild changes).
+    fn top(&self, scored: Vec<(usize, f32)>, k: usize) -> Vec<(&str, f32)> {
+        self.top_ids(scored, k)
+            .into_iter()
+            .map(|(id, score)| (self.points[id].key.as_str(), score))
+            .collect()
+    }
+
+    fn top_ids(&self, mut scored: Vec<(usize, f32)>, k: usize) -> Vec<(usize, f32)> {
         let k = k.min(scored.len());
         if k == 0 {
             return Vec::new();
         }
-        // Equal scores in key order, not in insertion order (which a rebuild changes).
         let order = |a: &(usize, f32), b: &(usize, f32)| {
             b.1.total_cmp(&a.1)
                 .then_with(|| self.points[a.0].key.cmp(&self.points[b.0].key))
@@ -247,9 +453,6 @@ impl VectorIndex {
         scored.truncate(k);
         scored.sort_by(order);
         scored
-            .into_iter()
-            .map(|(id, score)| (self.points[id].key.as_str(), score))
-            .collect()
     }
 }
 
@@ -280,9 +483,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_replaced_or_removed_document_is_never_found() {
-        let mut index = VectorIndex::new(10);
+    const BOTH: [VectorSearch; 2] = [
+        VectorSearch::Graph(HnswParams {
+            max_connections: 16,
+            ef_construction: 100,
+            ef_search: 96,
+        }),
+        VectorSearch::Exact,
+    ];
+
+    #[rstest::rstest]
+    fn a_replaced_or_removed_document_is_never_found(
+        #[values(BOTH[0], BOTH[1])] search: VectorSearch,
+    ) {
+        let mut index = VectorIndex::with_search(10, search);
         let all = VectorFilter {
             owner: None,
             teams: &[],
@@ -321,9 +535,11 @@ mod tests {
         assert_eq!(index.len(), 1);
     }
 
-    #[test]
-    fn an_owner_filter_admits_only_that_owners_documents() {
-        let mut index = VectorIndex::new(100);
+    #[rstest::rstest]
+    fn an_owner_filter_admits_only_that_owners_documents(
+        #[values(BOTH[0], BOTH[1])] search: VectorSearch,
+    ) {
+        let mut index = VectorIndex::with_search(100, search);
         let points = (0..200)
             .map(|i| {
                 (
@@ -350,9 +566,11 @@ mod tests {
 
     /// With teams, a scope admits its owner's documents and its teams', and a document
     /// taken from a team (upserted without it) leaves the team's searches at once.
-    #[test]
-    fn a_team_filter_admits_the_team_s_documents_and_no_other_team_s() {
-        let mut index = VectorIndex::new(100);
+    #[rstest::rstest]
+    fn a_team_filter_admits_the_team_s_documents_and_no_other_team_s(
+        #[values(BOTH[0], BOTH[1])] search: VectorSearch,
+    ) {
+        let mut index = VectorIndex::with_search(100, search);
         let team = |i: u64| match i % 3 {
             0 => Some("t1".to_owned()),
             1 => Some("t2".to_owned()),
@@ -391,5 +609,84 @@ mod tests {
         let hits = index.search(&unit(0, 16), 1000, filter);
         assert_eq!(hits.len(), 99);
         assert!(hits.iter().all(|(k, _)| *k != "task:0"));
+    }
+
+    /// The exact index's column scan (everyone's documents) and its id scan (one owner's)
+    /// find what brute force over the rows finds, with sparse and dense queries, after
+    /// documents were replaced and removed (their old column entries stay, dead).
+    #[test]
+    fn the_exact_index_answers_what_brute_force_answers() {
+        let mut index = VectorIndex::with_search(0, VectorSearch::Exact);
+        let sparse = |seed: u64| {
+            let mut v = vec![0.0f32; 64];
+            for d in 0..4 {
+                v[((seed * 7 + d * 13) % 64) as usize] = 1.0 + d as f32;
+            }
+            crate::search::builtin::normalise(&mut v);
+            v
+        };
+        let points = (0..6_000u64)
+            .map(|i| {
+                (
+                    format!("task:{i}"),
+                    format!("u{}", i % 3),
+                    None,
+                    if i % 4 == 0 {
+                        DocKind::WorkflowRun
+                    } else {
+                        DocKind::Task
+                    },
+                    unit(i, 64),
+                )
+            })
+            .collect();
+        index.upsert_all(points);
+        index.upsert_all(
+            (0..500u64)
+                .map(|i| {
+                    (
+                        format!("task:{i}"),
+                        format!("u{}", i % 3),
+                        None,
+                        DocKind::Task,
+                        unit(i + 90_000, 64),
+                    )
+                })
+                .collect(),
+        );
+        for i in 500..700u64 {
+            index.remove(&format!("task:{i}"));
+        }
+        assert_eq!(index.len(), 5_800);
+        let owner = "u1".to_owned();
+        for filter in [
+            VectorFilter {
+                owner: None,
+                teams: &[],
+                kind: None,
+            },
+            VectorFilter {
+                owner: None,
+                teams: &[],
+                kind: Some(DocKind::WorkflowRun),
+            },
+            VectorFilter {
+                owner: Some(&owner),
+                teams: &[],
+                kind: None,
+            },
+        ] {
+            for query in [sparse(3), sparse(11), unit(42, 64), unit(7, 64)] {
+                let found = index.search(&query, 10, filter);
+                let truth = index.exact(&query, 10, filter);
+                assert_eq!(found.len(), 10);
+                let keys =
+                    |hits: &[(&str, f32)]| hits.iter().map(|h| h.0.to_owned()).collect::<Vec<_>>();
+                assert_eq!(keys(&found), keys(&truth), "{filter:?}");
+                for ((_, a), (_, b)) in found.iter().zip(&truth) {
+                    assert!((a - b).abs() < 1e-5);
+                }
+            }
+        }
     }
 }
