@@ -301,10 +301,13 @@ impl VectorIndex {
             return Vec::new();
         }
         let Some(hnsw) = &self.hnsw else {
-            // Exact: one owner's (and teams') documents by their ids, everyone's by columns.
+            // Exact: a scope of few documents (one owner's among many) by its rows, a large
+            // one (everyone's, or the one user of a single-user node) by the columns.
             return match self.scope_ids(filter) {
-                Some(ids) => self.exact_among(query, k, filter, ids.into_iter()),
-                None => self.scan_columns(query, k, filter),
+                Some(ids) if ids.len() * 8 < self.points.len() => {
+                    self.exact_among(query, k, filter, ids.into_iter())
+                }
+                _ => self.scan_columns(query, k, filter),
             };
         };
         if filter.owner.is_none() && self.by_key.len() <= EXACT_MAX {
@@ -625,11 +628,19 @@ mod tests {
             crate::search::builtin::normalise(&mut v);
             v
         };
+        // u7 owns a scope small enough to be scored by its rows, u0..u2 large ones.
+        let owner_of = |i: u64| {
+            if i % 50 == 1 {
+                "u7".to_owned()
+            } else {
+                format!("u{}", i % 3)
+            }
+        };
         let points = (0..6_000u64)
             .map(|i| {
                 (
                     format!("task:{i}"),
-                    format!("u{}", i % 3),
+                    owner_of(i),
                     None,
                     if i % 4 == 0 {
                         DocKind::WorkflowRun
@@ -646,7 +657,7 @@ mod tests {
                 .map(|i| {
                     (
                         format!("task:{i}"),
-                        format!("u{}", i % 3),
+                        owner_of(i),
                         None,
                         DocKind::Task,
                         unit(i + 90_000, 64),
@@ -658,8 +669,13 @@ mod tests {
             index.remove(&format!("task:{i}"));
         }
         assert_eq!(index.len(), 5_800);
-        let owner = "u1".to_owned();
+        let (owner, rare) = ("u1".to_owned(), "u7".to_owned());
         for filter in [
+            VectorFilter {
+                owner: Some(&rare),
+                teams: &[],
+                kind: None,
+            },
             VectorFilter {
                 owner: None,
                 teams: &[],
