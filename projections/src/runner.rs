@@ -260,11 +260,23 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
         self.failures.load(Ordering::Relaxed)
     }
 
+    /// Records the stop at `event`, once: two catch-ups that raced past the failure check
+    /// (the runner's and a command's) both reach the bad event, and that is one stop.
     fn fail(&self, event: &RecordedEvent, error: &ProjectionError) {
         let failure = ProjectionFailure {
             position: event.position,
             message: error.to_string(),
         };
+        {
+            let mut held = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+            if held
+                .as_ref()
+                .is_some_and(|f| f.position == failure.position)
+            {
+                return;
+            }
+            *held = Some(failure.clone());
+        }
         self.failures.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("chronicle_projection_failures_total", "projection" => P::NAME)
             .increment(1);
@@ -276,7 +288,6 @@ impl<P: Projection, S: EventSource> Projector<P, S> {
             "projection stopped at an event it cannot apply; the other projections go on; \
              restart or rebuild it after a fix"
         );
-        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(failure);
     }
 
     pub fn projection(&self) -> &P {
