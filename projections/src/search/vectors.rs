@@ -303,9 +303,9 @@ impl VectorIndex {
         let Some(hnsw) = &self.hnsw else {
             // Exact: a scope of few documents (one owner's among many) by its rows, a large
             // one (everyone's, or the one user of a single-user node) by the columns.
-            return match self.scope_ids(filter) {
-                Some(ids) if ids.len() * 8 < self.points.len() => {
-                    self.exact_among(query, k, filter, ids.into_iter())
+            return match self.scope_size(filter) {
+                Some(size) if size * 8 < self.points.len() => {
+                    self.exact_among(query, k, filter, self.scope_ids(filter).into_iter())
                 }
                 _ => self.scan_columns(query, k, filter),
             };
@@ -313,10 +313,11 @@ impl VectorIndex {
         if filter.owner.is_none() && self.by_key.len() <= EXACT_MAX {
             return self.exact(query, k, filter);
         }
-        if filter.owner.is_some() {
-            if let Some(ids) = self.scope_ids(filter).filter(|ids| ids.len() <= EXACT_MAX) {
-                return self.exact_among(query, k, filter, ids.into_iter());
-            }
+        if self
+            .scope_size(filter)
+            .is_some_and(|size| size <= EXACT_MAX)
+        {
+            return self.exact_among(query, k, filter, self.scope_ids(filter).into_iter());
         }
         let admit = |id: &usize| self.points.get(*id).is_some_and(|p| filter.admits(p));
         hnsw.search_filter(query, k, ef.max(2 * k), Some(&admit))
@@ -330,19 +331,32 @@ impl VectorIndex {
             .collect()
     }
 
-    /// The ids of an owner's documents and their teams', in id order; `None` for a filter
-    /// without an owner (everyone's).
-    fn scope_ids(&self, filter: VectorFilter<'_>) -> Option<Vec<usize>> {
-        let owner = filter.owner?;
-        let mut ids: Vec<usize> = std::iter::once(self.by_owner.get(owner))
-            .chain(filter.teams.iter().map(|team| self.by_team.get(team)))
-            .flatten()
-            .flatten()
-            .copied()
-            .collect();
+    /// The id sets of an owner's documents and their teams'; none for a filter without an
+    /// owner (everyone's).
+    fn scope_sets<'a>(
+        &'a self,
+        filter: VectorFilter<'a>,
+    ) -> impl Iterator<Item = &'a HashSet<usize>> + 'a {
+        filter.owner.into_iter().flat_map(move |owner| {
+            std::iter::once(self.by_owner.get(owner))
+                .chain(filter.teams.iter().map(|team| self.by_team.get(team)))
+                .flatten()
+        })
+    }
+
+    /// How many documents a scope holds at most (a team document of the owner counts
+    /// twice), counted without collecting them; `None` for everyone's.
+    fn scope_size(&self, filter: VectorFilter<'_>) -> Option<usize> {
+        filter.owner?;
+        Some(self.scope_sets(filter).map(HashSet::len).sum())
+    }
+
+    /// The ids of an owner's documents and their teams', in id order.
+    fn scope_ids(&self, filter: VectorFilter<'_>) -> Vec<usize> {
+        let mut ids: Vec<usize> = self.scope_sets(filter).flatten().copied().collect();
         ids.sort_unstable();
         ids.dedup();
-        Some(ids)
+        ids
     }
 
     /// Every document scored from the columns of the query's non-zero dimensions, a block
